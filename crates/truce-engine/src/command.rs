@@ -1,0 +1,101 @@
+//! Write commands: what the HTTP layer asks the engine to do, and what came of it.
+
+use serde_json::Value;
+
+use crate::document::Document;
+use crate::name::ResourceKey;
+use crate::patch::JsonPatch;
+use crate::precondition::Preconditions;
+use crate::record::Version;
+
+/// Who is making a request; recorded as `by` on every version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Principal(String);
+
+impl Principal {
+    /// The principal of requests made without an API key.
+    pub fn anonymous() -> Self {
+        Self("anonymous".into())
+    }
+
+    /// A named principal.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self(name.into())
+    }
+
+    /// The name as recorded in history.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The change a write asks for.
+#[derive(Debug, Clone)]
+pub enum WriteAction {
+    /// `PUT`: create or replace with this document.
+    Put(Document),
+    /// `POST` to a collection: create with a server-made id that must not exist yet.
+    Create(Document),
+    /// `PATCH` with `application/merge-patch+json` (RFC 7396).
+    MergePatch(Value),
+    /// `PATCH` with `application/json-patch+json` (RFC 6902).
+    JsonPatch(JsonPatch),
+    /// `DELETE`: write a tombstone.
+    Delete,
+    /// `POST .../revert`: a new version with the content of version `to`.
+    Revert {
+        /// The version whose content to restore.
+        to: u64,
+    },
+}
+
+impl WriteAction {
+    /// Whether the action needs a live resource to act on (so a missing one is 404
+    /// before any precondition is looked at, RFC 9110 §13.2.1).
+    pub(crate) fn needs_live_resource(&self) -> bool {
+        matches!(
+            self,
+            Self::MergePatch(_) | Self::JsonPatch(_) | Self::Delete
+        )
+    }
+}
+
+/// One write, fully parsed and validated for syntax.
+#[derive(Debug, Clone)]
+pub struct WriteCommand {
+    /// The resource written.
+    pub key: ResourceKey,
+    /// What to do to it.
+    pub action: WriteAction,
+    /// RFC 9110 conditional headers.
+    pub preconditions: Preconditions,
+    /// `?if_version=N` (`0`: must not exist).
+    pub if_version: Option<u64>,
+    /// Who asks.
+    pub by: Principal,
+}
+
+/// How a write ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteStatus {
+    /// A new resource (or the first version after a delete): 201.
+    Created,
+    /// A new version of a live resource: 200.
+    Updated,
+    /// The result equals the current content, or the change was already applied: no
+    /// new version, 200 with the current ETag.
+    Unchanged,
+    /// A tombstone was written: 200.
+    Deleted,
+}
+
+/// The answer to a write: the resource's head after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// The resource written.
+    pub key: ResourceKey,
+    /// How the write ended.
+    pub status: WriteStatus,
+    /// The head version after the write (the unchanged head for `Unchanged`).
+    pub version: Version,
+}

@@ -1,0 +1,207 @@
+//! Documents: JSON objects within the configured limits, kept as compact JSON.
+//!
+//! A document is parsed once when it arrives (so bad JSON never reaches storage),
+//! checked (an object, nesting within the limit) and serialised compactly. Member order
+//! is kept as sent. Equality is JSON equality (member order does not matter), which is
+//! what the no-op rule ("a write whose result equals the current content creates no new
+//! version") compares.
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::error::EngineError;
+
+/// Size and shape limits for documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DocumentLimits {
+    /// Largest request body in bytes.
+    pub max_body_bytes: usize,
+    /// Deepest nesting: the document object itself is depth 1.
+    pub max_depth: usize,
+}
+
+impl DocumentLimits {
+    /// serde_json refuses to parse deeper than this, whatever the configuration.
+    pub const PARSER_DEPTH_CEILING: usize = 127;
+}
+
+impl Default for DocumentLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            max_depth: 64,
+        }
+    }
+}
+
+/// A valid document: its parsed value and its compact serialisation.
+#[derive(Debug, Clone)]
+pub struct Document {
+    value: Value,
+    bytes: Bytes,
+}
+
+impl Document {
+    /// Parses a request body that must be a JSON object within `limits`.
+    pub fn parse(body: &[u8], limits: DocumentLimits) -> Result<Self, EngineError> {
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| EngineError::Malformed(format!("body is not valid JSON: {e}")))?;
+        if !value.is_object() {
+            return Err(EngineError::Malformed(format!(
+                "a document must be a JSON object, not {}",
+                json_type(&value)
+            )));
+        }
+        check_depth(&value, limits.max_depth).map_err(EngineError::Malformed)?;
+        Ok(Self::from_checked_value(value))
+    }
+
+    /// Checks the result of a patch or merge: it must still be an object within the
+    /// depth limit. Refusals are 422 (the request was well-formed; its result is not).
+    pub fn from_result(value: Value, limits: DocumentLimits) -> Result<Self, EngineError> {
+        if !value.is_object() {
+            return Err(EngineError::invalid(
+                "",
+                format!(
+                    "the result must be a JSON object, not {}",
+                    json_type(&value)
+                ),
+            ));
+        }
+        check_depth(&value, limits.max_depth).map_err(|m| EngineError::invalid("", m))?;
+        Ok(Self::from_checked_value(value))
+    }
+
+    /// Reads a stored body back (trusted: it was checked when written).
+    pub fn from_stored(bytes: Bytes) -> Result<Self, EngineError> {
+        let value = serde_json::from_slice(&bytes).map_err(|e| {
+            EngineError::Storage(crate::StorageError::Corrupt(format!(
+                "stored document is not JSON: {e}"
+            )))
+        })?;
+        Ok(Self { value, bytes })
+    }
+
+    fn from_checked_value(value: Value) -> Self {
+        // Serialising a `Value` cannot fail: its keys are strings.
+        let bytes = serde_json::to_vec(&value).unwrap_or_default();
+        Self {
+            value,
+            bytes: Bytes::from(bytes),
+        }
+    }
+
+    /// The parsed value.
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    /// Consumes the document, keeping the value.
+    pub fn into_value(self) -> Value {
+        self.value
+    }
+
+    /// The compact JSON bytes.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// JSON equality with a stored body. Equal values always serialise to the same
+    /// length, so a length mismatch answers without parsing.
+    pub fn same_content_as(&self, stored: &Bytes) -> bool {
+        if self.bytes == *stored {
+            return true;
+        }
+        if self.bytes.len() != stored.len() {
+            return false;
+        }
+        serde_json::from_slice::<Value>(stored).is_ok_and(|v| v == self.value)
+    }
+}
+
+/// Refuses values nested deeper than `max_depth` (the outer object is depth 1).
+fn check_depth(value: &Value, max_depth: usize) -> Result<(), String> {
+    fn depth(value: &Value) -> usize {
+        match value {
+            Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+            Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    let found = depth(value);
+    if found > max_depth {
+        Err(format!(
+            "document nests {found} levels deep; the limit is {max_depth}"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The JSON type's name, for messages.
+pub(crate) fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(depth: usize) -> String {
+        let mut s = String::new();
+        for _ in 1..depth {
+            s.push_str("{\"a\":");
+        }
+        s.push_str("{}");
+        for _ in 1..depth {
+            s.push('}');
+        }
+        s
+    }
+
+    #[test]
+    fn accepts_objects_within_depth() {
+        let limits = DocumentLimits::default();
+        let doc = Document::parse(br#"{ "b": 1, "a": [1, {"x": null}] }"#, limits).unwrap();
+        assert_eq!(doc.bytes().as_ref(), br#"{"b":1,"a":[1,{"x":null}]}"#);
+        assert!(Document::parse(nested(64).as_bytes(), limits).is_ok());
+        assert!(Document::parse(nested(65).as_bytes(), limits).is_err());
+        assert!(Document::parse(nested(1000).as_bytes(), limits).is_err());
+    }
+
+    #[test]
+    fn refuses_non_objects_and_bad_json() {
+        let limits = DocumentLimits::default();
+        for bad in [
+            &b"[]"[..],
+            b"1",
+            b"\"s\"",
+            b"null",
+            b"{",
+            b"",
+            b"{\"a\":1}x",
+        ] {
+            assert!(matches!(
+                Document::parse(bad, limits),
+                Err(EngineError::Malformed(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn equality_ignores_member_order() {
+        let limits = DocumentLimits::default();
+        let a = Document::parse(br#"{"a":1,"b":2}"#, limits).unwrap();
+        let b = Document::parse(br#"{"b":2,"a":1}"#, limits).unwrap();
+        let c = Document::parse(br#"{"b":2,"a":3}"#, limits).unwrap();
+        assert!(a.same_content_as(b.bytes()));
+        assert!(!a.same_content_as(c.bytes()));
+    }
+}

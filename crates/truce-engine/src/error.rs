@@ -1,0 +1,303 @@
+//! The engine's errors and how each one becomes a problem.
+//!
+//! [`EngineError`] is every reason a command can be refused or fail. Each variant maps
+//! to one [`ProblemKind`] and carries the extra fields the contract promises (the
+//! current version and ETag on conflicts, `oldest` on compacted history, ...), so the
+//! HTTP layer only renders what [`EngineError::problem`] returns. Storage failures keep
+//! their message for the logs; clients only ever see the problem's fixed wording.
+
+use serde_json::{Map, Value, json};
+
+use crate::etag::ETag;
+use crate::precondition::FailedCondition;
+use crate::problem::ProblemKind;
+use crate::time::Timestamp;
+
+/// A failure of the storage backend. The message is for operators, never clients.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    /// The disk or database refused an operation; retrying later may succeed.
+    #[error("storage I/O failed: {0}")]
+    Io(String),
+    /// Stored data could not be decoded: a bug or on-disk damage.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// Too many writes are queued; the client should retry later.
+    #[error("the write queue is full")]
+    Overloaded,
+    /// The store is shutting down or has stopped.
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// The current state of a resource, reported with every conflict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CurrentState {
+    /// The current version number (of the tombstone, if deleted).
+    pub version: u64,
+    /// The current ETag.
+    pub etag: ETag,
+}
+
+/// Everything a command can fail with.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    /// The request is malformed (bad JSON, bad name, depth, header syntax).
+    #[error("{0}")]
+    Malformed(String),
+    /// No such resource or version; `tombstone` is set when it was deleted.
+    #[error("{detail}")]
+    NotFound {
+        /// What was not found.
+        detail: String,
+        /// `(version, deleted_at)` of the tombstone when the resource was deleted.
+        tombstone: Option<(u64, Timestamp)>,
+    },
+    /// An RFC 9110 precondition was false.
+    #[error("{} does not match the current state", condition.header())]
+    PreconditionFailed {
+        /// Which header failed.
+        condition: FailedCondition,
+        /// The current state, when the resource exists.
+        current: Option<CurrentState>,
+    },
+    /// `?if_version` did not match.
+    #[error("expected version {expected}, the current version is {}", current.as_ref().map_or(0, |c| c.version))]
+    VersionConflict {
+        /// The version the client expected (`0`: must not exist).
+        expected: u64,
+        /// The current state, when the resource exists.
+        current: Option<CurrentState>,
+    },
+    /// A JSON Patch `test` operation failed.
+    #[error("JSON Patch operation {operation} (test at {path:?}) failed")]
+    PatchTestFailed {
+        /// Index of the operation.
+        operation: usize,
+        /// Its target path.
+        path: String,
+        /// The current state.
+        current: CurrentState,
+    },
+    /// A JSON Patch operation does not fit the current document.
+    #[error("JSON Patch operation {operation} at {path:?} cannot be applied: {reason}")]
+    PatchConflict {
+        /// Index of the operation.
+        operation: usize,
+        /// Its target path.
+        path: String,
+        /// Why it cannot be applied.
+        reason: String,
+        /// The current state.
+        current: CurrentState,
+    },
+    /// The result is well-formed but not acceptable.
+    #[error("the document is not acceptable")]
+    Invalid {
+        /// `(JSON pointer, message)` for each problem.
+        errors: Vec<(String, String)>,
+    },
+    /// The version or revision is older than retention keeps.
+    #[error("{what} is older than the retained history; the oldest available is {oldest}")]
+    HistoryCompacted {
+        /// What was asked for, for the message.
+        what: String,
+        /// The oldest version or revision still available.
+        oldest: u64,
+    },
+    /// The collection requires a precondition and the write carried none.
+    #[error("this collection requires If-Match, If-None-Match: * or ?if_version on writes")]
+    PreconditionRequired,
+    /// The storage backend failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A bug: an invariant did not hold. The message is for the logs only.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A rendered-neutral problem: the kind, a client-safe detail, and extension fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    /// The row of the problem table.
+    pub kind: ProblemKind,
+    /// A sentence for the client (never an internal message).
+    pub detail: String,
+    /// Extension members (`current_version`, `oldest`, ...).
+    pub fields: Map<String, Value>,
+    /// The current ETag, to send as the `ETag` header.
+    pub etag: Option<ETag>,
+    /// Seconds for `Retry-After`.
+    pub retry_after_secs: Option<u64>,
+}
+
+impl Problem {
+    /// A problem of `kind` with a detail and no extension fields.
+    pub fn new(kind: ProblemKind, detail: impl Into<String>) -> Self {
+        Self {
+            kind,
+            detail: detail.into(),
+            fields: Map::new(),
+            etag: None,
+            retry_after_secs: None,
+        }
+    }
+
+    /// Adds an extension member.
+    pub fn with(mut self, name: &str, value: Value) -> Self {
+        self.fields.insert(name.to_owned(), value);
+        self
+    }
+
+    /// Adds `current_version`, `current_etag` and the `ETag` header.
+    fn with_current(mut self, current: Option<&CurrentState>) -> Self {
+        if let Some(current) = current {
+            self.fields
+                .insert("current_version".into(), json!(current.version));
+            self.fields
+                .insert("current_etag".into(), json!(current.etag.to_header()));
+            self.etag = Some(current.etag.clone());
+        }
+        self
+    }
+}
+
+impl EngineError {
+    /// A 422 with one `(pointer, message)` error.
+    pub fn invalid(pointer: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            errors: vec![(pointer.into(), message.into())],
+        }
+    }
+
+    /// The problem kind this error maps to.
+    pub fn kind(&self) -> ProblemKind {
+        match self {
+            Self::Malformed(_) => ProblemKind::MalformedRequest,
+            Self::NotFound { .. } => ProblemKind::NotFound,
+            Self::PreconditionFailed { .. } => ProblemKind::PreconditionFailed,
+            Self::VersionConflict { .. } => ProblemKind::VersionConflict,
+            Self::PatchTestFailed { .. } => ProblemKind::PatchTestFailed,
+            Self::PatchConflict { .. } => ProblemKind::PatchConflict,
+            Self::Invalid { .. } => ProblemKind::ValidationFailed,
+            Self::HistoryCompacted { .. } => ProblemKind::HistoryCompacted,
+            Self::PreconditionRequired => ProblemKind::PreconditionRequired,
+            Self::Storage(StorageError::Corrupt(_)) | Self::Internal(_) => ProblemKind::Internal,
+            Self::Storage(_) => ProblemKind::Unavailable,
+        }
+    }
+
+    /// Whether an operator should look at this (a bug or a storage failure).
+    pub fn is_server_fault(&self) -> bool {
+        matches!(self, Self::Storage(_) | Self::Internal(_))
+    }
+
+    /// The problem to show the client.
+    pub fn problem(&self) -> Problem {
+        let kind = self.kind();
+        match self {
+            Self::NotFound { tombstone, .. } => {
+                let problem = Problem::new(kind, self.to_string());
+                match tombstone {
+                    Some((version, at)) => problem
+                        .with("deleted_at", json!(at))
+                        .with("version", json!(version)),
+                    None => problem,
+                }
+            }
+            Self::PreconditionFailed { current, .. } => {
+                Problem::new(kind, self.to_string()).with_current(current.as_ref())
+            }
+            Self::VersionConflict { expected, current } => Problem::new(kind, self.to_string())
+                .with("expected_version", json!(expected))
+                .with_current(current.as_ref()),
+            Self::PatchTestFailed {
+                operation,
+                path,
+                current,
+            }
+            | Self::PatchConflict {
+                operation,
+                path,
+                current,
+                ..
+            } => Problem::new(kind, self.to_string())
+                .with("operation", json!(operation))
+                .with("path", json!(path))
+                .with_current(Some(current)),
+            Self::Invalid { errors } => {
+                let list: Vec<Value> = errors
+                    .iter()
+                    .map(|(pointer, message)| json!({"pointer": pointer, "message": message}))
+                    .collect();
+                let detail = errors
+                    .first()
+                    .map_or_else(|| self.to_string(), |(_, m)| m.clone());
+                Problem::new(kind, detail).with("errors", Value::Array(list))
+            }
+            Self::HistoryCompacted { oldest, .. } => {
+                Problem::new(kind, self.to_string()).with("oldest", json!(oldest))
+            }
+            Self::Storage(StorageError::Overloaded) => {
+                let mut problem = Problem::new(kind, "too many writes are queued; retry shortly");
+                problem.retry_after_secs = Some(1);
+                problem
+            }
+            Self::Storage(StorageError::Corrupt(_)) | Self::Internal(_) => Problem::new(
+                kind,
+                "an internal error occurred; quote the request id to an operator",
+            ),
+            Self::Storage(_) => {
+                let mut problem = Problem::new(
+                    kind,
+                    "storage is unavailable; nothing was written, retry shortly",
+                );
+                problem.retry_after_secs = Some(1);
+                problem
+            }
+            Self::Malformed(_) | Self::PreconditionRequired => Problem::new(kind, self.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::name::ResourceKey;
+
+    #[test]
+    fn conflicts_carry_the_current_state() {
+        let etag = ETag::derive(
+            &ResourceKey::parse("c", "i").unwrap(),
+            4,
+            9,
+            Timestamp::from_millis(0),
+        );
+        let problem = EngineError::VersionConflict {
+            expected: 3,
+            current: Some(CurrentState {
+                version: 4,
+                etag: etag.clone(),
+            }),
+        }
+        .problem();
+        assert_eq!(problem.kind.status(), 409);
+        assert_eq!(problem.fields["expected_version"], json!(3));
+        assert_eq!(problem.fields["current_version"], json!(4));
+        assert_eq!(problem.fields["current_etag"], json!(etag.to_header()));
+        assert_eq!(problem.etag, Some(etag));
+    }
+
+    #[test]
+    fn internal_messages_never_reach_the_detail() {
+        for error in [
+            EngineError::Internal("secret path /var/x".into()),
+            EngineError::Storage(StorageError::Corrupt("secret".into())),
+            EngineError::Storage(StorageError::Io("secret".into())),
+        ] {
+            let problem = error.problem();
+            assert!(!problem.detail.contains("secret"), "{problem:?}");
+            assert!(problem.kind.status() >= 500);
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! The rules of truce, with no HTTP and no storage engine in sight.
+//!
+//! Everything that decides *what happens* to a resource lives here: which names are
+//! valid, how ETags are made and compared, how RFC 9110 preconditions are evaluated,
+//! how a write turns the current version into the next one (or is refused), how long
+//! history is kept, and which problem slug every refusal maps to. The HTTP layer parses
+//! requests into [`WriteCommand`]s and renders [`WriteOutcome`]s and [`EngineError`]s;
+//! storage backends implement [`Store`] and run [`plan_write`] inside their own
+//! transactions, so each rule exists exactly once.
+
+mod change;
+mod command;
+mod document;
+mod error;
+mod etag;
+mod ids;
+mod name;
+mod patch;
+mod precondition;
+mod problem;
+mod read;
+mod record;
+mod retention;
+mod rules;
+mod store;
+mod time;
+
+pub use change::{Change, ChangePage, ChangeQuery};
+pub use command::{Principal, WriteAction, WriteCommand, WriteOutcome, WriteStatus};
+pub use document::{Document, DocumentLimits};
+pub use error::{CurrentState, EngineError, Problem, StorageError};
+pub use etag::{ETag, EntityTag, EtagSyntaxError, TagCondition};
+pub use ids::IdGenerator;
+pub use name::{CollectionName, DocId, NameError, ResourceKey};
+pub use patch::{JsonPatch, diff_versions};
+pub use precondition::{Evaluation, FailedCondition, Preconditions, Safety, Validators};
+pub use problem::{ProblemInfo, ProblemKind};
+pub use read::{VersionLookup, lookup_version, require_live, require_live_version};
+pub use record::{HistoryEntry, HistoryPage, ListPage, ListQuery, Op, Version};
+pub use retention::{CompactionReport, Retention};
+pub use rules::{Effect, Planned, VersionWrite, WriteContext, plan_write};
+pub use store::{StateView, Store};
+pub use time::Timestamp;

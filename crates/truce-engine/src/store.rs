@@ -1,0 +1,75 @@
+//! The storage contract.
+//!
+//! [`StateView`] is what the write rules read while a backend holds its write
+//! transaction open (read-your-writes within a batch). [`Store`] is what the HTTP layer
+//! talks to: writes go through the backend's sequencer and come back once durable;
+//! reads come from consistent snapshots and never wait for writes. The embedded redb
+//! backend implements both; a networked backend implements them with one SQL
+//! transaction per batch.
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use crate::change::{ChangePage, ChangeQuery};
+use crate::command::{WriteCommand, WriteOutcome};
+use crate::error::{EngineError, StorageError};
+use crate::name::{CollectionName, ResourceKey};
+use crate::read::VersionLookup;
+use crate::record::{HistoryPage, ListPage, ListQuery, Version};
+use crate::retention::CompactionReport;
+
+/// The state the write rules read: the newest committed data plus the earlier writes
+/// of the batch being built.
+pub trait StateView {
+    /// The newest version of `key` (a tombstone if deleted), if it ever existed.
+    fn head(&self, key: &ResourceKey) -> Result<Option<Version>, StorageError>;
+    /// A version older than the head, if retention still keeps it.
+    fn past_version(&self, key: &ResourceKey, number: u64)
+    -> Result<Option<Version>, StorageError>;
+    /// The number of the oldest past version still kept.
+    fn oldest_past_version(&self, key: &ResourceKey) -> Result<Option<u64>, StorageError>;
+}
+
+/// A storage backend, as the HTTP layer sees it.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Runs one write through the sequencer; returns once it is durable (or refused).
+    async fn write(&self, command: WriteCommand) -> Result<WriteOutcome, EngineError>;
+
+    /// The newest version of `key`, tombstone included.
+    async fn head(&self, key: &ResourceKey) -> Result<Option<Version>, EngineError>;
+
+    /// One version of `key`.
+    async fn version(&self, key: &ResourceKey, number: u64) -> Result<VersionLookup, EngineError>;
+
+    /// A page of the live resources of a collection, in id order.
+    async fn list(
+        &self,
+        collection: &CollectionName,
+        query: &ListQuery,
+    ) -> Result<ListPage, EngineError>;
+
+    /// A page of a resource's history, newest first, starting below `before`.
+    async fn history(
+        &self,
+        key: &ResourceKey,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, EngineError>;
+
+    /// A page of the change feed.
+    async fn changes(&self, query: &ChangeQuery) -> Result<ChangePage, EngineError>;
+
+    /// The latest committed revision, updated after every commit: change-feed readers
+    /// wait on it instead of polling.
+    fn revisions(&self) -> watch::Receiver<u64>;
+
+    /// Runs one compaction pass now (age-based retention).
+    async fn compact(&self) -> Result<CompactionReport, EngineError>;
+
+    /// Whether the store can serve requests.
+    async fn check_ready(&self) -> Result<(), EngineError>;
+
+    /// Stops accepting writes, commits what is queued, and closes the store.
+    async fn close(&self);
+}

@@ -1,0 +1,257 @@
+//! The embedded store: one redb file in the data directory, one sequencer thread.
+//!
+//! Writes are queued to the [`sequencer`](crate::sequencer) and answered once their
+//! batch is durable. Reads open an MVCC snapshot on the calling task; they are short
+//! (point lookups and bounded range scans) and never wait for the writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable};
+use tokio::sync::{mpsc, oneshot, watch};
+use truce_engine::{
+    ChangePage, ChangeQuery, CollectionName, CompactionReport, DocumentLimits, EngineError,
+    HistoryPage, ListPage, ListQuery, ResourceKey, Retention, StorageError, Store, Timestamp,
+    Version, VersionLookup, WriteCommand, WriteOutcome, lookup_version,
+};
+
+use crate::compaction;
+use crate::error::{OpenError, storage};
+use crate::sequencer::{Job, Sequencer, SequencerSettings};
+use crate::tables::{
+    CHANGES, HEADS, HISTORY, META, META_CHANGES_COMPACTED, META_REVISION, Tables, read_changes,
+};
+
+/// The database file inside the data directory.
+pub const DATABASE_FILE: &str = "truce.redb";
+
+/// Settings of the embedded store.
+#[derive(Debug, Clone)]
+pub struct EmbeddedConfig {
+    /// The data directory; created if missing.
+    pub data_dir: PathBuf,
+    /// Document limits (for patch results).
+    pub limits: DocumentLimits,
+    /// History and change-feed retention.
+    pub retention: Retention,
+    /// Most writes committed in one fsync; 1 disables group commit.
+    pub max_batch: usize,
+    /// Writes that may wait for the sequencer before new ones get 503.
+    pub queue_capacity: usize,
+    /// redb's page cache, in bytes.
+    pub cache_bytes: usize,
+}
+
+impl EmbeddedConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            limits: DocumentLimits::default(),
+            retention: Retention::default(),
+            max_batch: 256,
+            queue_capacity: 8192,
+            cache_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// The embedded, crash-safe store.
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    jobs: mpsc::Sender<Job>,
+    revisions: watch::Receiver<u64>,
+    retention: Retention,
+    sequencer: Mutex<Option<JoinHandle<()>>>,
+}
+
+type ReadTables = Tables<
+    ReadOnlyTable<&'static [u8], &'static [u8]>,
+    ReadOnlyTable<&'static [u8], &'static [u8]>,
+>;
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `config.data_dir` and starts its sequencer.
+    pub fn open(config: EmbeddedConfig) -> Result<Self, OpenError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| OpenError::CreateDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let path = config.data_dir.join(DATABASE_FILE);
+        let db = open_database(&path, config.cache_bytes)?;
+        let revision = initialise(&db).map_err(|e| OpenError::Open {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        let db = Arc::new(db);
+        let (jobs_tx, jobs_rx) = mpsc::channel(config.queue_capacity.max(1));
+        let (revisions_tx, revisions_rx) = watch::channel(revision);
+        let settings = SequencerSettings {
+            max_batch: config.max_batch,
+            limits: config.limits,
+            retention: config.retention,
+        };
+        let handle = Sequencer::spawn(Arc::clone(&db), jobs_rx, revisions_tx, settings)
+            .map_err(OpenError::Thread)?;
+        tracing::info!(path = %path.display(), revision, "embedded store open");
+        Ok(Self {
+            db,
+            jobs: jobs_tx,
+            revisions: revisions_rx,
+            retention: config.retention,
+            sequencer: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// Queues a job; refuses at once when the queue is full or the store closed.
+    fn submit(&self, job: Job) -> Result<(), EngineError> {
+        self.jobs.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                metrics::counter!("truce_write_queue_full_total").increment(1);
+                EngineError::Storage(StorageError::Overloaded)
+            }
+            mpsc::error::TrySendError::Closed(_) => EngineError::Storage(StorageError::Closed),
+        })
+    }
+
+    /// A consistent read snapshot of heads and history.
+    fn snapshot(&self) -> Result<ReadTables, StorageError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        Ok(Tables {
+            heads: txn.open_table(HEADS).map_err(storage)?,
+            history: txn.open_table(HISTORY).map_err(storage)?,
+        })
+    }
+}
+
+/// Opens the database file, telling "in use" apart from other failures.
+fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, OpenError> {
+    Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(path)
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                OpenError::InUse(path.parent().unwrap_or(path).to_path_buf())
+            }
+            other => OpenError::Open {
+                path: path.to_path_buf(),
+                message: other.to_string(),
+            },
+        })
+}
+
+/// Creates the tables of a new store and reads the last revision.
+fn initialise(db: &Database) -> Result<u64, StorageError> {
+    let txn = db.begin_write().map_err(storage)?;
+    let revision = {
+        txn.open_table(HEADS).map_err(storage)?;
+        txn.open_table(HISTORY).map_err(storage)?;
+        txn.open_table(CHANGES).map_err(storage)?;
+        let meta = txn.open_table(META).map_err(storage)?;
+        meta.get(META_REVISION)
+            .map_err(storage)?
+            .map_or(0, |v| v.value())
+    };
+    txn.commit().map_err(storage)?;
+    Ok(revision)
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn write(&self, command: WriteCommand) -> Result<WriteOutcome, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Write {
+            command: Box::new(command),
+            reply,
+        })?;
+        answer
+            .await
+            .map_err(|_| EngineError::Storage(StorageError::Closed))?
+    }
+
+    async fn head(&self, key: &ResourceKey) -> Result<Option<Version>, EngineError> {
+        use truce_engine::StateView;
+        Ok(self.snapshot()?.head(key)?)
+    }
+
+    async fn version(&self, key: &ResourceKey, number: u64) -> Result<VersionLookup, EngineError> {
+        Ok(lookup_version(&self.snapshot()?, key, number)?)
+    }
+
+    async fn list(
+        &self,
+        collection: &CollectionName,
+        query: &ListQuery,
+    ) -> Result<ListPage, EngineError> {
+        Ok(self.snapshot()?.list(collection, query)?)
+    }
+
+    async fn history(
+        &self,
+        key: &ResourceKey,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<HistoryPage, EngineError> {
+        Ok(self.snapshot()?.history(key, before, limit)?)
+    }
+
+    async fn changes(&self, query: &ChangeQuery) -> Result<ChangePage, EngineError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let meta = txn.open_table(META).map_err(storage)?;
+        let read_meta = |name: &str| -> Result<u64, StorageError> {
+            Ok(meta.get(name).map_err(storage)?.map_or(0, |v| v.value()))
+        };
+        query.check_retained(read_meta(META_CHANGES_COMPACTED)?)?;
+        let head_revision = read_meta(META_REVISION)?;
+        let tables = Tables {
+            heads: txn.open_table(HEADS).map_err(storage)?,
+            history: txn.open_table(HISTORY).map_err(storage)?,
+        };
+        let changes = txn.open_table(CHANGES).map_err(storage)?;
+        Ok(read_changes(&changes, &tables, query, head_revision)?)
+    }
+
+    fn revisions(&self) -> watch::Receiver<u64> {
+        self.revisions.clone()
+    }
+
+    async fn compact(&self) -> Result<CompactionReport, EngineError> {
+        let db = Arc::clone(&self.db);
+        let retention = self.retention;
+        let plan = tokio::task::spawn_blocking(move || {
+            compaction::plan(&db, &retention, Timestamp::now())
+        })
+        .await
+        .map_err(|e| EngineError::Internal(format!("compaction scan failed: {e}")))??;
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Compact { plan, reply })?;
+        answer
+            .await
+            .map_err(|_| EngineError::Storage(StorageError::Closed))?
+    }
+
+    async fn check_ready(&self) -> Result<(), EngineError> {
+        if self.jobs.is_closed() {
+            return Err(EngineError::Storage(StorageError::Closed));
+        }
+        self.snapshot()?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.jobs.send(Job::Shutdown { reply }).await.is_ok() {
+            let _ = done.await;
+        }
+        let handle = self
+            .sequencer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Storage backends for truce.
+//!
+//! The embedded backend keeps everything in one redb file (pure Rust, copy-on-write
+//! B-trees, MVCC, crash-safe) and funnels every write through one sequencer thread
+//! that commits batches of requests with one fsync (group commit). Both the engine's
+//! rules and the storage trait come from `truce-engine`; this crate only knows how to
+//! keep bytes on disk.
+
+mod codec;
+mod compaction;
+mod embedded;
+mod error;
+mod sequencer;
+mod tables;
+
+pub use embedded::{DATABASE_FILE, EmbeddedConfig, EmbeddedStore};
+pub use error::OpenError;

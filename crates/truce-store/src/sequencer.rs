@@ -1,0 +1,356 @@
+//! The sequencer: the single writer of the embedded store, with group commit.
+//!
+//! Every write (and every compaction) is a [`Job`] on one bounded queue. One dedicated
+//! thread owns the write side of the database. It blocks for the first job, drains up
+//! to `max_batch` more that arrived meanwhile, and opens one redb write transaction for
+//! all of them. Each job is planned by the engine's rules against that transaction, so
+//! it sees the committed state plus the jobs before it in the batch, and its effect is
+//! written before the next job is planned. The batch is then committed with one fsync,
+//! and only after that does any job get its answer: a 2xx always means "on disk".
+//!
+//! Concurrency: nothing else writes, so checks and writes are atomic without locks.
+//! Readers use MVCC snapshots and never wait for this thread. If the commit fails, no
+//! job of the batch took effect and every one is answered with the storage error. A
+//! panic while planning one job fails that job only (planning writes nothing). On
+//! shutdown the sequencer commits what is queued, then stops; later writes are refused.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use redb::{Database, ReadableTable, Table, WriteTransaction};
+use tokio::sync::{mpsc, oneshot, watch};
+use truce_engine::{
+    CompactionReport, DocumentLimits, Effect, EngineError, Retention, StorageError, Timestamp,
+    WriteCommand, WriteContext, WriteOutcome, plan_write,
+};
+
+use crate::codec;
+use crate::compaction::CompactionPlan;
+use crate::error::storage;
+use crate::tables::{CHANGES, HEADS, HISTORY, META, META_CHANGES_COMPACTED, META_REVISION, Tables};
+
+/// A unit of work for the sequencer, with the channel its answer goes to.
+pub(crate) enum Job {
+    /// Plan and apply one write.
+    Write {
+        command: Box<WriteCommand>,
+        reply: oneshot::Sender<Result<WriteOutcome, EngineError>>,
+    },
+    /// Remove what a compaction scan found.
+    Compact {
+        plan: CompactionPlan,
+        reply: oneshot::Sender<Result<CompactionReport, EngineError>>,
+    },
+    /// Commit what came before, then stop.
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// How the sequencer batches and what rules it applies.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SequencerSettings {
+    /// Most jobs committed together (1 forces one fsync per write).
+    pub max_batch: usize,
+    /// Document limits for patch results.
+    pub limits: DocumentLimits,
+    /// Count-based retention, applied in each write's commit.
+    pub retention: Retention,
+}
+
+/// The answer a job will get once its batch is durable.
+enum Answer {
+    Write(Result<WriteOutcome, EngineError>),
+    Compact(Result<CompactionReport, EngineError>),
+    Shutdown,
+}
+
+/// The writer thread's state.
+pub(crate) struct Sequencer {
+    db: Arc<Database>,
+    jobs: mpsc::Receiver<Job>,
+    revisions: watch::Sender<u64>,
+    settings: SequencerSettings,
+}
+
+impl Sequencer {
+    /// Starts the writer thread.
+    pub fn spawn(
+        db: Arc<Database>,
+        jobs: mpsc::Receiver<Job>,
+        revisions: watch::Sender<u64>,
+        settings: SequencerSettings,
+    ) -> std::io::Result<JoinHandle<()>> {
+        let sequencer = Self {
+            db,
+            jobs,
+            revisions,
+            settings,
+        };
+        std::thread::Builder::new()
+            .name("truce-sequencer".into())
+            .spawn(move || sequencer.run())
+    }
+
+    fn run(mut self) {
+        let max_batch = self.settings.max_batch.max(1);
+        while let Some(first) = self.jobs.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < max_batch {
+                match self.jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let stop = batch.iter().any(|j| matches!(j, Job::Shutdown { .. }));
+            self.run_batch(batch);
+            if stop {
+                self.jobs.close();
+                while let Ok(job) = self.jobs.try_recv() {
+                    fail(job, StorageError::Closed);
+                }
+                break;
+            }
+        }
+        tracing::debug!("sequencer stopped");
+    }
+
+    /// Builds, commits and answers one batch.
+    fn run_batch(&mut self, batch: Vec<Job>) {
+        let size = batch.len();
+        let started = Instant::now();
+        match self.build_and_commit(&batch) {
+            Ok((answers, revision, committed)) => {
+                if committed {
+                    metrics::histogram!("truce_commit_batch_size").record(size as f64);
+                    metrics::histogram!("truce_commit_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    self.revisions.send_replace(revision);
+                }
+                for (job, answer) in batch.into_iter().zip(answers) {
+                    send(job, answer);
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, batch = size, "commit failed; the whole batch is refused");
+                metrics::counter!("truce_commit_failures_total").increment(1);
+                for job in batch {
+                    fail(job, error.clone());
+                }
+            }
+        }
+    }
+
+    /// Plans and writes every job in one transaction, then commits if anything changed.
+    fn build_and_commit(&self, batch: &[Job]) -> Result<(Vec<Answer>, u64, bool), StorageError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        let mut answers = Vec::with_capacity(batch.len());
+        let (revision, changed) = {
+            let mut tables = WriteTables::open(&txn)?;
+            let start = tables.revision()?;
+            let mut revision = start;
+            let mut compacted = false;
+            let now = Timestamp::now();
+            for job in batch {
+                match job {
+                    Job::Write { command, .. } => {
+                        let ctx = WriteContext {
+                            revision: revision + 1,
+                            now,
+                            limits: self.settings.limits,
+                            retention: &self.settings.retention,
+                            require_preconditions: false,
+                        };
+                        let planned = catch_unwind(AssertUnwindSafe(|| {
+                            plan_write(&tables.view, command, &ctx)
+                        }));
+                        let result = match planned {
+                            Ok(Ok(planned)) => {
+                                if let Some(effect) = &planned.effect {
+                                    revision += 1;
+                                    tables.apply(effect, revision)?;
+                                }
+                                Ok(planned.outcome)
+                            }
+                            Ok(Err(refusal)) => Err(refusal),
+                            Err(_) => {
+                                tracing::error!(key = %command.key, "panic while planning a write");
+                                Err(EngineError::Internal("panic while planning a write".into()))
+                            }
+                        };
+                        answers.push(Answer::Write(result));
+                    }
+                    Job::Compact { plan, .. } => {
+                        compacted = true;
+                        answers.push(Answer::Compact(Ok(tables.compact(plan)?)));
+                    }
+                    Job::Shutdown { .. } => answers.push(Answer::Shutdown),
+                }
+            }
+            if revision != start {
+                tables
+                    .meta
+                    .insert(META_REVISION, revision)
+                    .map_err(storage)?;
+            }
+            (revision, revision != start || compacted)
+        };
+        if changed {
+            txn.commit().map_err(storage)?;
+        } else {
+            txn.abort().map_err(storage)?;
+        }
+        Ok((answers, revision, changed))
+    }
+}
+
+/// A writable table of byte keys and values.
+type ByteTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
+
+/// The opened tables of the batch's write transaction.
+struct WriteTables<'t> {
+    view: Tables<ByteTable<'t>, ByteTable<'t>>,
+    changes: Table<'t, (u64, u32), &'static [u8]>,
+    meta: Table<'t, &'static str, u64>,
+}
+
+impl<'t> WriteTables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, StorageError> {
+        Ok(Self {
+            view: Tables {
+                heads: txn.open_table(HEADS).map_err(storage)?,
+                history: txn.open_table(HISTORY).map_err(storage)?,
+            },
+            changes: txn.open_table(CHANGES).map_err(storage)?,
+            meta: txn.open_table(META).map_err(storage)?,
+        })
+    }
+
+    fn revision(&self) -> Result<u64, StorageError> {
+        Ok(self
+            .meta
+            .get(META_REVISION)
+            .map_err(storage)?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// Writes one command's effect at `revision`: each new head (the old head moves to
+    /// history), its change-feed entry, and count-based pruning.
+    fn apply(&mut self, effect: &Effect, revision: u64) -> Result<(), StorageError> {
+        for (index, write) in effect.writes.iter().enumerate() {
+            let head_key = codec::head_key(&write.key);
+            let previous = self
+                .view
+                .heads
+                .get(head_key.as_slice())
+                .map_err(storage)?
+                .map(|old| old.value().to_vec());
+            if let Some(previous) = previous {
+                // Versions are contiguous, so the old head is the one before the new.
+                let number = write.version.number.saturating_sub(1);
+                let key = codec::history_key(&write.key, number);
+                self.view
+                    .history
+                    .insert(key.as_slice(), previous.as_slice())
+                    .map_err(storage)?;
+            }
+            let record = codec::encode_version(&write.version);
+            self.view
+                .heads
+                .insert(head_key.as_slice(), record.as_slice())
+                .map_err(storage)?;
+            let change = codec::encode_change(&codec::ChangeRecord {
+                key: write.key.clone(),
+                version: write.version.number,
+                at: write.version.at,
+                op: write.version.op,
+            });
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
+            self.changes
+                .insert((revision, index), change.as_slice())
+                .map_err(storage)?;
+            if let Some(through) = write.prune_through {
+                let (start, _) = codec::history_range(&write.key);
+                let end = codec::history_key(&write.key, through);
+                self.view
+                    .history
+                    .retain_in(start.as_slice()..=end.as_slice(), |_, _| false)
+                    .map_err(storage)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes what a compaction scan selected. History entries are never heads, so a
+    /// scan from an older snapshot can only select what is still safe to remove.
+    fn compact(&mut self, plan: &CompactionPlan) -> Result<CompactionReport, StorageError> {
+        let mut report = CompactionReport::default();
+        for key in &plan.history_keys {
+            if self
+                .view
+                .history
+                .remove(key.as_slice())
+                .map_err(storage)?
+                .is_some()
+            {
+                report.versions_removed += 1;
+            }
+        }
+        let mut compacted_through = self
+            .meta
+            .get(META_CHANGES_COMPACTED)
+            .map_err(storage)?
+            .map_or(0, |v| v.value());
+        if let Some(through) = plan.changes_through.filter(|t| *t > compacted_through) {
+            let mut removed = 0;
+            self.changes
+                .retain_in((0, 0)..=(through, u32::MAX), |_, _| {
+                    removed += 1;
+                    false
+                })
+                .map_err(storage)?;
+            report.changes_removed = removed;
+            compacted_through = through;
+            self.meta
+                .insert(META_CHANGES_COMPACTED, compacted_through)
+                .map_err(storage)?;
+        }
+        report.oldest_revision = compacted_through;
+        Ok(report)
+    }
+}
+
+/// Sends a computed answer to the job's caller (who may have gone away).
+fn send(job: Job, answer: Answer) {
+    match (job, answer) {
+        (Job::Write { reply, .. }, Answer::Write(result)) => {
+            let _ = reply.send(result);
+        }
+        (Job::Compact { reply, .. }, Answer::Compact(result)) => {
+            let _ = reply.send(result);
+        }
+        (Job::Shutdown { reply }, _) => {
+            let _ = reply.send(());
+        }
+        (job, _) => fail(
+            job,
+            StorageError::Corrupt("answer does not match its job".into()),
+        ),
+    }
+}
+
+/// Answers a job with a storage failure.
+fn fail(job: Job, error: StorageError) {
+    let error = EngineError::Storage(error);
+    match job {
+        Job::Write { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Job::Compact { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Job::Shutdown { reply } => {
+            let _ = reply.send(());
+        }
+    }
+}
