@@ -1,0 +1,44 @@
+//! Settings of the HTTP layer. The binary fills them from flags, environment and the
+//! config file; tests build them directly.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use truce_engine::DocumentLimits;
+
+/// How the server listens, what it accepts, and how long it waits.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to bind; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Body size and nesting limits.
+    pub limits: DocumentLimits,
+    /// Longest a client may take to send its request head (and longest an idle
+    /// keep-alive connection stays open).
+    pub header_timeout: Duration,
+    /// Longest a client may take to send its request body.
+    pub body_timeout: Duration,
+    /// Interval of SSE heartbeat comments.
+    pub sse_keepalive: Duration,
+    /// Longest `feed=longpoll` wait a client may ask for.
+    pub longpoll_max: Duration,
+    /// Longest graceful shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+    /// How often age-based retention runs; `None` disables it.
+    pub compaction_interval: Option<Duration>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8409)),
+            limits: DocumentLimits::default(),
+            header_timeout: Duration::from_secs(30),
+            body_timeout: Duration::from_secs(30),
+            sse_keepalive: Duration::from_secs(15),
+            longpoll_max: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(30),
+            compaction_interval: Some(Duration::from_secs(60)),
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! The HTTP layer of truce.
+//!
+//! Requests are parsed into engine commands by extractors, handlers call the
+//! [`Store`](truce_engine::Store), and answers are rendered from engine outcomes and
+//! errors. No rule lives here: status codes come from the engine's problem table and
+//! every decision about a resource is the engine's.
+
+mod config;
+mod context;
+mod error;
+mod extract;
+mod metrics;
+mod openapi;
+mod paging;
+mod problem;
+mod render;
+mod routes;
+mod serve;
+mod state;
+mod wire;
+
+pub use config::ServerConfig;
+pub use context::RequestContext;
+pub use error::ApiError;
+pub use routes::{api, app, with_envelope};
+pub use serve::{RunningServer, serve};
+pub use state::AppState;

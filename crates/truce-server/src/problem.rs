@@ -1,0 +1,100 @@
+//! Rendering problems as `application/problem+json` (RFC 9457), and the human page
+//! served for each problem type at `/problems/{slug}`.
+
+use axum::extract::Path;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, RETRY_AFTER};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use truce_engine::{Problem, ProblemKind};
+
+use crate::context::RequestContext;
+use crate::error::ApiError;
+
+/// The media type of problem bodies.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Renders a problem for the current request.
+pub fn problem_response(problem: Problem) -> Response {
+    let info = problem.kind.info();
+    let context = RequestContext::current();
+    let mut body = Map::new();
+    body.insert("type".into(), json!(format!("/problems/{}", info.slug)));
+    body.insert("title".into(), json!(info.title));
+    body.insert("status".into(), json!(info.status));
+    body.insert("detail".into(), json!(problem.detail));
+    if let Some(context) = &context {
+        body.insert("instance".into(), json!(&*context.path));
+        body.insert("request_id".into(), json!(&*context.id));
+    }
+    for (name, value) in &problem.fields {
+        body.insert(name.clone(), value.clone());
+    }
+    if matches!(info.status, 409 | 412 | 423) {
+        tracing::info!(
+            slug = info.slug,
+            detail = %problem.detail,
+            state = %serde_json::Value::Object(problem.fields.clone()),
+            "write refused"
+        );
+    }
+    let status = StatusCode::from_u16(info.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, Value::Object(body).to_string()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Some(etag) = &problem.etag
+        && let Ok(value) = HeaderValue::from_str(&etag.to_header())
+    {
+        headers.insert(ETAG, value);
+    }
+    if let Some(seconds) = problem.retry_after_secs {
+        headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+/// A human page explaining one problem type.
+#[utoipa::path(
+    get,
+    path = "/problems/{slug}",
+    tag = "system",
+    params(("slug" = String, Path, description = "A problem slug, e.g. `precondition-failed`")),
+    responses(
+        (status = 200, description = "An HTML page explaining the problem type", content_type = "text/html", body = String),
+        (status = 404, description = "No such problem type", content_type = "application/problem+json", body = crate::wire::ProblemBody),
+    )
+)]
+pub async fn problem_page(Path(slug): Path<String>) -> Result<Html<String>, ApiError> {
+    let kind = ProblemKind::from_slug(&slug)
+        .ok_or_else(|| ApiError::NoRoute(format!("/problems/{slug}")))?;
+    let info = kind.info();
+    let others: String = ProblemKind::ALL
+        .iter()
+        .map(|k| {
+            let i = k.info();
+            format!(
+                "<li><a href=\"/problems/{0}\">{0}</a> ({1})</li>",
+                i.slug, i.status
+            )
+        })
+        .collect();
+    Ok(Html(format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <title>{title} — truce</title></head><body>\
+         <h1>{title}</h1><p><strong>HTTP {status}</strong>, <code>type: /problems/{slug}</code></p>\
+         <p>{explanation}</p><h2>All problem types</h2><ul>{others}</ul></body></html>",
+        title = info.title,
+        status = info.status,
+        slug = info.slug,
+        explanation = escape_html(info.explanation),
+    )))
+}
+
+/// Escapes text for HTML (the explanations contain backticks and quotes only, but a
+/// page must never depend on that).
+fn escape_html(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}

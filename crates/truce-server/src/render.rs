@@ -1,0 +1,95 @@
+//! Rendering versions and write outcomes: the body and the validator headers
+//! (`ETag`, `Last-Modified`, `Truce-Version`, `Truce-Revision`, `Cache-Control`).
+
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, LAST_MODIFIED, LOCATION};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
+use truce_engine::{ResourceKey, Version, WriteOutcome, WriteStatus};
+
+use crate::extract::Prefer;
+use crate::wire::TombstoneBody;
+
+/// `Truce-Version`: the version number of the representation.
+pub const TRUCE_VERSION: HeaderName = HeaderName::from_static("truce-version");
+/// `Truce-Revision`: the store revision at which that version was committed.
+pub const TRUCE_REVISION: HeaderName = HeaderName::from_static("truce-revision");
+/// `Preference-Applied` (RFC 7240).
+const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
+
+/// The validator and version headers of one version.
+pub fn version_headers(key: &ResourceKey, version: &Version) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(6);
+    if let Ok(etag) = HeaderValue::from_str(&version.etag(key).to_header()) {
+        headers.insert(ETAG, etag);
+    }
+    if let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(version.at.to_system_time())) {
+        headers.insert(LAST_MODIFIED, date);
+    }
+    headers.insert(TRUCE_VERSION, HeaderValue::from(version.number));
+    headers.insert(TRUCE_REVISION, HeaderValue::from(version.revision));
+    // Caches must revalidate with the ETag, so they never serve a stale state.
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers
+}
+
+/// A live version's document with its headers.
+pub fn document_response(status: StatusCode, key: &ResourceKey, version: &Version) -> Response {
+    let mut headers = version_headers(key, version);
+    match &version.body {
+        Some(body) => {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            (status, headers, body.clone()).into_response()
+        }
+        None => (status, headers, Json(tombstone(key, version))).into_response(),
+    }
+}
+
+/// 304 Not Modified, with the headers a 200 would carry (RFC 9110 §15.4.5).
+pub fn not_modified(key: &ResourceKey, version: &Version) -> Response {
+    (StatusCode::NOT_MODIFIED, version_headers(key, version)).into_response()
+}
+
+/// The answer to an accepted write (or a no-op).
+pub fn write_response(outcome: &WriteOutcome, prefer: Prefer) -> Response {
+    let key = &outcome.key;
+    let version = &outcome.version;
+    let status = match outcome.status {
+        WriteStatus::Created => StatusCode::CREATED,
+        WriteStatus::Updated | WriteStatus::Unchanged | WriteStatus::Deleted => StatusCode::OK,
+    };
+    let mut response = if prefer.minimal {
+        // A creation keeps its 201 (with Location) so the client still learns it
+        // created the resource; everything else is 204.
+        let minimal_status = if status == StatusCode::CREATED {
+            StatusCode::CREATED
+        } else {
+            StatusCode::NO_CONTENT
+        };
+        let mut response = (minimal_status, version_headers(key, version)).into_response();
+        response.headers_mut().insert(
+            PREFERENCE_APPLIED,
+            HeaderValue::from_static("return=minimal"),
+        );
+        response
+    } else {
+        document_response(status, key, version)
+    };
+    if status == StatusCode::CREATED
+        && let Ok(location) = HeaderValue::from_str(&format!("/v1/{}/{}", key.collection, key.id))
+    {
+        response.headers_mut().insert(LOCATION, location);
+    }
+    response
+}
+
+/// The body describing a tombstone version.
+pub fn tombstone(key: &ResourceKey, version: &Version) -> TombstoneBody {
+    TombstoneBody {
+        deleted: true,
+        id: key.id.as_str().to_owned(),
+        version: version.number,
+        etag: version.etag(key).to_header(),
+        revision: version.revision,
+        deleted_at: version.at.rfc3339(),
+    }
+}

@@ -1,0 +1,310 @@
+//! `/v1/{collection}` and `/v1/{collection}/{id}`: list, create, read, replace,
+//! patch and delete documents (SPEC §1, §2).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Response};
+use serde::Deserialize;
+use truce_engine::{
+    CurrentState, DocId, EngineError, Evaluation, ListQuery, Principal, ResourceKey, Safety,
+    Validators, Version, WriteAction, WriteCommand, require_live, require_live_version,
+};
+use utoipa::IntoParams;
+
+use crate::error::ApiError;
+use crate::extract::{
+    ApiQuery, CollectionPath, Conditions, DocumentBody, PatchBody, Prefer, ResourcePath,
+};
+use crate::paging::{decode_cursor, encode_cursor, page_limit};
+use crate::render::{document_response, not_modified, write_response};
+use crate::state::AppState;
+use crate::wire::{Envelope, EnvelopePage, ProblemBody, TombstoneBody};
+
+/// `GET /v1/{collection}` parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<usize>,
+    /// The `next` cursor of the previous page.
+    cursor: Option<String>,
+    /// Only ids starting with this.
+    prefix: Option<String>,
+}
+
+/// `GET /v1/{collection}/{id}` parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReadParams {
+    /// Read this past version instead of the current one.
+    version: Option<u64>,
+}
+
+/// Parameters of every write.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WriteParams {
+    /// Body-level optimistic locking: the version the write expects to replace (`0`:
+    /// the resource must not exist). Mismatch: 409 version-conflict.
+    pub if_version: Option<u64>,
+}
+
+/// Lists the live documents of a collection, in id order.
+#[utoipa::path(
+    get,
+    path = "/v1/{collection}",
+    tag = "documents",
+    params(("collection" = String, Path, description = "Collection name"), ListParams),
+    responses(
+        (status = 200, description = "A page of envelopes", body = EnvelopePage),
+        (status = 400, description = "Bad name, limit or cursor", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Storage unavailable", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list(
+    State(state): State<AppState>,
+    CollectionPath(collection): CollectionPath,
+    ApiQuery(params): ApiQuery<ListParams>,
+) -> Result<Json<EnvelopePage>, ApiError> {
+    let after = params
+        .cursor
+        .as_deref()
+        .map(|c| decode_cursor(c).and_then(|id| Ok(DocId::parse(&id)?)))
+        .transpose()?;
+    let query = ListQuery {
+        prefix: params.prefix,
+        after,
+        limit: page_limit(params.limit)?,
+    };
+    let page = state.store.list(&collection, &query).await?;
+    Ok(Json(EnvelopePage {
+        next: page.next.map(|id| encode_cursor(id.as_str())),
+        items: page
+            .items
+            .into_iter()
+            .map(|(id, version)| Envelope::new(&collection, id, &version))
+            .collect(),
+    }))
+}
+
+/// Creates a document with a server-made, time-ordered id.
+#[utoipa::path(
+    post,
+    path = "/v1/{collection}",
+    tag = "documents",
+    params(("collection" = String, Path, description = "Collection name")),
+    request_body(content = Object, content_type = "application/json", description = "The document: a JSON object"),
+    responses(
+        (status = 201, description = "Created; `Location` names the new resource", body = Object,
+            headers(("Location" = String), ("ETag" = String), ("Truce-Version" = u64), ("Truce-Revision" = u64))),
+        (status = 400, description = "Malformed body or name", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 408, description = "Body too slow", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Overloaded or storage unavailable", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create(
+    State(state): State<AppState>,
+    CollectionPath(collection): CollectionPath,
+    Conditions(preconditions): Conditions,
+    prefer: Prefer,
+    DocumentBody(doc): DocumentBody,
+) -> Result<Response, ApiError> {
+    let key = ResourceKey {
+        collection,
+        id: state.ids.next_id(),
+    };
+    let command = WriteCommand {
+        key,
+        action: WriteAction::Create(doc),
+        preconditions,
+        if_version: None,
+        by: Principal::anonymous(),
+    };
+    run_write(&state, command, prefer).await
+}
+
+/// Reads the current document (or a past version with `?version=`).
+#[utoipa::path(
+    method(get, head),
+    path = "/v1/{collection}/{id}",
+    tag = "documents",
+    params(("collection" = String, Path), ("id" = String, Path), ReadParams),
+    responses(
+        (status = 200, description = "The document exactly as stored", body = Object,
+            headers(("ETag" = String), ("Last-Modified" = String), ("Truce-Version" = u64),
+                    ("Truce-Revision" = u64), ("Cache-Control" = String))),
+        (status = 304, description = "If-None-Match or If-Modified-Since: not modified"),
+        (status = 400, description = "Bad name or header syntax", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource or version; deleted resources add `deleted_at` and `version`", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 410, description = "The version was removed by retention", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match or If-Unmodified-Since false", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn read(
+    State(state): State<AppState>,
+    ResourcePath(key): ResourcePath,
+    ApiQuery(params): ApiQuery<ReadParams>,
+    Conditions(preconditions): Conditions,
+) -> Result<Response, ApiError> {
+    let version = match params.version {
+        Some(number) => {
+            require_live_version(&key, number, state.store.version(&key, number).await?)?
+        }
+        None => require_live(&key, state.store.head(&key).await?)?,
+    };
+    conditional_read(&key, &version, &preconditions)
+}
+
+/// Answers a read of `version` under the request's preconditions.
+pub(crate) fn conditional_read(
+    key: &ResourceKey,
+    version: &Version,
+    preconditions: &truce_engine::Preconditions,
+) -> Result<Response, ApiError> {
+    let etag = version.etag(key);
+    let validators = Validators {
+        etag: &etag,
+        last_modified_secs: version.at.secs(),
+    };
+    match preconditions.evaluate(Safety::Safe, Some(validators)) {
+        Evaluation::Proceed => Ok(document_response(StatusCode::OK, key, version)),
+        Evaluation::NotModified => Ok(not_modified(key, version)),
+        Evaluation::Failed(condition) => Err(EngineError::PreconditionFailed {
+            condition,
+            current: Some(CurrentState {
+                version: version.number,
+                etag,
+            }),
+        }
+        .into()),
+    }
+}
+
+/// Creates (201) or replaces (200) a document.
+#[utoipa::path(
+    put,
+    path = "/v1/{collection}/{id}",
+    tag = "documents",
+    params(("collection" = String, Path), ("id" = String, Path), WriteParams),
+    request_body(content = Object, content_type = "application/json", description = "The document: a JSON object"),
+    responses(
+        (status = 200, description = "Replaced, or unchanged (equal content makes no new version)", body = Object,
+            headers(("ETag" = String), ("Truce-Version" = u64), ("Truce-Revision" = u64))),
+        (status = 201, description = "Created", body = Object, headers(("Location" = String), ("ETag" = String))),
+        (status = 204, description = "`Prefer: return=minimal`"),
+        (status = 400, description = "Malformed body, name or header", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 408, description = "Body too slow", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "`?if_version` mismatch (version-conflict)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 412, description = "A precondition was false; carries the current version and ETag", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 428, description = "The collection requires a precondition", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Overloaded or storage unavailable", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn put(
+    State(state): State<AppState>,
+    ResourcePath(key): ResourcePath,
+    ApiQuery(params): ApiQuery<WriteParams>,
+    Conditions(preconditions): Conditions,
+    prefer: Prefer,
+    DocumentBody(doc): DocumentBody,
+) -> Result<Response, ApiError> {
+    let command = write_command(key, WriteAction::Put(doc), preconditions, params);
+    run_write(&state, command, prefer).await
+}
+
+/// Applies a merge patch (RFC 7396) or a JSON Patch (RFC 6902).
+#[utoipa::path(
+    patch,
+    path = "/v1/{collection}/{id}",
+    tag = "documents",
+    params(("collection" = String, Path), ("id" = String, Path), WriteParams),
+    request_body(content(
+        (Object = "application/merge-patch+json"),
+        (Vec<Object> = "application/json-patch+json"),
+    ), description = "A merge patch or a JSON Patch"),
+    responses(
+        (status = 200, description = "Patched (or unchanged)", body = Object,
+            headers(("ETag" = String), ("Truce-Version" = u64), ("Truce-Revision" = u64))),
+        (status = 204, description = "`Prefer: return=minimal`"),
+        (status = 400, description = "Malformed patch, name or header", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "version-conflict, patch-test-failed or patch-conflict", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 412, description = "A precondition was false", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Unsupported patch type; see `Accept-Patch`", body = ProblemBody, content_type = "application/problem+json",
+            headers(("Accept-Patch" = String))),
+        (status = 422, description = "The result is not a JSON object within the limits", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 428, description = "The collection requires a precondition", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Overloaded or storage unavailable", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn patch(
+    State(state): State<AppState>,
+    ResourcePath(key): ResourcePath,
+    ApiQuery(params): ApiQuery<WriteParams>,
+    Conditions(preconditions): Conditions,
+    prefer: Prefer,
+    PatchBody(action): PatchBody,
+) -> Result<Response, ApiError> {
+    let command = write_command(key, action, preconditions, params);
+    run_write(&state, command, prefer).await
+}
+
+/// Deletes a document: writes a tombstone version.
+#[utoipa::path(
+    delete,
+    path = "/v1/{collection}/{id}",
+    tag = "documents",
+    params(("collection" = String, Path), ("id" = String, Path), WriteParams),
+    responses(
+        (status = 200, description = "Deleted: the tombstone", body = TombstoneBody,
+            headers(("ETag" = String), ("Truce-Version" = u64), ("Truce-Revision" = u64))),
+        (status = 204, description = "`Prefer: return=minimal`"),
+        (status = 400, description = "Bad name or header", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource (or already deleted)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "`?if_version` mismatch", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 412, description = "A precondition was false", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 428, description = "The collection requires a precondition", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Overloaded or storage unavailable", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete(
+    State(state): State<AppState>,
+    ResourcePath(key): ResourcePath,
+    ApiQuery(params): ApiQuery<WriteParams>,
+    Conditions(preconditions): Conditions,
+    prefer: Prefer,
+) -> Result<Response, ApiError> {
+    let command = write_command(key, WriteAction::Delete, preconditions, params);
+    run_write(&state, command, prefer).await
+}
+
+/// A write command from its parsed parts.
+pub(crate) fn write_command(
+    key: ResourceKey,
+    action: WriteAction,
+    preconditions: truce_engine::Preconditions,
+    params: WriteParams,
+) -> WriteCommand {
+    WriteCommand {
+        key,
+        action,
+        preconditions,
+        if_version: params.if_version,
+        by: Principal::anonymous(),
+    }
+}
+
+/// Sends a write through the store and renders its outcome.
+pub(crate) async fn run_write(
+    state: &AppState,
+    command: WriteCommand,
+    prefer: Prefer,
+) -> Result<Response, ApiError> {
+    let outcome = state.store.write(command).await?;
+    Ok(write_response(&outcome, prefer).into_response())
+}

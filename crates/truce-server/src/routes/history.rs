@@ -1,0 +1,187 @@
+//! A resource's history: its versions, one version's body, the diff between two
+//! versions, and reverting to an earlier one (SPEC §1).
+
+use axum::extract::State;
+use axum::http::HeaderValue;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Json, Response};
+use serde::Deserialize;
+use truce_engine::{
+    Document, EngineError, ResourceKey, Version, WriteAction, diff_versions, require_live_version,
+};
+use utoipa::IntoParams;
+
+use crate::error::ApiError;
+use crate::extract::{ApiQuery, Conditions, JsonBody, Prefer, ResourcePath, VersionPath};
+use crate::paging::{decode_cursor, encode_cursor, page_limit};
+use crate::routes::documents::{WriteParams, conditional_read, run_write, write_command};
+use crate::state::AppState;
+use crate::wire::{HistoryItem, HistoryPageBody, ProblemBody, RevertRequest};
+
+/// `GET .../versions` parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryParams {
+    /// Page size, 1 to 1000 (default 100).
+    limit: Option<usize>,
+    /// The `next` cursor of the previous page.
+    cursor: Option<String>,
+}
+
+/// `GET .../diff` parameters.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DiffParams {
+    /// The version to diff from (default: the one before `to`).
+    from: Option<u64>,
+    /// The version to diff to (default: the current version).
+    to: Option<u64>,
+}
+
+/// The history of a resource, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/{collection}/{id}/versions",
+    tag = "history",
+    params(("collection" = String, Path), ("id" = String, Path), HistoryParams),
+    responses(
+        (status = 200, description = "A page of versions, newest first", body = HistoryPageBody),
+        (status = 400, description = "Bad name, limit or cursor", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "The resource never existed", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn versions(
+    State(state): State<AppState>,
+    ResourcePath(key): ResourcePath,
+    ApiQuery(params): ApiQuery<HistoryParams>,
+) -> Result<Json<HistoryPageBody>, ApiError> {
+    let before = params
+        .cursor
+        .as_deref()
+        .map(|c| {
+            decode_cursor(c)?
+                .parse::<u64>()
+                .map_err(|_| ApiError::Malformed(format!("invalid cursor {c:?}")))
+        })
+        .transpose()?;
+    let page = state
+        .store
+        .history(&key, before, page_limit(params.limit)?)
+        .await?;
+    if page.items.is_empty() && before.is_none() {
+        return Err(EngineError::NotFound {
+            detail: format!("{key} does not exist"),
+            tombstone: None,
+        }
+        .into());
+    }
+    Ok(Json(HistoryPageBody {
+        next: page.next.map(|v| encode_cursor(&v.to_string())),
+        items: page.items.into_iter().map(HistoryItem::from).collect(),
+    }))
+}
+
+/// The body of one version, with its ETag.
+#[utoipa::path(
+    get,
+    path = "/v1/{collection}/{id}/versions/{n}",
+    tag = "history",
+    params(("collection" = String, Path), ("id" = String, Path), ("n" = u64, Path, description = "Version number")),
+    responses(
+        (status = 200, description = "The version's document", body = Object,
+            headers(("ETag" = String), ("Last-Modified" = String), ("Truce-Version" = u64), ("Truce-Revision" = u64))),
+        (status = 304, description = "Not modified"),
+        (status = 400, description = "Bad name or version", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such version, or it is a deletion", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 410, description = "Removed by retention; `oldest` is the oldest kept", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn version(
+    State(state): State<AppState>,
+    path: VersionPath,
+    Conditions(preconditions): Conditions,
+) -> Result<Response, ApiError> {
+    let lookup = state.store.version(&path.key, path.number).await?;
+    let version = require_live_version(&path.key, path.number, lookup)?;
+    conditional_read(&path.key, &version, &preconditions)
+}
+
+/// The RFC 6902 JSON Patch that turns version `from` into version `to`.
+#[utoipa::path(
+    get,
+    path = "/v1/{collection}/{id}/diff",
+    tag = "history",
+    params(("collection" = String, Path), ("id" = String, Path), DiffParams),
+    responses(
+        (status = 200, description = "A JSON Patch", content_type = "application/json-patch+json", body = Vec<Object>),
+        (status = 400, description = "Bad name or version", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such version, or one side is a deletion", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 410, description = "A version was removed by retention", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn diff(
+    State(state): State<AppState>,
+    ResourcePath(key): ResourcePath,
+    ApiQuery(params): ApiQuery<DiffParams>,
+) -> Result<Response, ApiError> {
+    let to = match params.to {
+        Some(to) => to,
+        None => state.store.head(&key).await?.map_or(0, |head| head.number),
+    };
+    let from = params.from.unwrap_or(to.saturating_sub(1));
+    let from_value = document_at(&state, &key, from).await?;
+    let to_value = document_at(&state, &key, to).await?;
+    let mut response = Json(diff_versions(&from_value, &to_value)).into_response();
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/json-patch+json"),
+    );
+    Ok(response)
+}
+
+/// The parsed document of version `number`, or why there is none.
+async fn document_at(
+    state: &AppState,
+    key: &ResourceKey,
+    number: u64,
+) -> Result<serde_json::Value, ApiError> {
+    let lookup = state.store.version(key, number).await?;
+    let version: Version = require_live_version(key, number, lookup)?;
+    let body = version.body.unwrap_or_default();
+    Ok(Document::from_stored(body)?.into_value())
+}
+
+/// Writes a new version whose content is version `to`'s.
+#[utoipa::path(
+    post,
+    path = "/v1/{collection}/{id}/revert",
+    tag = "history",
+    params(("collection" = String, Path), ("id" = String, Path), WriteParams),
+    request_body(content = RevertRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Reverted (or unchanged if the content is already version `to`'s)", body = Object,
+            headers(("ETag" = String), ("Truce-Version" = u64), ("Truce-Revision" = u64))),
+        (status = 201, description = "Reverted a deleted resource back to life", body = Object),
+        (status = 204, description = "`Prefer: return=minimal`"),
+        (status = 400, description = "Malformed body, name or header", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such resource or version", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "`?if_version` mismatch", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 410, description = "Version `to` was removed by retention", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 412, description = "A precondition was false", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "Not application/json", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 428, description = "The collection requires a precondition", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Overloaded or storage unavailable", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn revert(
+    State(state): State<AppState>,
+    ResourcePath(key): ResourcePath,
+    ApiQuery(params): ApiQuery<WriteParams>,
+    Conditions(preconditions): Conditions,
+    prefer: Prefer,
+    JsonBody(request): JsonBody<RevertRequest>,
+) -> Result<Response, ApiError> {
+    let action = WriteAction::Revert { to: request.to };
+    let command = write_command(key, action, preconditions, params);
+    run_write(&state, command, prefer).await
+}

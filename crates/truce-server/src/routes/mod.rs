@@ -1,0 +1,72 @@
+//! The route table: every endpoint, registered together with its OpenAPI
+//! description so the router and the published document cannot drift apart.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::Extension;
+use axum::http::Uri;
+use axum::middleware;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::context::request_envelope;
+use crate::error::ApiError;
+use crate::openapi::ApiDoc;
+use crate::problem;
+use crate::state::AppState;
+
+pub mod changes;
+pub mod documents;
+pub mod history;
+pub mod system;
+
+/// Every route with its handlers, and the OpenAPI document describing them.
+pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(system::healthz))
+        .routes(routes!(system::readyz))
+        .routes(routes!(system::openapi_document))
+        .routes(routes!(system::metrics))
+        .routes(routes!(problem::problem_page))
+        .routes(routes!(changes::changes))
+        .routes(routes!(system::compact))
+        .routes(routes!(documents::list, documents::create))
+        .routes(routes!(
+            documents::read,
+            documents::put,
+            documents::patch,
+            documents::delete
+        ))
+        .routes(routes!(history::versions))
+        .routes(routes!(history::version))
+        .routes(routes!(history::diff))
+        .routes(routes!(history::revert))
+        .routes(routes!(changes::watch))
+        .with_state(state)
+        .split_for_parts();
+    (router, api)
+}
+
+/// The complete application: routes, the OpenAPI document, the fallback, and the
+/// request envelope (request id, panic containment, access log, metrics).
+pub fn app(state: AppState) -> Router {
+    let (router, api) = api(state);
+    let json = api.to_json().unwrap_or_else(|_| "{}".into());
+    with_envelope(
+        router
+            .layer(Extension(system::OpenApiJson(Arc::new(json))))
+            .fallback(no_route),
+    )
+}
+
+/// Wraps any router in the request envelope. Public so tests can serve extra routes
+/// (a handler that panics, say) under the same envelope as the real ones.
+pub fn with_envelope(router: Router) -> Router {
+    router.layer(middleware::from_fn(request_envelope))
+}
+
+async fn no_route(uri: Uri) -> ApiError {
+    ApiError::NoRoute(uri.path().to_owned())
+}

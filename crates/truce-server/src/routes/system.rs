@@ -1,0 +1,102 @@
+//! Operations endpoints: liveness, readiness, the OpenAPI document, Prometheus
+//! metrics and on-demand compaction (SPEC §10).
+
+use std::sync::Arc;
+
+use axum::extract::{Extension, State};
+use axum::http::HeaderValue;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Json, Response};
+use truce_engine::{EngineError, StorageError};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::wire::{CompactionBody, HealthBody, ProblemBody};
+
+/// The serialised OpenAPI document, built once with the router.
+#[derive(Clone)]
+pub struct OpenApiJson(pub Arc<String>);
+
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "system",
+    responses((status = 200, description = "The process is alive", body = HealthBody))
+)]
+pub async fn healthz() -> Json<HealthBody> {
+    Json(HealthBody {
+        status: "ok".into(),
+    })
+}
+
+/// Readiness: the store answers and the server is not draining.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "system",
+    responses(
+        (status = 200, description = "Ready to serve", body = HealthBody),
+        (status = 503, description = "Draining, or the store is unavailable", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthBody>, ApiError> {
+    if state.shutdown.is_cancelled() {
+        return Err(EngineError::Storage(StorageError::Closed).into());
+    }
+    state.store.check_ready().await?;
+    Ok(Json(HealthBody {
+        status: "ok".into(),
+    }))
+}
+
+/// This API's OpenAPI 3.1 document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "system",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object))
+)]
+pub async fn openapi_document(Extension(doc): Extension<OpenApiJson>) -> Response {
+    let mut response = doc.0.as_str().to_owned().into_response();
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Prometheus metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "system",
+    responses((status = 200, description = "Metrics in the Prometheus text format", content_type = "text/plain", body = String))
+)]
+pub async fn metrics() -> Response {
+    let text = crate::metrics::render();
+    let mut response = text.into_response();
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
+}
+
+/// Runs one compaction pass now: removes what the retention settings no longer keep.
+#[utoipa::path(
+    post,
+    path = "/v1/_compact",
+    tag = "system",
+    responses(
+        (status = 200, description = "What the pass removed", body = CompactionBody),
+        (status = 503, description = "Overloaded or storage unavailable", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn compact(State(state): State<AppState>) -> Result<Json<CompactionBody>, ApiError> {
+    let report = state.store.compact().await?;
+    Ok(Json(CompactionBody {
+        versions_removed: report.versions_removed,
+        changes_removed: report.changes_removed,
+        oldest_revision: report.oldest_revision,
+    }))
+}

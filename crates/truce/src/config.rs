@@ -1,0 +1,309 @@
+//! `truce serve` settings: flags, environment variables and the config file.
+//!
+//! Every setting has a flag (`--max-batch`), an environment variable
+//! (`TRUCE_MAX_BATCH`) and a config-file key (`max_batch`). A flag beats the
+//! environment (clap reads both), which beats the file, which beats the default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+use truce_engine::{DocumentLimits, Retention};
+use truce_server::ServerConfig;
+use truce_store::EmbeddedConfig;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A duration written like `30s`, `5m` or `7d`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (write durations like 30s, 5m, 7d)"))
+}
+
+/// Flags of `truce serve`; each also reads `TRUCE_<NAME>`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, env = "TRUCE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Data directory of the embedded store.
+    #[arg(long, env = "TRUCE_DATA")]
+    pub data: Option<PathBuf>,
+    /// Config file (TOML) with any of these settings.
+    #[arg(long, env = "TRUCE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "TRUCE_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Largest request body in bytes (default 1 MiB).
+    #[arg(long, env = "TRUCE_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Deepest document nesting (default 64, at most 127).
+    #[arg(long, env = "TRUCE_MAX_DEPTH")]
+    pub max_depth: Option<usize>,
+    /// Keep at most this many versions per resource (default: all).
+    #[arg(long, env = "TRUCE_HISTORY_MAX_VERSIONS")]
+    pub history_max_versions: Option<u64>,
+    /// Remove past versions older than this, e.g. 30d (default: never).
+    #[arg(long, env = "TRUCE_HISTORY_MAX_AGE", value_parser = parse_duration)]
+    pub history_max_age: Option<Duration>,
+    /// Remove change-feed entries older than this, e.g. 7d (default: never).
+    #[arg(long, env = "TRUCE_CHANGES_MAX_AGE", value_parser = parse_duration)]
+    pub changes_max_age: Option<Duration>,
+    /// How often age-based retention runs (default 60s).
+    #[arg(long, env = "TRUCE_COMPACTION_INTERVAL", value_parser = parse_duration)]
+    pub compaction_interval: Option<Duration>,
+    /// Most writes committed with one fsync (default 256; 1 disables group commit).
+    #[arg(long, env = "TRUCE_MAX_BATCH")]
+    pub max_batch: Option<usize>,
+    /// Writes that may queue for the sequencer before new ones get 503 (default 8192).
+    #[arg(long, env = "TRUCE_QUEUE_CAPACITY")]
+    pub queue_capacity: Option<usize>,
+    /// Page cache of the embedded store in MiB (default 256).
+    #[arg(long, env = "TRUCE_CACHE_MB")]
+    pub cache_mb: Option<usize>,
+    /// Longest wait for a request head, and idle keep-alive time (default 30s).
+    #[arg(long, env = "TRUCE_HEADER_TIMEOUT", value_parser = parse_duration)]
+    pub header_timeout: Option<Duration>,
+    /// Longest wait for a request body (default 30s).
+    #[arg(long, env = "TRUCE_BODY_TIMEOUT", value_parser = parse_duration)]
+    pub body_timeout: Option<Duration>,
+    /// Interval of SSE heartbeats (default 15s).
+    #[arg(long, env = "TRUCE_SSE_KEEPALIVE", value_parser = parse_duration)]
+    pub sse_keepalive: Option<Duration>,
+    /// Longest graceful shutdown waits for in-flight requests (default 30s).
+    #[arg(long, env = "TRUCE_SHUTDOWN_GRACE", value_parser = parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+}
+
+/// The config file: the same settings, keys in snake_case, durations as strings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    max_body_bytes: Option<usize>,
+    max_depth: Option<usize>,
+    history_max_versions: Option<u64>,
+    history_max_age: Option<String>,
+    changes_max_age: Option<String>,
+    compaction_interval: Option<String>,
+    max_batch: Option<usize>,
+    queue_capacity: Option<usize>,
+    cache_mb: Option<usize>,
+    header_timeout: Option<String>,
+    body_timeout: Option<String>,
+    sse_keepalive: Option<String>,
+    shutdown_grace: Option<String>,
+}
+
+/// A setting that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The config file is not valid.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Everything `serve` needs, resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// HTTP settings.
+    pub server: ServerConfig,
+    /// Store settings.
+    pub store: EmbeddedConfig,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl ServeArgs {
+    /// Resolves flags, environment and config file into settings.
+    pub fn resolve(&self) -> Result<Settings, ConfigError> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let duration = |flag: Option<Duration>, key: &Option<String>, name: &str| match (flag, key)
+        {
+            (Some(d), _) => Ok(Some(d)),
+            (None, Some(text)) => parse_duration(text)
+                .map(Some)
+                .map_err(|e| ConfigError::Invalid(format!("{name}: {e}"))),
+            (None, None) => Ok(None),
+        };
+        let defaults = ServerConfig::default();
+        let limits = DocumentLimits {
+            max_body_bytes: self
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(DocumentLimits::default().max_body_bytes),
+            max_depth: self
+                .max_depth
+                .or(file.max_depth)
+                .unwrap_or(DocumentLimits::default().max_depth),
+        };
+        if limits.max_depth == 0 || limits.max_depth > DocumentLimits::PARSER_DEPTH_CEILING {
+            return Err(ConfigError::Invalid(format!(
+                "max_depth must be between 1 and {}",
+                DocumentLimits::PARSER_DEPTH_CEILING
+            )));
+        }
+        if limits.max_body_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "max_body_bytes must be positive".into(),
+            ));
+        }
+        let retention = Retention {
+            max_versions: self.history_max_versions.or(file.history_max_versions),
+            max_age: duration(
+                self.history_max_age,
+                &file.history_max_age,
+                "history_max_age",
+            )?,
+            changes_max_age: duration(
+                self.changes_max_age,
+                &file.changes_max_age,
+                "changes_max_age",
+            )?,
+        };
+        if retention.max_versions == Some(0) {
+            return Err(ConfigError::Invalid(
+                "history_max_versions must be at least 1 (the current version is always kept)"
+                    .into(),
+            ));
+        }
+        let server = ServerConfig {
+            listen: self.listen.or(file.listen).unwrap_or(defaults.listen),
+            limits,
+            header_timeout: duration(self.header_timeout, &file.header_timeout, "header_timeout")?
+                .unwrap_or(defaults.header_timeout),
+            body_timeout: duration(self.body_timeout, &file.body_timeout, "body_timeout")?
+                .unwrap_or(defaults.body_timeout),
+            sse_keepalive: duration(self.sse_keepalive, &file.sse_keepalive, "sse_keepalive")?
+                .unwrap_or(defaults.sse_keepalive),
+            longpoll_max: defaults.longpoll_max,
+            shutdown_grace: duration(self.shutdown_grace, &file.shutdown_grace, "shutdown_grace")?
+                .unwrap_or(defaults.shutdown_grace),
+            compaction_interval: Some(
+                duration(
+                    self.compaction_interval,
+                    &file.compaction_interval,
+                    "compaction_interval",
+                )?
+                .unwrap_or(Duration::from_secs(60)),
+            ),
+        };
+        let data = self
+            .data
+            .clone()
+            .or(file.data)
+            .unwrap_or_else(|| PathBuf::from("./truce-data"));
+        let mut store = EmbeddedConfig::new(data);
+        store.limits = limits;
+        store.retention = retention;
+        store.max_batch = self
+            .max_batch
+            .or(file.max_batch)
+            .unwrap_or(store.max_batch)
+            .max(1);
+        store.queue_capacity = self
+            .queue_capacity
+            .or(file.queue_capacity)
+            .unwrap_or(store.queue_capacity)
+            .max(1);
+        if let Some(mb) = self.cache_mb.or(file.cache_mb) {
+            store.cache_bytes = mb.saturating_mul(1024 * 1024);
+        }
+        Ok(Settings {
+            server,
+            store,
+            log_format: self.log_format.or(file.log_format).unwrap_or_default(),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_the_file_which_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("truce.toml");
+        std::fs::write(
+            &path,
+            "max_batch = 8\nhistory_max_age = \"30d\"\nlisten = \"127.0.0.1:9000\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            max_batch: Some(4),
+            ..ServeArgs::default()
+        };
+        let settings = args.resolve().unwrap();
+        assert_eq!(settings.store.max_batch, 4);
+        assert_eq!(
+            settings.store.retention.max_age,
+            Some(Duration::from_secs(30 * 86400))
+        );
+        assert_eq!(settings.server.listen.port(), 9000);
+        assert_eq!(settings.server.limits.max_depth, 64);
+    }
+
+    #[test]
+    fn bad_files_and_values_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("truce.toml");
+        std::fs::write(&path, "no_such_setting = 1\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(args.resolve(), Err(ConfigError::Parse { .. })));
+        std::fs::write(&path, "history_max_age = \"soon\"\n").unwrap();
+        assert!(matches!(args.resolve(), Err(ConfigError::Invalid(_))));
+        let depth = ServeArgs {
+            max_depth: Some(500),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(depth.resolve(), Err(ConfigError::Invalid(_))));
+    }
+}

@@ -1,0 +1,47 @@
+//! The `truce` binary: `truce serve` runs the server; the other commands are tools
+//! that speak its HTTP API.
+
+mod bench;
+mod config;
+mod logging;
+mod serve;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// truce: a conflict-aware HTTP resource server.
+#[derive(Debug, Parser)]
+#[command(name = "truce", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server on the embedded store.
+    Serve(Box<config::ServeArgs>),
+    /// Measure durable conditional-write throughput against a running server.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("truce: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve::run(*args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    })
+}

@@ -1,0 +1,97 @@
+//! `truce serve`: bind, open the store, serve, and drain on SIGTERM or Ctrl-C.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use truce_store::EmbeddedStore;
+
+use crate::config::ServeArgs;
+use crate::logging;
+
+/// Runs the server until a shutdown signal, then drains and exits.
+pub async fn run(args: ServeArgs) -> ExitCode {
+    let settings = match args.resolve() {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("truce: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    logging::init(settings.log_format);
+    let listen = settings.server.listen;
+    if !listen.ip().is_loopback() {
+        tracing::error!(
+            %listen,
+            "no API keys are configured, so truce only binds a loopback address; use --listen 127.0.0.1:PORT"
+        );
+        return ExitCode::from(2);
+    }
+    let listener = match TcpListener::bind(listen).await {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%listen, %error, "cannot listen");
+            return ExitCode::FAILURE;
+        }
+    };
+    let address = match listener.local_addr() {
+        Ok(address) => address,
+        Err(error) => {
+            tracing::error!(%error, "cannot read the listening address");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(address = %address, "truce listening on http://{address}");
+    let data = settings.store.data_dir.clone();
+    let store = match tokio::task::spawn_blocking(move || EmbeddedStore::open(settings.store)).await
+    {
+        Ok(Ok(store)) => store,
+        Ok(Err(error)) => {
+            tracing::error!(%error, data = %data.display(), "cannot open the store");
+            return ExitCode::FAILURE;
+        }
+        Err(error) => {
+            tracing::error!(%error, "store opening task failed");
+            return ExitCode::FAILURE;
+        }
+    };
+    let server = match truce_server::serve(listener, Arc::new(store), settings.server) {
+        Ok(server) => server,
+        Err(error) => {
+            tracing::error!(%error, "cannot serve");
+            return ExitCode::FAILURE;
+        }
+    };
+    let token = server.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received");
+        token.cancel();
+    });
+    server.stopped().await;
+    ExitCode::SUCCESS
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
