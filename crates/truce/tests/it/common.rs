@@ -1,0 +1,319 @@
+//! Test harness: real servers on random loopback ports with temporary data dirs.
+//!
+//! [`TestServer`] runs the server in the test's own runtime (fast to start, and the
+//! store can be configured directly); [`ServerProcess`] runs the `truce` binary, for
+//! what only a process can show: the first log line, signals and crashes.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use reqwest::{Client, Response};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use truce_server::{RunningServer, ServerConfig};
+use truce_store::{EmbeddedConfig, EmbeddedStore};
+
+/// A server running inside the test's runtime.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// A client for it.
+    pub client: Client,
+    server: Option<RunningServer>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestServer {
+    /// A server with default settings on a fresh data dir.
+    pub async fn start() -> Self {
+        Self::start_with(|_, _| {}).await
+    }
+
+    /// A server whose settings `configure` may change.
+    pub async fn start_with(
+        configure: impl FnOnce(&mut ServerConfig, &mut EmbeddedConfig),
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut server = ServerConfig {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            compaction_interval: None,
+            ..ServerConfig::default()
+        };
+        let mut store = EmbeddedConfig::new(dir.path());
+        configure(&mut server, &mut store);
+        let (base, running) = launch(server, store).await;
+        Self {
+            base,
+            client: client(),
+            server: Some(running),
+            _dir: Some(dir),
+        }
+    }
+
+    /// The full URL of `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// `PUT path` with a JSON body and extra headers.
+    pub async fn put(&self, path: &str, body: &Value, headers: &[(&str, &str)]) -> Response {
+        let mut request = self
+            .client
+            .put(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("PUT")
+    }
+
+    /// `GET path` with extra headers.
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Response {
+        let mut request = self.client.get(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.expect("GET")
+    }
+
+    /// `GET path` as JSON, asserting 200.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = self.get(path, &[]).await;
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.json().await.expect("JSON body")
+    }
+
+    /// Creates `path` with `body`, returning its ETag.
+    pub async fn create(&self, path: &str, body: &Value) -> String {
+        let response = self.put(path, body, &[]).await;
+        assert_eq!(response.status(), 201, "create {path}");
+        etag(&response)
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown();
+            server.stopped().await;
+        }
+    }
+}
+
+/// Binds a random port and serves a store opened with `store`.
+pub async fn launch(server: ServerConfig, store: EmbeddedConfig) -> (String, RunningServer) {
+    let listener = TcpListener::bind(server.listen).await.expect("bind");
+    let store = EmbeddedStore::open(store).expect("open store");
+    let running = truce_server::serve(listener, Arc::new(store), server).expect("serve");
+    (format!("http://{}", running.local_addr()), running)
+}
+
+/// A client that never uses a proxy and keeps connections.
+pub fn client() -> Client {
+    Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// The `ETag` header.
+pub fn etag(response: &Response) -> String {
+    header(response, "etag")
+}
+
+/// A header as text; panics if missing.
+pub fn header(response: &Response, name: &str) -> String {
+    response
+        .headers()
+        .get(name)
+        .unwrap_or_else(|| panic!("missing {name} header"))
+        .to_str()
+        .expect("ASCII header")
+        .to_owned()
+}
+
+/// A problem body, checked for the RFC 9457 members every problem has.
+pub async fn problem(response: Response, status: u16, slug: &str) -> Value {
+    assert_eq!(response.status(), status, "status for {slug}");
+    assert_eq!(
+        header(&response, "content-type"),
+        "application/problem+json"
+    );
+    let request_id = header(&response, "x-request-id");
+    let body: Value = response.json().await.expect("problem JSON");
+    assert_eq!(body["type"], format!("/problems/{slug}"), "{body}");
+    assert_eq!(body["status"], status);
+    assert!(body["title"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    assert!(
+        body["instance"]
+            .as_str()
+            .is_some_and(|i| i.starts_with('/'))
+    );
+    assert_eq!(body["request_id"], request_id);
+    body
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SseEvent {
+    /// `event:`.
+    pub event: String,
+    /// `id:`, if any.
+    pub id: Option<String>,
+    /// `data:` lines joined.
+    pub data: String,
+}
+
+/// Reads SSE events (and comment lines, as events named `:`) from a response.
+pub fn sse_events(response: Response) -> mpsc::UnboundedReceiver<SseEvent> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = response.bytes_stream();
+        let mut buffer = String::new();
+        let mut current = SseEvent::default();
+        while let Some(Ok(chunk)) = stream.next().await {
+            buffer.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buffer.find('\n') {
+                let line = buffer[..end].trim_end_matches('\r').to_owned();
+                buffer.drain(..=end);
+                if line.is_empty() {
+                    if !current.event.is_empty() || !current.data.is_empty() {
+                        let _ = tx.send(std::mem::take(&mut current));
+                    }
+                } else if let Some(comment) = line.strip_prefix(':') {
+                    let _ = tx.send(SseEvent {
+                        event: ":".into(),
+                        id: None,
+                        data: comment.trim().to_owned(),
+                    });
+                } else if let Some((field, value)) = line.split_once(':') {
+                    let value = value.strip_prefix(' ').unwrap_or(value).to_owned();
+                    match field {
+                        "event" => current.event = value,
+                        "id" => current.id = Some(value),
+                        "data" => {
+                            if !current.data.is_empty() {
+                                current.data.push('\n');
+                            }
+                            current.data.push_str(&value);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for the next non-comment event, failing the test after `wait`.
+pub async fn next_event(
+    events: &mut mpsc::UnboundedReceiver<SseEvent>,
+    wait: Duration,
+) -> SseEvent {
+    loop {
+        let event = tokio::time::timeout(wait, events.recv())
+            .await
+            .expect("an event in time")
+            .expect("stream still open");
+        if event.event != ":" {
+            return event;
+        }
+    }
+}
+
+/// The `truce` binary running as a child process.
+pub struct ServerProcess {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The child.
+    pub child: Child,
+    /// Log lines after the first.
+    pub logs: mpsc::UnboundedReceiver<String>,
+    /// The first line the server logged.
+    pub first_line: String,
+}
+
+impl ServerProcess {
+    /// Starts `truce serve --listen 127.0.0.1:0 --data DATA` plus `extra` flags.
+    pub async fn start(data: &Path, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_truce"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--data"])
+            .arg(data)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn truce");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let first_line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("first log line in time")
+            .expect("read stdout")
+            .expect("a first line");
+        let (tx, logs) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let _ = tx.send(line);
+            }
+        });
+        let base = address_in(&first_line)
+            .map(|a| format!("http://{a}"))
+            .unwrap_or_else(|| panic!("no address in the first log line: {first_line}"));
+        Self {
+            base,
+            child,
+            logs,
+            first_line,
+        }
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn ready(&self, client: &Client) {
+        for _ in 0..300 {
+            if let Ok(response) = client.get(format!("{}/readyz", self.base)).send().await
+                && response.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("server at {} never became ready", self.base);
+    }
+
+    /// Sends SIGKILL and reaps the process.
+    pub async fn kill(mut self) {
+        self.child.kill().await.expect("kill");
+    }
+}
+
+/// Finds `127.0.0.1:PORT` in a log line.
+pub fn address_in(line: &str) -> Option<String> {
+    let start = line.find("127.0.0.1:")?;
+    let rest = &line[start..];
+    let end = rest
+        .char_indices()
+        .skip("127.0.0.1:".len())
+        .find(|(_, c)| !c.is_ascii_digit())
+        .map_or(rest.len(), |(i, _)| i);
+    Some(rest[..end].to_owned())
+}
+
+/// A fresh temporary directory that outlives the processes using it.
+pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("data");
+    (dir, path)
+}
