@@ -82,11 +82,29 @@ pub enum WriteStatus {
     Created,
     /// A new version of a live resource: 200.
     Updated,
-    /// The result equals the current content, or the change was already applied: no
-    /// new version, 200 with the current ETag.
+    /// The result equals the current content: no new version, 200 with the current
+    /// ETag.
     Unchanged,
+    /// `If-Match` was stale, but the current content already equals what the write
+    /// asks for (RFC 9110 §13.1.1): no new version, 200 with the current ETag. A
+    /// read-modify-write client must not count this as its own change: someone else's
+    /// write (or its own earlier attempt) made the content.
+    AlreadyApplied,
     /// A tombstone was written: 200.
     Deleted,
+}
+
+impl WriteStatus {
+    /// The name clients see in the `Truce-Outcome` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Updated => "updated",
+            Self::Unchanged => "unchanged",
+            Self::AlreadyApplied => "already-applied",
+            Self::Deleted => "deleted",
+        }
+    }
 }
 
 /// The answer to a write: the resource's head after it.

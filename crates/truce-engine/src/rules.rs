@@ -115,7 +115,7 @@ pub fn plan_write(
             if let Some(current) = live
                 && already_applied(view, command, current, ctx)?
             {
-                return Ok(unchanged(key, current));
+                return Ok(unchanged(key, current, WriteStatus::AlreadyApplied));
             }
             return Err(EngineError::PreconditionFailed {
                 condition: FailedCondition::IfMatch,
@@ -150,7 +150,7 @@ pub fn plan_write(
     if let Some(head) = head.as_ref()
         && is_same_content(live, Some(head), &next)
     {
-        return Ok(unchanged(key, head));
+        return Ok(unchanged(key, head, WriteStatus::Unchanged));
     }
 
     let (body, status) = match next {
@@ -199,11 +199,11 @@ pub fn plan_write(
 }
 
 /// The answer for a write that changes nothing.
-fn unchanged(key: &ResourceKey, head: &Version) -> Planned {
+fn unchanged(key: &ResourceKey, head: &Version, status: WriteStatus) -> Planned {
     Planned {
         outcome: WriteOutcome {
             key: key.clone(),
-            status: WriteStatus::Unchanged,
+            status,
             version: head.clone(),
         },
         effect: None,
@@ -463,7 +463,7 @@ mod tests {
         let retried = view.run(if_match(put(json!({"n": 2})), &stale)).unwrap();
         assert_eq!(
             (retried.status, retried.version.number),
-            (WriteStatus::Unchanged, 2)
+            (WriteStatus::AlreadyApplied, 2)
         );
     }
 

@@ -130,8 +130,8 @@ fn model_step(resource: &mut ModelResource, step: &Step) -> Expected {
     if (needs_live && live.is_none()) || (matches!(step.action, Action::Revert(_)) && head == 0) {
         return Expected::NotFound;
     }
-    let unchanged = |resource: &ModelResource| Expected::Ok {
-        status: WriteStatus::Unchanged,
+    let unchanged = |resource: &ModelResource, status| Expected::Ok {
+        status,
         version: resource.head(),
         body: resource.live().cloned(),
     };
@@ -145,7 +145,7 @@ fn model_step(resource: &mut ModelResource, step: &Step) -> Expected {
     if if_match == Some(false) {
         // Already applied: the write would change nothing.
         if live.is_some() && next_content(resource, &step.action).is_ok_and(|n| n == live) {
-            return unchanged(resource);
+            return unchanged(resource, WriteStatus::AlreadyApplied);
         }
         return Expected::PreconditionFailed;
     }
@@ -167,7 +167,7 @@ fn model_step(resource: &mut ModelResource, step: &Step) -> Expected {
         _ => false,
     };
     if same {
-        return unchanged(resource);
+        return unchanged(resource, WriteStatus::Unchanged);
     }
     let status = match (&next, &live) {
         (None, _) => WriteStatus::Deleted,

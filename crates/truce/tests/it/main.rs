@@ -2,6 +2,9 @@
 //!
 //! One test binary with a module per part of the contract keeps link times low.
 
+mod changes;
 mod common;
+mod concurrency;
 mod preconditions;
+mod problems;
 mod resources;

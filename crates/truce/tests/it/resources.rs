@@ -16,6 +16,7 @@ async fn put_creates_then_replaces_with_headers() {
     assert_eq!(created.status(), 201);
     assert_eq!(header(&created, "location"), "/v1/users/ada");
     assert_eq!(header(&created, "truce-version"), "1");
+    assert_eq!(header(&created, "truce-outcome"), "created");
     assert_eq!(header(&created, "truce-revision"), "1");
     let first = etag(&created);
     assert!(first.starts_with("\"1-") && first.ends_with('"'), "{first}");
@@ -77,6 +78,7 @@ async fn equal_content_creates_no_version() {
     assert_eq!(again.status(), 200);
     assert_eq!(etag(&again), tag);
     assert_eq!(header(&again, "truce-version"), "1");
+    assert_eq!(header(&again, "truce-outcome"), "unchanged");
     let patch = server
         .client
         .patch(server.url("/v1/users/ada"))
@@ -257,6 +259,7 @@ async fn delete_writes_a_tombstone_and_numbering_continues() {
         .unwrap();
     assert_eq!(deleted.status(), 200);
     assert_eq!(header(&deleted, "truce-version"), "3");
+    assert_eq!(header(&deleted, "truce-outcome"), "deleted");
     let tombstone_etag = etag(&deleted);
     let body: Value = deleted.json().await.unwrap();
     assert_eq!(body["deleted"], true);
@@ -480,6 +483,7 @@ async fn revert_writes_a_new_version_with_old_content() {
     let again = revert(current).await;
     assert_eq!(again.status(), 200);
     assert_eq!(header(&again, "truce-version"), "3");
+    assert_eq!(header(&again, "truce-outcome"), "already-applied");
     let history = server.get_json("/v1/docs/a/versions?limit=1").await;
     assert_eq!(history["items"][0]["op"], "revert");
 

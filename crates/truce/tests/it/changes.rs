@@ -1,0 +1,368 @@
+//! SPEC §6: the change feed under concurrent writers (ordered, gap-free, never
+//! repeated), long polls that wake on a write, SSE that resumes from Last-Event-ID,
+//! heartbeats, watches, and 410 once compacted.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::{TestServer, next_event, problem, sse_events};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Reads the whole feed from `since` in pages of `limit`.
+async fn read_feed(server: &TestServer, since: u64, limit: usize) -> (Vec<Value>, u64) {
+    let mut since = since;
+    let mut changes = Vec::new();
+    loop {
+        let page = server
+            .get_json(&format!("/v1/_changes?since={since}&limit={limit}"))
+            .await;
+        let items = page["changes"].as_array().unwrap().clone();
+        let last = page["last_revision"].as_u64().unwrap();
+        assert!(last >= since, "the feed never goes back");
+        since = last;
+        if items.is_empty() {
+            return (changes, since);
+        }
+        changes.extend(items);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_feed_is_ordered_and_gap_free_under_concurrent_writers() {
+    let server = Arc::new(TestServer::start().await);
+    let writers = 8;
+    let writes_each = 40;
+    // A reader follows the feed while the writers run.
+    let reader = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut since = 0;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while seen.len() < writers * writes_each && Instant::now() < deadline {
+                let page = server
+                    .get_json(&format!(
+                        "/v1/_changes?since={since}&limit=7&feed=longpoll&timeout_ms=2000"
+                    ))
+                    .await;
+                seen.extend(page["changes"].as_array().unwrap().iter().cloned());
+                since = page["last_revision"].as_u64().unwrap();
+            }
+            seen
+        })
+    };
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let server = Arc::clone(&server);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..writes_each {
+                // Half the writes go to a shared document, half to the writer's own.
+                let path = if i % 2 == 0 {
+                    "/v1/feed/shared".to_owned()
+                } else {
+                    format!("/v1/feed/own-{w}")
+                };
+                let response = server.put(&path, &json!({"w": w, "i": i}), &[]).await;
+                assert!(response.status().is_success());
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let followed = reader.await.unwrap();
+    let (paged, last) = read_feed(&server, 0, 13).await;
+    let total = writers * writes_each;
+    for changes in [&followed, &paged] {
+        assert_eq!(changes.len(), total);
+        let revisions: Vec<u64> = changes
+            .iter()
+            .map(|c| c["revision"].as_u64().unwrap())
+            .collect();
+        assert_eq!(revisions, (1..=total as u64).collect::<Vec<_>>());
+        // Per resource, versions come in order with no gap.
+        let mut versions: HashMap<String, u64> = HashMap::new();
+        for change in changes.iter() {
+            let id = change["id"].as_str().unwrap().to_owned();
+            let expected = versions.get(&id).copied().unwrap_or(0) + 1;
+            assert_eq!(change["version"], expected, "{change}");
+            versions.insert(id, expected);
+        }
+    }
+    assert_eq!(last, total as u64);
+    assert_eq!(followed, paged);
+}
+
+#[tokio::test]
+async fn change_entries_carry_their_fields_and_filters_apply() {
+    let server = TestServer::start().await;
+    let tag = server.create("/v1/one/a", &json!({"n": 1})).await;
+    server.create("/v1/two/b", &json!({"n": 2})).await;
+    server
+        .client
+        .delete(server.url("/v1/one/a"))
+        .send()
+        .await
+        .unwrap();
+    let all = server.get_json("/v1/_changes?include_docs=true").await;
+    let changes = all["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 3);
+    assert_eq!(changes[0]["collection"], "one");
+    assert_eq!(changes[0]["id"], "a");
+    assert_eq!(changes[0]["version"], 1);
+    assert_eq!(changes[0]["etag"], tag);
+    assert_eq!(changes[0]["op"], "create");
+    assert_eq!(changes[0]["doc"], json!({"n": 1}));
+    assert_eq!(changes[2]["op"], "delete");
+    assert!(
+        changes[2].get("doc").is_none(),
+        "a deletion has no document"
+    );
+    assert_eq!(all["last_revision"], 3);
+    let without_docs = server.get_json("/v1/_changes").await;
+    assert!(without_docs["changes"][0].get("doc").is_none());
+    let one = server.get_json("/v1/_changes?collection=one").await;
+    let revisions: Vec<u64> = one["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["revision"].as_u64().unwrap())
+        .collect();
+    assert_eq!(revisions, [1, 3]);
+    assert_eq!(one["last_revision"], 3);
+    let after = server.get_json("/v1/_changes?since=3").await;
+    assert_eq!(after, json!({"changes": [], "last_revision": 3}));
+}
+
+#[tokio::test]
+async fn a_long_poll_wakes_on_a_write() {
+    let server = Arc::new(TestServer::start().await);
+    server.create("/v1/poll/a", &json!({"n": 1})).await;
+    let started = Instant::now();
+    let poll = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move {
+            server
+                .get_json("/v1/_changes?since=1&feed=longpoll&timeout_ms=20000")
+                .await
+        })
+    };
+    // Give the poll a moment to be waiting; it answers correctly either way.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.put("/v1/poll/a", &json!({"n": 2}), &[]).await;
+    let page = poll.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "woke on the write"
+    );
+    assert_eq!(page["changes"][0]["version"], 2);
+    assert_eq!(page["last_revision"], 2);
+
+    // Filtered: a write elsewhere does not end the poll; the timeout does.
+    let started = Instant::now();
+    let quiet = {
+        let server = Arc::clone(&server);
+        tokio::spawn(async move {
+            server
+                .get_json("/v1/_changes?since=2&collection=quiet&feed=longpoll&timeout_ms=500")
+                .await
+        })
+    };
+    server.put("/v1/poll/b", &json!({}), &[]).await;
+    let page = quiet.await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(450));
+    assert_eq!(page["changes"], json!([]));
+    assert_eq!(page["last_revision"], 3);
+}
+
+#[tokio::test]
+async fn sse_streams_changes_and_resumes_from_last_event_id() {
+    let server = TestServer::start().await;
+    let open = |last_event_id: Option<String>| {
+        let mut request = server
+            .client
+            .get(server.url("/v1/_changes?since=0"))
+            .header("accept", "text/event-stream");
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        request.send()
+    };
+    let response = open(None).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(crate::common::header(&response, "content-type").starts_with("text/event-stream"));
+    let mut events = sse_events(response);
+    for n in 1..=5 {
+        server
+            .put(&format!("/v1/sse/d{n}"), &json!({"n": n}), &[])
+            .await;
+    }
+    let mut last_id = String::new();
+    for n in 1..=5u64 {
+        let event = next_event(&mut events, WAIT).await;
+        assert_eq!(event.event, "change");
+        assert_eq!(event.id.as_deref(), Some(n.to_string().as_str()));
+        let data: Value = serde_json::from_str(&event.data).unwrap();
+        assert_eq!(data["revision"], n);
+        assert_eq!(data["id"], format!("d{n}"));
+        last_id = n.to_string();
+    }
+    drop(events);
+    // Writes while disconnected are not lost.
+    for n in 6..=10 {
+        server
+            .put(&format!("/v1/sse/d{n}"), &json!({"n": n}), &[])
+            .await;
+    }
+    let mut events = sse_events(open(Some(last_id)).await.unwrap());
+    let mut seen = Vec::new();
+    for _ in 6..=10 {
+        let event = next_event(&mut events, WAIT).await;
+        seen.push(event.id.unwrap().parse::<u64>().unwrap());
+    }
+    assert_eq!(seen, [6, 7, 8, 9, 10]);
+    server.put("/v1/sse/d11", &json!({}), &[]).await;
+    assert_eq!(
+        next_event(&mut events, WAIT).await.id.as_deref(),
+        Some("11")
+    );
+}
+
+#[tokio::test]
+async fn sse_sends_heartbeats() {
+    let server = TestServer::start_with(|config, _| {
+        config.sse_keepalive = Duration::from_millis(100);
+    })
+    .await;
+    let response = server
+        .client
+        .get(server.url("/v1/_changes"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let mut events = sse_events(response);
+    let heartbeat = tokio::time::timeout(WAIT, events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        heartbeat.event, ":",
+        "a comment line keeps the stream alive"
+    );
+}
+
+#[tokio::test]
+async fn watch_streams_one_resource() {
+    let server = TestServer::start().await;
+    server.create("/v1/watched/a", &json!({"n": 0})).await;
+    let response = server
+        .client
+        .get(server.url("/v1/watched/a/watch"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut events = sse_events(response);
+    server.put("/v1/watched/b", &json!({}), &[]).await;
+    server.put("/v1/watched/a", &json!({"n": 1}), &[]).await;
+    server.put("/v1/other/a", &json!({}), &[]).await;
+    server
+        .client
+        .delete(server.url("/v1/watched/a"))
+        .send()
+        .await
+        .unwrap();
+    let first = next_event(&mut events, WAIT).await;
+    let data: Value = serde_json::from_str(&first.data).unwrap();
+    assert_eq!(
+        (data["id"].as_str(), data["version"].as_u64()),
+        (Some("a"), Some(2))
+    );
+    assert_eq!(data["collection"], "watched");
+    assert_eq!(first.id.as_deref(), Some("3"));
+    let second: Value = serde_json::from_str(&next_event(&mut events, WAIT).await.data).unwrap();
+    assert_eq!(second["op"], "delete");
+    assert_eq!(second["revision"], 5);
+    // From a past revision with ?since.
+    let replay = server
+        .client
+        .get(server.url("/v1/watched/a/watch?since=0"))
+        .send()
+        .await
+        .unwrap();
+    let mut replay = sse_events(replay);
+    let versions: Vec<u64> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            let event = next_event(&mut replay, WAIT).await;
+            let data: Value = serde_json::from_str(&event.data).unwrap();
+            v.push(data["version"].as_u64().unwrap());
+        }
+        v
+    };
+    assert_eq!(versions, [1, 2, 3]);
+}
+
+#[tokio::test]
+async fn a_compacted_since_is_410() {
+    let server = TestServer::start_with(|_, store| {
+        store.retention.changes_max_age = Some(Duration::from_millis(1));
+    })
+    .await;
+    for n in 1..=3 {
+        server.put("/v1/old/a", &json!({"n": n}), &[]).await;
+    }
+    // Compaction removes entries older than 1 ms; retry until the clock has moved.
+    let mut report = Value::Null;
+    for _ in 0..100 {
+        report = server
+            .client
+            .post(server.url("/v1/_compact"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if report["oldest_revision"] == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(report["oldest_revision"], 3, "{report}");
+    let gone = problem(
+        server.get("/v1/_changes?since=0", &[]).await,
+        410,
+        "history-compacted",
+    )
+    .await;
+    assert_eq!(gone["oldest"], 3);
+    let stream = server
+        .get("/v1/_changes?since=1", &[("accept", "text/event-stream")])
+        .await;
+    problem(stream, 410, "history-compacted").await;
+    let resumed = server
+        .get(
+            "/v1/_changes",
+            &[("accept", "text/event-stream"), ("last-event-id", "2")],
+        )
+        .await;
+    problem(resumed, 410, "history-compacted").await;
+    // From the oldest retained revision on, the feed answers.
+    let ok = server.get_json("/v1/_changes?since=3").await;
+    assert_eq!(ok["last_revision"], 3);
+    server.put("/v1/old/a", &json!({"n": 4}), &[]).await;
+    let next = server.get_json("/v1/_changes?since=3").await;
+    let revisions: HashSet<u64> = next["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["revision"].as_u64().unwrap())
+        .collect();
+    assert_eq!(revisions, HashSet::from([4]));
+}
