@@ -25,6 +25,13 @@ pub(crate) struct CompactionPlan {
     pub changes_through: Option<u64>,
 }
 
+impl CompactionPlan {
+    /// Whether the pass has nothing to remove.
+    pub fn is_empty(&self) -> bool {
+        self.history_keys.is_empty() && self.changes_through.is_none()
+    }
+}
+
 /// Scans a snapshot for what `retention` says must go as of `now`.
 pub(crate) fn plan(
     db: &Database,

@@ -225,6 +225,19 @@ impl Store for EmbeddedStore {
         })
         .await
         .map_err(|e| EngineError::Internal(format!("compaction scan failed: {e}")))??;
+        if plan.is_empty() {
+            // Nothing to remove: answer without a commit (and its fsync).
+            let txn = self.db.begin_read().map_err(storage)?;
+            let meta = txn.open_table(META).map_err(storage)?;
+            let oldest_revision = meta
+                .get(META_CHANGES_COMPACTED)
+                .map_err(storage)?
+                .map_or(0, |v| v.value());
+            return Ok(CompactionReport {
+                oldest_revision,
+                ..CompactionReport::default()
+            });
+        }
         let (reply, answer) = oneshot::channel();
         self.submit(Job::Compact { plan, reply })?;
         answer

@@ -60,6 +60,7 @@ pub struct ChangesParams {
     /// Attach each version's document.
     include_docs: Option<bool>,
     /// `normal` or `longpoll`.
+    #[param(inline)]
     feed: Option<FeedMode>,
     /// Longest a long poll waits, in milliseconds (default 30000).
     timeout_ms: Option<u64>,
@@ -197,6 +198,7 @@ async fn long_poll(
 ) -> Result<ChangePage, ApiError> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut revisions = state.store.revisions();
+    let _open = OpenWaiter::new("longpoll");
     loop {
         let page = state.store.changes(&query).await?;
         if !page.changes.is_empty() {
@@ -222,6 +224,7 @@ async fn long_poll(
 async fn event_stream(state: &AppState, query: ChangeQuery) -> Result<Response, ApiError> {
     let first = state.store.changes(&query).await?;
     let mut feed = Feed {
+        _open: OpenWaiter::new("stream"),
         store: Arc::clone(&state.store),
         query,
         revisions: state.store.revisions(),
@@ -236,8 +239,28 @@ async fn event_stream(state: &AppState, query: ChangeQuery) -> Result<Response, 
         .into_response())
 }
 
+/// Counts an open long poll or stream in the `truce_change_waiters` gauge for as
+/// long as it lives.
+struct OpenWaiter {
+    kind: &'static str,
+}
+
+impl OpenWaiter {
+    fn new(kind: &'static str) -> Self {
+        metrics::gauge!("truce_change_waiters", "kind" => kind).increment(1.0);
+        Self { kind }
+    }
+}
+
+impl Drop for OpenWaiter {
+    fn drop(&mut self) {
+        metrics::gauge!("truce_change_waiters", "kind" => self.kind).decrement(1.0);
+    }
+}
+
 /// The state of one SSE stream.
 struct Feed {
+    _open: OpenWaiter,
     store: Arc<dyn Store>,
     query: ChangeQuery,
     revisions: watch::Receiver<u64>,

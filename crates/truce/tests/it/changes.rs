@@ -366,3 +366,26 @@ async fn a_compacted_since_is_410() {
         .collect();
     assert_eq!(revisions, HashSet::from([4]));
 }
+
+#[tokio::test]
+async fn streams_end_when_the_server_stops() {
+    let server = TestServer::start().await;
+    let mut streams = Vec::new();
+    for path in ["/v1/_changes", "/v1/any/thing/watch"] {
+        let response = server
+            .client
+            .get(server.url(path))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        streams.push(sse_events(response));
+    }
+    server.stop().await;
+    for mut events in streams {
+        let ended =
+            tokio::time::timeout(WAIT, async { while events.recv().await.is_some() {} }).await;
+        assert!(ended.is_ok(), "the stream closed");
+    }
+}

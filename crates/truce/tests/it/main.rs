@@ -5,6 +5,9 @@
 mod changes;
 mod common;
 mod concurrency;
+mod openapi;
 mod preconditions;
 mod problems;
+mod process;
 mod resources;
+mod retention;

@@ -161,7 +161,7 @@ async fn list_pages_with_cursors_and_prefix() {
         for item in page["items"].as_array().unwrap() {
             assert_eq!(item["version"], 1);
             assert!(item["etag"].as_str().unwrap().starts_with("\"1-"));
-            assert_eq!(item["revision"].as_u64().is_some(), true);
+            assert!(item["revision"].as_u64().is_some());
             assert!(item["updated_at"].as_str().unwrap().ends_with('Z'));
             seen.push(item["id"].as_str().unwrap().to_owned());
         }

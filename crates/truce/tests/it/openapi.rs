@@ -1,0 +1,226 @@
+//! SPEC §10: `GET /openapi.json` is OpenAPI 3.1, documents every route the server
+//! serves (and nothing it does not), and its problem schema covers every member a
+//! problem body can carry.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::TestServer;
+
+/// Every route of the contract this server implements.
+const EXPECTED: &[(&str, &str)] = &[
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/openapi.json"),
+    ("get", "/metrics"),
+    ("get", "/problems/{slug}"),
+    ("get", "/v1/_changes"),
+    ("post", "/v1/_compact"),
+    ("get", "/v1/{collection}"),
+    ("post", "/v1/{collection}"),
+    ("get", "/v1/{collection}/{id}"),
+    ("head", "/v1/{collection}/{id}"),
+    ("put", "/v1/{collection}/{id}"),
+    ("patch", "/v1/{collection}/{id}"),
+    ("delete", "/v1/{collection}/{id}"),
+    ("get", "/v1/{collection}/{id}/versions"),
+    ("get", "/v1/{collection}/{id}/versions/{n}"),
+    ("get", "/v1/{collection}/{id}/diff"),
+    ("post", "/v1/{collection}/{id}/revert"),
+    ("get", "/v1/{collection}/{id}/watch"),
+];
+
+const METHODS: &[&str] = &[
+    "get", "head", "put", "post", "patch", "delete", "options", "trace",
+];
+
+fn operations(doc: &Value) -> BTreeSet<(String, String)> {
+    let mut found = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in METHODS {
+            if item.get(*method).is_some() {
+                found.insert(((*method).to_owned(), path.clone()));
+            }
+        }
+    }
+    found
+}
+
+/// Collects every `$ref` in the document.
+fn refs(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                if key == "$ref" {
+                    out.push(v.as_str().unwrap().to_owned());
+                } else {
+                    refs(v, out);
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_document_is_openapi_3_1_and_matches_the_routes() {
+    let server = TestServer::start().await;
+    let response = server.get("/openapi.json", &[]).await;
+    assert_eq!(response.status(), 200);
+    let doc: Value = response.json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
+
+    let expected: BTreeSet<(String, String)> = EXPECTED
+        .iter()
+        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    assert_eq!(operations(&doc), expected);
+
+    let mut all_refs = Vec::new();
+    refs(&doc, &mut all_refs);
+    assert!(!all_refs.is_empty());
+    for reference in all_refs {
+        let pointer = reference.strip_prefix('#').expect("local reference");
+        assert!(doc.pointer(pointer).is_some(), "dangling {reference}");
+    }
+
+    for (method, path) in operations(&doc) {
+        let op = &doc["paths"][&path][&method];
+        let responses = op["responses"].as_object().unwrap();
+        assert!(
+            responses.keys().any(|s| s.starts_with('2')),
+            "{method} {path} documents no success"
+        );
+        for (status, response) in responses {
+            if status.starts_with('4') || status.starts_with('5') {
+                let schema = &response["content"]["application/problem+json"]["schema"]["$ref"];
+                assert_eq!(
+                    schema, "#/components/schemas/Problem",
+                    "{method} {path} {status} is not a problem"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_documented_operation_is_served() {
+    let server = TestServer::start().await;
+    server.create("/v1/probe/x", &json!({"n": 1})).await;
+    let doc: Value = server.get_json("/openapi.json").await;
+    for (method, path) in operations(&doc) {
+        // Every probe finds the resource alive (an earlier probe may have deleted it).
+        server.put("/v1/probe/x", &json!({"n": 1}), &[]).await;
+        let concrete = path
+            .replace("{collection}", "probe")
+            .replace("{id}", "x")
+            .replace("{n}", "1")
+            .replace("{slug}", "not-found");
+        let request = server
+            .client
+            .request(
+                reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap(),
+                server.url(&concrete),
+            )
+            .timeout(Duration::from_secs(5));
+        let request = match (method.as_str(), concrete.as_str()) {
+            ("patch", _) => request
+                .header("content-type", "application/merge-patch+json")
+                .body("{}"),
+            ("put" | "post", p) if p.ends_with("/revert") => request
+                .header("content-type", "application/json")
+                .body(r#"{"to": 1}"#),
+            ("put" | "post", _) => request
+                .header("content-type", "application/json")
+                .body("{}"),
+            _ => request,
+        };
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        assert_ne!(status, 405, "{method} {path} is documented but not routed");
+        if status == 404 && method != "head" {
+            let body: Value = response.json().await.unwrap();
+            let detail = body["detail"].as_str().unwrap();
+            assert!(
+                !detail.starts_with("there is no resource at"),
+                "{method} {path} is documented but not routed"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn problem_bodies_only_use_documented_members() {
+    let server = TestServer::start_with(|_, store| {
+        store.retention.max_versions = Some(1);
+    })
+    .await;
+    let doc: Value = server.get_json("/openapi.json").await;
+    let documented: BTreeSet<String> = doc["components"]["schemas"]["Problem"]["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let stale = server.create("/v1/pb/a", &json!({"n": 1})).await;
+    server.put("/v1/pb/a", &json!({"n": 2}), &[]).await;
+    server.create("/v1/pb/gone", &json!({})).await;
+    server
+        .client
+        .delete(server.url("/v1/pb/gone"))
+        .send()
+        .await
+        .unwrap();
+    let json_type = ("content-type", "application/json");
+    let mut bodies = vec![
+        server
+            .put("/v1/pb/a", &json!({"n": 3}), &[("if-match", &stale)])
+            .await,
+        server
+            .put("/v1/pb/a?if_version=1", &json!({"n": 3}), &[])
+            .await,
+        server.get("/v1/pb/gone", &[]).await,
+        server.get("/v1/pb/a/versions/1", &[]).await,
+        server.get("/v1/Bad/a", &[]).await,
+        server
+            .client
+            .patch(server.url("/v1/pb/a"))
+            .header("content-type", "application/json-patch+json")
+            .body(r#"[{"op":"test","path":"/n","value":0}]"#)
+            .send()
+            .await
+            .unwrap(),
+        server
+            .client
+            .patch(server.url("/v1/pb/a"))
+            .header("content-type", "application/merge-patch+json")
+            .body("[]")
+            .send()
+            .await
+            .unwrap(),
+    ];
+    bodies.push(
+        server
+            .client
+            .put(server.url("/v1/pb/big"))
+            .header(json_type.0, json_type.1)
+            .body(vec![b' '; 2 * 1024 * 1024])
+            .send()
+            .await
+            .unwrap(),
+    );
+    for response in bodies {
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        for key in body.as_object().unwrap().keys() {
+            assert!(
+                documented.contains(key),
+                "{status}: member {key} is not in the Problem schema"
+            );
+        }
+    }
+}
