@@ -205,12 +205,27 @@ impl EngineError {
                     None => problem,
                 }
             }
-            Self::PreconditionFailed { current, .. } => {
-                Problem::new(kind, self.to_string()).with_current(current.as_ref())
+            Self::PreconditionFailed { condition, current } => {
+                let detail = match current {
+                    Some(c) => format!(
+                        "{} is false: the resource is at version {} (ETag {}); re-read it, re-apply your change and retry",
+                        condition.header(),
+                        c.version,
+                        c.etag
+                    ),
+                    None => format!(
+                        "{} is false: the resource does not exist",
+                        condition.header()
+                    ),
+                };
+                Problem::new(kind, detail).with_current(current.as_ref())
             }
-            Self::VersionConflict { expected, current } => Problem::new(kind, self.to_string())
-                .with("expected_version", json!(expected))
-                .with_current(current.as_ref()),
+            Self::VersionConflict { expected, current } => Problem::new(
+                kind,
+                format!("{self}; re-read the resource, re-apply your change and retry"),
+            )
+            .with("expected_version", json!(expected))
+            .with_current(current.as_ref()),
             Self::PatchTestFailed {
                 operation,
                 path,

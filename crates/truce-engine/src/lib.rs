@@ -35,7 +35,9 @@ pub use name::{CollectionName, DocId, NameError, ResourceKey};
 pub use patch::{JsonPatch, diff_versions};
 pub use precondition::{Evaluation, FailedCondition, Preconditions, Safety, Validators};
 pub use problem::{ProblemInfo, ProblemKind};
-pub use read::{VersionLookup, lookup_version, require_live, require_live_version};
+pub use read::{
+    ReadContext, VersionLookup, history_page, lookup_version, require_live, require_live_version,
+};
 pub use record::{HistoryEntry, HistoryPage, ListPage, ListQuery, Op, Version};
 pub use retention::{CompactionReport, Retention};
 pub use rules::{Effect, Planned, VersionWrite, WriteContext, plan_write};

@@ -2,8 +2,10 @@
 
 use crate::error::{EngineError, StorageError};
 use crate::name::ResourceKey;
-use crate::record::Version;
+use crate::record::{HistoryPage, Version};
+use crate::retention::Retention;
 use crate::store::StateView;
+use crate::time::Timestamp;
 
 /// The result of looking up one version of a resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,11 +21,22 @@ pub enum VersionLookup {
     Missing,
 }
 
-/// Looks up version `number` of `key`: the head, or a past version from history.
+/// What the reads need besides the stored state: which versions retention keeps.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadContext<'a> {
+    /// The retention rules.
+    pub retention: &'a Retention,
+    /// The current time, for age-based retention.
+    pub now: Timestamp,
+}
+
+/// Looks up version `number` of `key`: the head, or a past version that retention
+/// still keeps.
 pub fn lookup_version(
     view: &dyn StateView,
     key: &ResourceKey,
     number: u64,
+    ctx: ReadContext<'_>,
 ) -> Result<VersionLookup, StorageError> {
     let Some(head) = view.head(key)? else {
         return Ok(VersionLookup::Missing);
@@ -34,12 +47,96 @@ pub fn lookup_version(
     if number == head.number {
         return Ok(VersionLookup::Found(head));
     }
-    match view.past_version(key, number)? {
-        Some(version) => Ok(VersionLookup::Found(version)),
-        None => Ok(VersionLookup::Compacted {
-            oldest: view.oldest_past_version(key)?.unwrap_or(head.number),
+    let mut found = None;
+    view.walk_back(key, number + 1, &mut |version| {
+        if version.number == number {
+            found = Some(version);
+            false
+        } else {
+            version.number > number
+        }
+    })?;
+    match found {
+        Some(version)
+            if ctx
+                .retention
+                .retains(head.number, number, version.at, ctx.now) =>
+        {
+            Ok(VersionLookup::Found(version))
+        }
+        _ => Ok(VersionLookup::Compacted {
+            oldest: oldest_retained(view, key, &head, ctx)?,
         }),
     }
+}
+
+/// The oldest version of `key` that is both stored and kept by retention.
+fn oldest_retained(
+    view: &dyn StateView,
+    key: &ResourceKey,
+    head: &Version,
+    ctx: ReadContext<'_>,
+) -> Result<u64, StorageError> {
+    let mut oldest = head.number;
+    view.walk_back(key, head.number, &mut |version| {
+        let kept = ctx
+            .retention
+            .retains(head.number, version.number, version.at, ctx.now);
+        if kept {
+            oldest = version.number;
+        }
+        kept
+    })?;
+    Ok(oldest)
+}
+
+/// A page of a resource's history, newest first, of the versions retention keeps.
+pub fn history_page(
+    view: &dyn StateView,
+    key: &ResourceKey,
+    before: Option<u64>,
+    limit: usize,
+    ctx: ReadContext<'_>,
+) -> Result<HistoryPage, StorageError> {
+    let mut items = Vec::new();
+    let Some(head) = view.head(key)? else {
+        return Ok(HistoryPage { items, next: None });
+    };
+    let before = before.unwrap_or(u64::MAX);
+    if head.number < before {
+        items.push(head.history_entry(key));
+    }
+    let mut more = false;
+    if items.len() < limit || head.number >= before {
+        view.walk_back(key, before.min(head.number), &mut |version| {
+            if !ctx
+                .retention
+                .retains(head.number, version.number, version.at, ctx.now)
+            {
+                return false;
+            }
+            if items.len() == limit {
+                more = true;
+                return false;
+            }
+            items.push(version.history_entry(key));
+            true
+        })?;
+    } else {
+        // The page is full with the head; is there anything older?
+        view.walk_back(key, head.number, &mut |version| {
+            more = ctx
+                .retention
+                .retains(head.number, version.number, version.at, ctx.now);
+            false
+        })?;
+    }
+    let next = if more {
+        items.last().map(|e| e.version)
+    } else {
+        None
+    };
+    Ok(HistoryPage { items, next })
 }
 
 /// The head of a resource if it is live; otherwise 404 (with the tombstone's version

@@ -1,15 +1,17 @@
 //! How much history is kept.
 //!
 //! By default every version and every change-feed entry is kept forever. A server-wide
-//! [`Retention`] can cap each resource's history by count (`max_versions`, enforced in
-//! the same commit as each write) and by age (`max_age`, enforced by background
-//! compaction), and the change feed by age (`changes_max_age`). The head version of a
-//! resource is never removed. Reading a removed version or revision answers 410
-//! history-compacted with the oldest one still available.
+//! [`Retention`] can cap each resource's history by count (`max_versions`) and by age
+//! (`max_age`), and the change feed by age (`changes_max_age`). The rules apply to
+//! reads at once (a version the rules no longer keep answers 410 history-compacted
+//! with the oldest one still available); background compaction then removes the bytes.
+//! The head version of a resource is always kept.
 
 use std::time::Duration;
 
 use serde::Serialize;
+
+use crate::time::Timestamp;
 
 /// Server-wide retention settings.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -23,11 +25,23 @@ pub struct Retention {
 }
 
 impl Retention {
-    /// After writing version `head` of a resource, the versions at or below the
-    /// returned number must go (count-based retention).
-    pub fn prune_through(&self, head: u64) -> Option<u64> {
-        let keep = self.max_versions?.max(1);
-        head.checked_sub(keep).filter(|&through| through > 0)
+    /// Whether version `number`, committed at `at`, of a resource whose head is version
+    /// `head` is still kept at `now`. The head is always kept; past versions must be
+    /// among the newest `max_versions` and younger than `max_age`.
+    pub fn retains(&self, head: u64, number: u64, at: Timestamp, now: Timestamp) -> bool {
+        if number >= head {
+            return true;
+        }
+        let within_count = self
+            .max_versions
+            .is_none_or(|max| number > head.saturating_sub(max.max(1)));
+        let within_age = self.max_age.is_none_or(|age| at >= now.saturating_sub(age));
+        within_count && within_age
+    }
+
+    /// Whether compaction can ever remove anything.
+    pub fn keeps_everything(&self) -> bool {
+        self.max_versions.is_none() && self.max_age.is_none() && self.changes_max_age.is_none()
     }
 }
 
@@ -46,21 +60,34 @@ pub struct CompactionReport {
 mod tests {
     use super::*;
 
+    const NOW: Timestamp = Timestamp::from_millis(100_000);
+
     #[test]
     fn count_retention_keeps_the_newest() {
         let keep_three = Retention {
             max_versions: Some(3),
             ..Retention::default()
         };
-        assert_eq!(keep_three.prune_through(1), None);
-        assert_eq!(keep_three.prune_through(3), None);
-        assert_eq!(keep_three.prune_through(4), Some(1));
-        assert_eq!(keep_three.prune_through(10), Some(7));
-        assert_eq!(Retention::default().prune_through(1000), None);
-        let keep_zero = Retention {
-            max_versions: Some(0),
+        let at = NOW;
+        assert!(keep_three.retains(10, 10, at, NOW));
+        assert!(keep_three.retains(10, 8, at, NOW));
+        assert!(!keep_three.retains(10, 7, at, NOW));
+        assert!(keep_three.retains(2, 1, at, NOW));
+        assert!(Retention::default().retains(1000, 1, at, NOW));
+        assert!(Retention::default().keeps_everything());
+        assert!(!keep_three.keeps_everything());
+    }
+
+    #[test]
+    fn age_retention_never_drops_the_head() {
+        let one_second = Retention {
+            max_age: Some(Duration::from_secs(1)),
             ..Retention::default()
         };
-        assert_eq!(keep_zero.prune_through(2), Some(1));
+        let old = Timestamp::from_millis(1_000);
+        let young = Timestamp::from_millis(99_500);
+        assert!(!one_second.retains(5, 4, old, NOW));
+        assert!(one_second.retains(5, 4, young, NOW));
+        assert!(one_second.retains(5, 5, old, NOW));
     }
 }

@@ -22,7 +22,7 @@ use crate::error::{CurrentState, EngineError};
 use crate::name::ResourceKey;
 use crate::patch::apply_merge_patch;
 use crate::precondition::{Evaluation, FailedCondition, Safety, Validators};
-use crate::read::{VersionLookup, lookup_version, not_found};
+use crate::read::{ReadContext, VersionLookup, lookup_version, not_found};
 use crate::record::{Op, Version};
 use crate::retention::Retention;
 use crate::store::StateView;
@@ -37,7 +37,7 @@ pub struct WriteContext<'a> {
     pub now: Timestamp,
     /// Document limits, for patch results.
     pub limits: DocumentLimits,
-    /// Count-based retention, applied in the same commit.
+    /// Retention, for what `revert` may still read.
     pub retention: &'a Retention,
     /// The collection requires a guarding precondition on every write (428 otherwise).
     pub require_preconditions: bool,
@@ -48,10 +48,8 @@ pub struct WriteContext<'a> {
 pub struct VersionWrite {
     /// The resource.
     pub key: ResourceKey,
-    /// Its new head; the previous head moves to history.
+    /// Its new head; the previous head becomes history.
     pub version: Version,
-    /// Remove past versions numbered at or below this (count-based retention).
-    pub prune_through: Option<u64>,
 }
 
 /// Everything one command writes, committed atomically at one revision.
@@ -192,7 +190,6 @@ pub fn plan_write(
             writes: vec![VersionWrite {
                 key: key.clone(),
                 version,
-                prune_through: ctx.retention.prune_through(number),
             }],
         }),
     })
@@ -294,7 +291,15 @@ fn next_content(
             }),
         },
         WriteAction::Delete => Ok(NextContent::Tombstone),
-        WriteAction::Revert { to } => match lookup_version(view, key, *to)? {
+        WriteAction::Revert { to } => match lookup_version(
+            view,
+            key,
+            *to,
+            ReadContext {
+                retention: ctx.retention,
+                now: ctx.now,
+            },
+        )? {
             VersionLookup::Found(target) => match target.body {
                 Some(body) => Ok(NextContent::Document(Document::from_stored(body)?)),
                 None => Ok(NextContent::Tombstone),
@@ -340,16 +345,19 @@ mod tests {
                 .next_back()
                 .map(|(_, v)| v.clone()))
         }
-        fn past_version(&self, key: &ResourceKey, n: u64) -> Result<Option<Version>, StorageError> {
-            Ok(self.versions.borrow().get(&(key.clone(), n)).cloned())
-        }
-        fn oldest_past_version(&self, key: &ResourceKey) -> Result<Option<u64>, StorageError> {
-            Ok(self
-                .versions
-                .borrow()
-                .range((key.clone(), 0)..=(key.clone(), u64::MAX))
-                .next()
-                .map(|(_, v)| v.number))
+        fn walk_back(
+            &self,
+            key: &ResourceKey,
+            below: u64,
+            visit: &mut dyn FnMut(Version) -> bool,
+        ) -> Result<(), StorageError> {
+            let versions = self.versions.borrow();
+            for (_, version) in versions.range((key.clone(), 0)..(key.clone(), below)).rev() {
+                if !visit(version.clone()) {
+                    break;
+                }
+            }
+            Ok(())
         }
     }
 

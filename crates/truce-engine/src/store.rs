@@ -18,16 +18,21 @@ use crate::read::VersionLookup;
 use crate::record::{HistoryPage, ListPage, ListQuery, Version};
 use crate::retention::CompactionReport;
 
-/// The state the write rules read: the newest committed data plus the earlier writes
-/// of the batch being built.
+/// The state the rules read: the newest committed data (plus, inside the sequencer,
+/// the earlier writes of the batch being built).
 pub trait StateView {
     /// The newest version of `key` (a tombstone if deleted), if it ever existed.
     fn head(&self, key: &ResourceKey) -> Result<Option<Version>, StorageError>;
-    /// A version older than the head, if retention still keeps it.
-    fn past_version(&self, key: &ResourceKey, number: u64)
-    -> Result<Option<Version>, StorageError>;
-    /// The number of the oldest past version still kept.
-    fn oldest_past_version(&self, key: &ResourceKey) -> Result<Option<u64>, StorageError>;
+
+    /// Visits the past versions of `key` numbered below `below`, newest first, until
+    /// `visit` returns `false` or the stored history ends (compaction may have removed
+    /// older versions). Retention rules are applied by the caller, not here.
+    fn walk_back(
+        &self,
+        key: &ResourceKey,
+        below: u64,
+        visit: &mut dyn FnMut(Version) -> bool,
+    ) -> Result<(), StorageError>;
 }
 
 /// A storage backend, as the HTTP layer sees it.

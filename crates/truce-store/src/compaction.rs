@@ -1,34 +1,43 @@
-//! Age-based retention: finding what to remove, off the write path.
+//! Retention's background half: finding what to remove, off the write path.
 //!
-//! A compaction pass scans a read snapshot for past versions and change-feed entries
-//! older than the retention allows, then hands the list to the sequencer, which
-//! removes them in one commit. The scan never blocks writers; the removal is bounded
-//! per pass so one pass never holds the writer for long. Count-based retention
-//! (`max_versions`) does not need this: it is applied in each write's own commit.
+//! Reads already apply the retention rules (a version they no longer keep answers
+//! 410 at once). A compaction pass then removes the bytes: it scans the log on a read
+//! snapshot and selects
+//! - past versions retention no longer keeps: their bodies are stripped, or the whole
+//!   record is deleted once the change feed no longer serves its revision;
+//! - the change feed's new watermark (`changes_max_age`): revisions at or below it
+//!   answer 410 in the feed.
+//!
+//! The sequencer applies the selection in one commit. The scan never blocks writers,
+//! and each pass is bounded. Heads are never touched.
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 use truce_engine::{Retention, StorageError, Timestamp};
 
-use crate::codec;
+use crate::codec::{self, LogPosition};
 use crate::error::storage;
-use crate::tables::{CHANGES, HISTORY};
+use crate::tables::{HEADS, LOG, META, META_CHANGES_COMPACTED, Tables};
 
-/// Most entries one pass removes from each table.
+/// Most log records one pass changes.
 pub(crate) const MAX_REMOVALS_PER_PASS: usize = 50_000;
 
-/// What one pass will remove.
+/// What one pass will change.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct CompactionPlan {
-    /// `history` keys of past versions older than `max_age`.
-    pub history_keys: Vec<Vec<u8>>,
-    /// Remove change-feed entries up to and including this revision.
+    /// Log records whose body retention no longer keeps.
+    pub strip: Vec<LogPosition>,
+    /// Log records that are neither kept as versions nor served by the feed.
+    pub delete: Vec<LogPosition>,
+    /// The change feed's new watermark, if it moves.
     pub changes_through: Option<u64>,
+    /// Change-feed entries the new watermark hides.
+    pub changes_hidden: u64,
 }
 
 impl CompactionPlan {
-    /// Whether the pass has nothing to remove.
+    /// Whether the pass has nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.history_keys.is_empty() && self.changes_through.is_none()
+        self.strip.is_empty() && self.delete.is_empty() && self.changes_through.is_none()
     }
 }
 
@@ -38,39 +47,59 @@ pub(crate) fn plan(
     retention: &Retention,
     now: Timestamp,
 ) -> Result<CompactionPlan, StorageError> {
-    let txn = db.begin_read().map_err(storage)?;
     let mut plan = CompactionPlan::default();
-    if let Some(max_age) = retention.max_age {
-        let cutoff = now.saturating_sub(max_age);
-        let history = txn.open_table(HISTORY).map_err(storage)?;
-        for entry in history.iter().map_err(storage)? {
-            if plan.history_keys.len() >= MAX_REMOVALS_PER_PASS {
-                break;
+    if retention.keeps_everything() {
+        return Ok(plan);
+    }
+    let txn = db.begin_read().map_err(storage)?;
+    let tables = Tables {
+        heads: txn.open_table(HEADS).map_err(storage)?,
+        log: txn.open_table(LOG).map_err(storage)?,
+    };
+    let meta = txn.open_table(META).map_err(storage)?;
+    let watermark = meta
+        .get(META_CHANGES_COMPACTED)
+        .map_err(storage)?
+        .map_or(0, |v| v.value());
+    let feed_cutoff = retention.changes_max_age.map(|age| now.saturating_sub(age));
+    let mut new_watermark = watermark;
+    // The watermark only advances over a prefix of old entries.
+    let mut prefix_old = feed_cutoff.is_some();
+    for entry in tables.log.iter().map_err(storage)? {
+        if plan.strip.len() + plan.delete.len() >= MAX_REMOVALS_PER_PASS {
+            break;
+        }
+        let (position, value) = entry.map_err(storage)?;
+        let position = position.value();
+        let record = codec::decode_log(value.value(), false)?;
+        if prefix_old {
+            if feed_cutoff.is_some_and(|cutoff| record.at < cutoff) {
+                if position.0 > new_watermark {
+                    plan.changes_hidden += 1;
+                }
+                new_watermark = new_watermark.max(position.0);
+            } else {
+                prefix_old = false;
             }
-            let (key, value) = entry.map_err(storage)?;
-            if codec::version_at(value.value())? < cutoff {
-                plan.history_keys.push(key.value().to_vec());
-            }
+        }
+        let Some(head) = tables.head_record(&record.key)? else {
+            continue;
+        };
+        if head.position == position
+            || retention.retains(head.number, record.number, record.at, now)
+        {
+            continue;
+        }
+        if position.0 <= new_watermark {
+            plan.delete.push(position);
+        } else if !record.stripped {
+            plan.strip.push(position);
         }
     }
-    if let Some(max_age) = retention.changes_max_age {
-        let cutoff = now.saturating_sub(max_age);
-        let changes = txn.open_table(CHANGES).map_err(storage)?;
-        let mut scanned = 0;
-        for entry in changes.iter().map_err(storage)? {
-            let (key, value) = entry.map_err(storage)?;
-            let (revision, _) = key.value();
-            // All changes of one revision share their commit instant, so stopping at
-            // the first young one never splits a revision.
-            if codec::decode_change(value.value())?.at >= cutoff {
-                break;
-            }
-            scanned += 1;
-            if scanned > MAX_REMOVALS_PER_PASS && plan.changes_through != Some(revision) {
-                break;
-            }
-            plan.changes_through = Some(revision);
-        }
+    if new_watermark > watermark {
+        plan.changes_through = Some(new_watermark);
+    } else {
+        plan.changes_hidden = 0;
     }
     Ok(plan)
 }

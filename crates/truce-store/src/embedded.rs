@@ -13,15 +13,16 @@ use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable};
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
     ChangePage, ChangeQuery, CollectionName, CompactionReport, DocumentLimits, EngineError,
-    HistoryPage, ListPage, ListQuery, ResourceKey, Retention, StorageError, Store, Timestamp,
-    Version, VersionLookup, WriteCommand, WriteOutcome, lookup_version,
+    HistoryPage, ListPage, ListQuery, ReadContext, ResourceKey, Retention, StateView, StorageError,
+    Store, Timestamp, Version, VersionLookup, WriteCommand, WriteOutcome, history_page,
+    lookup_version,
 };
 
 use crate::compaction;
 use crate::error::{OpenError, storage};
 use crate::sequencer::{Job, Sequencer, SequencerSettings};
 use crate::tables::{
-    CHANGES, HEADS, HISTORY, META, META_CHANGES_COMPACTED, META_REVISION, Tables, read_changes,
+    HEADS, LOG, META, META_CHANGES_COMPACTED, META_REVISION, Tables, read_changes,
 };
 
 /// The database file inside the data directory.
@@ -67,10 +68,9 @@ pub struct EmbeddedStore {
     sequencer: Mutex<Option<JoinHandle<()>>>,
 }
 
-type ReadTables = Tables<
-    ReadOnlyTable<&'static [u8], &'static [u8]>,
-    ReadOnlyTable<&'static [u8], &'static [u8]>,
->;
+/// The tables of a read snapshot.
+type ReadTables =
+    Tables<ReadOnlyTable<&'static [u8], &'static [u8]>, ReadOnlyTable<(u64, u32), &'static [u8]>>;
 
 impl EmbeddedStore {
     /// Opens (or creates) the store in `config.data_dir` and starts its sequencer.
@@ -121,8 +121,16 @@ impl EmbeddedStore {
         let txn = self.db.begin_read().map_err(storage)?;
         Ok(Tables {
             heads: txn.open_table(HEADS).map_err(storage)?,
-            history: txn.open_table(HISTORY).map_err(storage)?,
+            log: txn.open_table(LOG).map_err(storage)?,
         })
+    }
+
+    /// What reads need to apply retention.
+    fn read_context(&self) -> ReadContext<'_> {
+        ReadContext {
+            retention: &self.retention,
+            now: Timestamp::now(),
+        }
     }
 }
 
@@ -147,8 +155,7 @@ fn initialise(db: &Database) -> Result<u64, StorageError> {
     let txn = db.begin_write().map_err(storage)?;
     let revision = {
         txn.open_table(HEADS).map_err(storage)?;
-        txn.open_table(HISTORY).map_err(storage)?;
-        txn.open_table(CHANGES).map_err(storage)?;
+        txn.open_table(LOG).map_err(storage)?;
         let meta = txn.open_table(META).map_err(storage)?;
         meta.get(META_REVISION)
             .map_err(storage)?
@@ -172,12 +179,16 @@ impl Store for EmbeddedStore {
     }
 
     async fn head(&self, key: &ResourceKey) -> Result<Option<Version>, EngineError> {
-        use truce_engine::StateView;
         Ok(self.snapshot()?.head(key)?)
     }
 
     async fn version(&self, key: &ResourceKey, number: u64) -> Result<VersionLookup, EngineError> {
-        Ok(lookup_version(&self.snapshot()?, key, number)?)
+        Ok(lookup_version(
+            &self.snapshot()?,
+            key,
+            number,
+            self.read_context(),
+        )?)
     }
 
     async fn list(
@@ -194,7 +205,13 @@ impl Store for EmbeddedStore {
         before: Option<u64>,
         limit: usize,
     ) -> Result<HistoryPage, EngineError> {
-        Ok(self.snapshot()?.history(key, before, limit)?)
+        Ok(history_page(
+            &self.snapshot()?,
+            key,
+            before,
+            limit,
+            self.read_context(),
+        )?)
     }
 
     async fn changes(&self, query: &ChangeQuery) -> Result<ChangePage, EngineError> {
@@ -205,12 +222,8 @@ impl Store for EmbeddedStore {
         };
         query.check_retained(read_meta(META_CHANGES_COMPACTED)?)?;
         let head_revision = read_meta(META_REVISION)?;
-        let tables = Tables {
-            heads: txn.open_table(HEADS).map_err(storage)?,
-            history: txn.open_table(HISTORY).map_err(storage)?,
-        };
-        let changes = txn.open_table(CHANGES).map_err(storage)?;
-        Ok(read_changes(&changes, &tables, query, head_revision)?)
+        let log = txn.open_table(LOG).map_err(storage)?;
+        Ok(read_changes(&log, query, head_revision)?)
     }
 
     fn revisions(&self) -> watch::Receiver<u64> {

@@ -29,7 +29,7 @@ use truce_engine::{
 use crate::codec;
 use crate::compaction::CompactionPlan;
 use crate::error::storage;
-use crate::tables::{CHANGES, HEADS, HISTORY, META, META_CHANGES_COMPACTED, META_REVISION, Tables};
+use crate::tables::{HEADS, LOG, META, META_CHANGES_COMPACTED, META_REVISION, Tables};
 
 /// A unit of work for the sequencer, with the channel its answer goes to.
 pub(crate) enum Job {
@@ -204,13 +204,14 @@ impl Sequencer {
     }
 }
 
-/// A writable table of byte keys and values.
-type ByteTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
+/// The writable heads table.
+type HeadsTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
+/// The writable log table.
+type LogTable<'t> = Table<'t, (u64, u32), &'static [u8]>;
 
 /// The opened tables of the batch's write transaction.
 struct WriteTables<'t> {
-    view: Tables<ByteTable<'t>, ByteTable<'t>>,
-    changes: Table<'t, (u64, u32), &'static [u8]>,
+    view: Tables<HeadsTable<'t>, LogTable<'t>>,
     meta: Table<'t, &'static str, u64>,
 }
 
@@ -219,9 +220,8 @@ impl<'t> WriteTables<'t> {
         Ok(Self {
             view: Tables {
                 heads: txn.open_table(HEADS).map_err(storage)?,
-                history: txn.open_table(HISTORY).map_err(storage)?,
+                log: txn.open_table(LOG).map_err(storage)?,
             },
-            changes: txn.open_table(CHANGES).map_err(storage)?,
             meta: txn.open_table(META).map_err(storage)?,
         })
     }
@@ -234,66 +234,69 @@ impl<'t> WriteTables<'t> {
             .map_or(0, |v| v.value()))
     }
 
-    /// Writes one command's effect at `revision`: each new head (the old head moves to
-    /// history), its change-feed entry, and count-based pruning.
+    /// Writes one command's effect at `revision`: each new version is appended to the
+    /// log (pointing back at the resource's previous version) and becomes its head.
     fn apply(&mut self, effect: &Effect, revision: u64) -> Result<(), StorageError> {
         for (index, write) in effect.writes.iter().enumerate() {
-            let head_key = codec::head_key(&write.key);
-            let previous = self
-                .view
-                .heads
-                .get(head_key.as_slice())
-                .map_err(storage)?
-                .map(|old| old.value().to_vec());
-            if let Some(previous) = previous {
-                // Versions are contiguous, so the old head is the one before the new.
-                let number = write.version.number.saturating_sub(1);
-                let key = codec::history_key(&write.key, number);
-                self.view
-                    .history
-                    .insert(key.as_slice(), previous.as_slice())
-                    .map_err(storage)?;
-            }
-            let record = codec::encode_version(&write.version);
-            self.view
-                .heads
-                .insert(head_key.as_slice(), record.as_slice())
-                .map_err(storage)?;
-            let change = codec::encode_change(&codec::ChangeRecord {
+            let position = (revision, u32::try_from(index).unwrap_or(u32::MAX));
+            let prev = self.view.head_record(&write.key)?.map(|h| h.position);
+            let record = codec::encode_log(&codec::LogRecord {
                 key: write.key.clone(),
-                version: write.version.number,
+                number: write.version.number,
                 at: write.version.at,
                 op: write.version.op,
+                by: write.version.by.clone(),
+                prev,
+                body: write.version.body.clone(),
+                stripped: false,
             });
-            let index = u32::try_from(index).unwrap_or(u32::MAX);
-            self.changes
-                .insert((revision, index), change.as_slice())
+            self.view
+                .log
+                .insert(position, record.as_slice())
                 .map_err(storage)?;
-            if let Some(through) = write.prune_through {
-                let (start, _) = codec::history_range(&write.key);
-                let end = codec::history_key(&write.key, through);
-                self.view
-                    .history
-                    .retain_in(start.as_slice()..=end.as_slice(), |_, _| false)
-                    .map_err(storage)?;
-            }
+            let head = codec::encode_head(&codec::HeadRecord {
+                number: write.version.number,
+                position,
+                at: write.version.at,
+                op: write.version.op,
+                tombstone: write.version.body.is_none(),
+            });
+            self.view
+                .heads
+                .insert(codec::head_key(&write.key).as_slice(), head.as_slice())
+                .map_err(storage)?;
         }
         Ok(())
     }
 
-    /// Removes what a compaction scan selected. History entries are never heads, so a
-    /// scan from an older snapshot can only select what is still safe to remove.
+    /// Applies what a compaction scan selected: strips the bodies of versions
+    /// retention no longer keeps, deletes log records neither the feed nor history
+    /// needs, and moves the change feed's watermark. A scan from an older snapshot is
+    /// safe: heads only move forward, so what was removable stays removable.
     fn compact(&mut self, plan: &CompactionPlan) -> Result<CompactionReport, StorageError> {
         let mut report = CompactionReport::default();
-        for key in &plan.history_keys {
-            if self
-                .view
-                .history
-                .remove(key.as_slice())
-                .map_err(storage)?
-                .is_some()
-            {
-                report.versions_removed += 1;
+        for &position in &plan.strip {
+            let Some(mut record) = self.view.log_record(position, false)? else {
+                continue;
+            };
+            if record.stripped {
+                continue;
+            }
+            record.stripped = true;
+            record.body = None;
+            let bytes = codec::encode_log(&record);
+            self.view
+                .log
+                .insert(position, bytes.as_slice())
+                .map_err(storage)?;
+            report.versions_removed += 1;
+        }
+        for &position in &plan.delete {
+            if let Some(old) = self.view.log.remove(position).map_err(storage)? {
+                let record = codec::decode_log(old.value(), false)?;
+                if !record.stripped {
+                    report.versions_removed += 1;
+                }
             }
         }
         let mut compacted_through = self
@@ -302,14 +305,7 @@ impl<'t> WriteTables<'t> {
             .map_err(storage)?
             .map_or(0, |v| v.value());
         if let Some(through) = plan.changes_through.filter(|t| *t > compacted_through) {
-            let mut removed = 0;
-            self.changes
-                .retain_in((0, 0)..=(through, u32::MAX), |_, _| {
-                    removed += 1;
-                    false
-                })
-                .map_err(storage)?;
-            report.changes_removed = removed;
+            report.changes_removed = plan.changes_hidden;
             compacted_through = through;
             self.meta
                 .insert(META_CHANGES_COMPACTED, compacted_through)
