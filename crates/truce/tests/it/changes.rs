@@ -232,6 +232,59 @@ async fn sse_streams_changes_and_resumes_from_last_event_id() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sse_resumes_without_loss_or_duplicate_under_concurrent_writers() {
+    let server = Arc::new(TestServer::start().await);
+    let writers = 4;
+    let writes_each = 60;
+    let total = (writers * writes_each) as u64;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let server = Arc::clone(&server);
+        tasks.push(tokio::spawn(async move {
+            for i in 0..writes_each {
+                let path = format!("/v1/resume/w{w}-{}", i % 3);
+                assert!(
+                    server
+                        .put(&path, &json!({"i": i}), &[])
+                        .await
+                        .status()
+                        .is_success()
+                );
+            }
+        }));
+    }
+    // Read a few events at a time, dropping the connection after each handful and
+    // resuming from the last event id seen, while the writers keep writing.
+    let mut seen: Vec<u64> = Vec::new();
+    let mut last_id: Option<String> = None;
+    while (seen.len() as u64) < total {
+        let mut request = server
+            .client
+            .get(server.url("/v1/_changes"))
+            .header("accept", "text/event-stream");
+        if let Some(id) = &last_id {
+            request = request.header("last-event-id", id);
+        }
+        let mut events = sse_events(request.send().await.unwrap());
+        for _ in 0..7 {
+            if seen.len() as u64 == total {
+                break;
+            }
+            let event = next_event(&mut events, WAIT).await;
+            let data: Value = serde_json::from_str(&event.data).unwrap();
+            seen.push(data["revision"].as_u64().unwrap());
+            if let Some(id) = event.id {
+                last_id = Some(id);
+            }
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(seen, (1..=total).collect::<Vec<_>>());
+}
+
 #[tokio::test]
 async fn sse_sends_heartbeats() {
     let server = TestServer::start_with(|config, _| {
