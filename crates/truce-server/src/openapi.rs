@@ -1,6 +1,14 @@
-//! The root of the OpenAPI document; the paths come from the handlers themselves.
+//! The root of the OpenAPI document, and the problem responses handlers share.
+//!
+//! Paths come from the handlers' `#[utoipa::path]` attributes. The problem responses
+//! below are documentation types (never built): each is one status of the problem
+//! table with the `Problem` schema, so every operation lists its problems by name.
 
-use utoipa::OpenApi;
+#![allow(dead_code)]
+
+use utoipa::{IntoResponses, OpenApi};
+
+use crate::wire::ProblemBody;
 
 /// General information, tags and shared schemas.
 #[derive(OpenApi)]
@@ -21,3 +29,102 @@ use utoipa::OpenApi;
     components(schemas(crate::wire::ProblemBody, crate::wire::FieldError))
 )]
 pub struct ApiDoc;
+
+/// 400 `malformed-request`.
+#[derive(IntoResponses)]
+#[response(
+    status = 400,
+    description = "`malformed-request`: bad JSON, name, header or parameter",
+    content_type = "application/problem+json"
+)]
+pub struct Malformed(ProblemBody);
+
+/// 404 `not-found`.
+#[derive(IntoResponses)]
+#[response(
+    status = 404,
+    description = "`not-found`: no such resource or version; for a deleted resource the body adds `deleted_at` and the tombstone's `version`",
+    content_type = "application/problem+json"
+)]
+pub struct NotFound(ProblemBody);
+
+/// 409: a conflict with the current state.
+#[derive(IntoResponses)]
+#[response(
+    status = 409,
+    description = "`version-conflict` (`?if_version` mismatch, adds `expected_version`), `patch-test-failed` or `patch-conflict`; carries `current_version` and `current_etag`",
+    content_type = "application/problem+json"
+)]
+pub struct Conflict(ProblemBody);
+
+/// 410 `history-compacted`.
+#[derive(IntoResponses)]
+#[response(
+    status = 410,
+    description = "`history-compacted`: older than what retention keeps; `oldest` is the oldest still available",
+    content_type = "application/problem+json"
+)]
+pub struct Compacted(ProblemBody);
+
+/// 412 `precondition-failed`.
+#[derive(IntoResponses)]
+#[response(
+    status = 412,
+    description = "`precondition-failed`: If-Match, If-Unmodified-Since or If-None-Match was false; carries `current_version`, `current_etag` and the `ETag` header",
+    content_type = "application/problem+json"
+)]
+pub struct PreconditionFailed(ProblemBody);
+
+/// 422 `validation-failed`.
+#[derive(IntoResponses)]
+#[response(
+    status = 422,
+    description = "`validation-failed`: the result is not a JSON object within the limits; `errors` lists each problem",
+    content_type = "application/problem+json"
+)]
+pub struct Invalid(ProblemBody);
+
+/// 428 `precondition-required`.
+#[derive(IntoResponses)]
+#[response(
+    status = 428,
+    description = "`precondition-required`: the collection requires If-Match, If-None-Match: * or ?if_version",
+    content_type = "application/problem+json"
+)]
+pub struct PreconditionRequired(ProblemBody);
+
+/// 503 `unavailable`.
+#[derive(IntoResponses)]
+#[response(
+    status = 503,
+    description = "`unavailable`: overloaded or storage unavailable; nothing was written; see `Retry-After`",
+    content_type = "application/problem+json"
+)]
+pub struct Unavailable(ProblemBody);
+
+/// The problems of reading a request body.
+#[derive(IntoResponses)]
+pub enum BodyProblems {
+    /// 408 `request-timeout`.
+    #[response(
+        status = 408,
+        description = "`request-timeout`: the body did not arrive in time",
+        content_type = "application/problem+json"
+    )]
+    Timeout(ProblemBody),
+    /// 413 `payload-too-large`.
+    #[response(
+        status = 413,
+        description = "`payload-too-large`: the body is over the limit (`limit`)",
+        content_type = "application/problem+json"
+    )]
+    TooLarge(ProblemBody),
+    /// 415 `unsupported-media-type`.
+    #[response(
+        status = 415,
+        description = "`unsupported-media-type`: wrong Content-Type or a content coding; PATCH answers with `Accept-Patch`",
+        content_type = "application/problem+json",
+        headers(("Accept-Patch" = String, description = "Media types PATCH accepts"))
+    )]
+    MediaType(ProblemBody),
+}

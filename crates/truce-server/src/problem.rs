@@ -62,7 +62,7 @@ pub fn problem_response(problem: Problem) -> Response {
     params(("slug" = String, Path, description = "A problem slug, e.g. `precondition-failed`")),
     responses(
         (status = 200, description = "An HTML page explaining the problem type", content_type = "text/html", body = String),
-        (status = 404, description = "No such problem type", content_type = "application/problem+json", body = crate::wire::ProblemBody),
+        crate::openapi::NotFound,
     )
 )]
 pub async fn problem_page(Path(slug): Path<String>) -> Result<Html<String>, ApiError> {

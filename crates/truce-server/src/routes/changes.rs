@@ -28,9 +28,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
 use crate::extract::{ApiQuery, ResourcePath};
+use crate::openapi::{Compacted, Malformed, Unavailable};
 use crate::paging::page_limit;
 use crate::state::AppState;
-use crate::wire::{ChangeItem, ChangesBody, ProblemBody};
+use crate::wire::{ChangeItem, ChangesBody};
 
 /// How long a long poll waits when the client does not say.
 const DEFAULT_LONGPOLL: Duration = Duration::from_secs(30);
@@ -86,9 +87,7 @@ pub struct WatchParams {
                 (ChangesBody = "application/json"),
                 (String = "text/event-stream"),
             )),
-        (status = 400, description = "Bad parameter", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 410, description = "`since` is older than the feed's retention; `oldest` is the oldest accepted", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Storage unavailable", body = ProblemBody, content_type = "application/problem+json"),
+        Malformed, Compacted, Unavailable,
     )
 )]
 pub async fn changes(
@@ -133,8 +132,7 @@ pub async fn changes(
         ("Last-Event-ID" = Option<u64>, Header, description = "SSE resume point")),
     responses(
         (status = 200, description = "A stream of `change` events for this resource; `id:` is the revision", content_type = "text/event-stream", body = String),
-        (status = 400, description = "Bad name or parameter", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 410, description = "`since` is older than the feed's retention", body = ProblemBody, content_type = "application/problem+json"),
+        Malformed, Compacted, Unavailable,
     )
 )]
 pub async fn watch(

@@ -15,10 +15,14 @@ use crate::error::ApiError;
 use crate::extract::{
     ApiQuery, CollectionPath, Conditions, DocumentBody, PatchBody, Prefer, ResourcePath,
 };
+use crate::openapi::{
+    BodyProblems, Compacted, Conflict, Invalid, Malformed, NotFound, PreconditionFailed,
+    PreconditionRequired, Unavailable,
+};
 use crate::paging::{decode_cursor, encode_cursor, page_limit};
 use crate::render::{document_response, not_modified, write_response};
 use crate::state::AppState;
-use crate::wire::{Envelope, EnvelopePage, ProblemBody, TombstoneBody};
+use crate::wire::{Envelope, EnvelopePage, TombstoneBody};
 
 /// `GET /v1/{collection}` parameters.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -57,8 +61,7 @@ pub struct WriteParams {
     params(("collection" = String, Path, description = "Collection name"), ListParams),
     responses(
         (status = 200, description = "A page of envelopes", body = EnvelopePage),
-        (status = 400, description = "Bad name, limit or cursor", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Storage unavailable", body = ProblemBody, content_type = "application/problem+json"),
+        Malformed, Unavailable,
     )
 )]
 pub async fn list(
@@ -97,11 +100,7 @@ pub async fn list(
     responses(
         (status = 201, description = "Created; `Location` names the new resource", body = Object,
             headers(("Location" = String), ("ETag" = String), ("Truce-Version" = u64), ("Truce-Revision" = u64))),
-        (status = 400, description = "Malformed body or name", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 408, description = "Body too slow", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 415, description = "Not application/json", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Overloaded or storage unavailable", body = ProblemBody, content_type = "application/problem+json"),
+        Malformed, BodyProblems, Unavailable,
     )
 )]
 pub async fn create(
@@ -136,10 +135,7 @@ pub async fn create(
             headers(("ETag" = String), ("Last-Modified" = String), ("Truce-Version" = u64),
                     ("Truce-Revision" = u64), ("Cache-Control" = String))),
         (status = 304, description = "If-None-Match or If-Modified-Since: not modified"),
-        (status = 400, description = "Bad name or header syntax", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "No such resource or version; deleted resources add `deleted_at` and `version`", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 410, description = "The version was removed by retention", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 412, description = "If-Match or If-Unmodified-Since false", body = ProblemBody, content_type = "application/problem+json"),
+        Malformed, NotFound, Compacted, PreconditionFailed, Unavailable,
     )
 )]
 pub async fn read(
@@ -194,14 +190,7 @@ pub(crate) fn conditional_read(
             headers(("ETag" = String), ("Truce-Version" = u64), ("Truce-Revision" = u64))),
         (status = 201, description = "Created", body = Object, headers(("Location" = String), ("ETag" = String))),
         (status = 204, description = "`Prefer: return=minimal`"),
-        (status = 400, description = "Malformed body, name or header", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 408, description = "Body too slow", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "`?if_version` mismatch (version-conflict)", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 412, description = "A precondition was false; carries the current version and ETag", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 415, description = "Not application/json", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 428, description = "The collection requires a precondition", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Overloaded or storage unavailable", body = ProblemBody, content_type = "application/problem+json"),
+        Malformed, Conflict, PreconditionFailed, BodyProblems, PreconditionRequired, Unavailable,
     )
 )]
 pub async fn put(
@@ -230,16 +219,8 @@ pub async fn put(
         (status = 200, description = "Patched (or unchanged)", body = Object,
             headers(("ETag" = String), ("Truce-Version" = u64), ("Truce-Revision" = u64))),
         (status = 204, description = "`Prefer: return=minimal`"),
-        (status = 400, description = "Malformed patch, name or header", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "No such resource", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "version-conflict, patch-test-failed or patch-conflict", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 412, description = "A precondition was false", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 415, description = "Unsupported patch type; see `Accept-Patch`", body = ProblemBody, content_type = "application/problem+json",
-            headers(("Accept-Patch" = String))),
-        (status = 422, description = "The result is not a JSON object within the limits", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 428, description = "The collection requires a precondition", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Overloaded or storage unavailable", body = ProblemBody, content_type = "application/problem+json"),
+        Malformed, NotFound, Conflict, PreconditionFailed, BodyProblems, Invalid,
+        PreconditionRequired, Unavailable,
     )
 )]
 pub async fn patch(
@@ -264,12 +245,7 @@ pub async fn patch(
         (status = 200, description = "Deleted: the tombstone", body = TombstoneBody,
             headers(("ETag" = String), ("Truce-Version" = u64), ("Truce-Revision" = u64))),
         (status = 204, description = "`Prefer: return=minimal`"),
-        (status = 400, description = "Bad name or header", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "No such resource (or already deleted)", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "`?if_version` mismatch", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 412, description = "A precondition was false", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 428, description = "The collection requires a precondition", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Overloaded or storage unavailable", body = ProblemBody, content_type = "application/problem+json"),
+        Malformed, NotFound, Conflict, PreconditionFailed, PreconditionRequired, Unavailable,
     )
 )]
 pub async fn delete(

@@ -13,10 +13,14 @@ use utoipa::IntoParams;
 
 use crate::error::ApiError;
 use crate::extract::{ApiQuery, Conditions, JsonBody, Prefer, ResourcePath, VersionPath};
+use crate::openapi::{
+    BodyProblems, Compacted, Conflict, Malformed, NotFound, PreconditionFailed,
+    PreconditionRequired, Unavailable,
+};
 use crate::paging::{decode_cursor, encode_cursor, page_limit};
 use crate::routes::documents::{WriteParams, conditional_read, run_write, write_command};
 use crate::state::AppState;
-use crate::wire::{HistoryItem, HistoryPageBody, ProblemBody, RevertRequest};
+use crate::wire::{HistoryItem, HistoryPageBody, RevertRequest};
 
 /// `GET .../versions` parameters.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -46,8 +50,7 @@ pub struct DiffParams {
     params(("collection" = String, Path), ("id" = String, Path), HistoryParams),
     responses(
         (status = 200, description = "A page of versions, newest first", body = HistoryPageBody),
-        (status = 400, description = "Bad name, limit or cursor", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "The resource never existed", body = ProblemBody, content_type = "application/problem+json"),
+        Malformed, NotFound, Unavailable,
     )
 )]
 pub async fn versions(
@@ -91,9 +94,7 @@ pub async fn versions(
         (status = 200, description = "The version's document", body = Object,
             headers(("ETag" = String), ("Last-Modified" = String), ("Truce-Version" = u64), ("Truce-Revision" = u64))),
         (status = 304, description = "Not modified"),
-        (status = 400, description = "Bad name or version", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "No such version, or it is a deletion", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 410, description = "Removed by retention; `oldest` is the oldest kept", body = ProblemBody, content_type = "application/problem+json"),
+        Malformed, NotFound, Compacted, PreconditionFailed, Unavailable,
     )
 )]
 pub async fn version(
@@ -114,9 +115,7 @@ pub async fn version(
     params(("collection" = String, Path), ("id" = String, Path), DiffParams),
     responses(
         (status = 200, description = "A JSON Patch", content_type = "application/json-patch+json", body = Vec<Object>),
-        (status = 400, description = "Bad name or version", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "No such version, or one side is a deletion", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 410, description = "A version was removed by retention", body = ProblemBody, content_type = "application/problem+json"),
+        Malformed, NotFound, Compacted, Unavailable,
     )
 )]
 pub async fn diff(
@@ -163,14 +162,8 @@ async fn document_at(
             headers(("ETag" = String), ("Truce-Version" = u64), ("Truce-Revision" = u64))),
         (status = 201, description = "Reverted a deleted resource back to life", body = Object),
         (status = 204, description = "`Prefer: return=minimal`"),
-        (status = 400, description = "Malformed body, name or header", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 404, description = "No such resource or version", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 409, description = "`?if_version` mismatch", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 410, description = "Version `to` was removed by retention", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 412, description = "A precondition was false", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 415, description = "Not application/json", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 428, description = "The collection requires a precondition", body = ProblemBody, content_type = "application/problem+json"),
-        (status = 503, description = "Overloaded or storage unavailable", body = ProblemBody, content_type = "application/problem+json"),
+        Malformed, NotFound, Conflict, Compacted, PreconditionFailed, BodyProblems,
+        PreconditionRequired, Unavailable,
     )
 )]
 pub async fn revert(

@@ -10,8 +10,9 @@ use axum::response::{IntoResponse, Json, Response};
 use truce_engine::{EngineError, StorageError};
 
 use crate::error::ApiError;
+use crate::openapi::Unavailable;
 use crate::state::AppState;
-use crate::wire::{CompactionBody, HealthBody, ProblemBody};
+use crate::wire::{CompactionBody, HealthBody};
 
 /// The serialised OpenAPI document, built once with the router.
 #[derive(Clone)]
@@ -37,7 +38,7 @@ pub async fn healthz() -> Json<HealthBody> {
     tag = "system",
     responses(
         (status = 200, description = "Ready to serve", body = HealthBody),
-        (status = 503, description = "Draining, or the store is unavailable", body = ProblemBody, content_type = "application/problem+json"),
+        Unavailable,
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthBody>, ApiError> {
@@ -89,7 +90,7 @@ pub async fn metrics() -> Response {
     tag = "system",
     responses(
         (status = 200, description = "What the pass removed", body = CompactionBody),
-        (status = 503, description = "Overloaded or storage unavailable", body = ProblemBody, content_type = "application/problem+json"),
+        Unavailable,
     )
 )]
 pub async fn compact(State(state): State<AppState>) -> Result<Json<CompactionBody>, ApiError> {

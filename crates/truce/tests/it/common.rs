@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::{Client, Response};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
@@ -95,6 +95,33 @@ impl TestServer {
         let response = self.put(path, body, &[]).await;
         assert_eq!(response.status(), 201, "create {path}");
         etag(&response)
+    }
+
+    /// Runs `POST /v1/_compact` until `done` holds for the total of what the passes
+    /// removed (retention by age needs the clock to move past the limit first).
+    pub async fn compact_until(&self, done: impl Fn(&Value) -> bool) -> Value {
+        let mut total = json!({"versions_removed": 0, "changes_removed": 0, "oldest_revision": 0});
+        for _ in 0..200 {
+            let report: Value = self
+                .client
+                .post(self.url("/v1/_compact"))
+                .send()
+                .await
+                .expect("compact")
+                .json()
+                .await
+                .expect("compaction report");
+            for field in ["versions_removed", "changes_removed"] {
+                total[field] =
+                    json!(total[field].as_u64().unwrap_or(0) + report[field].as_u64().unwrap_or(0));
+            }
+            total["oldest_revision"] = report["oldest_revision"].clone();
+            if done(&total) {
+                return total;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("compaction never reached the expected state: {total}");
     }
 
     /// Stops the server gracefully and waits for it.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::common::{TestServer, problem};
 
@@ -68,23 +68,10 @@ async fn max_age_is_applied_by_compaction_and_never_touches_the_head() {
         server.put("/v1/aged/a", &json!({"n": n}), &[]).await;
     }
     server.put("/v1/aged/b", &json!({"only": true}), &[]).await;
-    let mut removed = 0;
-    for _ in 0..100 {
-        let report: Value = server
-            .client
-            .post(server.url("/v1/_compact"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        removed += report["versions_removed"].as_u64().unwrap();
-        if removed >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let report = server
+        .compact_until(|total| total["versions_removed"].as_u64() >= Some(3))
+        .await;
+    let removed = report["versions_removed"].as_u64().unwrap();
     assert_eq!(removed, 3);
     assert_eq!(server.get_json("/v1/aged/a").await, json!({"n": 4}));
     assert_eq!(server.get_json("/v1/aged/b").await, json!({"only": true}));
