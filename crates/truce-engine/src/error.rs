@@ -9,6 +9,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::etag::ETag;
+use crate::name::ResourceKey;
 use crate::precondition::FailedCondition;
 use crate::problem::ProblemKind;
 use crate::time::Timestamp;
@@ -33,7 +34,9 @@ pub enum StorageError {
 /// The current state of a resource, reported with every conflict.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CurrentState {
-    /// The current version number (of the tombstone, if deleted).
+    /// The resource.
+    pub resource: ResourceKey,
+    /// The current version number.
     pub version: u64,
     /// The current ETag.
     pub etag: ETag,
@@ -149,9 +152,13 @@ impl Problem {
         self
     }
 
-    /// Adds `current_version`, `current_etag` and the `ETag` header.
+    /// Adds `resource`, `current_version`, `current_etag` and the `ETag` header.
     fn with_current(mut self, current: Option<&CurrentState>) -> Self {
         if let Some(current) = current {
+            self.fields.insert(
+                "resource".into(),
+                json!({"collection": current.resource.collection, "id": current.resource.id}),
+            );
             self.fields
                 .insert("current_version".into(), json!(current.version));
             self.fields
@@ -278,19 +285,15 @@ impl EngineError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::name::ResourceKey;
 
     #[test]
     fn conflicts_carry_the_current_state() {
-        let etag = ETag::derive(
-            &ResourceKey::parse("c", "i").unwrap(),
-            4,
-            9,
-            Timestamp::from_millis(0),
-        );
+        let resource = ResourceKey::parse("c", "i").unwrap();
+        let etag = ETag::derive(&resource, 4, 9, Timestamp::from_millis(0));
         let problem = EngineError::VersionConflict {
             expected: 3,
             current: Some(CurrentState {
+                resource,
                 version: 4,
                 etag: etag.clone(),
             }),
@@ -300,6 +303,10 @@ mod tests {
         assert_eq!(problem.fields["expected_version"], json!(3));
         assert_eq!(problem.fields["current_version"], json!(4));
         assert_eq!(problem.fields["current_etag"], json!(etag.to_header()));
+        assert_eq!(
+            problem.fields["resource"],
+            json!({"collection": "c", "id": "i"})
+        );
         assert_eq!(problem.etag, Some(etag));
     }
 

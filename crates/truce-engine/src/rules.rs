@@ -98,6 +98,7 @@ pub fn plan_write(
     }
 
     let current_state = live.map(|v| CurrentState {
+        resource: key.clone(),
         version: v.number,
         etag: v.etag(key),
     });
@@ -217,6 +218,7 @@ fn already_applied(
     ctx: &WriteContext<'_>,
 ) -> Result<bool, EngineError> {
     let state = CurrentState {
+        resource: command.key.clone(),
         version: current.number,
         etag: current.etag(&command.key),
     };

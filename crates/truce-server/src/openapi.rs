@@ -26,7 +26,7 @@ use crate::wire::ProblemBody;
         (name = "changes", description = "The change feed and watches"),
         (name = "system", description = "Health, metrics, the OpenAPI document and problem pages"),
     ),
-    components(schemas(crate::wire::ProblemBody, crate::wire::FieldError))
+    components(schemas(crate::wire::ProblemBody, crate::wire::FieldError, crate::wire::ResourceRef))
 )]
 pub struct ApiDoc;
 

@@ -248,6 +248,8 @@ pub struct ProblemBody {
     pub instance: String,
     /// The request id (also in `X-Request-Id`); quote it to an operator.
     pub request_id: String,
+    /// 409/412: the resource the conflict is about.
+    pub resource: Option<ResourceRef>,
     /// 409/412: the current version of the resource.
     pub current_version: Option<u64>,
     /// 409/412: the current ETag of the resource (also in the `ETag` header).
@@ -268,6 +270,15 @@ pub struct ProblemBody {
     pub errors: Option<Vec<FieldError>>,
     /// payload-too-large: the limit in bytes.
     pub limit: Option<usize>,
+}
+
+/// A resource named in a problem.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResourceRef {
+    /// The collection.
+    pub collection: String,
+    /// The document id.
+    pub id: String,
 }
 
 /// One validation problem.

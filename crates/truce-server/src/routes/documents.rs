@@ -170,6 +170,7 @@ pub(crate) fn conditional_read(
         Evaluation::Failed(condition) => Err(EngineError::PreconditionFailed {
             condition,
             current: Some(CurrentState {
+                resource: key.clone(),
                 version: version.number,
                 etag,
             }),

@@ -396,6 +396,11 @@ async fn every_precondition_case() {
                 if live {
                     assert_eq!(body["current_version"], 2, "{label}");
                     assert_eq!(body["current_etag"], current, "{label}");
+                    assert_eq!(
+                        body["resource"],
+                        json!({"collection": "pre", "id": format!("case-{i}")}),
+                        "{label}"
+                    );
                 }
             }
             409 => {
@@ -404,6 +409,7 @@ async fn every_precondition_case() {
                 if case.state == Live {
                     assert_eq!(body["current_version"], 2, "{label}");
                     assert_eq!(body["current_etag"], current, "{label}");
+                    assert_eq!(body["resource"]["id"], format!("case-{i}"), "{label}");
                 }
             }
             400 => {
