@@ -44,7 +44,7 @@ echo "group commit: $group   one fsync per write: $single   rounds: $ROUNDS x $D
 for round in $(seq "$ROUNDS"); do
     for mode in group single; do
         if [ "$mode" = group ]; then addr=$group; else addr=$single; fi
-        "$BIN" bench --url "http://$addr" --connections "$CONNECTIONS" \
+        "$BIN" bench --url "http://$addr" --workload update --connections "$CONNECTIONS" \
             --duration "$DURATION" --json |
             sed "s/^/{\"mode\":\"$mode\",\"round\":$round,\"run\":/; s/\$/}/" \
             >> "$work/results.jsonl"

@@ -80,7 +80,7 @@ pub enum EngineError {
         /// Its target path.
         path: String,
         /// The current state.
-        current: CurrentState,
+        current: Box<CurrentState>,
     },
     /// A JSON Patch operation does not fit the current document.
     #[error("JSON Patch operation {operation} at {path:?} cannot be applied: {reason}")]
@@ -92,7 +92,7 @@ pub enum EngineError {
         /// Why it cannot be applied.
         reason: String,
         /// The current state.
-        current: CurrentState,
+        current: Box<CurrentState>,
     },
     /// The result is well-formed but not acceptable.
     #[error("the document is not acceptable")]

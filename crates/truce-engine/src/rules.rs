@@ -283,13 +283,13 @@ fn next_content(
             Err(failure) if failure.test_failed => Err(EngineError::PatchTestFailed {
                 operation: failure.operation,
                 path: failure.path,
-                current: current_state()?,
+                current: Box::new(current_state()?),
             }),
             Err(failure) => Err(EngineError::PatchConflict {
                 operation: failure.operation,
                 path: failure.path,
                 reason: failure.reason,
-                current: current_state()?,
+                current: Box::new(current_state()?),
             }),
         },
         WriteAction::Delete => Ok(NextContent::Tombstone),

@@ -1,16 +1,26 @@
 //! Log output: text or JSON lines on stdout, filtered by `RUST_LOG` (default `info`).
+//!
+//! Lines are formatted on the thread that logs them and written by a dedicated
+//! writer thread, so a request never waits for stdout. The writer blocks rather
+//! than drops lines when it falls behind; the returned guard flushes what is left
+//! when the process ends normally.
 
+use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber; later calls are ignored.
-pub fn init(format: LogFormat) {
+/// Installs the global subscriber; keep the guard alive until exit.
+pub fn init(format: LogFormat) -> WorkerGuard {
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("truce-log")
+        .finish(std::io::stdout());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_writer(std::io::stdout);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Text => builder.with_ansi(false).try_init(),
         LogFormat::Json => builder
@@ -20,4 +30,5 @@ pub fn init(format: LogFormat) {
             .with_span_list(false)
             .try_init(),
     };
+    guard
 }

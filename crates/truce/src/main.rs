@@ -22,8 +22,8 @@ struct Cli {
 enum Command {
     /// Run the server on the embedded store.
     Serve(Box<config::ServeArgs>),
-    /// Measure durable conditional-write throughput against a running server.
-    Bench(bench::BenchArgs),
+    /// Load-test truce, etcd or the machine's HTTP ceiling; `bench load` fills a server.
+    Bench(Box<bench::BenchArgs>),
 }
 
 fn main() -> ExitCode {
@@ -41,7 +41,7 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::run(*args).await,
-            Command::Bench(args) => bench::run(args).await,
+            Command::Bench(args) => bench::run(*args).await,
         }
     })
 }

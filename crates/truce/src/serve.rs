@@ -18,7 +18,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    logging::init(settings.log_format);
+    let _log_writer = logging::init(settings.log_format);
     let listen = settings.server.listen;
     if !listen.ip().is_loopback() {
         tracing::error!(

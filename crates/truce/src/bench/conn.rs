@@ -1,0 +1,82 @@
+//! One keep-alive HTTP/1.1 connection, driven directly with hyper's connection API:
+//! exactly one TCP connection per benchmark client, and as little client work per
+//! request as possible, so the numbers measure the server.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{HOST, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::BenchError;
+
+/// An answer, fully read.
+pub struct Reply {
+    /// The status code.
+    pub status: StatusCode,
+    /// The headers.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// A header as text, if present and ASCII.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// A client connection to one server.
+pub struct Connection {
+    sender: SendRequest<Full<Bytes>>,
+    host: HeaderValue,
+}
+
+impl Connection {
+    /// Connects and performs the HTTP/1.1 handshake.
+    pub async fn open(addr: SocketAddr) -> Result<Self, BenchError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let host = HeaderValue::from_str(&addr.to_string())
+            .map_err(|e| BenchError::Setup(e.to_string()))?;
+        Ok(Self { sender, host })
+    }
+
+    /// Sends one request and reads the whole answer.
+    pub async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(HeaderName, HeaderValue)],
+        body: Bytes,
+    ) -> Result<Reply, BenchError> {
+        self.sender.ready().await?;
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, self.host.clone());
+        for (name, value) in headers {
+            request = request.header(name, value);
+        }
+        let request = request
+            .body(Full::new(body))
+            .map_err(|e| BenchError::Setup(e.to_string()))?;
+        let response = self.sender.send_request(request).await?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok(Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+}
