@@ -106,17 +106,28 @@ impl Document {
         &self.bytes
     }
 
-    /// JSON equality with a stored body. Equal values always serialise to the same
-    /// length, so a length mismatch answers without parsing.
+    /// JSON equality with a stored body. Equal values serialise to the same bytes up
+    /// to the order of object members, so their serialisations have the same length
+    /// and the same multiset of bytes: when either differs, the answer needs no parse.
+    /// (This runs in the sequencer, on every write of an existing resource.)
     pub fn same_content_as(&self, stored: &Bytes) -> bool {
         if self.bytes == *stored {
             return true;
         }
-        if self.bytes.len() != stored.len() {
+        if self.bytes.len() != stored.len() || byte_counts(&self.bytes) != byte_counts(stored) {
             return false;
         }
         serde_json::from_slice::<Value>(stored).is_ok_and(|v| v == self.value)
     }
+}
+
+/// How often each byte value occurs.
+fn byte_counts(bytes: &[u8]) -> [u32; 256] {
+    let mut counts = [0u32; 256];
+    for byte in bytes {
+        counts[usize::from(*byte)] += 1;
+    }
+    counts
 }
 
 /// Refuses values nested deeper than `max_depth` (the outer object is depth 1).
@@ -201,7 +212,16 @@ mod tests {
         let a = Document::parse(br#"{"a":1,"b":2}"#, limits).unwrap();
         let b = Document::parse(br#"{"b":2,"a":1}"#, limits).unwrap();
         let c = Document::parse(br#"{"b":2,"a":3}"#, limits).unwrap();
+        // Same bytes in another order, yet different values.
+        let d = Document::parse(br#"{"a":2,"b":1}"#, limits).unwrap();
         assert!(a.same_content_as(b.bytes()));
         assert!(!a.same_content_as(c.bytes()));
+        assert!(!a.same_content_as(d.bytes()));
+        let nested = Document::parse(br#"{"x":{"p":1,"q":[1,2]},"y":null}"#, limits).unwrap();
+        let reordered = Document::parse(br#"{"y":null,"x":{"q":[1,2],"p":1}}"#, limits).unwrap();
+        let arrays_differ =
+            Document::parse(br#"{"y":null,"x":{"q":[2,1],"p":1}}"#, limits).unwrap();
+        assert!(nested.same_content_as(reordered.bytes()));
+        assert!(!nested.same_content_as(arrays_differ.bytes()));
     }
 }

@@ -35,9 +35,12 @@ impl ETag {
         hasher.update(revision.to_be_bytes());
         hasher.update(at.millis().to_be_bytes());
         let digest = hasher.finalize();
-        let mut tag = format!("{version}-");
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut tag = version.to_string();
+        tag.push('-');
         for byte in &digest[..4] {
-            tag.push_str(&format!("{byte:02x}"));
+            tag.push(char::from(HEX[usize::from(byte >> 4)]));
+            tag.push(char::from(HEX[usize::from(byte & 0x0f)]));
         }
         Self(tag)
     }

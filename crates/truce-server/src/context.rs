@@ -3,8 +3,8 @@
 //!
 //! The request id comes from the client's `X-Request-Id` (if it is sane) or is made
 //! here, is echoed on the response, and is put in a task-local [`RequestContext`] so
-//! problem bodies can carry it and the request's path without every handler passing
-//! them along. A panic anywhere in a handler is caught here and becomes a 500 problem
+//! problem bodies and log lines can carry it, and the request's path, without every
+//! handler passing them along. A panic anywhere in a handler is caught here and becomes a 500 problem
 //! that carries only the request id; the connection and the server live on.
 
 use std::panic::AssertUnwindSafe;
@@ -17,7 +17,6 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
-use tracing::Instrument;
 
 use crate::error::ApiError;
 
@@ -65,13 +64,11 @@ pub async fn request_envelope(request: Request, next: Next) -> Response {
         id: Arc::clone(&id),
         path: Arc::clone(&path),
     };
-    let span = tracing::info_span!("request", request_id = %id);
     let handled = CURRENT
         .scope(
             context.clone(),
             AssertUnwindSafe(next.run(request)).catch_unwind(),
         )
-        .instrument(span.clone())
         .await;
     let mut response = CURRENT.sync_scope(context, || match handled {
         Ok(response) => normalize(response),
@@ -81,7 +78,7 @@ pub async fn request_envelope(request: Request, next: Next) -> Response {
                 .map(|s| (*s).to_owned())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "non-text panic payload".into());
-            tracing::error!(parent: &span, panic = %message, "handler panicked");
+            tracing::error!(request_id = %id, panic = %message, "handler panicked");
             metrics::counter!("truce_handler_panics_total").increment(1);
             ApiError::Panic.into_response()
         }
@@ -92,21 +89,22 @@ pub async fn request_envelope(request: Request, next: Next) -> Response {
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     tracing::info!(
-        parent: &span,
+        request_id = %id,
         method = %method,
         path = %path,
         status,
-        latency_ms = elapsed.as_secs_f64() * 1000.0,
+        latency_us = elapsed.as_micros() as u64,
         "request"
     );
+    let method = method_label(&method);
     metrics::counter!(
         "truce_http_requests_total",
         "route" => route.clone(),
-        "method" => method.to_string(),
+        "method" => method,
         "status" => status.to_string()
     )
     .increment(1);
-    metrics::histogram!("truce_http_request_seconds", "route" => route, "method" => method.to_string())
+    metrics::histogram!("truce_http_request_seconds", "route" => route, "method" => method)
         .record(elapsed.as_secs_f64());
     response
 }
@@ -127,6 +125,21 @@ fn normalize(response: Response) -> Response {
         return problem;
     }
     response
+}
+
+/// The method as a static label (metrics keep their labels for the process's life).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
 }
 
 /// Visible ASCII, bounded length: safe to log and echo.

@@ -85,7 +85,8 @@ impl IntoResponse for ApiError {
         if let Self::Engine(error) = &self
             && error.is_server_fault()
         {
-            tracing::error!(error = %error, "request failed");
+            let request_id = crate::context::RequestContext::current().map(|c| c.id);
+            tracing::error!(request_id = request_id.as_deref().unwrap_or(""), error = %error, "request failed");
         }
         let mut response = problem_response(self.problem());
         let headers = response.headers_mut();

@@ -6,8 +6,6 @@
 //! checked for their media type before the engine parses them. Every rejection is an
 //! [`ApiError`], so malformed input always gets a problem answer.
 
-use std::collections::HashMap;
-
 use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
@@ -37,26 +35,23 @@ pub struct VersionPath {
     pub number: u64,
 }
 
-async fn path_params(parts: &mut Parts) -> Result<HashMap<String, String>, ApiError> {
-    Path::<HashMap<String, String>>::from_request_parts(parts, &())
+/// Extracts the path parameters as `T` (a string or a tuple of strings).
+async fn path_params<T>(parts: &mut Parts) -> Result<T, ApiError>
+where
+    T: DeserializeOwned + Send,
+{
+    Path::<T>::from_request_parts(parts, &())
         .await
         .map(|Path(params)| params)
         .map_err(|e| ApiError::Malformed(e.body_text()))
-}
-
-fn param<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str, ApiError> {
-    params
-        .get(name)
-        .map(String::as_str)
-        .ok_or_else(|| ApiError::Malformed(format!("missing path parameter {name}")))
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for CollectionPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let params = path_params(parts).await?;
-        Ok(Self(CollectionName::parse(param(&params, "collection")?)?))
+        let collection: String = path_params(parts).await?;
+        Ok(Self(CollectionName::parse(&collection)?))
     }
 }
 
@@ -64,11 +59,8 @@ impl<S: Send + Sync> FromRequestParts<S> for ResourcePath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let params = path_params(parts).await?;
-        Ok(Self(ResourceKey::parse(
-            param(&params, "collection")?,
-            param(&params, "id")?,
-        )?))
+        let (collection, id): (String, String) = path_params(parts).await?;
+        Ok(Self(ResourceKey::parse(&collection, &id)?))
     }
 }
 
@@ -76,9 +68,8 @@ impl<S: Send + Sync> FromRequestParts<S> for VersionPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
-        let params = path_params(parts).await?;
-        let key = ResourceKey::parse(param(&params, "collection")?, param(&params, "id")?)?;
-        let raw = param(&params, "n")?;
+        let (collection, id, raw): (String, String, String) = path_params(parts).await?;
+        let key = ResourceKey::parse(&collection, &id)?;
         let number = raw.parse().map_err(|_| {
             ApiError::Malformed(format!("version {raw:?} is not a non-negative integer"))
         })?;

@@ -32,6 +32,7 @@ pub fn problem_response(problem: Problem) -> Response {
     }
     if matches!(info.status, 409 | 412 | 423) {
         tracing::info!(
+            request_id = context.as_ref().map_or("", |c| &*c.id),
             slug = info.slug,
             detail = %problem.detail,
             state = %serde_json::Value::Object(problem.fields.clone()),

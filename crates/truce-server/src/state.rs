@@ -1,6 +1,7 @@
 //! What every handler shares: the store, the settings, the id generator and the
 //! shutdown signal that ends long-lived responses.
 
+use std::ops::Deref;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -8,15 +9,18 @@ use truce_engine::{IdGenerator, Store};
 
 use crate::config::ServerConfig;
 
-/// Shared state of the HTTP layer; cheap to clone.
+/// Shared state of the HTTP layer; a clone is one reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+/// The contents of [`AppState`].
+pub struct Shared {
     /// The storage backend.
     pub store: Arc<dyn Store>,
     /// The server's settings.
-    pub config: Arc<ServerConfig>,
+    pub config: ServerConfig,
     /// Makes ids for `POST /v1/{collection}`.
-    pub ids: Arc<IdGenerator>,
+    pub ids: IdGenerator,
     /// Cancelled when the server starts shutting down: streams and long polls end.
     pub shutdown: CancellationToken,
 }
@@ -24,11 +28,19 @@ pub struct AppState {
 impl AppState {
     /// State for a store and settings.
     pub fn new(store: Arc<dyn Store>, config: ServerConfig) -> Self {
-        Self {
+        Self(Arc::new(Shared {
             store,
-            config: Arc::new(config),
-            ids: Arc::new(IdGenerator::new()),
+            config,
+            ids: IdGenerator::new(),
             shutdown: CancellationToken::new(),
-        }
+        }))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
     }
 }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use async_trait::async_trait;
-use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable};
+use redb::{Database, ReadOnlyTable, ReadableDatabase};
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
     ChangePage, ChangeQuery, CollectionName, CompactionReport, DocumentLimits, EngineError,
@@ -22,7 +22,7 @@ use crate::compaction;
 use crate::error::{OpenError, storage};
 use crate::sequencer::{Job, Sequencer, SequencerSettings};
 use crate::tables::{
-    HEADS, LOG, META, META_CHANGES_COMPACTED, META_REVISION, Tables, read_changes,
+    HEADS, LOG, META, META_CHANGES_COMPACTED, Tables, last_revision, read_changes,
 };
 
 /// The database file inside the data directory.
@@ -155,11 +155,9 @@ fn initialise(db: &Database) -> Result<u64, StorageError> {
     let txn = db.begin_write().map_err(storage)?;
     let revision = {
         txn.open_table(HEADS).map_err(storage)?;
-        txn.open_table(LOG).map_err(storage)?;
-        let meta = txn.open_table(META).map_err(storage)?;
-        meta.get(META_REVISION)
-            .map_err(storage)?
-            .map_or(0, |v| v.value())
+        txn.open_table(META).map_err(storage)?;
+        let log = txn.open_table(LOG).map_err(storage)?;
+        last_revision(&log)?
     };
     txn.commit().map_err(storage)?;
     Ok(revision)
@@ -221,8 +219,8 @@ impl Store for EmbeddedStore {
             Ok(meta.get(name).map_err(storage)?.map_or(0, |v| v.value()))
         };
         query.check_retained(read_meta(META_CHANGES_COMPACTED)?)?;
-        let head_revision = read_meta(META_REVISION)?;
         let log = txn.open_table(LOG).map_err(storage)?;
+        let head_revision = last_revision(&log)?;
         Ok(read_changes(&log, query, head_revision)?)
     }
 

@@ -29,7 +29,7 @@ use truce_engine::{
 use crate::codec;
 use crate::compaction::CompactionPlan;
 use crate::error::storage;
-use crate::tables::{HEADS, LOG, META, META_CHANGES_COMPACTED, META_REVISION, Tables};
+use crate::tables::{HEADS, LOG, META, META_CHANGES_COMPACTED, Tables, last_revision};
 
 /// A unit of work for the sequencer, with the channel its answer goes to.
 pub(crate) enum Job {
@@ -187,12 +187,6 @@ impl Sequencer {
                     Job::Shutdown { .. } => answers.push(Answer::Shutdown),
                 }
             }
-            if revision != start {
-                tables
-                    .meta
-                    .insert(META_REVISION, revision)
-                    .map_err(storage)?;
-            }
             (revision, revision != start || compacted)
         };
         if changed {
@@ -227,11 +221,7 @@ impl<'t> WriteTables<'t> {
     }
 
     fn revision(&self) -> Result<u64, StorageError> {
-        Ok(self
-            .meta
-            .get(META_REVISION)
-            .map_err(storage)?
-            .map_or(0, |v| v.value()))
+        last_revision(&self.view.log)
     }
 
     /// Writes one command's effect at `revision`: each new version is appended to the

@@ -19,11 +19,9 @@ use crate::error::storage;
 pub(crate) const HEADS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("heads");
 /// Every version, keyed by `(revision, index within the revision)`; also the change feed.
 pub(crate) const LOG: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("log");
-/// Counters: the last revision, how far the change feed is compacted.
+/// Counters: how far the change feed is compacted.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-/// `meta` key: the revision of the last commit.
-pub(crate) const META_REVISION: &str = "revision";
 /// `meta` key: the newest revision no longer served by the change feed.
 pub(crate) const META_CHANGES_COMPACTED: &str = "changes_compacted_through";
 
@@ -168,6 +166,19 @@ where
         }
         Ok(())
     }
+}
+
+/// The revision of the last commit: the newest log entry's. The newest entry is
+/// always some resource's head, so compaction never removes it, and deriving the
+/// revision from it saves a write per commit.
+pub(crate) fn last_revision<L>(log: &L) -> Result<u64, StorageError>
+where
+    L: ReadableTable<(u64, u32), &'static [u8]>,
+{
+    Ok(log
+        .last()
+        .map_err(storage)?
+        .map_or(0, |(key, _)| key.value().0))
 }
 
 /// Reads a page of the change feed from the log (the caller has checked retention).

@@ -26,7 +26,7 @@ pub fn init(format: LogFormat) -> WorkerGuard {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
-            .with_current_span(true)
+            .with_current_span(false)
             .with_span_list(false)
             .try_init(),
     };

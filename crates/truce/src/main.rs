@@ -10,6 +10,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of the system allocator: requests allocate and free many small
+/// buffers on several threads, which glibc's allocator handles with contention and
+/// periodic consolidation (measured in `docs/PERFORMANCE.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// truce: a conflict-aware HTTP resource server.
 #[derive(Debug, Parser)]
 #[command(name = "truce", version, about)]
