@@ -54,7 +54,7 @@ impl EmbeddedConfig {
             retention: Retention::default(),
             max_batch: 256,
             queue_capacity: 8192,
-            cache_bytes: 256 * 1024 * 1024,
+            cache_bytes: 128 * 1024 * 1024,
         }
     }
 }

@@ -69,7 +69,8 @@ pub struct ServeArgs {
     /// Writes that may queue for the sequencer before new ones get 503 (default 8192).
     #[arg(long, env = "TRUCE_QUEUE_CAPACITY")]
     pub queue_capacity: Option<usize>,
-    /// Page cache of the embedded store in MiB (default 256).
+    /// Page cache of the embedded store in MiB (default 128); the OS page cache
+    /// serves what does not fit.
     #[arg(long, env = "TRUCE_CACHE_MB")]
     pub cache_mb: Option<usize>,
     /// Longest wait for a request head, and idle keep-alive time (default 30s).
