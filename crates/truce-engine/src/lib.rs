@@ -2,8 +2,9 @@
 //!
 //! Everything that decides *what happens* to a resource lives here: which names are
 //! valid, how ETags are made and compared, how RFC 9110 preconditions are evaluated,
-//! how a write turns the current version into the next one (or is refused), how long
-//! history is kept, and which problem slug every refusal maps to. The HTTP layer parses
+//! how a write turns the current version into the next one (or is refused), how two
+//! concurrent edits merge, how long history is kept, and which problem slug every
+//! refusal maps to. The HTTP layer parses
 //! requests into [`WriteCommand`]s and renders [`WriteOutcome`]s and [`EngineError`]s;
 //! storage backends implement [`Store`] and run [`plan_write`] inside their own
 //! transactions, so each rule exists exactly once.
@@ -14,6 +15,7 @@ mod document;
 mod error;
 mod etag;
 mod ids;
+mod merge;
 mod name;
 mod patch;
 mod precondition;
@@ -31,6 +33,10 @@ pub use document::{Document, DocumentLimits};
 pub use error::{CurrentState, EngineError, Problem, StorageError};
 pub use etag::{ETag, EntityTag, EtagSyntaxError, TagCondition};
 pub use ids::IdGenerator;
+pub use merge::{
+    FieldChange, FieldPath, MergeOutcome, Overlap, changes as field_changes,
+    pointer as json_pointer, three_way, value_at,
+};
 pub use name::{CollectionName, DocId, NameError, ResourceKey};
 pub use patch::{JsonPatch, diff_versions};
 pub use precondition::{Evaluation, FailedCondition, Preconditions, Safety, Validators};

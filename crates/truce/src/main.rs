@@ -2,6 +2,7 @@
 //! that speak its HTTP API.
 
 mod bench;
+mod cli;
 mod config;
 mod logging;
 mod serve;
@@ -28,6 +29,24 @@ struct Cli {
 enum Command {
     /// Run the server on the embedded store.
     Serve(Box<config::ServeArgs>),
+    /// Print a document (`collection/id`).
+    Get(cli::GetArgs),
+    /// Create or replace a document from a JSON file or `-` (stdin).
+    Put(cli::PutArgs),
+    /// Apply a merge patch (or `--json-patch`) from a file or `-`.
+    Patch(cli::PatchArgs),
+    /// Delete a document.
+    Delete(cli::DeleteArgs),
+    /// List a document's versions, newest first.
+    History(cli::HistoryArgs),
+    /// Show the JSON Patch between two versions.
+    Diff(cli::DiffArgs),
+    /// Write a new version with an earlier version's content.
+    Revert(cli::RevertArgs),
+    /// Follow the changes of a collection or of one document.
+    Watch(cli::WatchArgs),
+    /// Edit a document in $VISUAL / $EDITOR, merging with concurrent changes.
+    Edit(cli::EditArgs),
     /// Load-test truce, etcd or the machine's HTTP ceiling; `bench load` fills a server.
     Bench(Box<bench::BenchArgs>),
 }
@@ -48,6 +67,15 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(*args).await,
             Command::Bench(args) => bench::run(*args).await,
+            Command::Get(args) => cli::finish(cli::read::get(args).await),
+            Command::Put(args) => cli::finish(cli::write::put(args).await),
+            Command::Patch(args) => cli::finish(cli::write::patch(args).await),
+            Command::Delete(args) => cli::finish(cli::write::delete(args).await),
+            Command::History(args) => cli::finish(cli::read::history(args).await),
+            Command::Diff(args) => cli::finish(cli::read::diff(args).await),
+            Command::Revert(args) => cli::finish(cli::write::revert(args).await),
+            Command::Watch(args) => cli::finish(cli::read::watch(args).await),
+            Command::Edit(args) => cli::finish(cli::edit::edit(args).await),
         }
     })
 }

@@ -6,9 +6,10 @@
 //! revision signal between pages, so a committed change is delivered exactly once and
 //! in revision order. Streams and long polls end when the server shuts down.
 //!
-//! SSE framing: one `change` event per change; the `id:` field (the revision) is set
-//! on the last change of each revision, so a client that resumes with `Last-Event-ID`
-//! never loses the rest of a revision it saw only part of.
+//! SSE framing: the stream opens with an `id:` line alone (its starting revision),
+//! then one `change` event per change; the `id:` field (the revision) is set on the
+//! last change of each revision, so a client that resumes with `Last-Event-ID` never
+//! loses the rest of a revision it saw only part of.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -221,6 +222,7 @@ async fn long_poll(
 /// every change committed after the response headers arrive is in the stream.
 async fn event_stream(state: &AppState, query: ChangeQuery) -> Result<Response, ApiError> {
     let first = state.store.changes(&query).await?;
+    let start = query.since;
     let mut feed = Feed {
         _open: OpenWaiter::new("stream"),
         store: Arc::clone(&state.store),
@@ -230,6 +232,11 @@ async fn event_stream(state: &AppState, query: ChangeQuery) -> Result<Response, 
         pending: VecDeque::new(),
         finished: false,
     };
+    // An `id:` alone, before any change: the stream's starting position. Clients
+    // (browsers included) keep it as their last event id, so a reconnect before the
+    // first change still resumes from where the stream began.
+    feed.pending
+        .push_back(Event::default().id(start.to_string()));
     feed.queue(first);
     let stream = futures_util::stream::unfold(feed, Feed::next_event);
     Ok(Sse::new(stream)

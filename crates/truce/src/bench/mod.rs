@@ -105,6 +105,10 @@ struct RunArgs {
     /// The version every preloaded document is at (`truce bench load --versions`).
     #[arg(long, default_value_t = 1)]
     preloaded_version: u64,
+    /// Use the preloaded documents from `doc-N` on (so repeated update runs can each
+    /// take documents whose version is still known).
+    #[arg(long, default_value_t = 0)]
+    preloaded_from: usize,
     /// Collection (truce) for the documents.
     #[arg(long, default_value = "bench")]
     collection: String,
@@ -201,6 +205,7 @@ async fn run_workloads(args: &RunArgs) -> Result<bool, BenchError> {
                 body_size: args.body_size,
                 run_id: run_id(),
                 preloaded: args.preloaded.map(|count| Preloaded {
+                    first: args.preloaded_from,
                     count,
                     version: args.preloaded_version,
                 }),

@@ -46,9 +46,12 @@ pub enum Workload {
     Mixed,
 }
 
-/// Documents written earlier by `truce bench load` (ids `doc-0` …), all at `version`.
+/// Documents written earlier by `truce bench load` (ids `doc-{first}` …
+/// `doc-{first + count - 1}`), all at `version`.
 #[derive(Debug, Clone, Copy)]
 pub struct Preloaded {
+    /// The index of the first.
+    pub first: usize,
     /// How many.
     pub count: usize,
     /// The version every one of them is at.
@@ -287,8 +290,8 @@ async fn set_up(
         }
         Workload::Update | Workload::Read | Workload::ReadUnchanged | Workload::Mixed => {
             if let Some(preloaded) = plan.preloaded {
-                let mut i = client.index;
-                while i < preloaded.count {
+                let mut i = preloaded.first + client.index;
+                while i < preloaded.first + preloaded.count {
                     client
                         .docs
                         .push((format!("doc-{i}"), Some(Token::Version(preloaded.version))));
@@ -433,7 +436,10 @@ async fn step(
 /// A document to read: any preloaded one, or one of the client's own.
 fn pick_read(client: &mut Client, plan: &Plan) -> String {
     match plan.preloaded {
-        Some(preloaded) => format!("doc-{}", client.rng.usize(..preloaded.count.max(1))),
+        Some(preloaded) => format!(
+            "doc-{}",
+            preloaded.first + client.rng.usize(..preloaded.count.max(1))
+        ),
         None => {
             let slot = client.rng.usize(..client.docs.len());
             client.docs[slot].0.clone()

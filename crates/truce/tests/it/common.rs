@@ -26,6 +26,7 @@ pub struct TestServer {
     /// A client for it.
     pub client: Client,
     server: Option<RunningServer>,
+    settings: (ServerConfig, EmbeddedConfig),
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -47,13 +48,30 @@ impl TestServer {
         };
         let mut store = EmbeddedConfig::new(dir.path());
         configure(&mut server, &mut store);
-        let (base, running) = launch(server, store).await;
+        let (base, running) = launch(server.clone(), store.clone()).await;
         Self {
             base,
             client: client(),
             server: Some(running),
+            settings: (server, store),
             _dir: Some(dir),
         }
+    }
+
+    /// Stops the server (ending its streams) and starts it again on the same address
+    /// and data dir.
+    pub async fn restart(mut self) -> Self {
+        let address = self.server.as_ref().expect("running").local_addr();
+        if let Some(server) = self.server.take() {
+            server.shutdown();
+            server.stopped().await;
+        }
+        let (mut server, store) = self.settings.clone();
+        server.listen = address;
+        let (base, running) = launch(server, store).await;
+        self.base = base;
+        self.server = Some(running);
+        self
     }
 
     /// The full URL of `path`.
@@ -143,6 +161,9 @@ pub async fn launch(server: ServerConfig, store: EmbeddedConfig) -> (String, Run
 
 /// A client that never uses a proxy and keeps connections.
 pub fn client() -> Client {
+    // reqwest is built with rustls for truce-client; TLS is never used here, but
+    // reqwest wants a crypto provider installed before building a client.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(30))

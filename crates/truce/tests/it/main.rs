@@ -4,6 +4,8 @@
 
 mod bench;
 mod changes;
+mod cli;
+mod client;
 mod common;
 mod concurrency;
 mod openapi;

@@ -1,0 +1,252 @@
+//! Following the change feed (or one resource) as a stream that survives dropped
+//! connections.
+//!
+//! The stream reads Server-Sent Events. When the connection ends or fails, it
+//! reconnects with `Last-Event-ID` set to the last revision it finished, after a
+//! back-off, and drops the changes it already yielded (a revision interrupted in the
+//! middle is sent again from its start), so the caller sees every change exactly
+//! once, in order. A problem answer (such as 410 when the position is older than the
+//! feed's retention) ends the stream with that error.
+
+use std::collections::{HashSet, VecDeque};
+
+use futures_util::{Stream, StreamExt};
+use reqwest::header::ACCEPT;
+use reqwest::{Method, StatusCode};
+
+use crate::client::{Client, changes_query, full_jitter, problem_of, resource_path};
+use crate::error::{Error, Problem};
+use crate::types::{Change, ChangesOptions};
+
+/// Where a stream reads from.
+#[derive(Debug, Clone)]
+enum Source {
+    Feed(ChangesOptions),
+    Resource { path: String, since: Option<u64> },
+}
+
+struct Follow {
+    client: Client,
+    source: Source,
+    /// The last revision fully received.
+    last_id: Option<String>,
+    /// Changes of the revision being received, to drop repeats after a reconnect.
+    seen_revision: u64,
+    seen_keys: HashSet<(String, String)>,
+    body: Option<futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>>,
+    buffer: String,
+    event: PendingEvent,
+    ready: VecDeque<Result<Change, Error>>,
+    failures: u32,
+    done: bool,
+}
+
+#[derive(Default)]
+struct PendingEvent {
+    name: String,
+    id: Option<String>,
+    data: String,
+}
+
+impl Client {
+    /// Follows the change feed: every change after `options.since` (default: from the
+    /// beginning), live, resuming after dropped connections.
+    pub fn changes(
+        &self,
+        options: ChangesOptions,
+    ) -> impl Stream<Item = Result<Change, Error>> + Send + 'static {
+        let last_id = options.since.map(|s| s.to_string());
+        follow(self.clone(), Source::Feed(options), last_id)
+    }
+
+    /// Follows one document's changes (from now, or after `since`).
+    pub fn watch(
+        &self,
+        collection: &str,
+        id: &str,
+        since: Option<u64>,
+    ) -> impl Stream<Item = Result<Change, Error>> + Send + 'static {
+        let source = Source::Resource {
+            path: format!("{}/watch", resource_path(collection, id)),
+            since,
+        };
+        follow(self.clone(), source, since.map(|s| s.to_string()))
+    }
+}
+
+fn follow(
+    client: Client,
+    source: Source,
+    last_id: Option<String>,
+) -> impl Stream<Item = Result<Change, Error>> + Send + 'static {
+    let state = Follow {
+        client,
+        source,
+        last_id,
+        seen_revision: 0,
+        seen_keys: HashSet::new(),
+        body: None,
+        buffer: String::new(),
+        event: PendingEvent::default(),
+        ready: VecDeque::new(),
+        failures: 0,
+        done: false,
+    };
+    futures_util::stream::unfold(state, |mut state| async move {
+        loop {
+            if let Some(item) = state.ready.pop_front() {
+                return Some((item, state));
+            }
+            if state.done {
+                return None;
+            }
+            match state.body.as_mut() {
+                None => state.connect().await,
+                Some(body) => match body.next().await {
+                    Some(Ok(chunk)) => {
+                        state.failures = 0;
+                        state.buffer.push_str(&String::from_utf8_lossy(&chunk));
+                        state.parse();
+                    }
+                    // The connection ended or broke: reconnect from the last id.
+                    Some(Err(_)) | None => state.body = None,
+                },
+            }
+        }
+    })
+}
+
+impl Follow {
+    /// Opens the event stream, after a back-off when earlier attempts failed.
+    async fn connect(&mut self) {
+        let policy = self.client.retry_policy();
+        if self.failures > 0 {
+            let delay = policy
+                .schedule()
+                .nth(self.failures as usize - 1)
+                .unwrap_or(policy.max_delay);
+            tokio::time::sleep(full_jitter(delay)).await;
+        }
+        self.buffer.clear();
+        self.event = PendingEvent::default();
+        let (path, query) = match &self.source {
+            Source::Feed(options) => {
+                let mut options = options.clone();
+                options.since = None;
+                ("/v1/_changes".to_owned(), changes_query(&options))
+            }
+            Source::Resource { path, since } => {
+                let query = match (&self.last_id, since) {
+                    (None, Some(since)) => vec![("since", since.to_string())],
+                    _ => Vec::new(),
+                };
+                (path.clone(), query)
+            }
+        };
+        let mut request = self
+            .client
+            .request(Method::GET, &path)
+            .header(ACCEPT, "text/event-stream")
+            .query(&query);
+        if let Some(id) = &self.last_id {
+            request = request.header("last-event-id", id);
+        }
+        match request.send().await {
+            Ok(response) if response.status() == StatusCode::OK => {
+                self.body = Some(response.bytes_stream().boxed());
+            }
+            Ok(response)
+                if response.status().is_server_error()
+                    || response.status() == StatusCode::TOO_MANY_REQUESTS =>
+            {
+                self.failures += 1;
+            }
+            Ok(response) => {
+                self.ready
+                    .push_back(Err(Error::Api(Box::new(problem_of(response).await))));
+                self.done = true;
+            }
+            Err(_) => self.failures += 1,
+        }
+    }
+
+    /// Turns complete lines of the buffer into events.
+    fn parse(&mut self) {
+        while let Some(end) = self.buffer.find('\n') {
+            let line = self.buffer[..end].trim_end_matches('\r').to_owned();
+            self.buffer.drain(..=end);
+            if line.is_empty() {
+                let event = std::mem::take(&mut self.event);
+                self.dispatch(event);
+            } else if line.starts_with(':') {
+                // A heartbeat.
+            } else if let Some((field, value)) = line.split_once(':') {
+                let value = value.strip_prefix(' ').unwrap_or(value);
+                match field {
+                    "event" => self.event.name = value.to_owned(),
+                    "id" => self.event.id = Some(value.to_owned()),
+                    "data" => {
+                        if !self.event.data.is_empty() {
+                            self.event.data.push('\n');
+                        }
+                        self.event.data.push_str(value);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self, event: PendingEvent) {
+        match event.name.as_str() {
+            // The server opens every stream with its position (an `id:` alone).
+            "" if event.data.is_empty() => {
+                if let Some(id) = event.id {
+                    self.last_id = Some(id);
+                }
+            }
+            "change" => match serde_json::from_str::<Change>(&event.data) {
+                Ok(change) => {
+                    if self.is_new(&change) {
+                        self.ready.push_back(Ok(change));
+                    }
+                    if let Some(id) = event.id {
+                        self.last_id = Some(id);
+                    }
+                }
+                Err(error) => {
+                    self.ready.push_back(Err(Error::Decode(error.to_string())));
+                    self.done = true;
+                }
+            },
+            "error" => {
+                let problem = Problem::from_answer(0, event.data.as_bytes(), None);
+                let status = problem
+                    .body
+                    .get("status")
+                    .and_then(serde_json::Value::as_u64);
+                let problem = Problem {
+                    status: status.and_then(|s| u16::try_from(s).ok()).unwrap_or(0),
+                    ..problem
+                };
+                self.ready.push_back(Err(Error::Api(Box::new(problem))));
+                self.done = true;
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether `change` was not yielded before (a reconnect repeats the revision it
+    /// interrupted).
+    fn is_new(&mut self, change: &Change) -> bool {
+        if change.revision < self.seen_revision {
+            return false;
+        }
+        if change.revision > self.seen_revision {
+            self.seen_revision = change.revision;
+            self.seen_keys.clear();
+        }
+        self.seen_keys
+            .insert((change.collection.clone(), change.id.clone()))
+    }
+}

@@ -1,0 +1,76 @@
+//! Read-modify-write without lost updates.
+//!
+//! [`Client::update`] reads a document, lets the caller change it, and writes it back
+//! with `If-Match`. When another writer got there first (412, 409, or a 200 saying
+//! `already-applied`, which means the content was made by someone else), it reads
+//! again and re-applies the change, waiting a random time up to an exponentially
+//! growing limit between attempts (full jitter), so competing clients spread out
+//! instead of colliding again. It gives up after the policy's attempts with
+//! [`Error::GaveUp`].
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use truce_engine::ProblemKind;
+
+use crate::client::{Client, full_jitter};
+use crate::error::Error;
+use crate::types::{Outcome, Versioned};
+
+impl Client {
+    /// Applies `change` to the current version of a document and writes it back on
+    /// the condition that nobody changed it meanwhile, retrying until it lands.
+    /// Returns the document as written (or as it was, if `change` changed nothing).
+    pub async fn update<T, F>(
+        &self,
+        collection: &str,
+        id: &str,
+        mut change: F,
+    ) -> Result<Versioned<T>, Error>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(&mut T),
+    {
+        let policy = self.retry_policy();
+        let mut delays = policy.schedule();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let current = self.get::<T>(collection, id).await?;
+            let mut doc = current.value;
+            change(&mut doc);
+            let failure = match self
+                .put(collection, id, &doc)
+                .if_match(&current.etag)
+                .send()
+                .await
+            {
+                Ok(written) if written.outcome != Outcome::AlreadyApplied => {
+                    return Ok(Versioned {
+                        value: doc,
+                        etag: written.etag,
+                        version: written.version,
+                        revision: written.revision,
+                    });
+                }
+                Ok(_) => Error::Decode("the content was written by another client".into()),
+                Err(error) if lost_race(&error) => error,
+                Err(error) => return Err(error),
+            };
+            if attempt >= policy.max_attempts {
+                return Err(Error::GaveUp {
+                    attempts: attempt,
+                    last: Box::new(failure),
+                });
+            }
+            tokio::time::sleep(full_jitter(delays.next().unwrap_or_default())).await;
+        }
+    }
+}
+
+/// Whether a write lost against another writer and is worth retrying.
+fn lost_race(error: &Error) -> bool {
+    matches!(
+        error.kind(),
+        Some(ProblemKind::PreconditionFailed | ProblemKind::VersionConflict)
+    )
+}

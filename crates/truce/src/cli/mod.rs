@@ -1,0 +1,173 @@
+//! The client commands of the `truce` binary: `get`, `put`, `patch`, `delete`,
+//! `history`, `diff`, `revert`, `watch` and `edit`.
+//!
+//! They speak the HTTP API through `truce-client`. Output is readable (tables,
+//! colours) on a terminal and plain when piped; `--json` prints machine-readable
+//! JSON. Exit codes: 0 ok, 1 error, 2 usage, 3 conflict (409, 412, 423, 428), 4 not
+//! found (404, 410).
+
+pub mod edit;
+pub mod read;
+pub mod write;
+
+use std::process::ExitCode;
+
+use anstyle::{AnsiColor, Style};
+use clap::Args;
+use truce_client::{Client, Error as ClientError};
+use truce_engine::ResourceKey;
+
+pub use edit::EditArgs;
+pub use read::{DiffArgs, GetArgs, HistoryArgs, WatchArgs};
+pub use write::{DeleteArgs, PatchArgs, PutArgs, RevertArgs};
+
+/// How to reach the server, and how to print.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// The server.
+    #[arg(long, env = "TRUCE_URL", default_value = truce_client::DEFAULT_URL)]
+    pub url: String,
+    /// API key (sent as a bearer token).
+    #[arg(long, env = "TRUCE_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// Print JSON for scripts instead of readable text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ClientArgs {
+    /// A client for these settings.
+    pub fn client(&self) -> Result<Client, CliError> {
+        let mut builder = Client::builder(&self.url);
+        if let Some(key) = &self.key {
+            builder = builder.key(key);
+        }
+        builder.build().map_err(CliError::Client)
+    }
+}
+
+/// Why a command failed, and its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The command line is wrong (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    /// The server refused or could not be reached.
+    #[error("{0}")]
+    Client(#[from] ClientError),
+    /// A local file or the editor failed (exit 1).
+    #[error("{0}")]
+    Local(String),
+    /// An edit collided with a concurrent change (exit 3); already reported.
+    #[error("the edit overlaps a concurrent change")]
+    EditConflict,
+}
+
+impl CliError {
+    /// The process exit code.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_) => 2,
+            Self::EditConflict => 3,
+            Self::Client(error) if error.is_conflict() => 3,
+            Self::Client(error) if error.is_not_found() => 4,
+            Self::Client(_) | Self::Local(_) => 1,
+        }
+    }
+}
+
+/// Runs a command and turns its result into an exit code, printing failures.
+pub fn finish(result: Result<(), CliError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            report(&error);
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+/// A resource named `collection/id` on the command line.
+pub fn resource(spec: &str) -> Result<ResourceKey, CliError> {
+    let (collection, id) = spec
+        .split_once('/')
+        .ok_or_else(|| CliError::Usage(format!("{spec:?}: name a resource as collection/id")))?;
+    ResourceKey::parse(collection, id).map_err(|e| CliError::Usage(e.to_string()))
+}
+
+/// Styles for readable output (anstream drops them when not on a terminal).
+pub(crate) struct Styles;
+
+impl Styles {
+    pub const HEADER: Style = Style::new().bold();
+    pub const GOOD: Style = AnsiColor::Green.on_default();
+    pub const BAD: Style = AnsiColor::Red.on_default().bold();
+    pub const NOTE: Style = AnsiColor::Yellow.on_default();
+    pub const DIM: Style = Style::new().dimmed();
+}
+
+/// Prints a failure readably on stderr: what conflicted, the current version, and
+/// what to do next.
+fn report(error: &CliError) {
+    let bad = Styles::BAD;
+    match error {
+        CliError::EditConflict => {}
+        CliError::Client(client_error) => match client_error.problem() {
+            Some(problem) => {
+                anstream::eprintln!("{bad}truce: {}{bad:#}", problem.title.to_lowercase());
+                if !problem.detail.is_empty() {
+                    anstream::eprintln!("  {}", problem.detail);
+                }
+                if let Some(resource) = problem.body.get("resource") {
+                    let collection = resource["collection"].as_str().unwrap_or_default();
+                    let id = resource["id"].as_str().unwrap_or_default();
+                    if let (Some(version), Some(etag)) =
+                        (problem.current_version, &problem.current_etag)
+                    {
+                        let note = Styles::NOTE;
+                        anstream::eprintln!(
+                            "  current: {collection}/{id} is at version {version}, ETag {etag}"
+                        );
+                        anstream::eprintln!(
+                            "  {note}next:{note:#} read it again (truce get {collection}/{id}), re-apply your change, and retry with --if-match '{etag}' (or use truce edit)"
+                        );
+                    }
+                }
+                if !problem.slug.is_empty() {
+                    let dim = Styles::DIM;
+                    anstream::eprintln!("  {dim}see /problems/{}{dim:#}", problem.slug);
+                }
+            }
+            None => anstream::eprintln!("{bad}truce:{bad:#} {client_error}"),
+        },
+        other => anstream::eprintln!("{bad}truce:{bad:#} {other}"),
+    }
+}
+
+/// Reads a JSON document from a file, or from standard input for `-`.
+pub(crate) fn read_json_input(source: &str) -> Result<serde_json::Value, CliError> {
+    let text = if source == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(|e| CliError::Local(format!("cannot read standard input: {e}")))?;
+        text
+    } else {
+        std::fs::read_to_string(source)
+            .map_err(|e| CliError::Local(format!("cannot read {source}: {e}")))?
+    };
+    serde_json::from_str(&text).map_err(|e| {
+        CliError::Usage(format!(
+            "{}: not valid JSON: {e}",
+            if source == "-" {
+                "standard input"
+            } else {
+                source
+            }
+        ))
+    })
+}
+
+/// Pretty JSON, two spaces, as `get` and `edit` show documents.
+pub(crate) fn pretty(value: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_default()
+}

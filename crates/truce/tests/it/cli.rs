@@ -1,0 +1,463 @@
+//! The `truce` CLI end to end: every command, every exit code, `--json` output, and
+//! `edit` with a scripted editor that makes a concurrent change before saving.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+
+use crate::common::{TestServer, header};
+
+/// Runs `truce ARGS` against `server`, with `stdin` fed to it.
+async fn truce(server: &TestServer, args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_truce"));
+    command
+        .args(args)
+        .env("TRUCE_URL", &server.base)
+        .env_remove("VISUAL")
+        .env_remove("EDITOR")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().expect("spawn truce");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    child.wait_with_output().await.expect("truce output")
+}
+
+fn code(output: &Output) -> i32 {
+    output.status.code().expect("an exit code")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn json_out(output: &Output) -> Value {
+    serde_json::from_str(stdout(output).trim())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(output)))
+}
+
+#[tokio::test]
+async fn writes_reads_and_exit_codes() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("doc.json");
+    std::fs::write(&file, r#"{"title": "milk", "n": 1}"#).unwrap();
+    let file = file.to_str().unwrap();
+
+    // put from a file, --json.
+    let out = truce(&server, &["put", "notes/a", file, "--json"], "", &[]).await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let written = json_out(&out);
+    assert_eq!(written["outcome"], "created");
+    assert_eq!(written["version"], 1);
+    let first_etag = written["etag"].as_str().unwrap().to_owned();
+
+    // put from stdin, readable output.
+    let out = truce(
+        &server,
+        &["put", "notes/a", "-"],
+        r#"{"title": "milk", "n": 2}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(code(&out), 0);
+    assert!(
+        stdout(&out).contains("updated notes/a: version 2"),
+        "{}",
+        stdout(&out)
+    );
+
+    // get prints the document; -v adds the validators on stderr; --json an envelope.
+    let out = truce(&server, &["get", "notes/a", "-v"], "", &[]).await;
+    assert_eq!(code(&out), 0);
+    assert_eq!(json_out(&out), json!({"title": "milk", "n": 2}));
+    assert!(stderr(&out).contains("ETag: \"2-"), "{}", stderr(&out));
+    let out = truce(&server, &["get", "notes/a", "--json"], "", &[]).await;
+    let envelope = json_out(&out);
+    assert_eq!(
+        (envelope["version"].as_u64(), envelope["doc"]["n"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let current_etag = envelope["etag"].as_str().unwrap().to_owned();
+    let out = truce(&server, &["get", "notes/a", "--version", "1"], "", &[]).await;
+    assert_eq!(json_out(&out)["n"], 1);
+
+    // A stale --if-match: exit 3, with the current version and what to do.
+    let out = truce(
+        &server,
+        &["put", "notes/a", "-", "--if-match", &first_etag],
+        r#"{"n": 9}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(code(&out), 3);
+    let err = stderr(&out);
+    assert!(err.contains("precondition failed"), "{err}");
+    assert!(
+        err.contains(&format!("notes/a is at version 2, ETag {current_etag}")),
+        "{err}"
+    );
+    assert!(err.contains("next:"), "{err}");
+    let out = truce(
+        &server,
+        &["put", "notes/a", "-", "--if-version", "1"],
+        r#"{"n": 9}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(code(&out), 3);
+    let out = truce(
+        &server,
+        &["put", "notes/a", "-", "--create"],
+        r#"{"n": 9}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(code(&out), 3);
+
+    // patch: merge patch, JSON Patch, and a failed test (conflict).
+    let out = truce(
+        &server,
+        &[
+            "patch",
+            "notes/a",
+            "-",
+            "--if-match",
+            &current_etag,
+            "--json",
+        ],
+        r#"{"done": true}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(json_out(&out)["version"], 3);
+    let out = truce(
+        &server,
+        &["patch", "notes/a", "-", "--json-patch"],
+        r#"[{"op":"add","path":"/tags","value":["x"]}]"#,
+        &[],
+    )
+    .await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = truce(
+        &server,
+        &["patch", "notes/a", "-", "--json-patch"],
+        r#"[{"op":"test","path":"/n","value":0}]"#,
+        &[],
+    )
+    .await;
+    assert_eq!(code(&out), 3);
+
+    // history and diff.
+    let out = truce(&server, &["history", "notes/a", "--json"], "", &[]).await;
+    let versions: Vec<u64> = json_out(&out)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [4, 3, 2, 1]);
+    let out = truce(&server, &["history", "notes/a"], "", &[]).await;
+    assert!(stdout(&out).contains("VERSION"), "{}", stdout(&out));
+    let out = truce(
+        &server,
+        &["diff", "notes/a", "--from", "1", "--to", "2", "--json"],
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(
+        json_out(&out),
+        json!([{"op": "replace", "path": "/n", "value": 2}])
+    );
+    let out = truce(
+        &server,
+        &["diff", "notes/a", "--from", "1", "--to", "2"],
+        "",
+        &[],
+    )
+    .await;
+    assert!(stdout(&out).contains("replace  /n = 2"), "{}", stdout(&out));
+
+    // revert, then delete; a deleted resource is "not found".
+    let out = truce(
+        &server,
+        &["revert", "notes/a", "--to", "1", "--json"],
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(json_out(&out)["version"], 5);
+    assert_eq!(
+        server.get_json("/v1/notes/a").await,
+        json!({"title": "milk", "n": 1})
+    );
+    let out = truce(&server, &["delete", "notes/a"], "", &[]).await;
+    assert_eq!(code(&out), 0);
+    assert!(stdout(&out).contains("deleted notes/a: version 6"));
+    let out = truce(&server, &["get", "notes/a"], "", &[]).await;
+    assert_eq!(code(&out), 4);
+    let out = truce(&server, &["delete", "notes/a"], "", &[]).await;
+    assert_eq!(code(&out), 4);
+    let out = truce(&server, &["get", "notes/never"], "", &[]).await;
+    assert_eq!(code(&out), 4);
+
+    // Usage errors: exit 2.
+    for args in [
+        &["get", "no-slash"][..],
+        &["get", "Bad/name"],
+        &["get"],
+        &["put", "notes/a"],
+        &["frobnicate"],
+    ] {
+        let out = truce(&server, args, "", &[]).await;
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr(&out));
+    }
+    let out = truce(&server, &["put", "notes/b", "-"], "not json", &[]).await;
+    assert_eq!(code(&out), 2);
+
+    // Anything else: exit 1 (nothing listens on port 1).
+    let out = truce(
+        &server,
+        &["get", "notes/a", "--url", "http://127.0.0.1:1"],
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot reach"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_changes_as_they_come() {
+    let server = TestServer::start().await;
+    server.create("/v1/w/a", &json!({"n": 0})).await;
+    let since = "1";
+    let watching = {
+        let base = server.base.clone();
+        tokio::spawn(async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_truce"))
+                .args([
+                    "watch", "w", "--since", since, "--count", "2", "--json", "--url", &base,
+                ])
+                .output()
+                .await
+                .unwrap()
+        })
+    };
+    let one = {
+        let base = server.base.clone();
+        tokio::spawn(async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_truce"))
+                .args([
+                    "watch", "w/a", "--since", since, "--count", "1", "--url", &base,
+                ])
+                .output()
+                .await
+                .unwrap()
+        })
+    };
+    server.put("/v1/w/b", &json!({}), &[]).await;
+    server.put("/v1/w/a", &json!({"n": 1}), &[]).await;
+    let out = watching.await.unwrap();
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let lines: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(
+        (lines[0]["id"].as_str(), lines[0]["revision"].as_u64()),
+        (Some("b"), Some(2))
+    );
+    assert_eq!(
+        (lines[1]["id"].as_str(), lines[1]["version"].as_u64()),
+        (Some("a"), Some(2))
+    );
+    let out = one.await.unwrap();
+    assert!(stdout(&out).contains("w/a v2"), "{}", stdout(&out));
+}
+
+/// Writes an editor script into `dir` and returns its path.
+fn editor(dir: &Path, body: &str) -> PathBuf {
+    let path = dir.join(format!("editor-{}.sh", fastrand_suffix()));
+    std::fs::write(&path, format!("#!/bin/sh\nset -e\n{body}\n")).unwrap();
+    let mut permissions = std::fs::metadata(&path).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    std::fs::set_permissions(&path, permissions).unwrap();
+    path
+}
+
+fn fastrand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+#[tokio::test]
+async fn edit_saves_and_merges_disjoint_concurrent_changes() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    server
+        .create("/v1/notes/e", &json!({"title": "milk", "n": 1}))
+        .await;
+    let bin = env!("CARGO_BIN_EXE_truce");
+
+    // No change: nothing written.
+    let out = truce(&server, &["edit", "notes/e"], "", &[("EDITOR", "true")]).await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("no changes"));
+
+    // A plain edit, with the editor named by VISUAL and taking an argument.
+    let plain = editor(
+        dir.path(),
+        r#"for file in "$@"; do :; done
+cat > "$file" <<'EOF'
+{"title": "oat milk", "n": 1}
+EOF"#,
+    );
+    let visual = format!("{} --wait", plain.display());
+    let out = truce(&server, &["edit", "notes/e"], "", &[("VISUAL", &visual)]).await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(server.get_json("/v1/notes/e").await["title"], "oat milk");
+
+    // Someone changes another field while we edit: both changes survive.
+    let concurrent = editor(
+        dir.path(),
+        &format!(
+            r#"echo '{{"owner": "bob"}}' | "{bin}" patch notes/e - >/dev/null
+cat > "$1" <<'EOF'
+{{"title": "oat milk", "n": 2}}
+EOF"#
+        ),
+    );
+    let out = truce(
+        &server,
+        &["edit", "notes/e"],
+        "",
+        &[("EDITOR", concurrent.to_str().unwrap())],
+    )
+    .await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stderr(&out).contains("merged"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("yours:  /n"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("theirs: /owner"), "{}", stderr(&out));
+    assert_eq!(
+        server.get_json("/v1/notes/e").await,
+        json!({"title": "oat milk", "n": 2, "owner": "bob"})
+    );
+    let versions = server.get_json("/v1/notes/e/versions?limit=1").await;
+    assert_eq!(versions["items"][0]["version"], 4);
+}
+
+#[tokio::test]
+async fn edit_never_loses_an_overlapping_edit() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    server
+        .create("/v1/notes/o", &json!({"title": "milk", "n": 1}))
+        .await;
+    let bin = env!("CARGO_BIN_EXE_truce");
+    let overlapping = editor(
+        dir.path(),
+        &format!(
+            r#"echo '{{"n": 100}}' | "{bin}" patch notes/o - >/dev/null
+cat > "$1" <<'EOF'
+{{"title": "milk", "n": 5}}
+EOF"#
+        ),
+    );
+    let out = truce(
+        &server,
+        &["edit", "notes/o"],
+        "",
+        &[("EDITOR", overlapping.to_str().unwrap())],
+    )
+    .await;
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("/n"), "{err}");
+    assert!(err.contains("base:   1"), "{err}");
+    assert!(err.contains("mine:   5"), "{err}");
+    assert!(err.contains("theirs: 100"), "{err}");
+    // Nothing of the edit was written.
+    let read = server.get("/v1/notes/o", &[]).await;
+    assert_eq!(header(&read, "truce-version"), "2");
+    assert_eq!(
+        read.json::<Value>().await.unwrap(),
+        json!({"title": "milk", "n": 100})
+    );
+    // The edit is in the file the message names.
+    let saved = err
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("your edit is saved in "))
+        .expect("the file is named");
+    let kept: Value = serde_json::from_str(&std::fs::read_to_string(saved).unwrap()).unwrap();
+    assert_eq!(kept, json!({"title": "milk", "n": 5}));
+    let _ = std::fs::remove_file(saved);
+}
+
+#[tokio::test]
+async fn invalid_json_reopens_the_editor_or_aborts_when_unchanged() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    server.create("/v1/notes/j", &json!({"n": 1})).await;
+    // First save is broken; the second (after seeing the error) is fixed.
+    let counter = dir.path().join("count");
+    let fixing = editor(
+        dir.path(),
+        &format!(
+            r#"if [ -f "{c}" ]; then
+  grep -q '^// truce: not valid JSON' "$1"
+  echo '{{"n": 2}}' > "$1"
+else
+  touch "{c}"
+  echo '{{"n": ' > "$1"
+fi"#,
+            c = counter.display()
+        ),
+    );
+    let out = truce(
+        &server,
+        &["edit", "notes/j"],
+        "",
+        &[("EDITOR", fixing.to_str().unwrap())],
+    )
+    .await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("opening the editor again"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(server.get_json("/v1/notes/j").await, json!({"n": 2}));
+
+    // Broken, and left broken: the edit is abandoned, nothing written.
+    let stubborn = editor(
+        dir.path(),
+        r#"grep -q '^// truce' "$1" || echo '{"n": ' > "$1""#,
+    );
+    let out = truce(
+        &server,
+        &["edit", "notes/j"],
+        "",
+        &[("EDITOR", stubborn.to_str().unwrap())],
+    )
+    .await;
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("edit abandoned"), "{}", stderr(&out));
+    assert_eq!(server.get_json("/v1/notes/j").await, json!({"n": 2}));
+}
