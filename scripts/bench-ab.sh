@@ -12,22 +12,16 @@ B=$2
 ROUNDS=${3:-3}
 WORKLOADS=${4:-update,read}
 DURATION=${DURATION:-4s}
-cargo build --release --quiet
-CLIENT=target/release/truce
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+source scripts/lib.sh
+CLIENT=$BIN
 
 for round in $(seq "$ROUNDS"); do
     for side in A B; do
-        if [ "$side" = A ]; then bin=$A; else bin=$B; fi
-        rm -rf "$work/data" "$work/log"
-        "$bin" serve --listen 127.0.0.1:0 --data "$work/data" > "$work/log" 2>&1 &
-        pid=$!
-        for _ in $(seq 100); do grep -q "listening on" "$work/log" 2>/dev/null && break; sleep 0.1; done
-        addr=$(grep -o '127\.0\.0\.1:[0-9]*' "$work/log" | head -n 1)
-        "$CLIENT" bench --url "http://$addr" --workload "$WORKLOADS" --connections 64 \
+        if [ "$side" = A ]; then BIN=$A; else BIN=$B; fi
+        start_truce data
+        "$CLIENT" bench --url "http://$TRUCE_ADDR" --workload "$WORKLOADS" --connections 64 \
             --duration "$DURATION" --json | sed "s/^/{\"side\":\"$side\",\"run\":/; s/\$/}/" >> "$work/runs.jsonl"
-        kill "$pid"; wait "$pid" 2>/dev/null || true
+        stop_truce
     done
 done
 python3 - "$work/runs.jsonl" <<'PY'

@@ -15,30 +15,12 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-1,16,64}
 
-cargo build --release --quiet
-BIN=target/release/truce
-work=$(mktemp -d)
-cleanup() {
-    kill $(jobs -p) 2>/dev/null || true
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+source scripts/lib.sh
 
-start_server() {
-    local name=$1
-    shift
-    RUST_LOG=warn,truce=info "$BIN" serve --listen 127.0.0.1:0 --data "$work/$name" "$@" \
-        > "$work/$name.log" 2>&1 &
-    for _ in $(seq 100); do
-        grep -q "listening on" "$work/$name.log" 2>/dev/null && break
-        sleep 0.1
-    done
-    grep -o '127\.0\.0\.1:[0-9]*' "$work/$name.log" | head -n 1
-}
-
-group=$(start_server group)
-single=$(start_server single --max-batch 1)
+start_truce group
+group=$TRUCE_ADDR
+start_truce single --max-batch 1
+single=$TRUCE_ADDR
 echo "group commit: $group   one fsync per write: $single   rounds: $ROUNDS x $DURATION" >&2
 
 for round in $(seq "$ROUNDS"); do
@@ -65,11 +47,11 @@ print(f"{'mode':<22}{'conns':>6}{'writes/s':>11}{'p50 ms':>8}{'p99 ms':>8}{'batc
 for (mode, conns), runs in sorted(cases.items(), key=lambda kv: (kv[0][0] != "group", kv[0][1])):
     name = "group commit" if mode == "group" else "one fsync per write"
     batch = med(runs, "mean_batch")
-    print(f"{name:<22}{conns:>6}{med(runs,'writes_per_second'):>11.0f}{med(runs,'p50_ms'):>8.2f}"
+    print(f"{name:<22}{conns:>6}{med(runs,'ops_per_second'):>11.0f}{med(runs,'p50_ms'):>8.2f}"
           f"{med(runs,'p99_ms'):>8.2f}{(batch or 0):>7.1f}{sum(x['errors'] for x in runs):>7}")
 conns = sorted({c for (_, c) in cases})
-g = {c: med(cases[("group", c)], "writes_per_second") for c in conns}
-s = {c: med(cases[("single", c)], "writes_per_second") for c in conns}
+g = {c: med(cases[("group", c)], "ops_per_second") for c in conns}
+s = {c: med(cases[("single", c)], "ops_per_second") for c in conns}
 lo, hi = conns[0], conns[-1]
 print(f"group commit, {hi} vs {lo} connections: {g[hi]/g[lo]:.1f}x")
 print(f"one fsync per write, {hi} vs {lo} connections: {s[hi]/s[lo]:.1f}x")

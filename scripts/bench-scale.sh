@@ -21,39 +21,15 @@ BODY=${BODY:-1024}
 OUT=${OUT:-}
 SVG=${SVG:-docs/scale.svg}
 
-cargo build --release --quiet
-BIN=target/release/truce
-work=$(mktemp -d)
-cleanup() {
-    kill $(jobs -p) 2>/dev/null || true
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+source scripts/lib.sh
 
-server_pid=""
-addr=""
-# Starts a fresh server; sets server_pid and addr (not in a subshell, so they stick).
-start_server() {
-    rm -rf "$work/data" "$work/truce.log"
-    "$BIN" serve --listen 127.0.0.1:0 --data "$work/data" > "$work/truce.log" 2>&1 &
-    server_pid=$!
-    for _ in $(seq 100); do
-        grep -q "listening on" "$work/truce.log" 2>/dev/null && break
-        sleep 0.1
-    done
-    addr=$(grep -o '127\.0\.0\.1:[0-9]*' "$work/truce.log" | head -n 1)
-}
-stop_server() {
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-}
-rss_mib() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$server_pid/status"; }
+rss_mib() { awk '/VmRSS/ {printf "%.0f", $2/1024}' "/proc/$TRUCE_PID/status"; }
 
 results="$work/results.jsonl"
 IFS=, read -ra sizes <<< "$SIZES"
 for n in "${sizes[@]}"; do
-    start_server
+    start_truce data
+    addr=$TRUCE_ADDR
     started=$(date +%s.%N)
     "$BIN" bench load --url "http://$addr" --docs "$n" --body-size "$BODY" --connections 64 2>>"$work/load.log"
     load_s=$(printf "%.3f" "$(echo "$(date +%s.%N) - $started" | bc)")
@@ -74,12 +50,13 @@ for n in "${sizes[@]}"; do
     done
     echo "{\"kind\":\"footprint\",\"docs\":$n,\"load_seconds\":$load_s,\"rss_loaded_mib\":$rss_loaded,\"rss_after_mib\":$(rss_mib),\"data_bytes\":$bytes}" >> "$results"
     echo "size $n done" >&2
-    stop_server
+    stop_truce
 done
 
 IFS=, read -ra depths <<< "$DEPTHS"
 for d in "${depths[@]}"; do
-    start_server
+    start_truce data
+    addr=$TRUCE_ADDR
     "$BIN" bench load --url "http://$addr" --docs 64 --versions "$d" --body-size "$BODY" --connections 64 2>>"$work/load.log"
     for round in $(seq "$ROUNDS"); do
         "$BIN" bench --url "http://$addr" --collection load --preloaded 64 --preloaded-version "$d" \
@@ -87,7 +64,7 @@ for d in "${depths[@]}"; do
             sed "s/^/{\"kind\":\"depth\",\"depth\":$d,\"round\":$round,\"run\":/; s/\$/}/" >> "$results"
     done
     echo "depth $d done" >&2
-    stop_server
+    stop_truce
 done
 
 [ -n "$OUT" ] && cp "$results" "$OUT"

@@ -25,15 +25,7 @@ if ! need etcd || ! need wrk; then
     apt-get update -qq && apt-get install -y -qq etcd-server wrk >/dev/null
 fi
 
-cargo build --release --quiet
-BIN=target/release/truce
-work=$(mktemp -d)
-cleanup() {
-    kill $(jobs -p) 2>/dev/null || true
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+source scripts/lib.sh
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
@@ -51,12 +43,8 @@ etcd --name bench --data-dir "$work/etcd" \
     --log-level error > "$work/etcd.log" 2>&1 &
 
 # truce: embedded store in a temporary dir, default settings (logs included).
-"$BIN" serve --listen 127.0.0.1:0 --data "$work/truce" > "$work/truce.log" 2>&1 &
-for _ in $(seq 100); do
-    grep -q "listening on" "$work/truce.log" 2>/dev/null && break
-    sleep 0.1
-done
-truce_addr=$(grep -o '127\.0\.0\.1:[0-9]*' "$work/truce.log" | head -n 1)
+start_truce truce
+truce_addr=$TRUCE_ADDR
 for _ in $(seq 100); do
     curl -sf -X POST "http://127.0.0.1:$etcd_client/v3/kv/range" -d '{"key":"AA=="}' >/dev/null && break
     sleep 0.1

@@ -5,16 +5,14 @@
 #   scripts/server-cpu-per-op.sh path/to/truce update
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=$1
+SERVER=$1
 WORKLOAD=${2:-update}
-cargo build --release --quiet
-CLIENT=target/release/truce
-work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
-"$BIN" serve --listen 127.0.0.1:0 --data "$work/data" > "$work/log" 2>&1 &
-pid=$!
-for _ in $(seq 100); do grep -q "listening on" "$work/log" 2>/dev/null && break; sleep 0.1; done
-addr=$(grep -o '127\.0\.0\.1:[0-9]*' "$work/log" | head -n 1)
+source scripts/lib.sh
+CLIENT=$BIN
+BIN=$SERVER
+start_truce data
+pid=$TRUCE_PID
+addr=$TRUCE_ADDR
 # Warm up, then measure.
 "$CLIENT" bench --url "http://$addr" --workload "$WORKLOAD" --connections 64 --duration 1s --json > /dev/null
 before=$(awk '{print $14 + $15}' "/proc/$pid/stat")
