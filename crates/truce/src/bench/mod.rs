@@ -378,9 +378,10 @@ async fn batch_totals(target: Target, addr: SocketAddr) -> Option<(f64, f64)> {
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse::<f64>().ok())
     };
+    // Before the first commit the histogram is not exported yet: zero.
     Some((
-        value("truce_commit_batch_size_sum")?,
-        value("truce_commit_batch_size_count")?,
+        value("truce_commit_batch_size_sum").unwrap_or(0.0),
+        value("truce_commit_batch_size_count").unwrap_or(0.0),
     ))
 }
 
