@@ -15,8 +15,9 @@ use crate::common::{ServerProcess, client, data_dir, etag, sse_events};
 /// Sends SIGTERM to the child.
 fn terminate(server: &ServerProcess) {
     let pid = server.child.id().expect("running child");
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
+    // The shell's own `kill`, so no extra tool is needed.
+    let status = std::process::Command::new("sh")
+        .args(["-c", &format!("kill -TERM {pid}")])
         .status()
         .expect("run kill");
     assert!(status.success());
