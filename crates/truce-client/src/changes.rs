@@ -6,7 +6,8 @@
 //! back-off, and drops the changes it already yielded (a revision interrupted in the
 //! middle is sent again from its start), so the caller sees every change exactly
 //! once, in order. A problem answer (such as 410 when the position is older than the
-//! feed's retention) ends the stream with that error.
+//! feed's retention) ends the stream with that error, and so does failing to
+//! reconnect `max_attempts` times in a row (`Error::GaveUp`).
 
 use std::collections::{HashSet, VecDeque};
 
@@ -34,7 +35,11 @@ struct Follow {
     seen_revision: u64,
     seen_keys: HashSet<(String, String)>,
     body: Option<futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>>,
-    buffer: String,
+    /// Bytes received but not yet ending in a newline (a chunk may end inside a
+    /// UTF-8 character).
+    buffer: Vec<u8>,
+    /// Why the last connection attempt failed.
+    last_failure: Option<Error>,
     event: PendingEvent,
     ready: VecDeque<Result<Change, Error>>,
     failures: u32,
@@ -86,7 +91,8 @@ fn follow(
         seen_revision: 0,
         seen_keys: HashSet::new(),
         body: None,
-        buffer: String::new(),
+        buffer: Vec::new(),
+        last_failure: None,
         event: PendingEvent::default(),
         ready: VecDeque::new(),
         failures: 0,
@@ -105,7 +111,7 @@ fn follow(
                 Some(body) => match body.next().await {
                     Some(Ok(chunk)) => {
                         state.failures = 0;
-                        state.buffer.push_str(&String::from_utf8_lossy(&chunk));
+                        state.buffer.extend_from_slice(&chunk);
                         state.parse();
                     }
                     // The connection ended or broke: reconnect from the last id.
@@ -120,6 +126,18 @@ impl Follow {
     /// Opens the event stream, after a back-off when earlier attempts failed.
     async fn connect(&mut self) {
         let policy = self.client.retry_policy();
+        if self.failures >= policy.max_attempts {
+            let last = self
+                .last_failure
+                .take()
+                .unwrap_or_else(|| Error::Decode("the stream could not be reopened".into()));
+            self.ready.push_back(Err(Error::GaveUp {
+                attempts: self.failures,
+                last: Box::new(last),
+            }));
+            self.done = true;
+            return;
+        }
         if self.failures > 0 {
             let delay = policy
                 .schedule()
@@ -166,15 +184,19 @@ impl Follow {
                     .push_back(Err(Error::Api(Box::new(problem_of(response).await))));
                 self.done = true;
             }
-            Err(_) => self.failures += 1,
+            Err(error) => {
+                self.failures += 1;
+                self.last_failure = Some(Error::Transport(error));
+            }
         }
     }
 
     /// Turns complete lines of the buffer into events.
     fn parse(&mut self) {
-        while let Some(end) = self.buffer.find('\n') {
-            let line = self.buffer[..end].trim_end_matches('\r').to_owned();
-            self.buffer.drain(..=end);
+        while let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+            let raw: Vec<u8> = self.buffer.drain(..=end).collect();
+            let text = String::from_utf8_lossy(&raw[..raw.len() - 1]);
+            let line = text.trim_end_matches('\r').to_owned();
             if line.is_empty() {
                 let event = std::mem::take(&mut self.event);
                 self.dispatch(event);
@@ -248,5 +270,65 @@ impl Follow {
         }
         self.seen_keys
             .insert((change.collection.clone(), change.id.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn follow_state() -> Follow {
+        Follow {
+            client: Client::new("http://127.0.0.1:1").unwrap(),
+            source: Source::Feed(ChangesOptions::default()),
+            last_id: None,
+            seen_revision: 0,
+            seen_keys: HashSet::new(),
+            body: None,
+            buffer: Vec::new(),
+            last_failure: None,
+            event: PendingEvent::default(),
+            ready: VecDeque::new(),
+            failures: 0,
+            done: false,
+        }
+    }
+
+    #[test]
+    fn events_split_anywhere_are_parsed_whole() {
+        let mut state = follow_state();
+        let stream = "id: 0\n\nevent: change\ndata: {\"revision\":1,\"collection\":\"c\",\"id\":\"é\",\"version\":1,\"etag\":\"\\\"1-a\\\"\",\"op\":\"create\",\"at\":\"t\"}\nid: 1\n\n: keep-alive\n\n";
+        let bytes = stream.as_bytes();
+        // Split inside the two-byte "é".
+        let split = stream.find('é').unwrap() + 1;
+        state.buffer.extend_from_slice(&bytes[..split]);
+        state.parse();
+        assert!(state.ready.is_empty());
+        assert_eq!(state.last_id.as_deref(), Some("0"));
+        state.buffer.extend_from_slice(&bytes[split..]);
+        state.parse();
+        let change = state.ready.pop_front().unwrap().unwrap();
+        assert_eq!(change.id, "é");
+        assert_eq!(state.last_id.as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn a_repeated_revision_is_dropped() {
+        let mut state = follow_state();
+        let change = |revision: u64, id: &str| Change {
+            revision,
+            collection: "c".into(),
+            id: id.into(),
+            version: 1,
+            etag: String::new(),
+            op: "create".into(),
+            at: String::new(),
+            doc: None,
+        };
+        assert!(state.is_new(&change(5, "a")));
+        assert!(state.is_new(&change(5, "b")));
+        assert!(!state.is_new(&change(5, "a")));
+        assert!(!state.is_new(&change(4, "z")));
+        assert!(state.is_new(&change(6, "a")));
     }
 }

@@ -405,3 +405,26 @@ async fn a_compacted_position_ends_the_stream_with_410() {
     assert_eq!(error.kind(), Some(ProblemKind::HistoryCompacted));
     assert!(stream.next().await.is_none());
 }
+
+#[tokio::test]
+async fn a_stream_gives_up_when_the_server_stays_away() {
+    // Nothing listens on port 1.
+    let client = Client::builder("http://127.0.0.1:1")
+        .retry(RetryPolicy {
+            max_attempts: 3,
+            ..RetryPolicy::default()
+        })
+        .build()
+        .unwrap();
+    let mut stream = Box::pin(client.changes(ChangesOptions::default()));
+    let error = tokio::time::timeout(Duration::from_secs(20), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::GaveUp { attempts: 3, .. }),
+        "{error:?}"
+    );
+    assert!(stream.next().await.is_none());
+}
