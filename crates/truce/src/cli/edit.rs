@@ -42,7 +42,7 @@ pub async fn edit(args: EditArgs) -> Result<(), CliError> {
     let (collection, id) = (key.collection.as_str(), key.id.as_str());
     let client = args.client.client()?;
     let base = client.get::<Value>(collection, id).await?;
-    let file = edit_file(collection, id)?;
+    let file = edit_file(collection, id);
     let opened = pretty(&base.value) + "\n";
     write_file(&file, &opened)?;
     let Some(mine) = edit_until_valid(&file, &opened)? else {
@@ -67,13 +67,11 @@ pub async fn edit(args: EditArgs) -> Result<(), CliError> {
 }
 
 /// A temporary file for the edit, named after the resource.
-fn edit_file(collection: &str, id: &str) -> Result<PathBuf, CliError> {
-    let dir = std::env::temp_dir();
+fn edit_file(collection: &str, id: &str) -> PathBuf {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    let path = dir.join(format!("truce-edit-{collection}-{id}-{stamp}.json"));
-    Ok(path)
+    std::env::temp_dir().join(format!("truce-edit-{collection}-{id}-{stamp}.json"))
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), CliError> {
