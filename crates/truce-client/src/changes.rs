@@ -84,20 +84,7 @@ fn follow(
     source: Source,
     last_id: Option<String>,
 ) -> impl Stream<Item = Result<Change, Error>> + Send + 'static {
-    let state = Follow {
-        client,
-        source,
-        last_id,
-        seen_revision: 0,
-        seen_keys: HashSet::new(),
-        body: None,
-        buffer: Vec::new(),
-        last_failure: None,
-        event: PendingEvent::default(),
-        ready: VecDeque::new(),
-        failures: 0,
-        done: false,
-    };
+    let state = Follow::new(client, source, last_id);
     futures_util::stream::unfold(state, |mut state| async move {
         loop {
             if let Some(item) = state.ready.pop_front() {
@@ -123,6 +110,23 @@ fn follow(
 }
 
 impl Follow {
+    fn new(client: Client, source: Source, last_id: Option<String>) -> Self {
+        Self {
+            client,
+            source,
+            last_id,
+            seen_revision: 0,
+            seen_keys: HashSet::new(),
+            body: None,
+            buffer: Vec::new(),
+            last_failure: None,
+            event: PendingEvent::default(),
+            ready: VecDeque::new(),
+            failures: 0,
+            done: false,
+        }
+    }
+
     /// Opens the event stream, after a back-off when earlier attempts failed.
     async fn connect(&mut self) {
         let policy = self.client.retry_policy();
@@ -278,20 +282,8 @@ mod tests {
     use super::*;
 
     fn follow_state() -> Follow {
-        Follow {
-            client: Client::new("http://127.0.0.1:1").unwrap(),
-            source: Source::Feed(ChangesOptions::default()),
-            last_id: None,
-            seen_revision: 0,
-            seen_keys: HashSet::new(),
-            body: None,
-            buffer: Vec::new(),
-            last_failure: None,
-            event: PendingEvent::default(),
-            ready: VecDeque::new(),
-            failures: 0,
-            done: false,
-        }
+        let client = Client::new("http://127.0.0.1:1").unwrap();
+        Follow::new(client, Source::Feed(ChangesOptions::default()), None)
     }
 
     #[test]

@@ -90,17 +90,18 @@ fn oldest_retained(
     Ok(oldest)
 }
 
-/// A page of a resource's history, newest first, of the versions retention keeps.
+/// A page of a resource's history, newest first, of the versions retention keeps;
+/// 404 if the resource never existed (a deleted one still has its history).
 pub fn history_page(
     view: &dyn StateView,
     key: &ResourceKey,
     before: Option<u64>,
     limit: usize,
     ctx: ReadContext<'_>,
-) -> Result<HistoryPage, StorageError> {
+) -> Result<HistoryPage, EngineError> {
     let mut items = Vec::new();
     let Some(head) = view.head(key)? else {
-        return Ok(HistoryPage { items, next: None });
+        return Err(not_found(key, None));
     };
     let before = before.unwrap_or(u64::MAX);
     if head.number < before {

@@ -54,7 +54,8 @@ pub trait Store: Send + Sync + 'static {
         query: &ListQuery,
     ) -> Result<ListPage, EngineError>;
 
-    /// A page of a resource's history, newest first, starting below `before`.
+    /// A page of a resource's history, newest first, starting below `before`; 404 if
+    /// the resource never existed.
     async fn history(
         &self,
         key: &ResourceKey,

@@ -7,7 +7,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Json, Response};
 use serde::Deserialize;
 use truce_engine::{
-    Document, EngineError, ResourceKey, Version, WriteAction, diff_versions, require_live_version,
+    Document, ResourceKey, Version, WriteAction, diff_versions, require_live_version,
 };
 use utoipa::IntoParams;
 
@@ -71,13 +71,6 @@ pub async fn versions(
         .store
         .history(&key, before, page_limit(params.limit)?)
         .await?;
-    if page.items.is_empty() && before.is_none() {
-        return Err(EngineError::NotFound {
-            detail: format!("{key} does not exist"),
-            tombstone: None,
-        }
-        .into());
-    }
     Ok(Json(HistoryPageBody {
         next: page.next.map(|v| encode_cursor(&v.to_string())),
         items: page.items.into_iter().map(HistoryItem::from).collect(),

@@ -286,6 +286,29 @@ async fn sse_resumes_without_loss_or_duplicate_under_concurrent_writers() {
 }
 
 #[tokio::test]
+async fn a_stream_opens_with_its_position() {
+    let server = TestServer::start().await;
+    for n in 0..3 {
+        server.put("/v1/pos/a", &json!({"n": n}), &[]).await;
+    }
+    let response = server
+        .get("/v1/_changes?since=3", &[("accept", "text/event-stream")])
+        .await;
+    let mut stream = response.bytes_stream();
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut stream))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    // An `id:` alone: browsers and clients keep it as the last event id.
+    assert!(text.starts_with("id: 3\n\n"), "{text:?}");
+}
+
+#[tokio::test]
 async fn sse_sends_heartbeats() {
     let server = TestServer::start_with(|config, _| {
         config.sse_keepalive = Duration::from_millis(100);
