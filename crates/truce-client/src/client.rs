@@ -279,16 +279,11 @@ impl Client {
         collection: &str,
         options: &ListOptions,
     ) -> Result<Page<Envelope>, Error> {
-        let mut query = Vec::new();
-        if let Some(prefix) = &options.prefix {
-            query.push(("prefix", prefix.clone()));
-        }
-        if let Some(cursor) = &options.cursor {
-            query.push(("cursor", cursor.clone()));
-        }
-        if let Some(limit) = options.limit {
-            query.push(("limit", limit.to_string()));
-        }
+        let query = query_of([
+            ("prefix", options.prefix.clone()),
+            ("cursor", options.cursor.clone()),
+            ("limit", options.limit.map(|l| l.to_string())),
+        ]);
         let path = format!("/v1/{collection}");
         self.json(|| self.request(Method::GET, &path).query(&query))
             .await
@@ -303,13 +298,10 @@ impl Client {
         limit: Option<usize>,
     ) -> Result<Page<HistoryEntry>, Error> {
         let path = format!("{}/versions", resource_path(collection, id));
-        let mut query = Vec::new();
-        if let Some(cursor) = cursor {
-            query.push(("cursor", cursor.to_owned()));
-        }
-        if let Some(limit) = limit {
-            query.push(("limit", limit.to_string()));
-        }
+        let query = query_of([
+            ("cursor", cursor.map(str::to_owned)),
+            ("limit", limit.map(|l| l.to_string())),
+        ]);
         self.json(|| self.request(Method::GET, &path).query(&query))
             .await
     }
@@ -324,13 +316,10 @@ impl Client {
         to: Option<u64>,
     ) -> Result<Value, Error> {
         let path = format!("{}/diff", resource_path(collection, id));
-        let mut query = Vec::new();
-        if let Some(from) = from {
-            query.push(("from", from.to_string()));
-        }
-        if let Some(to) = to {
-            query.push(("to", to.to_string()));
-        }
+        let query = query_of([
+            ("from", from.map(|v| v.to_string())),
+            ("to", to.map(|v| v.to_string())),
+        ]);
         self.json(|| self.request(Method::GET, &path).query(&query))
             .await
     }
@@ -497,17 +486,24 @@ pub(crate) fn resource_path(collection: &str, id: &str) -> String {
 }
 
 pub(crate) fn changes_query(options: &ChangesOptions) -> Vec<(&'static str, String)> {
-    let mut query = Vec::new();
-    if let Some(since) = options.since {
-        query.push(("since", since.to_string()));
-    }
-    if let Some(collection) = &options.collection {
-        query.push(("collection", collection.clone()));
-    }
-    if options.include_docs {
-        query.push(("include_docs", "true".to_owned()));
-    }
-    query
+    query_of([
+        ("since", options.since.map(|s| s.to_string())),
+        ("collection", options.collection.clone()),
+        (
+            "include_docs",
+            options.include_docs.then(|| "true".to_owned()),
+        ),
+    ])
+}
+
+/// The query parameters that have a value.
+fn query_of<const N: usize>(
+    pairs: [(&'static str, Option<String>); N],
+) -> Vec<(&'static str, String)> {
+    pairs
+        .into_iter()
+        .filter_map(|(name, value)| value.map(|v| (name, v)))
+        .collect()
 }
 
 /// `Retry-After` in seconds or as an HTTP-date.

@@ -18,11 +18,6 @@ impl Principal {
         Self("anonymous".into())
     }
 
-    /// A named principal.
-    pub fn named(name: impl Into<String>) -> Self {
-        Self(name.into())
-    }
-
     /// The name as recorded in history.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -91,11 +91,6 @@ impl Document {
         }
     }
 
-    /// The parsed value.
-    pub fn value(&self) -> &Value {
-        &self.value
-    }
-
     /// Consumes the document, keeping the value.
     pub fn into_value(self) -> Value {
         self.value

@@ -4,8 +4,7 @@
 //! tag is derived from the resource's address, its version, the revision and the
 //! instant of the commit. Version numbers never repeat for a resource (they continue
 //! after a delete), so an ETag is never reused for the same resource; the hashed part
-//! keeps it opaque and distinct across resources and stores. The leading version is a
-//! hint for the server (merge policies find the base version from it), not a contract.
+//! keeps it opaque and distinct across resources and stores.
 //!
 //! Parsing follows RFC 9110 §8.8.3 and §13.1: `*`, or a comma-separated list of
 //! entity-tags, each optionally weak (`W/"..."`). Comparison is strong for `If-Match`
@@ -13,7 +12,6 @@
 
 use std::fmt;
 
-use serde::{Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 use crate::name::ResourceKey;
@@ -50,12 +48,6 @@ impl ETag {
         &self.0
     }
 
-    /// The version number this server put at the front of the tag, if the tag is one
-    /// of ours. Only a hint: a caller must still check the full tag.
-    pub fn version_hint(&self) -> Option<u64> {
-        self.0.split_once('-')?.0.parse().ok()
-    }
-
     /// The header form: the tag in double quotes.
     pub fn to_header(&self) -> String {
         format!("\"{}\"", self.0)
@@ -65,12 +57,6 @@ impl ETag {
 impl fmt::Display for ETag {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "\"{}\"", self.0)
-    }
-}
-
-impl Serialize for ETag {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.to_header())
     }
 }
 
@@ -286,7 +272,6 @@ mod tests {
         assert_ne!(first, ETag::derive(&b, 1, 1, at));
         assert_ne!(first, ETag::derive(&a, 2, 1, at));
         assert_ne!(first, ETag::derive(&a, 1, 2, at));
-        assert_eq!(first.version_hint(), Some(1));
         assert!(first.to_header().starts_with("\"1-"));
     }
 }

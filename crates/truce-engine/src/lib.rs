@@ -34,8 +34,7 @@ pub use error::{CurrentState, EngineError, Problem, StorageError};
 pub use etag::{ETag, EntityTag, EtagSyntaxError, TagCondition};
 pub use ids::IdGenerator;
 pub use merge::{
-    FieldChange, FieldPath, MergeOutcome, Overlap, changes as field_changes,
-    pointer as json_pointer, three_way, value_at,
+    FieldChange, FieldPath, MergeOutcome, Overlap, pointer as json_pointer, three_way,
 };
 pub use name::{CollectionName, DocId, NameError, ResourceKey};
 pub use patch::{JsonPatch, diff_versions};

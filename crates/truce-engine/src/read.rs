@@ -107,31 +107,22 @@ pub fn history_page(
     if head.number < before {
         items.push(head.history_entry(key));
     }
+    // One version past a full page tells whether there is a next page.
     let mut more = false;
-    if items.len() < limit || head.number >= before {
-        view.walk_back(key, before.min(head.number), &mut |version| {
-            if !ctx
-                .retention
-                .retains(head.number, version.number, version.at, ctx.now)
-            {
-                return false;
-            }
-            if items.len() == limit {
-                more = true;
-                return false;
-            }
-            items.push(version.history_entry(key));
-            true
-        })?;
-    } else {
-        // The page is full with the head; is there anything older?
-        view.walk_back(key, head.number, &mut |version| {
-            more = ctx
-                .retention
-                .retains(head.number, version.number, version.at, ctx.now);
-            false
-        })?;
-    }
+    view.walk_back(key, before.min(head.number), &mut |version| {
+        if !ctx
+            .retention
+            .retains(head.number, version.number, version.at, ctx.now)
+        {
+            return false;
+        }
+        if items.len() == limit {
+            more = true;
+            return false;
+        }
+        items.push(version.history_entry(key));
+        true
+    })?;
     let next = if more {
         items.last().map(|e| e.version)
     } else {

@@ -5,15 +5,13 @@
 //! versions form its history until retention removes them.
 
 use bytes::Bytes;
-use serde::Serialize;
 
 use crate::etag::ETag;
 use crate::name::{DocId, ResourceKey};
 use crate::time::Timestamp;
 
 /// What kind of write produced a version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
     /// First version, or the first after a delete.
     Create,
@@ -59,19 +57,6 @@ impl Op {
     /// The op for a stored code, if the code is known.
     pub fn from_code(code: u8) -> Option<Self> {
         Self::CODES.get(usize::from(code)).copied()
-    }
-
-    /// The op's name as it appears in JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Create => "create",
-            Op::Replace => "replace",
-            Op::Patch => "patch",
-            Op::Delete => "delete",
-            Op::Revert => "revert",
-            Op::Merge => "merge",
-            Op::Resolve => "resolve",
-        }
     }
 }
 
@@ -123,7 +108,7 @@ impl Version {
 }
 
 /// One row of `GET /v1/{c}/{id}/versions`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryEntry {
     /// The version number.
     pub version: u64,

@@ -9,8 +9,6 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
-
 use crate::time::Timestamp;
 
 /// Server-wide retention settings.
@@ -46,7 +44,7 @@ impl Retention {
 }
 
 /// What one compaction pass removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CompactionReport {
     /// Past versions removed.
     pub versions_removed: u64,

@@ -20,8 +20,5 @@ mod state;
 mod wire;
 
 pub use config::ServerConfig;
-pub use context::RequestContext;
-pub use error::ApiError;
-pub use routes::{api, app, with_envelope};
+pub use routes::with_envelope;
 pub use serve::{RunningServer, serve};
-pub use state::AppState;

@@ -14,22 +14,31 @@ use crate::error::ApiError;
 /// The media type of problem bodies.
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-/// Renders a problem for the current request.
-pub fn problem_response(problem: Problem) -> Response {
+/// The RFC 9457 body of a problem: the table's `type`, `title` and `status`, the
+/// detail, the request's `instance` and `request_id` when there is a request, and
+/// the extension members. Responses and SSE `error` events both use it.
+pub fn problem_body(problem: &Problem, context: Option<&RequestContext>) -> Value {
     let info = problem.kind.info();
-    let context = RequestContext::current();
     let mut body = Map::new();
     body.insert("type".into(), json!(format!("/problems/{}", info.slug)));
     body.insert("title".into(), json!(info.title));
     body.insert("status".into(), json!(info.status));
     body.insert("detail".into(), json!(problem.detail));
-    if let Some(context) = &context {
+    if let Some(context) = context {
         body.insert("instance".into(), json!(&*context.path));
         body.insert("request_id".into(), json!(&*context.id));
     }
     for (name, value) in &problem.fields {
         body.insert(name.clone(), value.clone());
     }
+    Value::Object(body)
+}
+
+/// Renders a problem for the current request.
+pub fn problem_response(problem: Problem) -> Response {
+    let info = problem.kind.info();
+    let context = RequestContext::current();
+    let body = problem_body(&problem, context.as_ref());
     if matches!(info.status, 409 | 412 | 423) {
         tracing::info!(
             request_id = context.as_ref().map_or("", |c| &*c.id),
@@ -40,7 +49,7 @@ pub fn problem_response(problem: Problem) -> Response {
         );
     }
     let status = StatusCode::from_u16(info.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (status, Value::Object(body).to_string()).into_response();
+    let mut response = (status, body.to_string()).into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));

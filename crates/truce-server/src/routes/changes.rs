@@ -31,6 +31,7 @@ use crate::error::ApiError;
 use crate::extract::{ApiQuery, ResourcePath};
 use crate::openapi::{Compacted, Malformed, Unavailable};
 use crate::paging::page_limit;
+use crate::problem::problem_body;
 use crate::state::AppState;
 use crate::wire::{ChangeItem, ChangesBody};
 
@@ -318,13 +319,8 @@ impl Feed {
             match self.store.changes(&self.query).await {
                 Ok(page) => self.queue(page),
                 Err(error) => {
-                    let problem = ApiError::from(error).problem();
-                    let body = serde_json::json!({
-                        "type": format!("/problems/{}", problem.kind.slug()),
-                        "title": problem.kind.info().title,
-                        "status": problem.kind.status(),
-                        "detail": problem.detail,
-                    });
+                    // The stream outlives its request: no instance or request id.
+                    let body = problem_body(&ApiError::from(error).problem(), None);
                     self.pending
                         .push_back(Event::default().event("error").data(body.to_string()));
                     self.finished = true;

@@ -23,7 +23,7 @@ pub mod history;
 pub mod system;
 
 /// Every route with its handlers, and the OpenAPI document describing them.
-pub fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(system::healthz))
         .routes(routes!(system::readyz))

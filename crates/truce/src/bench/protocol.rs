@@ -11,7 +11,7 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
-use hyper::header::{CONTENT_TYPE, HeaderValue, IF_MATCH, IF_NONE_MATCH};
+use hyper::header::{CONTENT_TYPE, HeaderName, HeaderValue, IF_MATCH, IF_NONE_MATCH};
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -72,27 +72,14 @@ impl Protocol {
     ) -> Result<Outcome<Token>, BenchError> {
         match self {
             Self::Truce { collection } => {
-                let headers = [
-                    (CONTENT_TYPE, JSON),
-                    (IF_NONE_MATCH, HeaderValue::from_static("*")),
-                ];
-                let reply = conn
-                    .send(
-                        Method::PUT,
-                        &format!("/v1/{collection}/{id}"),
-                        &headers,
-                        body,
-                    )
-                    .await?;
+                let path = format!("/v1/{collection}/{id}");
+                let condition = (IF_NONE_MATCH, HeaderValue::from_static("*"));
+                let reply = truce_put(conn, &path, Some(condition), body).await?;
                 Ok(truce_write(&reply, StatusCode::CREATED))
             }
             Self::Etcd { prefix } => {
-                let key = etcd_key(prefix, id);
-                let txn = json!({
-                    "compare": [{"key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
-                    "success": [{"request_put": {"key": key, "value": STANDARD.encode(&body)}}],
-                });
-                etcd_txn(conn, &txn).await
+                let compare = json!({"target": "CREATE", "create_revision": "0"});
+                etcd_put_if(conn, prefix, id, compare, &body).await
             }
         }
     }
@@ -107,22 +94,13 @@ impl Protocol {
     ) -> Result<Outcome<Token>, BenchError> {
         match (self, token) {
             (Self::Truce { collection }, Token::Etag(etag)) => {
-                let headers = [(CONTENT_TYPE, JSON), (IF_MATCH, etag.clone())];
-                let reply = conn
-                    .send(
-                        Method::PUT,
-                        &format!("/v1/{collection}/{id}"),
-                        &headers,
-                        body,
-                    )
-                    .await?;
+                let path = format!("/v1/{collection}/{id}");
+                let reply = truce_put(conn, &path, Some((IF_MATCH, etag.clone())), body).await?;
                 Ok(truce_write(&reply, StatusCode::OK))
             }
             (Self::Truce { collection }, Token::Version(version)) => {
                 let path = format!("/v1/{collection}/{id}?if_version={version}");
-                let reply = conn
-                    .send(Method::PUT, &path, &[(CONTENT_TYPE, JSON)], body)
-                    .await?;
+                let reply = truce_put(conn, &path, None, body).await?;
                 Ok(match truce_write(&reply, StatusCode::OK) {
                     Outcome::Done(_) => match truce_version(&reply) {
                         Some(version) => Outcome::Done(Token::Version(version)),
@@ -132,12 +110,8 @@ impl Protocol {
                 })
             }
             (Self::Etcd { prefix }, Token::Revision(revision)) => {
-                let key = etcd_key(prefix, id);
-                let txn = json!({
-                    "compare": [{"key": key, "target": "MOD", "result": "EQUAL", "mod_revision": revision.to_string()}],
-                    "success": [{"request_put": {"key": key, "value": STANDARD.encode(&body)}}],
-                });
-                etcd_txn(conn, &txn).await
+                let compare = json!({"target": "MOD", "mod_revision": revision.to_string()});
+                etcd_put_if(conn, prefix, id, compare, &body).await
             }
             _ => Err(BenchError::Setup("token of another protocol".into())),
         }
@@ -251,14 +225,40 @@ fn etcd_key(prefix: &str, id: &str) -> String {
     STANDARD.encode(format!("{prefix}/{id}"))
 }
 
-/// Runs an etcd txn whose success branch is one put.
-async fn etcd_txn(conn: &mut Connection, txn: &Value) -> Result<Outcome<Token>, BenchError> {
+/// A truce `PUT` of a JSON body, with one conditional header when given.
+async fn truce_put(
+    conn: &mut Connection,
+    path: &str,
+    condition: Option<(HeaderName, HeaderValue)>,
+    body: Bytes,
+) -> Result<Reply, BenchError> {
+    let mut headers = vec![(CONTENT_TYPE, JSON)];
+    headers.extend(condition);
+    conn.send(Method::PUT, path, &headers, body).await
+}
+
+/// An etcd txn: put `body` at `prefix/id` if `compare` (a compare object without
+/// its key and result) holds.
+async fn etcd_put_if(
+    conn: &mut Connection,
+    prefix: &str,
+    id: &str,
+    mut compare: Value,
+    body: &[u8],
+) -> Result<Outcome<Token>, BenchError> {
+    let key = etcd_key(prefix, id);
+    compare["key"] = json!(key);
+    compare["result"] = json!("EQUAL");
+    let txn = json!({
+        "compare": [compare],
+        "success": [{"request_put": {"key": key, "value": STANDARD.encode(body)}}],
+    });
     let reply = conn
         .send(
             Method::POST,
             "/v3/kv/txn",
             &[(CONTENT_TYPE, JSON)],
-            json_bytes(txn),
+            json_bytes(&txn),
         )
         .await?;
     let Some(answer) = json_answer(&reply) else {
