@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use redb::{Database, ReadOnlyTable, ReadableDatabase};
@@ -20,10 +21,11 @@ use truce_engine::{
 
 use crate::compaction;
 use crate::error::{OpenError, storage};
-use crate::sequencer::{Job, Sequencer, SequencerSettings};
+use crate::sequencer::{Job, Sequencer, SequencerSettings, recover};
 use crate::tables::{
     HEADS, LOG, META, META_CHANGES_COMPACTED, Tables, last_revision, read_changes,
 };
+use crate::wal::{WAL_FILE, Wal};
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "truce.redb";
@@ -43,6 +45,11 @@ pub struct EmbeddedConfig {
     pub queue_capacity: usize,
     /// redb's page cache, in bytes.
     pub cache_bytes: usize,
+    /// Longest time between checkpoints (durable redb commits); in between, batches
+    /// are made durable in the write-ahead log. Zero makes every commit a checkpoint.
+    pub checkpoint_interval: Duration,
+    /// Most write-ahead log bytes between checkpoints.
+    pub checkpoint_bytes: u64,
 }
 
 impl EmbeddedConfig {
@@ -55,6 +62,8 @@ impl EmbeddedConfig {
             max_batch: 256,
             queue_capacity: 8192,
             cache_bytes: 128 * 1024 * 1024,
+            checkpoint_interval: Duration::from_millis(250),
+            checkpoint_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -81,10 +90,27 @@ impl EmbeddedStore {
         })?;
         let path = config.data_dir.join(DATABASE_FILE);
         let db = open_database(&path, config.cache_bytes)?;
-        let revision = initialise(&db).map_err(|e| OpenError::Open {
+        initialise(&db).map_err(|e| OpenError::Open {
             path: path.clone(),
             message: e.to_string(),
         })?;
+        let wal_path = config.data_dir.join(WAL_FILE);
+        let (mut wal, frames) = Wal::open(&wal_path).map_err(|e| OpenError::Open {
+            path: wal_path.clone(),
+            message: e.to_string(),
+        })?;
+        let (revision, replayed) = recover(&db, &frames).map_err(|e| OpenError::Open {
+            path: wal_path.clone(),
+            message: format!("cannot apply the write-ahead log: {e}"),
+        })?;
+        wal.reset();
+        if replayed > 0 {
+            tracing::info!(
+                versions = replayed,
+                revision,
+                "recovered from the write-ahead log"
+            );
+        }
         let db = Arc::new(db);
         let (jobs_tx, jobs_rx) = mpsc::channel(config.queue_capacity.max(1));
         let (revisions_tx, revisions_rx) = watch::channel(revision);
@@ -92,8 +118,10 @@ impl EmbeddedStore {
             max_batch: config.max_batch,
             limits: config.limits,
             retention: config.retention,
+            checkpoint_interval: config.checkpoint_interval,
+            checkpoint_bytes: config.checkpoint_bytes,
         };
-        let handle = Sequencer::spawn(Arc::clone(&db), jobs_rx, revisions_tx, settings)
+        let handle = Sequencer::spawn(Arc::clone(&db), wal, jobs_rx, revisions_tx, settings)
             .map_err(OpenError::Thread)?;
         tracing::info!(path = %path.display(), revision, "embedded store open");
         Ok(Self {
@@ -150,17 +178,14 @@ fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, OpenError>
         })
 }
 
-/// Creates the tables of a new store and reads the last revision.
-fn initialise(db: &Database) -> Result<u64, StorageError> {
+/// Creates the tables of a new store.
+fn initialise(db: &Database) -> Result<(), StorageError> {
     let txn = db.begin_write().map_err(storage)?;
-    let revision = {
-        txn.open_table(HEADS).map_err(storage)?;
-        txn.open_table(META).map_err(storage)?;
-        let log = txn.open_table(LOG).map_err(storage)?;
-        last_revision(&log)?
-    };
+    txn.open_table(HEADS).map_err(storage)?;
+    txn.open_table(META).map_err(storage)?;
+    txn.open_table(LOG).map_err(storage)?;
     txn.commit().map_err(storage)?;
-    Ok(revision)
+    Ok(())
 }
 
 #[async_trait]

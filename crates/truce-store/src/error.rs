@@ -40,3 +40,8 @@ pub(crate) fn storage(error: impl Into<redb::Error>) -> StorageError {
         other => StorageError::Io(other.to_string()),
     }
 }
+
+/// Maps a failed file operation (of the write-ahead log) onto the engine's storage error.
+pub(crate) fn io(error: std::io::Error) -> StorageError {
+    StorageError::Io(error.to_string())
+}

@@ -12,6 +12,7 @@ mod embedded;
 mod error;
 mod sequencer;
 mod tables;
+mod wal;
 
 pub use embedded::{DATABASE_FILE, EmbeddedConfig, EmbeddedStore};
 pub use error::OpenError;

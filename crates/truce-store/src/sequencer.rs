@@ -5,8 +5,14 @@
 //! to `max_batch` more that arrived meanwhile, and opens one redb write transaction for
 //! all of them. Each job is planned by the engine's rules against that transaction, so
 //! it sees the committed state plus the jobs before it in the batch, and its effect is
-//! written before the next job is planned. The batch is then committed with one fsync,
-//! and only after that does any job get its answer: a 2xx always means "on disk".
+//! written before the next job is planned.
+//!
+//! The batch is then made durable with one fsync, and only after that does any job get
+//! its answer: a 2xx always means "on disk". Usually the fsync is of the batch's frame
+//! in the [write-ahead log](crate::wal), after which a redb commit without fsync makes
+//! the batch visible; every `checkpoint_interval` (or `checkpoint_bytes` of log), and
+//! for compactions and shutdown, the redb commit itself is durable and the log starts
+//! over. Either way readers never see a write before it is on disk.
 //!
 //! Concurrency: nothing else writes, so checks and writes are atomic without locks.
 //! Readers use MVCC snapshots and never wait for this thread. If the commit fails, no
@@ -17,19 +23,20 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use redb::{Database, ReadableTable, Table, WriteTransaction};
+use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
-    CompactionReport, DocumentLimits, Effect, EngineError, Retention, StorageError, Timestamp,
-    WriteCommand, WriteContext, WriteOutcome, plan_write,
+    CompactionReport, DocumentLimits, Effect, EngineError, ResourceKey, Retention, StorageError,
+    Timestamp, WriteCommand, WriteContext, WriteOutcome, plan_write,
 };
 
-use crate::codec;
+use crate::codec::{self, HeadRecord, LogPosition};
 use crate::compaction::CompactionPlan;
-use crate::error::storage;
+use crate::error::{io, storage};
 use crate::tables::{HEADS, LOG, META, META_CHANGES_COMPACTED, Tables, last_revision};
+use crate::wal::{Frame, FrameBuilder, Wal};
 
 /// A unit of work for the sequencer, with the channel its answer goes to.
 pub(crate) enum Job {
@@ -56,6 +63,11 @@ pub(crate) struct SequencerSettings {
     pub limits: DocumentLimits,
     /// Count-based retention, applied in each write's commit.
     pub retention: Retention,
+    /// Longest time between durable redb commits; zero makes every commit durable
+    /// (and leaves the write-ahead log unused).
+    pub checkpoint_interval: Duration,
+    /// Most write-ahead log bytes between durable redb commits.
+    pub checkpoint_bytes: u64,
 }
 
 /// The answer a job will get once its batch is durable.
@@ -68,21 +80,27 @@ enum Answer {
 /// The writer thread's state.
 pub(crate) struct Sequencer {
     db: Arc<Database>,
+    wal: Wal,
+    last_checkpoint: Instant,
     jobs: mpsc::Receiver<Job>,
     revisions: watch::Sender<u64>,
     settings: SequencerSettings,
 }
 
 impl Sequencer {
-    /// Starts the writer thread.
+    /// Starts the writer thread. `wal` must hold nothing the database lacks (see
+    /// [`recover`]).
     pub fn spawn(
         db: Arc<Database>,
+        wal: Wal,
         jobs: mpsc::Receiver<Job>,
         revisions: watch::Sender<u64>,
         settings: SequencerSettings,
     ) -> std::io::Result<JoinHandle<()>> {
         let sequencer = Self {
             db,
+            wal,
+            last_checkpoint: Instant::now(),
             jobs,
             revisions,
             settings,
@@ -141,9 +159,29 @@ impl Sequencer {
         }
     }
 
-    /// Plans and writes every job in one transaction, then commits if anything changed.
-    fn build_and_commit(&self, batch: &[Job]) -> Result<(Vec<Answer>, u64, bool), StorageError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+    /// Whether this batch's commit is a checkpoint: durable in redb itself.
+    fn checkpoint_due(&self, batch: &[Job]) -> bool {
+        let settings = &self.settings;
+        settings.checkpoint_interval.is_zero()
+            || self.wal.len() >= settings.checkpoint_bytes
+            || self.last_checkpoint.elapsed() >= settings.checkpoint_interval
+            || batch
+                .iter()
+                .any(|j| matches!(j, Job::Compact { .. } | Job::Shutdown { .. }))
+    }
+
+    /// Plans and writes every job in one transaction, then makes it durable if
+    /// anything changed.
+    fn build_and_commit(
+        &mut self,
+        batch: &[Job],
+    ) -> Result<(Vec<Answer>, u64, bool), StorageError> {
+        let checkpoint = self.checkpoint_due(batch);
+        let mut txn = self.db.begin_write().map_err(storage)?;
+        if !checkpoint {
+            txn.set_durability(Durability::None).map_err(storage)?;
+        }
+        let mut frame = FrameBuilder::default();
         let mut answers = Vec::with_capacity(batch.len());
         let (revision, changed) = {
             let mut tables = WriteTables::open(&txn)?;
@@ -168,7 +206,7 @@ impl Sequencer {
                             Ok(Ok(planned)) => {
                                 if let Some(effect) = &planned.effect {
                                     revision += 1;
-                                    tables.apply(effect, revision)?;
+                                    tables.apply(effect, revision, &mut frame)?;
                                 }
                                 Ok(planned.outcome)
                             }
@@ -189,13 +227,64 @@ impl Sequencer {
             }
             (revision, revision != start || compacted)
         };
-        if changed {
+        if checkpoint && (changed || self.wal.len() > 0) {
+            // Durable in redb: every frame so far is redundant.
+            let started = Instant::now();
             txn.commit().map_err(storage)?;
+            self.wal.reset();
+            self.last_checkpoint = Instant::now();
+            metrics::histogram!("truce_checkpoint_seconds").record(started.elapsed().as_secs_f64());
+        } else if changed {
+            let start = self.wal.len();
+            self.wal.append(&mut frame).map_err(io)?;
+            if let Err(error) = txn.commit() {
+                // The batch is refused, so its frame must never be replayed.
+                if let Err(discard) = self.wal.discard(start) {
+                    tracing::error!(%discard, "cannot take back a refused batch's log frame");
+                }
+                return Err(storage(error));
+            }
         } else {
             txn.abort().map_err(storage)?;
         }
         Ok((answers, revision, changed))
     }
+}
+
+/// Applies the write-ahead log's frames that continue the database's revisions and
+/// makes them durable, returning the revision reached. Run on open, before the
+/// sequencer starts; afterwards every frame in the log is redundant.
+pub(crate) fn recover(db: &Database, frames: &[Frame]) -> Result<(u64, usize), StorageError> {
+    let txn = db.begin_write().map_err(storage)?;
+    let (revision, replayed) = {
+        let mut tables = WriteTables::open(&txn)?;
+        let mut revision = tables.revision()?;
+        let mut replayed = 0;
+        for frame in frames {
+            let Some((first, last)) = frame.revisions() else {
+                continue;
+            };
+            if last <= revision {
+                // Already in the database: written before its last checkpoint.
+                continue;
+            }
+            if first != revision + 1 {
+                break;
+            }
+            for entry in &frame.entries {
+                tables.replay(entry.position, &entry.record)?;
+                replayed += 1;
+            }
+            revision = last;
+        }
+        (revision, replayed)
+    };
+    if replayed > 0 {
+        txn.commit().map_err(storage)?;
+    } else {
+        txn.abort().map_err(storage)?;
+    }
+    Ok((revision, replayed))
 }
 
 /// The writable heads table.
@@ -226,7 +315,13 @@ impl<'t> WriteTables<'t> {
 
     /// Writes one command's effect at `revision`: each new version is appended to the
     /// log (pointing back at the resource's previous version) and becomes its head.
-    fn apply(&mut self, effect: &Effect, revision: u64) -> Result<(), StorageError> {
+    /// The encoded versions are also added to the batch's log frame.
+    fn apply(
+        &mut self,
+        effect: &Effect,
+        revision: u64,
+        frame: &mut FrameBuilder,
+    ) -> Result<(), StorageError> {
         for (index, write) in effect.writes.iter().enumerate() {
             let position = (revision, u32::try_from(index).unwrap_or(u32::MAX));
             let prev = self.view.head_record(&write.key)?.map(|h| h.position);
@@ -240,22 +335,48 @@ impl<'t> WriteTables<'t> {
                 body: write.version.body.clone(),
                 stripped: false,
             });
-            self.view
-                .log
-                .insert(position, record.as_slice())
-                .map_err(storage)?;
-            let head = codec::encode_head(&codec::HeadRecord {
+            let head = HeadRecord {
                 number: write.version.number,
                 position,
                 at: write.version.at,
                 op: write.version.op,
                 tombstone: write.version.body.is_none(),
-            });
-            self.view
-                .heads
-                .insert(codec::head_key(&write.key).as_slice(), head.as_slice())
-                .map_err(storage)?;
+            };
+            self.insert_version(&write.key, position, &record, &head)?;
+            frame.push(position, &record);
         }
+        Ok(())
+    }
+
+    /// Writes a version found in the write-ahead log, exactly as `apply` wrote it.
+    fn replay(&mut self, position: LogPosition, record: &[u8]) -> Result<(), StorageError> {
+        let decoded = codec::decode_log(record, true)?;
+        let head = HeadRecord {
+            number: decoded.number,
+            position,
+            at: decoded.at,
+            op: decoded.op,
+            tombstone: decoded.body.is_none(),
+        };
+        self.insert_version(&decoded.key, position, record, &head)
+    }
+
+    /// Appends an encoded version to the log and makes it its resource's head.
+    fn insert_version(
+        &mut self,
+        key: &ResourceKey,
+        position: LogPosition,
+        record: &[u8],
+        head: &HeadRecord,
+    ) -> Result<(), StorageError> {
+        self.view.log.insert(position, record).map_err(storage)?;
+        self.view
+            .heads
+            .insert(
+                codec::head_key(key).as_slice(),
+                codec::encode_head(head).as_slice(),
+            )
+            .map_err(storage)?;
         Ok(())
     }
 

@@ -66,6 +66,11 @@ pub struct ServeArgs {
     /// Most writes committed with one fsync (default 256; 1 disables group commit).
     #[arg(long, env = "TRUCE_MAX_BATCH")]
     pub max_batch: Option<usize>,
+    /// Longest time between checkpoints, durable commits of the store file; in
+    /// between, writes are made durable in the write-ahead log (default 250ms; 0s makes
+    /// every commit a checkpoint).
+    #[arg(long, env = "TRUCE_CHECKPOINT_INTERVAL", value_parser = parse_duration)]
+    pub checkpoint_interval: Option<Duration>,
     /// Writes that may queue for the sequencer before new ones get 503 (default 8192).
     #[arg(long, env = "TRUCE_QUEUE_CAPACITY")]
     pub queue_capacity: Option<usize>,
@@ -101,6 +106,7 @@ struct FileConfig {
     changes_max_age: Option<String>,
     compaction_interval: Option<String>,
     max_batch: Option<usize>,
+    checkpoint_interval: Option<String>,
     queue_capacity: Option<usize>,
     cache_mb: Option<usize>,
     header_timeout: Option<String>,
@@ -239,6 +245,13 @@ impl ServeArgs {
             .or(file.queue_capacity)
             .unwrap_or(store.queue_capacity)
             .max(1);
+        if let Some(interval) = duration(
+            self.checkpoint_interval,
+            &file.checkpoint_interval,
+            "checkpoint_interval",
+        )? {
+            store.checkpoint_interval = interval;
+        }
         if let Some(mb) = self.cache_mb.or(file.cache_mb) {
             store.cache_bytes = mb.saturating_mul(1024 * 1024);
         }
@@ -271,7 +284,8 @@ mod tests {
         let path = dir.path().join("truce.toml");
         std::fs::write(
             &path,
-            "max_batch = 8\nhistory_max_age = \"30d\"\nlisten = \"127.0.0.1:9000\"\n",
+            "max_batch = 8\nhistory_max_age = \"30d\"\nlisten = \"127.0.0.1:9000\"\n\
+             checkpoint_interval = \"2s\"\n",
         )
         .unwrap();
         let args = ServeArgs {
@@ -287,6 +301,7 @@ mod tests {
         );
         assert_eq!(settings.server.listen.port(), 9000);
         assert_eq!(settings.server.limits.max_depth, 64);
+        assert_eq!(settings.store.checkpoint_interval, Duration::from_secs(2));
     }
 
     #[test]
