@@ -81,6 +81,8 @@ enum Answer {
 pub(crate) struct Sequencer {
     db: Arc<Database>,
     wal: Wal,
+    /// The frame of the batch being built, reused from batch to batch.
+    frame: FrameBuilder,
     last_checkpoint: Instant,
     jobs: mpsc::Receiver<Job>,
     revisions: watch::Sender<u64>,
@@ -100,6 +102,7 @@ impl Sequencer {
         let sequencer = Self {
             db,
             wal,
+            frame: FrameBuilder::default(),
             last_checkpoint: Instant::now(),
             jobs,
             revisions,
@@ -181,7 +184,8 @@ impl Sequencer {
         if !checkpoint {
             txn.set_durability(Durability::None).map_err(storage)?;
         }
-        let mut frame = FrameBuilder::default();
+        let mut frame = std::mem::take(&mut self.frame);
+        frame.clear();
         let mut answers = Vec::with_capacity(batch.len());
         let (revision, changed) = {
             let mut tables = WriteTables::open(&txn)?;
@@ -247,6 +251,7 @@ impl Sequencer {
         } else {
             txn.abort().map_err(storage)?;
         }
+        self.frame = frame;
         Ok((answers, revision, changed))
     }
 }

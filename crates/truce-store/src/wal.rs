@@ -95,6 +95,17 @@ impl FrameBuilder {
         self.bytes.is_empty()
     }
 
+    /// Empties the builder for the next batch, keeping its buffer unless one huge
+    /// batch grew it: allocating a fresh buffer per batch showed up in profiles.
+    pub fn clear(&mut self) {
+        const KEEP: usize = 4 * 1024 * 1024;
+        if self.bytes.capacity() > KEEP {
+            self.bytes = Vec::new();
+        } else {
+            self.bytes.clear();
+        }
+    }
+
     /// The complete frame: header filled in over the entries.
     fn seal(&mut self) -> std::io::Result<&[u8]> {
         let payload = &self.bytes[FRAME_HEADER..];
