@@ -2,8 +2,14 @@
 //!
 //! `metrics` has one global recorder per process; it is installed on first use so
 //! several servers in one process (as in tests) share it.
+//!
+//! Histogram samples are buffered until folded into their buckets. A scrape of
+//! `/metrics` folds them, but nobody has to scrape, so a background thread does it
+//! every few seconds; without it the buffers grew by every request's sample for as
+//! long as the process ran.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -25,13 +31,34 @@ pub fn install() {
                 b.set_buckets_for_metric(Matcher::Full("truce_commit_batch_size".into()), BATCH)
             });
         match builder.and_then(|b| b.install_recorder()) {
-            Ok(handle) => Some(handle),
+            Ok(handle) => {
+                spawn_upkeep(handle.clone());
+                Some(handle)
+            }
             Err(error) => {
                 tracing::warn!(%error, "metrics recorder not installed");
                 None
             }
         }
     });
+}
+
+/// How often buffered histogram samples are folded into their buckets.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Starts the thread that folds histogram samples for the life of the process.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let started = std::thread::Builder::new()
+        .name("truce-metrics".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_INTERVAL);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(error) = started {
+        tracing::warn!(%error, "metrics upkeep thread not started; only scrapes fold histograms");
+    }
 }
 
 /// The current metrics in the Prometheus text format.

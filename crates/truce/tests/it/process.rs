@@ -229,6 +229,8 @@ async fn sigterm_finishes_in_flight_requests_and_closes_streams() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "{status}");
+    // The last lines were written out before the process exited.
+    log_line(&mut server, "stopped").await;
     // The write is on disk.
     let restarted = ServerProcess::start(&data, &[]).await;
     restarted.ready(&client).await;
