@@ -83,6 +83,11 @@ pub(crate) struct Sequencer {
     wal: Wal,
     /// The frame of the batch being built, reused from batch to batch.
     frame: FrameBuilder,
+    /// Set when a refused batch's frame could not be taken back. A later batch would
+    /// reuse its revisions and recovery would apply the wrong frame, so every later
+    /// write is refused until a restart. (On restart that frame is applied: like any
+    /// storage error, the refused batch's outcome is then "may have happened".)
+    wal_broken: Option<String>,
     last_checkpoint: Instant,
     jobs: mpsc::Receiver<Job>,
     revisions: watch::Sender<u64>,
@@ -103,6 +108,7 @@ impl Sequencer {
             db,
             wal,
             frame: FrameBuilder::default(),
+            wal_broken: None,
             last_checkpoint: Instant::now(),
             jobs,
             revisions,
@@ -179,6 +185,9 @@ impl Sequencer {
         &mut self,
         batch: &[Job],
     ) -> Result<(Vec<Answer>, u64, bool), StorageError> {
+        if let Some(reason) = &self.wal_broken {
+            return Err(StorageError::Io(reason.clone()));
+        }
         let checkpoint = self.checkpoint_due(batch);
         let mut txn = self.db.begin_write().map_err(storage)?;
         if !checkpoint {
@@ -244,7 +253,10 @@ impl Sequencer {
             if let Err(error) = txn.commit() {
                 // The batch is refused, so its frame must never be replayed.
                 if let Err(discard) = self.wal.discard(start) {
-                    tracing::error!(%discard, "cannot take back a refused batch's log frame");
+                    tracing::error!(%discard, "cannot take back a refused batch's log frame; refusing writes until restart");
+                    self.wal_broken = Some(format!(
+                        "the write-ahead log could not be repaired ({discard}); restart the server"
+                    ));
                 }
                 return Err(storage(error));
             }
