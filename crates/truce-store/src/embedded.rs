@@ -90,20 +90,14 @@ impl EmbeddedStore {
         })?;
         let path = config.data_dir.join(DATABASE_FILE);
         let db = open_database(&path, config.cache_bytes)?;
-        initialise(&db).map_err(|e| OpenError::Open {
+        let failed = |message: String| OpenError::Open {
             path: path.clone(),
-            message: e.to_string(),
-        })?;
-        let wal_path = config.data_dir.join(WAL_FILE);
-        let (mut wal, frames) = Wal::open(&wal_path).map_err(|e| OpenError::Open {
-            path: wal_path.clone(),
-            message: e.to_string(),
-        })?;
-        let (revision, replayed) = recover(&db, &frames).map_err(|e| OpenError::Open {
-            path: wal_path.clone(),
-            message: format!("cannot apply the write-ahead log: {e}"),
-        })?;
-        wal.reset();
+            message,
+        };
+        let (wal, frames) = Wal::open(&config.data_dir.join(WAL_FILE))
+            .map_err(|e| failed(format!("cannot read the write-ahead log {WAL_FILE}: {e}")))?;
+        let (revision, replayed) = recover(&db, &frames)
+            .map_err(|e| failed(format!("cannot recover from the write-ahead log: {e}")))?;
         if replayed > 0 {
             tracing::info!(
                 versions = replayed,
@@ -176,16 +170,6 @@ fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, OpenError>
                 message: other.to_string(),
             },
         })
-}
-
-/// Creates the tables of a new store.
-fn initialise(db: &Database) -> Result<(), StorageError> {
-    let txn = db.begin_write().map_err(storage)?;
-    txn.open_table(HEADS).map_err(storage)?;
-    txn.open_table(META).map_err(storage)?;
-    txn.open_table(LOG).map_err(storage)?;
-    txn.commit().map_err(storage)?;
-    Ok(())
 }
 
 #[async_trait]

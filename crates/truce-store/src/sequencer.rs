@@ -268,9 +268,10 @@ impl Sequencer {
     }
 }
 
-/// Applies the write-ahead log's frames that continue the database's revisions and
-/// makes them durable, returning the revision reached. Run on open, before the
-/// sequencer starts; afterwards every frame in the log is redundant.
+/// Creates the tables of a new store, applies the write-ahead log's frames that
+/// continue the database's revisions and makes the result durable, returning the
+/// revision reached and the versions replayed. Run on open, before the sequencer
+/// starts; afterwards every frame in the log is redundant.
 pub(crate) fn recover(db: &Database, frames: &[Frame]) -> Result<(u64, usize), StorageError> {
     let txn = db.begin_write().map_err(storage)?;
     let (revision, replayed) = {
@@ -296,11 +297,7 @@ pub(crate) fn recover(db: &Database, frames: &[Frame]) -> Result<(u64, usize), S
         }
         (revision, replayed)
     };
-    if replayed > 0 {
-        txn.commit().map_err(storage)?;
-    } else {
-        txn.abort().map_err(storage)?;
-    }
+    txn.commit().map_err(storage)?;
     Ok((revision, replayed))
 }
 

@@ -28,7 +28,7 @@ use std::path::Path;
 use crate::codec::LogPosition;
 
 /// The write-ahead log's file inside the data directory.
-pub const WAL_FILE: &str = "truce.wal";
+pub(crate) const WAL_FILE: &str = "truce.wal";
 
 /// First bytes of every frame.
 const MAGIC: [u8; 4] = *b"TRW1";
@@ -108,7 +108,10 @@ impl FrameBuilder {
 
     /// The complete frame: header filled in over the entries.
     fn seal(&mut self) -> std::io::Result<&[u8]> {
-        let payload = &self.bytes[FRAME_HEADER..];
+        let payload = self
+            .bytes
+            .get(FRAME_HEADER..)
+            .ok_or_else(|| std::io::Error::new(ErrorKind::InvalidInput, "empty frame"))?;
         let len = u32::try_from(payload.len())
             .map_err(|_| std::io::Error::new(ErrorKind::InvalidInput, "frame over 4 GiB"))?;
         let crc = crc32fast::hash(payload);
@@ -316,6 +319,26 @@ mod tests {
         // The new frame overwrote the first old one exactly; the rest are stale, and
         // recovery skips them by revision.
         assert_eq!(revisions, vec![(4, 4), (2, 2), (3, 3)]);
+    }
+
+    #[test]
+    fn a_discarded_frame_is_never_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(WAL_FILE);
+        let (mut wal, _) = Wal::open(&path).unwrap();
+        wal.append(&mut frame(1, &[b"kept"])).unwrap();
+        let start = wal.len();
+        wal.append(&mut frame(2, &[b"refused, and longer than what follows"]))
+            .unwrap();
+        wal.discard(start).unwrap();
+        assert_eq!(wal.len(), start);
+        let revisions: Vec<_> = reopen(&path).iter().filter_map(Frame::revisions).collect();
+        assert_eq!(revisions, vec![(1, 1)]);
+        // The next batch reuses the refused batch's revision, in its place.
+        wal.append(&mut frame(2, &[b"accepted"])).unwrap();
+        let frames = reopen(&path);
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[1].entries[0].record, b"accepted");
     }
 
     #[test]
