@@ -106,9 +106,8 @@ impl Drop for LogGuard {
     }
 }
 
-/// The writer thread: empties the buffer to stdout until closed and empty.
-fn write_out(shared: &Shared) {
-    let mut stdout = std::io::stdout();
+/// The writer thread: empties the buffer into `sink` until closed and empty.
+fn write_out(shared: &Shared, mut sink: impl Write) {
     let mut out = Vec::new();
     loop {
         let closed = {
@@ -125,8 +124,8 @@ fn write_out(shared: &Shared) {
             pending.closed
         };
         if !out.is_empty() {
-            // Nowhere to report a failing stdout; the lines are dropped.
-            let _ = stdout.write_all(&out).and_then(|()| stdout.flush());
+            // Nowhere to report a failing sink; the lines are dropped.
+            let _ = sink.write_all(&out).and_then(|()| sink.flush());
             out.clear();
         }
         if closed && shared.lock().bytes.is_empty() {
@@ -135,14 +134,15 @@ fn write_out(shared: &Shared) {
     }
 }
 
-/// Installs the global subscriber; keep the guard alive until exit.
-pub fn init(format: LogFormat) -> LogGuard {
+/// Starts a writer thread emptying the buffer into `sink`; without a thread, the
+/// writer goes straight to stdout.
+fn start(sink: impl Write + Send + 'static) -> (LogWriter, LogGuard) {
     let shared = Arc::new(Shared::default());
     let thread = {
         let shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("truce-log".into())
-            .spawn(move || write_out(&shared))
+            .spawn(move || write_out(&shared, sink))
     };
     let (writer, thread) = match thread {
         Ok(thread) => (LogWriter::Buffered(Arc::clone(&shared)), Some(thread)),
@@ -151,6 +151,12 @@ pub fn init(format: LogFormat) -> LogGuard {
             (LogWriter::Direct, None)
         }
     };
+    (writer, LogGuard { shared, thread })
+}
+
+/// Installs the global subscriber; keep the guard alive until exit.
+pub fn init(format: LogFormat) -> LogGuard {
+    let (writer, guard) = start(std::io::stdout());
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -165,5 +171,59 @@ pub fn init(format: LogFormat) -> LogGuard {
             .with_span_list(false)
             .try_init(),
     };
-    LogGuard { shared, thread }
+    guard
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink the test can read after the writer thread is gone.
+    #[derive(Clone, Default)]
+    struct Collected(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Collected {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn every_line_arrives_in_order_by_the_time_the_guard_is_dropped() {
+        let sink = Collected::default();
+        let (writer, guard) = start(sink.clone());
+        // Enough bytes to pass the early-flush mark many times over.
+        const THREADS: usize = 4;
+        const LINES: usize = 20_000;
+        let loggers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let mut writer = writer.clone();
+                std::thread::spawn(move || {
+                    for n in 0..LINES {
+                        writer
+                            .write_all(format!("thread {t} line {n}\n").as_bytes())
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for logger in loggers {
+            logger.join().unwrap();
+        }
+        drop(guard);
+        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let mut next = [0usize; THREADS];
+        for line in text.lines() {
+            let mut words = line.split(' ').skip(1);
+            let t: usize = words.next().unwrap().parse().unwrap();
+            let n: usize = words.nth(1).unwrap().parse().unwrap();
+            assert_eq!(n, next[t], "thread {t}: lines out of order or lost");
+            next[t] += 1;
+        }
+        assert_eq!(next, [LINES; THREADS]);
+    }
 }
