@@ -300,6 +300,18 @@ fn editor(dir: &Path, body: &str) -> PathBuf {
     path
 }
 
+/// An editor that, while the user edits, lets someone else merge-patch the same
+/// document with `theirs`, then saves `mine` as the edited document.
+fn racing_editor(dir: &Path, resource: &str, theirs: &str, mine: &str) -> PathBuf {
+    let bin = env!("CARGO_BIN_EXE_truce");
+    editor(
+        dir,
+        &format!(
+            "echo '{theirs}' | \"{bin}\" patch {resource} - >/dev/null\ncat > \"$1\" <<'EOF'\n{mine}\nEOF"
+        ),
+    )
+}
+
 fn fastrand_suffix() -> u128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -314,7 +326,6 @@ async fn edit_saves_and_merges_disjoint_concurrent_changes() {
     server
         .create("/v1/notes/e", &json!({"title": "milk", "n": 1}))
         .await;
-    let bin = env!("CARGO_BIN_EXE_truce");
 
     // No change: nothing written.
     let out = truce(&server, &["edit", "notes/e"], "", &[("EDITOR", "true")]).await;
@@ -335,14 +346,11 @@ EOF"#,
     assert_eq!(server.get_json("/v1/notes/e").await["title"], "oat milk");
 
     // Someone changes another field while we edit: both changes survive.
-    let concurrent = editor(
+    let concurrent = racing_editor(
         dir.path(),
-        &format!(
-            r#"echo '{{"owner": "bob"}}' | "{bin}" patch notes/e - >/dev/null
-cat > "$1" <<'EOF'
-{{"title": "oat milk", "n": 2}}
-EOF"#
-        ),
+        "notes/e",
+        r#"{"owner": "bob"}"#,
+        r#"{"title": "oat milk", "n": 2}"#,
     );
     let out = truce(
         &server,
@@ -370,15 +378,11 @@ async fn edit_never_loses_an_overlapping_edit() {
     server
         .create("/v1/notes/o", &json!({"title": "milk", "n": 1}))
         .await;
-    let bin = env!("CARGO_BIN_EXE_truce");
-    let overlapping = editor(
+    let overlapping = racing_editor(
         dir.path(),
-        &format!(
-            r#"echo '{{"n": 100}}' | "{bin}" patch notes/o - >/dev/null
-cat > "$1" <<'EOF'
-{{"title": "milk", "n": 5}}
-EOF"#
-        ),
+        "notes/o",
+        r#"{"n": 100}"#,
+        r#"{"title": "milk", "n": 5}"#,
     );
     let out = truce(
         &server,
