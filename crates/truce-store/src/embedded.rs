@@ -21,7 +21,7 @@ use truce_engine::{
 
 use crate::compaction;
 use crate::error::{OpenError, storage};
-use crate::sequencer::{Job, Sequencer, SequencerSettings, recover};
+use crate::sequencer::{Job, Sequencer, recover};
 use crate::tables::{
     HEADS, LOG, META, META_CHANGES_COMPACTED, Tables, last_revision, read_changes,
 };
@@ -108,21 +108,15 @@ impl EmbeddedStore {
         let db = Arc::new(db);
         let (jobs_tx, jobs_rx) = mpsc::channel(config.queue_capacity.max(1));
         let (revisions_tx, revisions_rx) = watch::channel(revision);
-        let settings = SequencerSettings {
-            max_batch: config.max_batch,
-            limits: config.limits,
-            retention: config.retention,
-            checkpoint_interval: config.checkpoint_interval,
-            checkpoint_bytes: config.checkpoint_bytes,
-        };
-        let handle = Sequencer::spawn(Arc::clone(&db), wal, jobs_rx, revisions_tx, settings)
+        let retention = config.retention;
+        let handle = Sequencer::spawn(Arc::clone(&db), wal, jobs_rx, revisions_tx, config)
             .map_err(OpenError::Thread)?;
         tracing::info!(path = %path.display(), revision, "embedded store open");
         Ok(Self {
             db,
             jobs: jobs_tx,
             revisions: revisions_rx,
-            retention: config.retention,
+            retention,
             sequencer: Mutex::new(Some(handle)),
         })
     }

@@ -23,17 +23,18 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
-    CompactionReport, DocumentLimits, Effect, EngineError, ResourceKey, Retention, StorageError,
-    Timestamp, WriteCommand, WriteContext, WriteOutcome, plan_write,
+    CompactionReport, Effect, EngineError, ResourceKey, StorageError, Timestamp, WriteCommand,
+    WriteContext, WriteOutcome, plan_write,
 };
 
 use crate::codec::{self, HeadRecord, LogPosition};
 use crate::compaction::CompactionPlan;
+use crate::embedded::EmbeddedConfig;
 use crate::error::{io, storage};
 use crate::tables::{HEADS, LOG, META, META_CHANGES_COMPACTED, Tables, last_revision};
 use crate::wal::{Frame, FrameBuilder, Wal};
@@ -52,22 +53,6 @@ pub(crate) enum Job {
     },
     /// Commit what came before, then stop.
     Shutdown { reply: oneshot::Sender<()> },
-}
-
-/// How the sequencer batches and what rules it applies.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SequencerSettings {
-    /// Most jobs committed together (1 forces one fsync per write).
-    pub max_batch: usize,
-    /// Document limits for patch results.
-    pub limits: DocumentLimits,
-    /// Count-based retention, applied in each write's commit.
-    pub retention: Retention,
-    /// Longest time between durable redb commits; zero makes every commit durable
-    /// (and leaves the write-ahead log unused).
-    pub checkpoint_interval: Duration,
-    /// Most write-ahead log bytes between durable redb commits.
-    pub checkpoint_bytes: u64,
 }
 
 /// The answer a job will get once its batch is durable.
@@ -91,7 +76,7 @@ pub(crate) struct Sequencer {
     last_checkpoint: Instant,
     jobs: mpsc::Receiver<Job>,
     revisions: watch::Sender<u64>,
-    settings: SequencerSettings,
+    settings: EmbeddedConfig,
 }
 
 impl Sequencer {
@@ -102,7 +87,7 @@ impl Sequencer {
         wal: Wal,
         jobs: mpsc::Receiver<Job>,
         revisions: watch::Sender<u64>,
-        settings: SequencerSettings,
+        settings: EmbeddedConfig,
     ) -> std::io::Result<JoinHandle<()>> {
         let sequencer = Self {
             db,
