@@ -1,7 +1,12 @@
 //! Throughput of the embedded store alone (no HTTP): N tasks doing conditional
-//! replaces of their own documents through the sequencer.
+//! replaces of their own documents (`update`) or creating fresh ones (`create`)
+//! through the sequencer.
 //!
-//! `cargo run --release -p truce-store --example sequencer_bench -- [tasks] [seconds] [max_batch]`
+//! `cargo run --release -p truce-store --example sequencer_bench -- [tasks] [seconds] [max_batch] [update|create] [writes per task]`
+//!
+//! With a number of writes per task the run stops after those instead of after
+//! `seconds`: a fixed amount of work, for instruction counts under
+//! `valgrind --tool=callgrind`, which are repeatable where timings are not.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +23,8 @@ fn main() {
     let tasks: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(64);
     let seconds: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
     let max_batch: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(256);
+    let create = args.get(4).is_some_and(|a| a == "create");
+    let per_task: Option<u64> = args.get(5).and_then(|a| a.parse().ok());
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = EmbeddedConfig::new(dir.path());
     config.max_batch = max_batch;
@@ -34,17 +41,22 @@ fn main() {
             let store = Arc::clone(&store);
             let done = Arc::clone(&done);
             handles.push(tokio::spawn(async move {
-                let key = ResourceKey::parse("bench", &format!("doc-{t}")).expect("key");
+                let mut key = ResourceKey::parse("bench", &format!("doc-{t}")).expect("key");
                 let pad = "x".repeat(200);
                 let mut etag: Option<String> = None;
                 let mut n = 0u64;
-                while Instant::now() < deadline {
+                while per_task.map_or(Instant::now() < deadline, |limit| n < limit) {
                     n += 1;
+                    if create {
+                        key = ResourceKey::parse("bench", &format!("doc-{t}-{n}")).expect("key");
+                    }
                     let body = format!("{{\"n\":{n},\"pad\":\"{pad}\"}}");
                     let doc =
                         Document::parse(body.as_bytes(), DocumentLimits::default()).expect("doc");
                     let mut preconditions = Preconditions::default();
-                    if let Some(tag) = &etag {
+                    if create {
+                        preconditions.if_none_match = Some(TagCondition::Any);
+                    } else if let Some(tag) = &etag {
                         preconditions.if_match =
                             Some(TagCondition::parse([tag.as_str()]).expect("tag"));
                     }

@@ -11,12 +11,13 @@
 //! The sequencer applies the selection in one commit. The scan never blocks writers,
 //! and each pass is bounded. Heads are never touched.
 
-use redb::{Database, ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use truce_engine::{Retention, StorageError, Timestamp};
 
 use crate::codec::{self, LogPosition};
 use crate::error::storage;
-use crate::tables::{HEADS, LOG, META, META_CHANGES_COMPACTED, Tables};
+use crate::snapshot::Snapshot;
+use crate::tables::META_CHANGES_COMPACTED;
 
 /// Most log records one pass changes.
 pub(crate) const MAX_REMOVALS_PER_PASS: usize = 50_000;
@@ -43,7 +44,7 @@ impl CompactionPlan {
 
 /// Scans a snapshot for what `retention` says must go as of `now`.
 pub(crate) fn plan(
-    db: &Database,
+    snapshot: &Snapshot,
     retention: &Retention,
     now: Timestamp,
 ) -> Result<CompactionPlan, StorageError> {
@@ -51,16 +52,8 @@ pub(crate) fn plan(
     if retention.keeps_everything() {
         return Ok(plan);
     }
-    let txn = db.begin_read().map_err(storage)?;
-    let tables = Tables {
-        heads: txn.open_table(HEADS).map_err(storage)?,
-        log: txn.open_table(LOG).map_err(storage)?,
-    };
-    let meta = txn.open_table(META).map_err(storage)?;
-    let watermark = meta
-        .get(META_CHANGES_COMPACTED)
-        .map_err(storage)?
-        .map_or(0, |v| v.value());
+    let tables = &snapshot.tables;
+    let watermark = snapshot.meta(META_CHANGES_COMPACTED)?;
     let feed_cutoff = retention.changes_max_age.map(|age| now.saturating_sub(age));
     let mut new_watermark = watermark;
     // The watermark only advances over a prefix of old entries.

@@ -1,8 +1,9 @@
 //! The embedded store: one redb file in the data directory, one sequencer thread.
 //!
 //! Writes are queued to the [`sequencer`](crate::sequencer) and answered once their
-//! batch is durable. Reads open an MVCC snapshot on the calling task; they are short
-//! (point lookups and bounded range scans) and never wait for the writer.
+//! batch is durable. Reads run on the calling task over the newest published
+//! [snapshot](crate::snapshot); they are short (point lookups and bounded range
+//! scans) and never wait for the writer.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -10,7 +11,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redb::{Database, ReadOnlyTable, ReadableDatabase};
+use redb::{Database, ReadableDatabase};
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
     ChangePage, ChangeQuery, CollectionName, CompactionReport, DocumentLimits, EngineError,
@@ -21,10 +22,10 @@ use truce_engine::{
 
 use crate::compaction;
 use crate::error::{OpenError, storage};
-use crate::sequencer::{Job, Sequencer, recover};
-use crate::tables::{
-    HEADS, LOG, META, META_CHANGES_COMPACTED, Tables, last_revision, read_changes,
-};
+use crate::heads::Overlay;
+use crate::sequencer::{Job, Sequencer, SequencerStart, recover};
+use crate::snapshot::{Published, Snapshot};
+use crate::tables::{LOG, META, META_CHANGES_COMPACTED, last_revision, read_changes};
 use crate::wal::{WAL_FILE, Wal};
 
 /// The database file inside the data directory.
@@ -71,15 +72,12 @@ impl EmbeddedConfig {
 /// The embedded, crash-safe store.
 pub struct EmbeddedStore {
     db: Arc<Database>,
+    published: Arc<Published>,
     jobs: mpsc::Sender<Job>,
     revisions: watch::Receiver<u64>,
     retention: Retention,
     sequencer: Mutex<Option<JoinHandle<()>>>,
 }
-
-/// The tables of a read snapshot.
-type ReadTables =
-    Tables<ReadOnlyTable<&'static [u8], &'static [u8]>, ReadOnlyTable<(u64, u32), &'static [u8]>>;
 
 impl EmbeddedStore {
     /// Opens (or creates) the store in `config.data_dir` and starts its sequencer.
@@ -106,14 +104,25 @@ impl EmbeddedStore {
             );
         }
         let db = Arc::new(db);
+        let first = Snapshot::open(&db, Overlay::new())
+            .map_err(|e| failed(format!("cannot read the recovered store: {e}")))?;
+        let published = Arc::new(Published::new(first));
         let (jobs_tx, jobs_rx) = mpsc::channel(config.queue_capacity.max(1));
         let (revisions_tx, revisions_rx) = watch::channel(revision);
         let retention = config.retention;
-        let handle = Sequencer::spawn(Arc::clone(&db), wal, jobs_rx, revisions_tx, config)
-            .map_err(OpenError::Thread)?;
+        let handle = Sequencer::spawn(SequencerStart {
+            db: Arc::clone(&db),
+            wal,
+            published: Arc::clone(&published),
+            jobs: jobs_rx,
+            revisions: revisions_tx,
+            settings: config,
+        })
+        .map_err(OpenError::Thread)?;
         tracing::info!(path = %path.display(), revision, "embedded store open");
         Ok(Self {
             db,
+            published,
             jobs: jobs_tx,
             revisions: revisions_rx,
             retention,
@@ -132,13 +141,9 @@ impl EmbeddedStore {
         })
     }
 
-    /// A consistent read snapshot of heads and history.
-    fn snapshot(&self) -> Result<ReadTables, StorageError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        Ok(Tables {
-            heads: txn.open_table(HEADS).map_err(storage)?,
-            log: txn.open_table(LOG).map_err(storage)?,
-        })
+    /// The newest committed state.
+    fn snapshot(&self) -> Arc<Snapshot> {
+        self.published.load()
     }
 
     /// What reads need to apply retention.
@@ -180,12 +185,12 @@ impl Store for EmbeddedStore {
     }
 
     async fn head(&self, key: &ResourceKey) -> Result<Option<Version>, EngineError> {
-        Ok(self.snapshot()?.head(key)?)
+        Ok(self.snapshot().tables.head(key)?)
     }
 
     async fn version(&self, key: &ResourceKey, number: u64) -> Result<VersionLookup, EngineError> {
         Ok(lookup_version(
-            &self.snapshot()?,
+            &self.snapshot().tables,
             key,
             number,
             self.read_context(),
@@ -197,7 +202,7 @@ impl Store for EmbeddedStore {
         collection: &CollectionName,
         query: &ListQuery,
     ) -> Result<ListPage, EngineError> {
-        Ok(self.snapshot()?.list(collection, query)?)
+        Ok(self.snapshot().tables.list(collection, query)?)
     }
 
     async fn history(
@@ -207,7 +212,7 @@ impl Store for EmbeddedStore {
         limit: usize,
     ) -> Result<HistoryPage, EngineError> {
         Ok(history_page(
-            &self.snapshot()?,
+            &self.snapshot().tables,
             key,
             before,
             limit,
@@ -232,21 +237,16 @@ impl Store for EmbeddedStore {
     }
 
     async fn compact(&self) -> Result<CompactionReport, EngineError> {
-        let db = Arc::clone(&self.db);
+        let snapshot = self.snapshot();
         let retention = self.retention;
-        let plan = tokio::task::spawn_blocking(move || {
-            compaction::plan(&db, &retention, Timestamp::now())
+        let (plan, oldest_revision) = tokio::task::spawn_blocking(move || {
+            let plan = compaction::plan(&snapshot, &retention, Timestamp::now())?;
+            Ok::<_, StorageError>((plan, snapshot.meta(META_CHANGES_COMPACTED)?))
         })
         .await
         .map_err(|e| EngineError::Internal(format!("compaction scan failed: {e}")))??;
         if plan.is_empty() {
             // Nothing to remove: answer without a commit (and its fsync).
-            let txn = self.db.begin_read().map_err(storage)?;
-            let meta = txn.open_table(META).map_err(storage)?;
-            let oldest_revision = meta
-                .get(META_CHANGES_COMPACTED)
-                .map_err(storage)?
-                .map_or(0, |v| v.value());
             return Ok(CompactionReport {
                 oldest_revision,
                 ..CompactionReport::default()
@@ -263,7 +263,7 @@ impl Store for EmbeddedStore {
         if self.jobs.is_closed() {
             return Err(EngineError::Storage(StorageError::Closed));
         }
-        self.snapshot()?;
+        self.db.begin_read().map_err(storage)?;
         Ok(())
     }
 

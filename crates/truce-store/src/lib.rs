@@ -10,7 +10,9 @@ mod codec;
 mod compaction;
 mod embedded;
 mod error;
+mod heads;
 mod sequencer;
+mod snapshot;
 mod tables;
 mod wal;
 

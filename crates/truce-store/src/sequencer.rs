@@ -9,13 +9,16 @@
 //!
 //! The batch is then made durable with one fsync, and only after that does any job get
 //! its answer: a 2xx always means "on disk". Usually the fsync is of the batch's frame
-//! in the [write-ahead log](crate::wal), after which a redb commit without fsync makes
-//! the batch visible; every `checkpoint_interval` (or `checkpoint_bytes` of log), and
-//! for compactions and shutdown, the redb commit itself is durable and the log starts
-//! over. Either way readers never see a write before it is on disk.
+//! in the [write-ahead log](crate::wal), after which a redb commit without fsync
+//! appends the batch to the log table, and its new heads go to the in-memory
+//! [overlay](crate::heads). Every `checkpoint_interval` (or `checkpoint_bytes` of
+//! log), and for compactions and shutdown, the overlay is written into the heads
+//! table and the redb commit itself is durable, and the log starts over. After each
+//! commit a [snapshot](crate::snapshot) is published, before any answer; readers never
+//! see a write before it is on disk.
 //!
 //! Concurrency: nothing else writes, so checks and writes are atomic without locks.
-//! Readers use MVCC snapshots and never wait for this thread. If the commit fails, no
+//! Readers use published MVCC snapshots and never wait for this thread. If the commit fails, no
 //! job of the batch took effect and every one is answered with the storage error. A
 //! panic while planning one job fails that job only (planning writes nothing). On
 //! shutdown the sequencer commits what is queued, then stops; later writes are refused.
@@ -36,7 +39,11 @@ use crate::codec::{self, HeadRecord, LogPosition};
 use crate::compaction::CompactionPlan;
 use crate::embedded::EmbeddedConfig;
 use crate::error::{io, storage};
-use crate::tables::{HEADS, LOG, META, META_CHANGES_COMPACTED, Tables, last_revision};
+use crate::heads::{Heads, Overlay};
+use crate::snapshot::{Published, Snapshot};
+use crate::tables::{
+    HEADS, LOG, META, META_CHANGES_COMPACTED, META_HEADS_THROUGH, Tables, last_revision,
+};
 use crate::wal::{Frame, FrameBuilder, Wal};
 
 /// A unit of work for the sequencer, with the channel its answer goes to.
@@ -68,36 +75,48 @@ pub(crate) struct Sequencer {
     wal: Wal,
     /// The frame of the batch being built, reused from batch to batch.
     frame: FrameBuilder,
-    /// Set when a refused batch's frame could not be taken back. A later batch would
-    /// reuse its revisions and recovery would apply the wrong frame, so every later
-    /// write is refused until a restart. (On restart that frame is applied: like any
-    /// storage error, the refused batch's outcome is then "may have happened".)
-    wal_broken: Option<String>,
+    /// Set when the store cannot go on safely: a refused batch's frame could not be
+    /// taken back (a later batch would reuse its revisions and recovery would apply
+    /// the wrong frame), or a committed batch could not be published to readers.
+    /// Every later write is refused until a restart. (On restart that batch is
+    /// applied: like any storage error, its outcome is then "may have happened".)
+    broken: Option<String>,
     last_checkpoint: Instant,
+    /// The heads committed since the last checkpoint.
+    overlay: Overlay,
+    /// Where readers find the newest snapshot.
+    published: Arc<Published>,
     jobs: mpsc::Receiver<Job>,
     revisions: watch::Sender<u64>,
     settings: EmbeddedConfig,
 }
 
+/// What the sequencer starts from.
+pub(crate) struct SequencerStart {
+    pub db: Arc<Database>,
+    /// Must hold nothing the database lacks (see [`recover`]).
+    pub wal: Wal,
+    /// Readers' snapshot of the recovered state (its overlay is empty).
+    pub published: Arc<Published>,
+    pub jobs: mpsc::Receiver<Job>,
+    pub revisions: watch::Sender<u64>,
+    pub settings: EmbeddedConfig,
+}
+
 impl Sequencer {
-    /// Starts the writer thread. `wal` must hold nothing the database lacks (see
-    /// [`recover`]).
-    pub fn spawn(
-        db: Arc<Database>,
-        wal: Wal,
-        jobs: mpsc::Receiver<Job>,
-        revisions: watch::Sender<u64>,
-        settings: EmbeddedConfig,
-    ) -> std::io::Result<JoinHandle<()>> {
+    /// Starts the writer thread on a freshly recovered store.
+    pub fn spawn(start: SequencerStart) -> std::io::Result<JoinHandle<()>> {
         let sequencer = Self {
-            db,
-            wal,
+            db: start.db,
+            wal: start.wal,
             frame: FrameBuilder::default(),
-            wal_broken: None,
+            broken: None,
             last_checkpoint: Instant::now(),
-            jobs,
-            revisions,
-            settings,
+            overlay: Overlay::new(),
+            published: start.published,
+            jobs: start.jobs,
+            revisions: start.revisions,
+            settings: start.settings,
         };
         std::thread::Builder::new()
             .name("truce-sequencer".into())
@@ -170,7 +189,7 @@ impl Sequencer {
         &mut self,
         batch: &[Job],
     ) -> Result<(Vec<Answer>, u64, bool), StorageError> {
-        if let Some(reason) = &self.wal_broken {
+        if let Some(reason) = &self.broken {
             return Err(StorageError::Io(reason.clone()));
         }
         let checkpoint = self.checkpoint_due(batch);
@@ -181,8 +200,9 @@ impl Sequencer {
         let mut frame = std::mem::take(&mut self.frame);
         frame.clear();
         let mut answers = Vec::with_capacity(batch.len());
-        let (revision, changed) = {
-            let mut tables = WriteTables::open(&txn)?;
+        let flush = checkpoint && !self.overlay.is_empty();
+        let (revision, changed, overlay) = {
+            let mut tables = WriteTables::open(&txn, self.overlay.clone())?;
             let start = tables.revision()?;
             let mut revision = start;
             let mut compacted = false;
@@ -223,9 +243,13 @@ impl Sequencer {
                     Job::Shutdown { .. } => answers.push(Answer::Shutdown),
                 }
             }
-            (revision, revision != start || compacted)
+            let changed = revision != start || compacted;
+            if checkpoint && (changed || flush) {
+                tables.checkpoint_heads(revision)?;
+            }
+            (revision, changed, tables.view.heads.overlay)
         };
-        if checkpoint && (changed || self.wal.len() > 0) {
+        if checkpoint && (changed || flush || self.wal.len() > 0) {
             // Durable in redb: every frame so far is redundant.
             let started = Instant::now();
             txn.commit().map_err(storage)?;
@@ -239,7 +263,7 @@ impl Sequencer {
                 // The batch is refused, so its frame must never be replayed.
                 if let Err(discard) = self.wal.discard(start) {
                     tracing::error!(%discard, "cannot take back a refused batch's log frame; refusing writes until restart");
-                    self.wal_broken = Some(format!(
+                    self.broken = Some(format!(
                         "the write-ahead log could not be repaired ({discard}); restart the server"
                     ));
                 }
@@ -249,20 +273,47 @@ impl Sequencer {
             txn.abort().map_err(storage)?;
         }
         self.frame = frame;
+        if changed || flush {
+            self.publish(overlay)?;
+        }
         Ok((answers, revision, changed))
+    }
+
+    /// Makes the state just committed (with `overlay`, its heads since the last
+    /// checkpoint) the one readers see.
+    fn publish(&mut self, overlay: Overlay) -> Result<(), StorageError> {
+        match Snapshot::open(&self.db, overlay.clone()) {
+            Ok(snapshot) => {
+                self.published.store(snapshot);
+                self.overlay = overlay;
+                Ok(())
+            }
+            Err(error) => {
+                // Committed but invisible: answering success would break read-your-
+                // writes, and the next batch would build on heads readers lack.
+                tracing::error!(%error, "cannot publish a committed batch to readers; refusing writes until restart");
+                self.broken = Some(format!(
+                    "a committed batch could not be published ({error}); restart the server"
+                ));
+                Err(error)
+            }
+        }
     }
 }
 
-/// Creates the tables of a new store, applies the write-ahead log's frames that
-/// continue the database's revisions and makes the result durable, returning the
-/// revision reached and the versions replayed. Run on open, before the sequencer
-/// starts; afterwards every frame in the log is redundant.
+/// Creates the tables of a new store, brings the heads table up to the log, applies
+/// the write-ahead log's frames that continue the database's revisions and makes the
+/// result durable, returning the revision reached and the versions replayed. Run on
+/// open, before the sequencer starts; afterwards every frame in the log is redundant
+/// and the heads table is complete.
 pub(crate) fn recover(db: &Database, frames: &[Frame]) -> Result<(u64, usize), StorageError> {
     let txn = db.begin_write().map_err(storage)?;
     let (revision, replayed) = {
-        let mut tables = WriteTables::open(&txn)?;
+        let mut tables = WriteTables::open(&txn, Overlay::new())?;
         let mut revision = tables.revision()?;
-        let mut replayed = 0;
+        // Log records committed after the last checkpoint may have reached the file
+        // (a commit without fsync survives a process crash); their heads never did.
+        let mut replayed = tables.restore_heads(revision)?;
         for frame in frames {
             let Some((first, last)) = frame.revisions() else {
                 continue;
@@ -275,11 +326,17 @@ pub(crate) fn recover(db: &Database, frames: &[Frame]) -> Result<(u64, usize), S
                 break;
             }
             for entry in &frame.entries {
-                tables.replay(entry.position, &entry.record)?;
+                tables
+                    .view
+                    .log
+                    .insert(entry.position, entry.record.as_slice())
+                    .map_err(storage)?;
+                tables.restore_head(entry.position, &entry.record)?;
                 replayed += 1;
             }
             revision = last;
         }
+        tables.checkpoint_heads(revision)?;
         (revision, replayed)
     };
     txn.commit().map_err(storage)?;
@@ -298,14 +355,49 @@ struct WriteTables<'t> {
 }
 
 impl<'t> WriteTables<'t> {
-    fn open(txn: &'t WriteTransaction) -> Result<Self, StorageError> {
+    /// Opens the tables of `txn` under `overlay`, the heads since the last checkpoint.
+    fn open(txn: &'t WriteTransaction, overlay: Overlay) -> Result<Self, StorageError> {
         Ok(Self {
             view: Tables {
-                heads: txn.open_table(HEADS).map_err(storage)?,
+                heads: Heads {
+                    overlay,
+                    table: txn.open_table(HEADS).map_err(storage)?,
+                },
                 log: txn.open_table(LOG).map_err(storage)?,
             },
             meta: txn.open_table(META).map_err(storage)?,
         })
+    }
+
+    /// Makes the heads table complete through `revision`: the overlay goes into it.
+    fn checkpoint_heads(&mut self, revision: u64) -> Result<(), StorageError> {
+        self.view.heads.flush()?;
+        self.meta
+            .insert(META_HEADS_THROUGH, revision)
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    /// Puts the heads of the log records after the heads table's last checkpoint (up
+    /// to `revision`, the log's end) into the overlay; returns how many there were.
+    fn restore_heads(&mut self, revision: u64) -> Result<usize, StorageError> {
+        let through = self.meta.get(META_HEADS_THROUGH).map_err(storage)?;
+        let Some(through) = through.map(|t| t.value()) else {
+            // A store from before the overlay: its heads table is always complete.
+            return Ok(0);
+        };
+        if through >= revision {
+            return Ok(0);
+        }
+        let mut records = Vec::new();
+        for entry in self.view.log.range((through + 1, 0)..).map_err(storage)? {
+            let (position, record) = entry.map_err(storage)?;
+            records.push((position.value(), record.value().to_vec()));
+        }
+        for (position, record) in &records {
+            self.restore_head(*position, record)?;
+        }
+        Ok(records.len())
     }
 
     fn revision(&self) -> Result<u64, StorageError> {
@@ -341,14 +433,15 @@ impl<'t> WriteTables<'t> {
                 op: write.version.op,
                 tombstone: write.version.body.is_none(),
             };
-            self.insert_version(&write.key, position, &record, &head)?;
+            self.insert_version(&write.key, position, &record, head)?;
             frame.push(position, &record);
         }
         Ok(())
     }
 
-    /// Writes a version found in the write-ahead log, exactly as `apply` wrote it.
-    fn replay(&mut self, position: LogPosition, record: &[u8]) -> Result<(), StorageError> {
+    /// Makes the version stored at `position` (encoded as `record`) its resource's
+    /// head, exactly as `apply` did.
+    fn restore_head(&mut self, position: LogPosition, record: &[u8]) -> Result<(), StorageError> {
         let decoded = codec::decode_log(record, true)?;
         let head = HeadRecord {
             number: decoded.number,
@@ -357,7 +450,8 @@ impl<'t> WriteTables<'t> {
             op: decoded.op,
             tombstone: decoded.body.is_none(),
         };
-        self.insert_version(&decoded.key, position, record, &head)
+        self.view.heads.insert(codec::head_key(&decoded.key), head);
+        Ok(())
     }
 
     /// Appends an encoded version to the log and makes it its resource's head.
@@ -366,16 +460,10 @@ impl<'t> WriteTables<'t> {
         key: &ResourceKey,
         position: LogPosition,
         record: &[u8],
-        head: &HeadRecord,
+        head: HeadRecord,
     ) -> Result<(), StorageError> {
         self.view.log.insert(position, record).map_err(storage)?;
-        self.view
-            .heads
-            .insert(
-                codec::head_key(key).as_slice(),
-                codec::encode_head(head).as_slice(),
-            )
-            .map_err(storage)?;
+        self.view.heads.insert(codec::head_key(key), head);
         Ok(())
     }
 
@@ -458,5 +546,71 @@ fn fail(job: Job, error: StorageError) {
         Job::Shutdown { reply } => {
             let _ = reply.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use redb::ReadableDatabase;
+    use truce_engine::Op;
+
+    use super::*;
+    use crate::codec::LogRecord;
+
+    fn record(id: &str, number: u64, body: Option<&str>) -> Vec<u8> {
+        codec::encode_log(&LogRecord {
+            key: ResourceKey::parse("things", id).unwrap(),
+            number,
+            at: Timestamp::from_millis(number),
+            op: if body.is_some() {
+                Op::Replace
+            } else {
+                Op::Delete
+            },
+            by: String::new(),
+            prev: None,
+            body: body.map(|b| Bytes::copy_from_slice(b.as_bytes())),
+            stripped: false,
+        })
+    }
+
+    fn head_of(db: &Database, id: &str) -> Option<HeadRecord> {
+        let txn = db.begin_read().unwrap();
+        let heads = txn.open_table(HEADS).unwrap();
+        let key = codec::head_key(&ResourceKey::parse("things", id).unwrap());
+        heads
+            .get(key.as_slice())
+            .unwrap()
+            .map(|v| codec::decode_head(v.value()).unwrap())
+    }
+
+    /// Log records that reached the file after the last checkpoint (a commit without
+    /// fsync can survive a process crash) get their heads back on open.
+    #[test]
+    fn recovery_restores_the_heads_of_log_records_after_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("t.redb")).unwrap();
+        assert_eq!(recover(&db, &[]).unwrap(), (0, 0));
+        // As a commit between checkpoints leaves it: log records, no heads.
+        let txn = db.begin_write().unwrap();
+        {
+            let mut log = txn.open_table(LOG).unwrap();
+            log.insert((1, 0), record("a", 1, Some("1")).as_slice())
+                .unwrap();
+            log.insert((2, 0), record("b", 1, Some("1")).as_slice())
+                .unwrap();
+            log.insert((3, 0), record("a", 2, None).as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+        assert_eq!(head_of(&db, "a"), None);
+
+        assert_eq!(recover(&db, &[]).unwrap(), (3, 3));
+        let a = head_of(&db, "a").unwrap();
+        assert_eq!((a.number, a.position, a.tombstone), (2, (3, 0), true));
+        let b = head_of(&db, "b").unwrap();
+        assert_eq!((b.number, b.position, b.tombstone), (1, (2, 0), false));
+        // The table is now complete: opening again restores nothing.
+        assert_eq!(recover(&db, &[]).unwrap(), (3, 0));
     }
 }

@@ -1,10 +1,10 @@
 //! redb tables and the reads over them.
 //!
-//! [`Tables`] wraps the opened `heads` and `log` tables of one transaction, read-only
-//! or writable, and implements the engine's [`StateView`] over them. The sequencer
-//! uses it inside its write transaction (so later commands of a batch see earlier
-//! ones); the read path uses it over an MVCC snapshot, so reads never wait for the
-//! writer.
+//! [`Tables`] wraps the heads (the `heads` table of one transaction, read-only or
+//! writable, under its overlay) and the `log` table, and implements the engine's
+//! [`StateView`] over them. The sequencer uses it inside its write transaction (so
+//! later commands of a batch see earlier ones); the read path uses it over a
+//! published snapshot, so reads never wait for the writer.
 
 use redb::{ReadableTable, TableDefinition};
 use truce_engine::{
@@ -14,8 +14,10 @@ use truce_engine::{
 
 use crate::codec::{self, HeadRecord, LogPosition, LogRecord};
 use crate::error::storage;
+use crate::heads::Heads;
 
-/// Newest version of every resource that ever existed: an index into the log.
+/// Newest version of every resource that ever existed, as of the last checkpoint: an
+/// index into the log (see [`crate::heads`]).
 pub(crate) const HEADS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("heads");
 /// Every version, keyed by `(revision, index within the revision)`; also the change feed.
 pub(crate) const LOG: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("log");
@@ -24,10 +26,13 @@ pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 
 /// `meta` key: the newest revision no longer served by the change feed.
 pub(crate) const META_CHANGES_COMPACTED: &str = "changes_compacted_through";
+/// `meta` key: the revision the `heads` table is complete to (the last checkpoint).
+/// Absent in stores from before the overlay, whose table was always complete.
+pub(crate) const META_HEADS_THROUGH: &str = "heads_through";
 
-/// Readable heads and log tables of one transaction.
+/// The heads and the log of one snapshot.
 pub(crate) struct Tables<H, L> {
-    pub heads: H,
+    pub heads: Heads<H>,
     pub log: L,
 }
 
@@ -38,11 +43,7 @@ where
 {
     /// The head record of `key`.
     pub fn head_record(&self, key: &ResourceKey) -> Result<Option<HeadRecord>, StorageError> {
-        let found = self
-            .heads
-            .get(codec::head_key(key).as_slice())
-            .map_err(storage)?;
-        found.map(|v| codec::decode_head(v.value())).transpose()
+        self.heads.get(codec::head_key(key).as_slice())
     }
 
     /// The log record at `position`.
@@ -82,24 +83,19 @@ where
         if start >= end {
             return Ok(ListPage { items, next });
         }
-        for entry in self
-            .heads
-            .range(start.as_slice()..end.as_slice())
-            .map_err(storage)?
-        {
-            let (k, v) = entry.map_err(storage)?;
-            let head = codec::decode_head(v.value())?;
+        self.heads.scan(&start, &end, &mut |k, head| {
             if head.tombstone {
-                continue;
+                return Ok(true);
             }
             if items.len() == query.limit {
                 next = items.last().map(|(id, _)| Clone::clone(id));
-                break;
+                return Ok(false);
             }
-            let key = codec::decode_head_key(k.value())?;
+            let key = codec::decode_head_key(k)?;
             let version = self.head_version(&key, &head)?;
             items.push((key.id, version));
-        }
+            Ok(true)
+        })?;
         Ok(ListPage { items, next })
     }
 

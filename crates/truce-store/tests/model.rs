@@ -11,8 +11,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use truce_engine::{
-    Document, DocumentLimits, ETag, EngineError, Preconditions, Principal, ResourceKey, Store,
-    TagCondition, WriteAction, WriteCommand, WriteStatus,
+    CollectionName, Document, DocumentLimits, ETag, EngineError, ListQuery, Preconditions,
+    Principal, ResourceKey, Store, TagCondition, WriteAction, WriteCommand, WriteStatus,
 };
 use truce_store::{EmbeddedConfig, EmbeddedStore};
 
@@ -256,8 +256,37 @@ fn observed(result: Result<truce_engine::WriteOutcome, EngineError>) -> Expected
     }
 }
 
-/// Every version the model has is readable, with its content, and nothing more.
+/// Every version the model has is readable, with its content, and nothing more; a
+/// listing pages through exactly the live resources at their heads.
 async fn check_versions(store: &EmbeddedStore, model: &[ModelResource]) {
+    let collection = CollectionName::parse("things").unwrap();
+    let mut listed = Vec::new();
+    let mut after = None;
+    loop {
+        let query = ListQuery {
+            prefix: None,
+            after: after.take(),
+            limit: 1,
+        };
+        let page = store.list(&collection, &query).await.unwrap();
+        listed.extend(
+            page.items
+                .into_iter()
+                .map(|(id, v)| (id.as_str().to_owned(), v.number)),
+        );
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let live: Vec<(String, u64)> = model
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.live().is_some())
+        .map(|(id, r)| (IDS[id].to_owned(), r.head()))
+        .collect();
+    assert_eq!(listed, live, "listing");
+
     for (id, resource) in model.iter().enumerate() {
         let key = ResourceKey::parse("things", IDS[id]).unwrap();
         for (n, content) in resource.versions.iter().enumerate() {

@@ -1,0 +1,80 @@
+//! Read snapshots, published by the sequencer after each commit.
+//!
+//! A snapshot pairs a redb read transaction with the heads overlay of the same
+//! revision (see [`crate::heads`]); neither alone is the state. The sequencer opens
+//! one right after each commit and publishes it before any write of the batch is
+//! answered, so a client that got a 2xx reads its own write. Readers take the
+//! newest one without waiting for the writer and without opening a transaction of
+//! their own.
+
+use std::sync::{Arc, PoisonError, RwLock};
+
+use redb::{Database, ReadOnlyTable, ReadTransaction, ReadableDatabase};
+use truce_engine::StorageError;
+
+use crate::error::storage;
+use crate::heads::{Heads, Overlay};
+use crate::tables::{HEADS, LOG, META, Tables};
+
+/// The tables of a read snapshot.
+pub(crate) type ReadTables =
+    Tables<ReadOnlyTable<&'static [u8], &'static [u8]>, ReadOnlyTable<(u64, u32), &'static [u8]>>;
+
+/// The committed state at one revision.
+pub(crate) struct Snapshot {
+    /// Heads and log as of this revision.
+    pub tables: ReadTables,
+    /// The transaction the tables were opened in, for the other tables.
+    txn: ReadTransaction,
+}
+
+impl Snapshot {
+    /// Opens the committed state of `db` with the heads written since its last
+    /// checkpoint.
+    pub fn open(db: &Database, overlay: Overlay) -> Result<Self, StorageError> {
+        let txn = db.begin_read().map_err(storage)?;
+        Ok(Self {
+            tables: Tables {
+                heads: Heads {
+                    overlay,
+                    table: txn.open_table(HEADS).map_err(storage)?,
+                },
+                log: txn.open_table(LOG).map_err(storage)?,
+            },
+            txn,
+        })
+    }
+
+    /// A counter of the `meta` table (0 if never set).
+    pub fn meta(&self, name: &str) -> Result<u64, StorageError> {
+        let meta = self.txn.open_table(META).map_err(storage)?;
+        Ok(meta.get(name).map_err(storage)?.map_or(0, |v| v.value()))
+    }
+}
+
+/// The newest snapshot, shared by the sequencer (which replaces it) and readers.
+pub(crate) struct Published(RwLock<Arc<Snapshot>>);
+
+impl Published {
+    /// Starts with `first`.
+    pub fn new(first: Snapshot) -> Self {
+        Self(RwLock::new(Arc::new(first)))
+    }
+
+    /// The newest snapshot.
+    pub fn load(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Makes `next` the newest snapshot; the previous one lives on while readers hold
+    /// it.
+    pub fn store(&self, next: Snapshot) {
+        let next = Arc::new(next);
+        let previous = std::mem::replace(
+            &mut *self.0.write().unwrap_or_else(PoisonError::into_inner),
+            next,
+        );
+        // Dropped outside the lock: closing a read transaction takes redb's locks.
+        drop(previous);
+    }
+}
