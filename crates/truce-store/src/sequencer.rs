@@ -415,7 +415,13 @@ impl<'t> WriteTables<'t> {
     ) -> Result<(), StorageError> {
         for (index, write) in effect.writes.iter().enumerate() {
             let position = (revision, u32::try_from(index).unwrap_or(u32::MAX));
-            let prev = self.view.head_record(&write.key)?.map(|h| h.position);
+            // Numbers continue across deletes, so only a resource's very first version
+            // has no previous one; that saves creates a second index lookup.
+            let prev = if write.version.number <= 1 {
+                None
+            } else {
+                self.view.head_record(&write.key)?.map(|h| h.position)
+            };
             let record = codec::encode_log(&codec::LogRecord {
                 key: write.key.clone(),
                 number: write.version.number,
