@@ -5,7 +5,7 @@
 //! | table   | key                               | value                                  |
 //! |---------|-----------------------------------|----------------------------------------|
 //! | `log`   | `(revision, index in revision)`   | one version: resource, number, op, time, principal, back-pointer, body |
-//! | `heads` | `collection 0x00 id`              | the resource's newest version: number, log position, op, time, tombstone |
+//! | `heads` | `collection 0x00 id`              | the resource's newest version as of the last checkpoint: number, log position, op, time, tombstone |
 //! | `meta`  | name                              | u64 counters                           |
 //!
 //! Every committed version is appended to `log` at its revision, so a write appends
