@@ -71,8 +71,10 @@ impl EmbeddedConfig {
 
 /// The embedded, crash-safe store.
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    /// Declared before `db`, so the snapshot's read transaction ends before the
+    /// database closes.
     published: Arc<Published>,
+    db: Arc<Database>,
     jobs: mpsc::Sender<Job>,
     revisions: watch::Receiver<u64>,
     retention: Retention,

@@ -71,6 +71,9 @@ enum Answer {
 
 /// The writer thread's state.
 pub(crate) struct Sequencer {
+    /// Declared before `db`, so the snapshot's read transaction ends before the
+    /// database closes.
+    published: Arc<Published>,
     db: Arc<Database>,
     wal: Wal,
     /// The frame of the batch being built, reused from batch to batch.
@@ -84,8 +87,6 @@ pub(crate) struct Sequencer {
     last_checkpoint: Instant,
     /// The heads committed since the last checkpoint.
     overlay: Overlay,
-    /// Where readers find the newest snapshot.
-    published: Arc<Published>,
     jobs: mpsc::Receiver<Job>,
     revisions: watch::Sender<u64>,
     settings: EmbeddedConfig,
