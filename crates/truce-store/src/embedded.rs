@@ -51,6 +51,9 @@ pub struct EmbeddedConfig {
     pub checkpoint_interval: Duration,
     /// Most write-ahead log bytes between checkpoints.
     pub checkpoint_bytes: u64,
+    /// Most heads kept in memory between checkpoints (the overlay, about 140 bytes
+    /// each): bounds its memory when the interval is long and the documents small.
+    pub checkpoint_heads: usize,
 }
 
 impl EmbeddedConfig {
@@ -65,6 +68,7 @@ impl EmbeddedConfig {
             cache_bytes: 128 * 1024 * 1024,
             checkpoint_interval: Duration::from_millis(250),
             checkpoint_bytes: 64 * 1024 * 1024,
+            checkpoint_heads: 65_536,
         }
     }
 }

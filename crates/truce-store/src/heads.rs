@@ -9,7 +9,8 @@
 //! snapshot it completes, so a reader sees exactly one revision. A checkpoint
 //! writes the overlay into the table in key order, in its durable commit, and
 //! starts an empty one; the `heads_through` counter says which revision the table
-//! is complete to. The overlay holds at most one checkpoint interval of writes.
+//! is complete to. The overlay holds at most one checkpoint interval of writes, and
+//! at most `checkpoint_heads` heads.
 //!
 //! Nothing is lost in a crash: every head in the overlay points at a log record that
 //! is in the write-ahead log, and opening the store rebuilds the overlay from the log

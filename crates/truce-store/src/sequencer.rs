@@ -12,16 +12,17 @@
 //! in the [write-ahead log](crate::wal), after which a redb commit without fsync
 //! appends the batch to the log table, and its new heads go to the in-memory
 //! [overlay](crate::heads). Every `checkpoint_interval` (or `checkpoint_bytes` of
-//! log), and for compactions and shutdown, the overlay is written into the heads
-//! table and the redb commit itself is durable, and the log starts over. After each
-//! commit a [snapshot](crate::snapshot) is published, before any answer; readers never
-//! see a write before it is on disk.
+//! log, or `checkpoint_heads` in the overlay), and for compactions and shutdown, the
+//! overlay is written into the heads table and the redb commit itself is durable, and
+//! the log starts over. After each commit a [snapshot](crate::snapshot) is published,
+//! before any answer; readers never see a write before it is on disk.
 //!
 //! Concurrency: nothing else writes, so checks and writes are atomic without locks.
-//! Readers use published MVCC snapshots and never wait for this thread. If the commit fails, no
-//! job of the batch took effect and every one is answered with the storage error. A
-//! panic while planning one job fails that job only (planning writes nothing). On
-//! shutdown the sequencer commits what is queued, then stops; later writes are refused.
+//! Readers use published MVCC snapshots and never wait for this thread. If the commit
+//! fails, no job of the batch took effect and every one is answered with the storage
+//! error. A panic while planning one job fails that job only (planning writes
+//! nothing). On shutdown the sequencer commits what is queued, then stops; later
+//! writes are refused.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -178,6 +179,7 @@ impl Sequencer {
         let settings = &self.settings;
         settings.checkpoint_interval.is_zero()
             || self.wal.len() >= settings.checkpoint_bytes
+            || self.overlay.len() >= settings.checkpoint_heads
             || self.last_checkpoint.elapsed() >= settings.checkpoint_interval
             || batch
                 .iter()
@@ -202,7 +204,7 @@ impl Sequencer {
         frame.clear();
         let mut answers = Vec::with_capacity(batch.len());
         let flush = checkpoint && !self.overlay.is_empty();
-        let (revision, changed, overlay) = {
+        let (revision, changed, overlay, checkpoint_started) = {
             let mut tables = WriteTables::open(&txn, self.overlay.clone())?;
             let start = tables.revision()?;
             let mut revision = start;
@@ -245,18 +247,19 @@ impl Sequencer {
                 }
             }
             let changed = revision != start || compacted;
+            let flush_started = Instant::now();
             if checkpoint && (changed || flush) {
-                tables.checkpoint_heads(revision)?;
+                tables.flush_heads(revision)?;
             }
-            (revision, changed, tables.view.heads.overlay)
+            (revision, changed, tables.view.heads.overlay, flush_started)
         };
         if checkpoint && (changed || flush || self.wal.len() > 0) {
             // Durable in redb: every frame so far is redundant.
-            let started = Instant::now();
             txn.commit().map_err(storage)?;
             self.wal.reset();
             self.last_checkpoint = Instant::now();
-            metrics::histogram!("truce_checkpoint_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!("truce_checkpoint_seconds")
+                .record(checkpoint_started.elapsed().as_secs_f64());
         } else if changed {
             let start = self.wal.len();
             self.wal.append(&mut frame).map_err(io)?;
@@ -337,7 +340,7 @@ pub(crate) fn recover(db: &Database, frames: &[Frame]) -> Result<(u64, usize), S
             }
             revision = last;
         }
-        tables.checkpoint_heads(revision)?;
+        tables.flush_heads(revision)?;
         (revision, replayed)
     };
     txn.commit().map_err(storage)?;
@@ -371,7 +374,7 @@ impl<'t> WriteTables<'t> {
     }
 
     /// Makes the heads table complete through `revision`: the overlay goes into it.
-    fn checkpoint_heads(&mut self, revision: u64) -> Result<(), StorageError> {
+    fn flush_heads(&mut self, revision: u64) -> Result<(), StorageError> {
         self.view.heads.flush()?;
         self.meta
             .insert(META_HEADS_THROUGH, revision)
@@ -559,7 +562,7 @@ fn fail(job: Job, error: StorageError) {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use redb::ReadableDatabase;
+    use redb::{ReadableDatabase, ReadableTableMetadata};
     use truce_engine::Op;
 
     use super::*;
@@ -619,5 +622,49 @@ mod tests {
         assert_eq!((b.number, b.position, b.tombstone), (1, (2, 0), false));
         // The table is now complete: opening again restores nothing.
         assert_eq!(recover(&db, &[]).unwrap(), (3, 0));
+    }
+
+    /// With a long interval, the overlay's size alone brings a checkpoint: the
+    /// durable file holds the heads once `checkpoint_heads` are waiting.
+    #[tokio::test]
+    async fn a_full_overlay_brings_a_checkpoint() {
+        use truce_engine::{
+            Document, DocumentLimits, Preconditions, Principal, Store, WriteAction,
+        };
+
+        use crate::embedded::{DATABASE_FILE, EmbeddedStore};
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = EmbeddedConfig::new(dir.path());
+        config.checkpoint_interval = std::time::Duration::from_secs(3600);
+        config.checkpoint_heads = 4;
+        let store = EmbeddedStore::open(config).unwrap();
+        for n in 0..10 {
+            let key = ResourceKey::parse("things", &format!("t{n}")).unwrap();
+            let doc = Document::parse(b"{}", DocumentLimits::default()).unwrap();
+            store
+                .write(WriteCommand {
+                    key,
+                    action: WriteAction::Put(doc),
+                    preconditions: Preconditions::default(),
+                    if_version: None,
+                    by: Principal::anonymous(),
+                })
+                .await
+                .unwrap();
+        }
+        // What a crash would leave of the file: its last durable commit.
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            dir.path().join(DATABASE_FILE),
+            copy.path().join(DATABASE_FILE),
+        )
+        .unwrap();
+        store.close().await;
+        let db = Database::open(copy.path().join(DATABASE_FILE)).unwrap();
+        let txn = db.begin_read().unwrap();
+        let heads = txn.open_table(HEADS).unwrap().len().unwrap();
+        // Checkpoints came at the 5th and 10th writes (4 heads waiting each time).
+        assert_eq!(heads, 10);
     }
 }
