@@ -62,6 +62,10 @@ where
         end: &[u8],
         visit: &mut Visit<'_>,
     ) -> Result<(), StorageError> {
+        if start >= end {
+            // A reversed range holds nothing.
+            return Ok(());
+        }
         let mut overlay = self
             .overlay
             .range::<_, [u8]>((Bound::Included(start), Bound::Excluded(end)))
@@ -208,6 +212,7 @@ mod tests {
             owned(&[("a", 1), ("b", 4)])
         );
         assert_eq!(scan(&table, &[], "a", "z", usize::MAX), owned(&table));
+        assert_eq!(scan(&table, &overlay, "e", "b", usize::MAX), owned(&[]));
         assert_eq!(scan(&[], &overlay, "a", "z", usize::MAX), owned(&overlay));
     }
 
