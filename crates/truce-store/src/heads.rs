@@ -226,14 +226,13 @@ mod tests {
                 overlay: Overlay::new(),
                 table: txn.open_table(HEADS).unwrap(),
             };
-            heads
-                .table
-                .insert(b"k".as_slice(), codec::encode_head(&head(1)).as_slice())
-                .unwrap();
-            heads
-                .table
-                .insert(b"old".as_slice(), codec::encode_head(&head(2)).as_slice())
-                .unwrap();
+            for (key, revision) in [("k", 1), ("old", 2)] {
+                let value = codec::encode_head(&head(revision));
+                heads
+                    .table
+                    .insert(key.as_bytes(), value.as_slice())
+                    .unwrap();
+            }
             heads.insert(b"k".to_vec(), head(3));
             assert_eq!(heads.get(b"k").unwrap(), Some(head(3)));
             assert_eq!(heads.get(b"old").unwrap(), Some(head(2)));

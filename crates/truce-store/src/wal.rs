@@ -257,12 +257,18 @@ mod tests {
         Wal::open(path).unwrap().1
     }
 
-    #[test]
-    fn frames_read_back_in_order() {
+    /// A new, empty log in a temporary directory (kept alive by the returned guard).
+    fn fresh() -> (tempfile::TempDir, std::path::PathBuf, Wal) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(WAL_FILE);
-        let (mut wal, found) = Wal::open(&path).unwrap();
+        let (wal, found) = Wal::open(&path).unwrap();
         assert!(found.is_empty());
+        (dir, path, wal)
+    }
+
+    #[test]
+    fn frames_read_back_in_order() {
+        let (_dir, path, mut wal) = fresh();
         wal.append(&mut frame(1, &[b"a", b"bb"])).unwrap();
         wal.append(&mut frame(3, &[b"ccc"])).unwrap();
         let frames = reopen(&path);
@@ -275,9 +281,7 @@ mod tests {
 
     #[test]
     fn a_torn_frame_ends_the_scan() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(WAL_FILE);
-        let (mut wal, _) = Wal::open(&path).unwrap();
+        let (_dir, path, mut wal) = fresh();
         wal.append(&mut frame(1, &[b"first"])).unwrap();
         let first_end = wal.len();
         wal.append(&mut frame(2, &[b"second, torn"])).unwrap();
@@ -291,9 +295,7 @@ mod tests {
 
     #[test]
     fn a_corrupt_byte_ends_the_scan() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(WAL_FILE);
-        let (mut wal, _) = Wal::open(&path).unwrap();
+        let (_dir, path, mut wal) = fresh();
         wal.append(&mut frame(1, &[b"first"])).unwrap();
         let first_end = wal.len();
         wal.append(&mut frame(2, &[b"second"])).unwrap();
@@ -307,9 +309,7 @@ mod tests {
 
     #[test]
     fn after_a_reset_old_frames_follow_the_new_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(WAL_FILE);
-        let (mut wal, _) = Wal::open(&path).unwrap();
+        let (_dir, path, mut wal) = fresh();
         for revision in 1..=3 {
             wal.append(&mut frame(revision, &[b"old record"])).unwrap();
         }
@@ -323,9 +323,7 @@ mod tests {
 
     #[test]
     fn a_discarded_frame_is_never_read_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(WAL_FILE);
-        let (mut wal, _) = Wal::open(&path).unwrap();
+        let (_dir, path, mut wal) = fresh();
         wal.append(&mut frame(1, &[b"kept"])).unwrap();
         let start = wal.len();
         wal.append(&mut frame(2, &[b"refused, and longer than what follows"]))
