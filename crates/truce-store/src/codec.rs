@@ -92,6 +92,20 @@ pub(crate) struct HeadRecord {
     pub tombstone: bool,
 }
 
+impl HeadRecord {
+    /// The head of the version `record`, stored at `position`: a version without a
+    /// body is a tombstone. (Only past versions are stripped, never a head.)
+    pub fn of(position: LogPosition, record: &LogRecord) -> Self {
+        Self {
+            number: record.number,
+            position,
+            at: record.at,
+            op: record.op,
+            tombstone: record.body.is_none(),
+        }
+    }
+}
+
 /// Encodes a head record.
 pub(crate) fn encode_head(head: &HeadRecord) -> [u8; HEAD_LEN] {
     let mut out = [0u8; HEAD_LEN];

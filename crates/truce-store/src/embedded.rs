@@ -25,7 +25,7 @@ use crate::error::{OpenError, storage};
 use crate::heads::Overlay;
 use crate::sequencer::{Job, Sequencer, SequencerStart, recover};
 use crate::snapshot::{Published, Snapshot};
-use crate::tables::{LOG, META, META_CHANGES_COMPACTED, last_revision, read_changes};
+use crate::tables::{META_CHANGES_COMPACTED, last_revision, read_changes};
 use crate::wal::{WAL_FILE, Wal};
 
 /// The database file inside the data directory.
@@ -227,15 +227,10 @@ impl Store for EmbeddedStore {
     }
 
     async fn changes(&self, query: &ChangeQuery) -> Result<ChangePage, EngineError> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let meta = txn.open_table(META).map_err(storage)?;
-        let read_meta = |name: &str| -> Result<u64, StorageError> {
-            Ok(meta.get(name).map_err(storage)?.map_or(0, |v| v.value()))
-        };
-        query.check_retained(read_meta(META_CHANGES_COMPACTED)?)?;
-        let log = txn.open_table(LOG).map_err(storage)?;
-        let head_revision = last_revision(&log)?;
-        Ok(read_changes(&log, query, head_revision)?)
+        let snapshot = self.snapshot();
+        query.check_retained(snapshot.meta(META_CHANGES_COMPACTED)?)?;
+        let log = &snapshot.tables.log;
+        Ok(read_changes(log, query, last_revision(log)?)?)
     }
 
     fn revisions(&self) -> watch::Receiver<u64> {

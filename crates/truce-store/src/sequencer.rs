@@ -32,8 +32,8 @@ use std::time::Instant;
 use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
-    CompactionReport, Effect, EngineError, ResourceKey, StorageError, Timestamp, WriteCommand,
-    WriteContext, WriteOutcome, plan_write,
+    CompactionReport, Effect, EngineError, StorageError, Timestamp, WriteCommand, WriteContext,
+    WriteOutcome, plan_write,
 };
 
 use crate::codec::{self, HeadRecord, LogPosition};
@@ -196,64 +196,23 @@ impl Sequencer {
             return Err(StorageError::Io(reason.clone()));
         }
         let checkpoint = self.checkpoint_due(batch);
+        // What earlier batches left for a checkpoint to make durable.
+        let unflushed = !self.overlay.is_empty() || self.wal.len() > 0;
         let mut txn = self.db.begin_write().map_err(storage)?;
         if !checkpoint {
             txn.set_durability(Durability::None).map_err(storage)?;
         }
         let mut frame = std::mem::take(&mut self.frame);
         frame.clear();
-        let mut answers = Vec::with_capacity(batch.len());
-        let flush = checkpoint && !self.overlay.is_empty();
-        let (revision, changed, overlay, checkpoint_started) = {
-            let mut tables = WriteTables::open(&txn, self.overlay.clone())?;
-            let start = tables.revision()?;
-            let mut revision = start;
-            let mut compacted = false;
-            let now = Timestamp::now();
-            for job in batch {
-                match job {
-                    Job::Write { command, .. } => {
-                        let ctx = WriteContext {
-                            revision: revision + 1,
-                            now,
-                            limits: self.settings.limits,
-                            retention: &self.settings.retention,
-                            require_preconditions: false,
-                        };
-                        let planned = catch_unwind(AssertUnwindSafe(|| {
-                            plan_write(&tables.view, command, &ctx)
-                        }));
-                        let result = match planned {
-                            Ok(Ok(planned)) => {
-                                if let Some(effect) = &planned.effect {
-                                    revision += 1;
-                                    tables.apply(effect, revision, &mut frame)?;
-                                }
-                                Ok(planned.outcome)
-                            }
-                            Ok(Err(refusal)) => Err(refusal),
-                            Err(_) => {
-                                tracing::error!(key = %command.key, "panic while planning a write");
-                                Err(EngineError::Internal("panic while planning a write".into()))
-                            }
-                        };
-                        answers.push(Answer::Write(result));
-                    }
-                    Job::Compact { plan, .. } => {
-                        compacted = true;
-                        answers.push(Answer::Compact(Ok(tables.compact(plan)?)));
-                    }
-                    Job::Shutdown { .. } => answers.push(Answer::Shutdown),
-                }
-            }
-            let changed = revision != start || compacted;
-            let flush_started = Instant::now();
-            if checkpoint && (changed || flush) {
-                tables.flush_heads(revision)?;
-            }
-            (revision, changed, tables.view.heads.overlay, flush_started)
-        };
-        if checkpoint && (changed || flush || self.wal.len() > 0) {
+        let mut tables = WriteTables::open(&txn, self.overlay.clone())?;
+        let (answers, revision, changed) = self.apply_jobs(&mut tables, batch, &mut frame)?;
+        let checkpointing = checkpoint && (changed || unflushed);
+        let checkpoint_started = Instant::now();
+        if checkpointing {
+            tables.flush_heads(revision)?;
+        }
+        let overlay = tables.into_overlay();
+        if checkpointing {
             // Durable in redb: every frame so far is redundant.
             txn.commit().map_err(storage)?;
             self.wal.reset();
@@ -277,10 +236,62 @@ impl Sequencer {
             txn.abort().map_err(storage)?;
         }
         self.frame = frame;
-        if changed || flush {
+        if changed || checkpointing {
             self.publish(overlay)?;
         }
         Ok((answers, revision, changed))
+    }
+
+    /// Plans each job against `tables` and writes its effect there (and into
+    /// `frame`), in order; returns the answers, the revision reached and whether
+    /// anything changed.
+    fn apply_jobs(
+        &self,
+        tables: &mut WriteTables<'_>,
+        batch: &[Job],
+        frame: &mut FrameBuilder,
+    ) -> Result<(Vec<Answer>, u64, bool), StorageError> {
+        let start = tables.revision()?;
+        let mut revision = start;
+        let mut compacted = false;
+        let now = Timestamp::now();
+        let mut answers = Vec::with_capacity(batch.len());
+        for job in batch {
+            let answer = match job {
+                Job::Write { command, .. } => {
+                    let ctx = WriteContext {
+                        revision: revision + 1,
+                        now,
+                        limits: self.settings.limits,
+                        retention: &self.settings.retention,
+                        require_preconditions: false,
+                    };
+                    let planned =
+                        catch_unwind(AssertUnwindSafe(|| plan_write(&tables.view, command, &ctx)));
+                    Answer::Write(match planned {
+                        Ok(Ok(planned)) => {
+                            if let Some(effect) = &planned.effect {
+                                revision += 1;
+                                tables.apply(effect, revision, frame)?;
+                            }
+                            Ok(planned.outcome)
+                        }
+                        Ok(Err(refusal)) => Err(refusal),
+                        Err(_) => {
+                            tracing::error!(key = %command.key, "panic while planning a write");
+                            Err(EngineError::Internal("panic while planning a write".into()))
+                        }
+                    })
+                }
+                Job::Compact { plan, .. } => {
+                    compacted = true;
+                    Answer::Compact(Ok(tables.compact(plan)?))
+                }
+                Job::Shutdown { .. } => Answer::Shutdown,
+            };
+            answers.push(answer);
+        }
+        Ok((answers, revision, revision != start || compacted))
     }
 
     /// Makes the state just committed (with `overlay`, its heads since the last
@@ -307,7 +318,8 @@ impl Sequencer {
 
 /// Creates the tables of a new store, brings the heads table up to the log, applies
 /// the write-ahead log's frames that continue the database's revisions and makes the
-/// result durable, returning the revision reached and the versions replayed. Run on
+/// result durable, returning the revision reached and the versions recovered (log
+/// records whose heads were restored, and versions replayed from frames). Run on
 /// open, before the sequencer starts; afterwards every frame in the log is redundant
 /// and the heads table is complete.
 pub(crate) fn recover(db: &Database, frames: &[Frame]) -> Result<(u64, usize), StorageError> {
@@ -335,7 +347,7 @@ pub(crate) fn recover(db: &Database, frames: &[Frame]) -> Result<(u64, usize), S
                     .log
                     .insert(entry.position, entry.record.as_slice())
                     .map_err(storage)?;
-                tables.restore_head(entry.position, &entry.record)?;
+                restore_head(&mut tables.view.heads, entry.position, &entry.record)?;
                 replayed += 1;
             }
             revision = last;
@@ -345,6 +357,21 @@ pub(crate) fn recover(db: &Database, frames: &[Frame]) -> Result<(u64, usize), S
     };
     txn.commit().map_err(storage)?;
     Ok((revision, replayed))
+}
+
+/// Makes the version stored at `position` (encoded as `record`) its resource's head,
+/// as writing it did.
+fn restore_head(
+    heads: &mut Heads<HeadsTable<'_>>,
+    position: LogPosition,
+    record: &[u8],
+) -> Result<(), StorageError> {
+    let decoded = codec::decode_log(record, true)?;
+    heads.insert(
+        codec::head_key(&decoded.key),
+        HeadRecord::of(position, &decoded),
+    );
+    Ok(())
 }
 
 /// The writable heads table.
@@ -373,6 +400,11 @@ impl<'t> WriteTables<'t> {
         })
     }
 
+    /// The heads written since the last checkpoint, once the tables are done with.
+    fn into_overlay(self) -> Overlay {
+        self.view.heads.overlay
+    }
+
     /// Makes the heads table complete through `revision`: the overlay goes into it.
     fn flush_heads(&mut self, revision: u64) -> Result<(), StorageError> {
         self.view.heads.flush()?;
@@ -393,15 +425,13 @@ impl<'t> WriteTables<'t> {
         if through >= revision {
             return Ok(0);
         }
-        let mut records = Vec::new();
+        let mut restored = 0;
         for entry in self.view.log.range((through + 1, 0)..).map_err(storage)? {
             let (position, record) = entry.map_err(storage)?;
-            records.push((position.value(), record.value().to_vec()));
+            restore_head(&mut self.view.heads, position.value(), record.value())?;
+            restored += 1;
         }
-        for (position, record) in &records {
-            self.restore_head(*position, record)?;
-        }
-        Ok(records.len())
+        Ok(restored)
     }
 
     fn revision(&self) -> Result<u64, StorageError> {
@@ -426,7 +456,7 @@ impl<'t> WriteTables<'t> {
             } else {
                 self.view.head_record(&write.key)?.map(|h| h.position)
             };
-            let record = codec::encode_log(&codec::LogRecord {
+            let record = codec::LogRecord {
                 key: write.key.clone(),
                 number: write.version.number,
                 at: write.version.at,
@@ -435,45 +465,18 @@ impl<'t> WriteTables<'t> {
                 prev,
                 body: write.version.body.clone(),
                 stripped: false,
-            });
-            let head = HeadRecord {
-                number: write.version.number,
-                position,
-                at: write.version.at,
-                op: write.version.op,
-                tombstone: write.version.body.is_none(),
             };
-            self.insert_version(&write.key, position, &record, head)?;
-            frame.push(position, &record);
+            let encoded = codec::encode_log(&record);
+            self.view
+                .log
+                .insert(position, encoded.as_slice())
+                .map_err(storage)?;
+            self.view.heads.insert(
+                codec::head_key(&write.key),
+                HeadRecord::of(position, &record),
+            );
+            frame.push(position, &encoded);
         }
-        Ok(())
-    }
-
-    /// Makes the version stored at `position` (encoded as `record`) its resource's
-    /// head, exactly as `apply` did.
-    fn restore_head(&mut self, position: LogPosition, record: &[u8]) -> Result<(), StorageError> {
-        let decoded = codec::decode_log(record, true)?;
-        let head = HeadRecord {
-            number: decoded.number,
-            position,
-            at: decoded.at,
-            op: decoded.op,
-            tombstone: decoded.body.is_none(),
-        };
-        self.view.heads.insert(codec::head_key(&decoded.key), head);
-        Ok(())
-    }
-
-    /// Appends an encoded version to the log and makes it its resource's head.
-    fn insert_version(
-        &mut self,
-        key: &ResourceKey,
-        position: LogPosition,
-        record: &[u8],
-        head: HeadRecord,
-    ) -> Result<(), StorageError> {
-        self.view.log.insert(position, record).map_err(storage)?;
-        self.view.heads.insert(codec::head_key(key), head);
         Ok(())
     }
 
@@ -563,7 +566,7 @@ fn fail(job: Job, error: StorageError) {
 mod tests {
     use bytes::Bytes;
     use redb::{ReadableDatabase, ReadableTableMetadata};
-    use truce_engine::Op;
+    use truce_engine::{Op, ResourceKey};
 
     use super::*;
     use crate::codec::LogRecord;
