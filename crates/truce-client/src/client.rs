@@ -5,8 +5,10 @@
 //! honours keys. A request answered 429 or 503 is retried after `Retry-After`. One
 //! that could not be connected is retried with exponential back-off and full jitter.
 //! One that failed after it may have reached the server (reset, time-out) is retried
-//! only when repeating it is harmless: reads, and writes guarded by a precondition
-//! (a repeat is refused or answers `already-applied`). Anything else is returned.
+//! only when it is a read: a write whose answer was lost may have been applied, and
+//! repeating it would either apply it twice or (with `If-Match`) be refused with 412
+//! although it landed, so the transport error is returned and the caller decides.
+//! (Once the server replays idempotency keys, such retries become safe.)
 
 use std::sync::Once;
 
@@ -460,7 +462,6 @@ impl<'a> WriteRequest<'a> {
             query.push(("if_version", version.to_string()));
         }
         let client = self.client;
-        let guarded = self.conditions != Conditions::default();
         let response = client
             .execute(
                 || {
@@ -473,7 +474,7 @@ impl<'a> WriteRequest<'a> {
                         None => request,
                     }
                 },
-                guarded,
+                false,
             )
             .await?;
         read_written(response).await

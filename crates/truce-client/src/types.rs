@@ -26,9 +26,6 @@ pub enum Outcome {
     Updated,
     /// The content was already this; no new version.
     Unchanged,
-    /// `If-Match` was stale but the content was already what the write asked for:
-    /// another write made it. Not this write's change.
-    AlreadyApplied,
     /// A tombstone was written.
     Deleted,
 }
@@ -39,7 +36,6 @@ impl Outcome {
             "created" => Self::Created,
             "updated" => Self::Updated,
             "unchanged" => Self::Unchanged,
-            "already-applied" => Self::AlreadyApplied,
             "deleted" => Self::Deleted,
             _ => return None,
         })

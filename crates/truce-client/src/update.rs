@@ -1,8 +1,7 @@
 //! Read-modify-write without lost updates.
 //!
 //! [`Client::update`] reads a document, lets the caller change it, and writes it back
-//! with `If-Match`. When another writer got there first (412, 409, or a 200 saying
-//! `already-applied`, which means the content was made by someone else), it reads
+//! with `If-Match`. When another writer got there first (412 or 409), it reads
 //! again and re-applies the change, waiting a random time up to an exponentially
 //! growing limit between attempts (full jitter), so competing clients spread out
 //! instead of colliding again. It gives up after the policy's attempts with
@@ -14,7 +13,7 @@ use truce_engine::ProblemKind;
 
 use crate::client::{Client, full_jitter};
 use crate::error::Error;
-use crate::types::{Outcome, Versioned};
+use crate::types::Versioned;
 
 impl Client {
     /// Applies `change` to the current version of a document and writes it back on
@@ -44,7 +43,7 @@ impl Client {
                 .send()
                 .await
             {
-                Ok(written) if written.outcome != Outcome::AlreadyApplied => {
+                Ok(written) => {
                     return Ok(Versioned {
                         value: doc,
                         etag: written.etag,
@@ -52,7 +51,6 @@ impl Client {
                         revision: written.revision,
                     });
                 }
-                Ok(_) => Error::Decode("the content was written by another client".into()),
                 Err(error) if lost_race(&error) => error,
                 Err(error) => return Err(error),
             };

@@ -80,11 +80,6 @@ pub enum WriteStatus {
     /// The result equals the current content: no new version, 200 with the current
     /// ETag.
     Unchanged,
-    /// `If-Match` was stale, but the current content already equals what the write
-    /// asks for (RFC 9110 §13.1.1): no new version, 200 with the current ETag. A
-    /// read-modify-write client must not count this as its own change: someone else's
-    /// write (or its own earlier attempt) made the content.
-    AlreadyApplied,
     /// A tombstone was written: 200.
     Deleted,
 }
@@ -96,7 +91,6 @@ impl WriteStatus {
             Self::Created => "created",
             Self::Updated => "updated",
             Self::Unchanged => "unchanged",
-            Self::AlreadyApplied => "already-applied",
             Self::Deleted => "deleted",
         }
     }

@@ -63,6 +63,9 @@ pub enum EngineError {
         condition: FailedCondition,
         /// The current state, when the resource exists.
         current: Option<CurrentState>,
+        /// The current content already equals what the write would make (someone
+        /// made this state already); the write is refused all the same.
+        current_matches_request: bool,
     },
     /// `?if_version` did not match.
     #[error("expected version {expected}, the current version is {}", current.as_ref().map_or(0, |c| c.version))]
@@ -212,7 +215,11 @@ impl EngineError {
                     None => problem,
                 }
             }
-            Self::PreconditionFailed { condition, current } => {
+            Self::PreconditionFailed {
+                condition,
+                current,
+                current_matches_request,
+            } => {
                 let detail = match current {
                     Some(c) => format!(
                         "{} is false: the resource is at version {} (ETag {}); re-read it, re-apply your change and retry",
@@ -225,7 +232,18 @@ impl EngineError {
                         condition.header()
                     ),
                 };
-                Problem::new(kind, detail).with_current(current.as_ref())
+                if *current_matches_request {
+                    Problem::new(
+                        kind,
+                        format!(
+                            "{detail}; the current content already equals what this request would make, but it was made by another write"
+                        ),
+                    )
+                    .with_current(current.as_ref())
+                    .with("current_matches_request", json!(true))
+                } else {
+                    Problem::new(kind, detail).with_current(current.as_ref())
+                }
             }
             Self::VersionConflict { expected, current } => Problem::new(
                 kind,

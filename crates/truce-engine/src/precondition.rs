@@ -6,8 +6,9 @@
 //! 4. otherwise, for GET/HEAD, `If-Modified-Since`; false → 304.
 //!
 //! Date conditions are ignored when the resource has no current representation (RFC
-//! 9110 §13.1.3, §13.1.4). The "already applied" exception to step 1 needs the result
-//! of the write, so it lives with the write rules, not here.
+//! 9110 §13.1.3, §13.1.4). truce never uses §13.1.1's permission to answer 2xx to a
+//! false `If-Match` whose change "appears already applied" (SPEC §2): a false
+//! condition here is always a refusal.
 
 use crate::etag::{ETag, TagCondition};
 
@@ -71,7 +72,7 @@ pub enum Evaluation {
     Proceed,
     /// Answer 304 Not Modified (safe methods only).
     NotModified,
-    /// Answer 412 Precondition Failed (or apply the "already applied" exception).
+    /// Answer 412 Precondition Failed.
     Failed(FailedCondition),
 }
 

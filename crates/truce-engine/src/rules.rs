@@ -8,8 +8,10 @@
 //! 1. a write that needs a live resource (PATCH, DELETE) on a missing one is 404,
 //!    whatever its preconditions (RFC 9110 §13.2.1);
 //! 2. `require_preconditions` (428);
-//! 3. RFC 9110 preconditions in §13.2.2 order; a false `If-Match` still answers 2xx
-//!    when the current content already equals what the write would make (§13.1.1);
+//! 3. RFC 9110 preconditions in §13.2.2 order; a false `If-Match` is always 412 (truce
+//!    does not use §13.1.1's "already applied" permission: two clients computing the
+//!    same state from one stale version would both be told they wrote it), and the
+//!    412 says whether the current content already equals what the write would make;
 //! 4. `?if_version` (409 version-conflict, `0` = must not exist);
 //! 5. the new content (patch, revert target, ...);
 //! 6. the no-op rule: equal content makes no new version.
@@ -110,27 +112,22 @@ pub fn plan_write(
         });
     match command.preconditions.evaluate(Safety::Unsafe, validators) {
         Evaluation::Proceed => {}
-        Evaluation::Failed(FailedCondition::IfMatch) => {
-            if let Some(current) = live
-                && already_applied(view, command, current, ctx)?
-            {
-                return Ok(unchanged(key, current, WriteStatus::AlreadyApplied));
-            }
-            return Err(EngineError::PreconditionFailed {
-                condition: FailedCondition::IfMatch,
-                current: current_state,
-            });
-        }
         Evaluation::Failed(condition) => {
+            let current_matches_request = match live {
+                Some(current) => would_change_nothing(view, command, current, ctx)?,
+                None => false,
+            };
             return Err(EngineError::PreconditionFailed {
                 condition,
                 current: current_state,
+                current_matches_request,
             });
         }
         Evaluation::NotModified => {
             return Err(EngineError::PreconditionFailed {
                 condition: FailedCondition::IfNoneMatch,
                 current: current_state,
+                current_matches_request: false,
             });
         }
     }
@@ -208,10 +205,10 @@ fn unchanged(key: &ResourceKey, head: &Version, status: WriteStatus) -> Planned 
     }
 }
 
-/// RFC 9110 §13.1.1: a state-changing request whose `If-Match` is false may still
-/// succeed when its change is already present, e.g. a retry whose first answer was
-/// lost. True when applying the write to the current version changes nothing.
-fn already_applied(
+/// True when applying the write to the current version would change nothing: told
+/// to a refused client (`current_matches_request`) so it can tell "someone already
+/// made this state" from "someone made another state", without being told it wrote.
+fn would_change_nothing(
     view: &dyn StateView,
     command: &WriteCommand,
     current: &Version,
@@ -455,7 +452,7 @@ mod tests {
     }
 
     #[test]
-    fn stale_if_match_is_refused_unless_already_applied() {
+    fn stale_if_match_is_always_refused() {
         let view = MemoryView::default();
         let first = view.run(put(json!({"n": 1}))).unwrap();
         let stale = first.version.etag(&key());
@@ -467,14 +464,23 @@ mod tests {
             refused,
             EngineError::PreconditionFailed {
                 condition: FailedCondition::IfMatch,
-                current: Some(CurrentState { version: 2, .. })
+                current: Some(CurrentState { version: 2, .. }),
+                current_matches_request: false,
             }
         ));
-        let retried = view.run(if_match(put(json!({"n": 2})), &stale)).unwrap();
-        assert_eq!(
-            (retried.status, retried.version.number),
-            (WriteStatus::AlreadyApplied, 2)
-        );
+        // The same state from the same stale base: still refused, but it says so.
+        let same = view
+            .run(if_match(put(json!({"n": 2})), &stale))
+            .unwrap_err();
+        assert!(matches!(
+            same,
+            EngineError::PreconditionFailed {
+                condition: FailedCondition::IfMatch,
+                current: Some(CurrentState { version: 2, .. }),
+                current_matches_request: true,
+            }
+        ));
+        assert_eq!(view.head(&key()).unwrap().unwrap().number, 2);
     }
 
     #[test]

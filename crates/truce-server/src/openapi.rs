@@ -70,7 +70,7 @@ pub struct Compacted(ProblemBody);
 #[derive(IntoResponses)]
 #[response(
     status = 412,
-    description = "`precondition-failed`: If-Match, If-Unmodified-Since or If-None-Match was false; carries `current_version`, `current_etag` and the `ETag` header",
+    description = "`precondition-failed`: If-Match, If-Unmodified-Since or If-None-Match was false; carries `current_version`, `current_etag` and the `ETag` header, and `current_matches_request: true` when the current content already equals what the request would make",
     content_type = "application/problem+json"
 )]
 pub struct PreconditionFailed(ProblemBody);

@@ -13,9 +13,8 @@ use crate::wire::TombstoneBody;
 pub const TRUCE_VERSION: HeaderName = HeaderName::from_static("truce-version");
 /// `Truce-Revision`: the store revision at which that version was committed.
 pub const TRUCE_REVISION: HeaderName = HeaderName::from_static("truce-revision");
-/// `Truce-Outcome`: what a write did (`created`, `updated`, `unchanged`,
-/// `already-applied`, `deleted`), so a client can tell its own change from one that
-/// was already there.
+/// `Truce-Outcome`: what a write did (`created`, `updated`, `unchanged`, `deleted`),
+/// so a client can tell a new version from a write that changed nothing.
 pub const TRUCE_OUTCOME: HeaderName = HeaderName::from_static("truce-outcome");
 /// `Preference-Applied` (RFC 7240).
 const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
@@ -59,10 +58,7 @@ pub fn write_response(outcome: &WriteOutcome, prefer: Prefer) -> Response {
     let version = &outcome.version;
     let status = match outcome.status {
         WriteStatus::Created => StatusCode::CREATED,
-        WriteStatus::Updated
-        | WriteStatus::Unchanged
-        | WriteStatus::AlreadyApplied
-        | WriteStatus::Deleted => StatusCode::OK,
+        WriteStatus::Updated | WriteStatus::Unchanged | WriteStatus::Deleted => StatusCode::OK,
     };
     let mut response = if prefer.minimal {
         // A creation keeps its 201 (with Location) so the client still learns it

@@ -254,6 +254,10 @@ pub struct ProblemBody {
     pub current_version: Option<u64>,
     /// 409/412: the current ETag of the resource (also in the `ETag` header).
     pub current_etag: Option<String>,
+    /// precondition-failed: `true` when the current content already equals what
+    /// the refused request would make (absent otherwise). The request was still
+    /// refused: another write made that content.
+    pub current_matches_request: Option<bool>,
     /// version-conflict: the version `?if_version` expected.
     pub expected_version: Option<u64>,
     /// not-found on a deleted resource: when it was deleted.

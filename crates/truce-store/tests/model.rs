@@ -148,10 +148,7 @@ fn model_step(resource: &mut ModelResource, step: &Step) -> Expected {
         _ => None,
     };
     if if_match == Some(false) {
-        // Already applied: the write would change nothing.
-        if live.is_some() && next_content(resource, &step.action).is_ok_and(|n| n == live) {
-            return unchanged(resource, WriteStatus::AlreadyApplied);
-        }
+        // A false If-Match is a refusal, whatever the write would make.
         return Expected::PreconditionFailed;
     }
     if matches!(step.condition, Condition::IfNoneMatchAny) && live.is_some() {

@@ -174,6 +174,7 @@ pub(crate) fn conditional_read(
                 version: version.number,
                 etag,
             }),
+            current_matches_request: false,
         }
         .into()),
     }

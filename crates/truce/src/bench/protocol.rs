@@ -197,14 +197,10 @@ impl Protocol {
     }
 }
 
-/// A truce write's outcome: `expected` with `Truce-Outcome` a real change is done;
-/// 409/412 (and `already-applied`, someone else's change) are refusals.
+/// A truce write's outcome: `expected` is done; 409/412 are refusals.
 fn truce_write(reply: &Reply, expected: StatusCode) -> Outcome<Token> {
     let status = reply.status;
     if status == StatusCode::CONFLICT || status == StatusCode::PRECONDITION_FAILED {
-        return Outcome::Refused;
-    }
-    if reply.header("truce-outcome") == Some("already-applied") {
         return Outcome::Refused;
     }
     if status != expected && !(status.is_success() && expected.is_success()) {

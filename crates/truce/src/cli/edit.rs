@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use serde_json::Value;
-use truce_client::{Client, Error as ClientError, Outcome, Versioned};
+use truce_client::{Client, Error as ClientError, Versioned};
 use truce_engine::{MergeOutcome, ProblemKind, three_way};
 
 use super::write::print_written;
@@ -177,11 +177,6 @@ async fn save(
         .send()
         .await
     {
-        Ok(written) if written.outcome != Outcome::AlreadyApplied => {
-            print_written(&spec, &written, json);
-            return Ok(());
-        }
-        // Someone else saved exactly this content: nothing left to do.
         Ok(written) => {
             print_written(&spec, &written, json);
             return Ok(());

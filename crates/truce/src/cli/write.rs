@@ -166,7 +166,6 @@ fn outcome_name(outcome: Outcome) -> &'static str {
         Outcome::Created => "created",
         Outcome::Updated => "updated",
         Outcome::Unchanged => "unchanged",
-        Outcome::AlreadyApplied => "already-applied",
         Outcome::Deleted => "deleted",
     }
 }

@@ -238,12 +238,13 @@ fn cases() -> Vec<Case> {
         case("GET", Live, &[("if-match", "unquoted")], 400, 2),
         case("PUT", Live, &[("if-none-match", "\"a\" \"b\"")], 400, 2),
         case("PUT", Live, &[("if-match", "*, {current}")], 400, 2),
-        // Already applied (RFC 9110 §13.1.1): a stale If-Match whose change is there.
+        // A stale If-Match is refused even when the content is already what the
+        // write would make (no RFC 9110 §13.1.1 "already applied" success); the 412
+        // says so with `current_matches_request`.
         Case {
             body: Body::Same,
-            ..case("PUT", Live, &[("if-match", "{stale}")], 200, 2)
+            ..case("PUT", Live, &[("if-match", "{stale}")], 412, 2)
         },
-        // Only If-Match has that exception.
         Case {
             body: Body::Same,
             ..case("PUT", Live, &[("if-unmodified-since", "{lm_past}")], 412, 2)
@@ -393,6 +394,12 @@ async fn every_precondition_case() {
             412 => {
                 let live = case.state == Live;
                 let body = problem(response, 412, "precondition-failed").await;
+                let matches = live && case.body == Body::Same;
+                assert_eq!(
+                    body.get("current_matches_request").cloned(),
+                    matches.then_some(json!(true)),
+                    "{label}"
+                );
                 if live {
                     assert_eq!(body["current_version"], 2, "{label}");
                     assert_eq!(body["current_etag"], current, "{label}");
@@ -404,6 +411,9 @@ async fn every_precondition_case() {
                 }
             }
             409 => {
+                if case.state == Live {
+                    assert_eq!(etag(&response), current, "{label}: 409 carries the ETag");
+                }
                 let body = problem(response, 409, "version-conflict").await;
                 assert!(body["expected_version"].is_u64(), "{label}");
                 if case.state == Live {

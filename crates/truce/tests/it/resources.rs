@@ -479,11 +479,12 @@ async fn revert_writes_a_new_version_with_old_content() {
     assert_eq!(reverted.status(), 200);
     assert_eq!(header(&reverted, "truce-version"), "3");
     assert_eq!(reverted.json::<Value>().await.unwrap(), json!({"n": 1}));
-    // Preconditions apply: the old ETag is stale, but the change is already there.
+    // Preconditions apply: the old ETag is stale, so the same revert again is a 412
+    // (saying the content already matches), and no version is made.
     let again = revert(current).await;
-    assert_eq!(again.status(), 200);
-    assert_eq!(header(&again, "truce-version"), "3");
-    assert_eq!(header(&again, "truce-outcome"), "already-applied");
+    let refused = problem(again, 412, "precondition-failed").await;
+    assert_eq!(refused["current_matches_request"], true);
+    assert_eq!(refused["current_version"], 3);
     let history = server.get_json("/v1/docs/a/versions?limit=1").await;
     assert_eq!(history["items"][0]["op"], "revert");
 
