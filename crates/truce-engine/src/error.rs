@@ -20,6 +20,9 @@ pub enum StorageError {
     /// The disk or database refused an operation; retrying later may succeed.
     #[error("storage I/O failed: {0}")]
     Io(String),
+    /// The disk (or the quota) is full; writes resume once space is freed.
+    #[error("the disk is full: {0}")]
+    DiskFull(String),
     /// Stored data could not be decoded: a bug or on-disk damage.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
@@ -29,6 +32,20 @@ pub enum StorageError {
     /// The store is shutting down or has stopped.
     #[error("the store is closed")]
     Closed,
+}
+
+impl StorageError {
+    /// The `reason` member of the 503 problem (SPEC §3), and the label of the
+    /// storage-fault metrics; `None` for failures that are not a 503.
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            Self::Io(_) => Some("io-error"),
+            Self::DiskFull(_) => Some("disk-full"),
+            Self::Overloaded => Some("overloaded"),
+            Self::Closed => Some("shutting-down"),
+            Self::Corrupt(_) => None,
+        }
+    }
 }
 
 /// The current state of a resource, reported with every conflict.
@@ -279,7 +296,8 @@ impl EngineError {
                 Problem::new(kind, self.to_string()).with("oldest", json!(oldest))
             }
             Self::Storage(StorageError::Overloaded) => {
-                let mut problem = Problem::new(kind, "too many writes are queued; retry shortly");
+                let mut problem = Problem::new(kind, "too many writes are queued; retry shortly")
+                    .with("reason", json!("overloaded"));
                 problem.retry_after_secs = Some(1);
                 problem
             }
@@ -287,11 +305,18 @@ impl EngineError {
                 kind,
                 "an internal error occurred; quote the request id to an operator",
             ),
-            Self::Storage(_) => {
-                let mut problem = Problem::new(
-                    kind,
-                    "storage is unavailable; nothing was written, retry shortly",
-                );
+            Self::Storage(error) => {
+                let detail = match error {
+                    StorageError::DiskFull(_) => {
+                        "the disk is full; nothing was written, retry once space is freed"
+                    }
+                    StorageError::Closed => "the store is shutting down; nothing was written",
+                    _ => "storage is unavailable; nothing was written, retry shortly",
+                };
+                let mut problem = Problem::new(kind, detail);
+                if let Some(reason) = error.reason() {
+                    problem = problem.with("reason", json!(reason));
+                }
                 problem.retry_after_secs = Some(1);
                 problem
             }

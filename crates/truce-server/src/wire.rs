@@ -272,6 +272,8 @@ pub struct ProblemBody {
     pub oldest: Option<u64>,
     /// validation-failed: each problem with a JSON pointer.
     pub errors: Option<Vec<FieldError>>,
+    /// unavailable: why (`disk-full`, `io-error`, `overloaded`, `shutting-down`).
+    pub reason: Option<String>,
     /// payload-too-large: the limit in bytes.
     pub limit: Option<usize>,
 }

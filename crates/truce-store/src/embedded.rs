@@ -5,13 +5,12 @@
 //! [snapshot](crate::snapshot); they are short (point lookups and bounded range
 //! scans) and never wait for the writer.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase};
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
     ChangePage, ChangeQuery, CollectionName, CompactionReport, DocumentLimits, EngineError,
@@ -21,9 +20,12 @@ use truce_engine::{
 };
 
 use crate::compaction;
-use crate::error::{OpenError, storage};
+use crate::error::OpenError;
+use crate::faults::Faults;
 use crate::heads::Overlay;
-use crate::sequencer::{Job, Sequencer, SequencerStart, recover};
+use crate::health::Health;
+use crate::recovery::{open_database, recover};
+use crate::sequencer::{Job, Sequencer, SequencerStart};
 use crate::snapshot::{Published, Snapshot};
 use crate::tables::{META_CHANGES_COMPACTED, last_revision, read_changes};
 use crate::wal::{WAL_FILE, Wal};
@@ -54,6 +56,10 @@ pub struct EmbeddedConfig {
     /// Most heads kept in memory between checkpoints (the overlay, about 140 bytes
     /// each): bounds its memory when the interval is long and the documents small.
     pub checkpoint_heads: usize,
+    /// The storage fault seam (tests only: no setting of the server installs one).
+    /// With it, every write, sync and resize of the store's files can be made to
+    /// fail, and a power loss simulated (see [`Faults`]).
+    pub faults: Option<Faults>,
 }
 
 impl EmbeddedConfig {
@@ -69,16 +75,17 @@ impl EmbeddedConfig {
             checkpoint_interval: Duration::from_millis(250),
             checkpoint_bytes: 64 * 1024 * 1024,
             checkpoint_heads: 65_536,
+            faults: None,
         }
     }
 }
 
 /// The embedded, crash-safe store.
 pub struct EmbeddedStore {
-    /// Declared before `db`, so the snapshot's read transaction ends before the
-    /// database closes.
+    /// The newest snapshot; the sequencer owns the database and replaces this.
     published: Arc<Published>,
-    db: Arc<Database>,
+    /// Whether writes are refused after a storage fault, and why.
+    health: Arc<Health>,
     jobs: mpsc::Sender<Job>,
     revisions: watch::Receiver<u64>,
     retention: Retention,
@@ -93,14 +100,14 @@ impl EmbeddedStore {
             source,
         })?;
         let path = config.data_dir.join(DATABASE_FILE);
-        let db = open_database(&path, config.cache_bytes)?;
+        let db = open_database(&config)?;
         let failed = |message: String| OpenError::Open {
             path: path.clone(),
             message,
         };
-        let (wal, frames) = Wal::open(&config.data_dir.join(WAL_FILE))
+        let (wal, frames) = Wal::open(&config.data_dir.join(WAL_FILE), config.faults.clone())
             .map_err(|e| failed(format!("cannot read the write-ahead log {WAL_FILE}: {e}")))?;
-        let (revision, replayed) = recover(&db, &frames)
+        let (revision, replayed) = recover(&db, &frames, None)
             .map_err(|e| failed(format!("cannot recover from the write-ahead log: {e}")))?;
         if replayed > 0 {
             tracing::info!(
@@ -109,17 +116,19 @@ impl EmbeddedStore {
                 "recovered from the write-ahead log"
             );
         }
-        let db = Arc::new(db);
         let first = Snapshot::open(&db, Overlay::new())
             .map_err(|e| failed(format!("cannot read the recovered store: {e}")))?;
         let published = Arc::new(Published::new(first));
+        let health = Arc::new(Health::new());
         let (jobs_tx, jobs_rx) = mpsc::channel(config.queue_capacity.max(1));
         let (revisions_tx, revisions_rx) = watch::channel(revision);
         let retention = config.retention;
         let handle = Sequencer::spawn(SequencerStart {
-            db: Arc::clone(&db),
+            db,
             wal,
             published: Arc::clone(&published),
+            revision,
+            health: Arc::clone(&health),
             jobs: jobs_rx,
             revisions: revisions_tx,
             settings: config,
@@ -127,7 +136,7 @@ impl EmbeddedStore {
         .map_err(OpenError::Thread)?;
         tracing::info!(path = %path.display(), revision, "embedded store open");
         Ok(Self {
-            db,
+            health,
             published,
             jobs: jobs_tx,
             revisions: revisions_rx,
@@ -148,7 +157,7 @@ impl EmbeddedStore {
     }
 
     /// The newest committed state.
-    fn snapshot(&self) -> Arc<Snapshot> {
+    fn snapshot(&self) -> Result<Arc<Snapshot>, StorageError> {
         self.published.load()
     }
 
@@ -159,22 +168,6 @@ impl EmbeddedStore {
             now: Timestamp::now(),
         }
     }
-}
-
-/// Opens the database file, telling "in use" apart from other failures.
-fn open_database(path: &Path, cache_bytes: usize) -> Result<Database, OpenError> {
-    Database::builder()
-        .set_cache_size(cache_bytes)
-        .create(path)
-        .map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                OpenError::InUse(path.parent().unwrap_or(path).to_path_buf())
-            }
-            other => OpenError::Open {
-                path: path.to_path_buf(),
-                message: other.to_string(),
-            },
-        })
 }
 
 #[async_trait]
@@ -191,12 +184,12 @@ impl Store for EmbeddedStore {
     }
 
     async fn head(&self, key: &ResourceKey) -> Result<Option<Version>, EngineError> {
-        Ok(self.snapshot().tables.head(key)?)
+        Ok(self.snapshot()?.tables.head(key)?)
     }
 
     async fn version(&self, key: &ResourceKey, number: u64) -> Result<VersionLookup, EngineError> {
         Ok(lookup_version(
-            &self.snapshot().tables,
+            &self.snapshot()?.tables,
             key,
             number,
             self.read_context(),
@@ -208,7 +201,7 @@ impl Store for EmbeddedStore {
         collection: &CollectionName,
         query: &ListQuery,
     ) -> Result<ListPage, EngineError> {
-        Ok(self.snapshot().tables.list(collection, query)?)
+        Ok(self.snapshot()?.tables.list(collection, query)?)
     }
 
     async fn history(
@@ -218,7 +211,7 @@ impl Store for EmbeddedStore {
         limit: usize,
     ) -> Result<HistoryPage, EngineError> {
         Ok(history_page(
-            &self.snapshot().tables,
+            &self.snapshot()?.tables,
             key,
             before,
             limit,
@@ -227,7 +220,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn changes(&self, query: &ChangeQuery) -> Result<ChangePage, EngineError> {
-        let snapshot = self.snapshot();
+        let snapshot = self.snapshot()?;
         query.check_retained(snapshot.meta(META_CHANGES_COMPACTED)?)?;
         let log = &snapshot.tables.log;
         Ok(read_changes(log, query, last_revision(log)?)?)
@@ -238,7 +231,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn compact(&self) -> Result<CompactionReport, EngineError> {
-        let snapshot = self.snapshot();
+        let snapshot = self.snapshot()?;
         let retention = self.retention;
         let (plan, oldest_revision) = tokio::task::spawn_blocking(move || {
             let plan = compaction::plan(&snapshot, &retention, Timestamp::now())?;
@@ -264,8 +257,10 @@ impl Store for EmbeddedStore {
         if self.jobs.is_closed() {
             return Err(EngineError::Storage(StorageError::Closed));
         }
-        self.db.begin_read().map_err(storage)?;
-        Ok(())
+        match self.health.fault() {
+            Some(fault) => Err(EngineError::Storage(fault)),
+            None => Ok(()),
+        }
     }
 
     async fn close(&self) {

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use truce_engine::StorageError;
 
+use crate::faults::is_disk_full;
+
 /// Why the embedded store could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -37,11 +39,17 @@ pub(crate) fn storage(error: impl Into<redb::Error>) -> StorageError {
     match error.into() {
         redb::Error::Corrupted(message) => StorageError::Corrupt(message),
         redb::Error::DatabaseClosed => StorageError::Closed,
+        redb::Error::Io(error) => io(error),
         other => StorageError::Io(other.to_string()),
     }
 }
 
-/// Maps a failed file operation (of the write-ahead log) onto the engine's storage error.
+/// Maps a failed file operation onto the engine's storage error, telling a full
+/// disk apart.
 pub(crate) fn io(error: std::io::Error) -> StorageError {
-    StorageError::Io(error.to_string())
+    if is_disk_full(&error) {
+        StorageError::DiskFull(error.to_string())
+    } else {
+        StorageError::Io(error.to_string())
+    }
 }

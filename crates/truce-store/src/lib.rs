@@ -10,7 +10,10 @@ mod codec;
 mod compaction;
 mod embedded;
 mod error;
+mod faults;
 mod heads;
+mod health;
+mod recovery;
 mod sequencer;
 mod snapshot;
 mod tables;
@@ -18,3 +21,4 @@ mod wal;
 
 pub use embedded::{DATABASE_FILE, EmbeddedConfig, EmbeddedStore};
 pub use error::OpenError;
+pub use faults::{Fault, Faults, FileKind, IoOp, PowerLoss};

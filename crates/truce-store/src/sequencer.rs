@@ -18,11 +18,20 @@
 //! before any answer; readers never see a write before it is on disk.
 //!
 //! Concurrency: nothing else writes, so checks and writes are atomic without locks.
-//! Readers use published MVCC snapshots and never wait for this thread. If the commit
-//! fails, no job of the batch took effect and every one is answered with the storage
-//! error. A panic while planning one job fails that job only (planning writes
-//! nothing). On shutdown the sequencer commits what is queued, then stops; later
-//! writes are refused.
+//! Readers use published MVCC snapshots and never wait for this thread. A panic
+//! while planning one job fails that job only (planning writes nothing). On
+//! shutdown the sequencer commits what is queued, then stops; later writes are
+//! refused.
+//!
+//! Faults: if any durable step fails (appending or syncing the batch's frame,
+//! growing the log, redb's commit or checkpoint, publishing), no job of the batch
+//! took effect and every one is answered with the storage error (503, `disk-full`
+//! or `io-error`). The sequencer then refuses writes (an [`Outage`]) and probes
+//! with back-off until the store is back in a known-good state
+//! ([`crate::recovery`]): the log's tail made unreadable, and redb reopened from
+//! its file and recovered when redb itself failed. Readers keep the last published
+//! snapshot throughout. Nothing is assumed to have reached the disk after a failed
+//! fsync: recovery works from what is known durable.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -36,16 +45,18 @@ use truce_engine::{
     WriteOutcome, plan_write,
 };
 
-use crate::codec::{self, HeadRecord, LogPosition};
+use crate::codec::{self, HeadRecord};
 use crate::compaction::CompactionPlan;
 use crate::embedded::EmbeddedConfig;
 use crate::error::{io, storage};
 use crate::heads::{Heads, Overlay};
+use crate::health::{Health, Outage};
+use crate::recovery::{open_database, recover, restore_head};
 use crate::snapshot::{Published, Snapshot};
 use crate::tables::{
     HEADS, LOG, META, META_CHANGES_COMPACTED, META_HEADS_THROUGH, Tables, last_revision,
 };
-use crate::wal::{Frame, FrameBuilder, Wal};
+use crate::wal::{FrameBuilder, Wal};
 
 /// A unit of work for the sequencer, with the channel its answer goes to.
 pub(crate) enum Job {
@@ -70,21 +81,50 @@ enum Answer {
     Shutdown,
 }
 
+/// Why a batch failed, and whether redb's own state is now unknown.
+struct Failed {
+    error: StorageError,
+    database_suspect: bool,
+}
+
+impl Failed {
+    /// A failure of redb (its state is unknown until it is opened again).
+    fn database(error: impl Into<redb::Error>) -> Self {
+        Self::database_error(storage(error))
+    }
+
+    fn database_error(error: StorageError) -> Self {
+        Self {
+            error,
+            database_suspect: true,
+        }
+    }
+
+    /// A failure of the write-ahead log alone (redb is untouched).
+    fn log(error: std::io::Error) -> Self {
+        Self {
+            error: io(error),
+            database_suspect: false,
+        }
+    }
+}
+
 /// The writer thread's state.
 pub(crate) struct Sequencer {
     /// Declared before `db`, so the snapshot's read transaction ends before the
     /// database closes.
     published: Arc<Published>,
-    db: Arc<Database>,
+    /// The database; `None` only while it is being opened again after a fault.
+    db: Option<Database>,
     wal: Wal,
     /// The frame of the batch being built, reused from batch to batch.
     frame: FrameBuilder,
-    /// Set when the store cannot go on safely: a refused batch's frame could not be
-    /// taken back (a later batch would reuse its revisions and recovery would apply
-    /// the wrong frame), or a committed batch could not be published to readers.
-    /// Every later write is refused until a restart. (On restart that batch is
-    /// applied: like any storage error, its outcome is then "may have happened".)
-    broken: Option<String>,
+    /// The revision of the last published snapshot: nothing above it was ever
+    /// acknowledged.
+    published_revision: u64,
+    /// Set while writes are refused after a storage fault.
+    outage: Option<Outage>,
+    health: Arc<Health>,
     last_checkpoint: Instant,
     /// The heads committed since the last checkpoint.
     overlay: Overlay,
@@ -95,11 +135,14 @@ pub(crate) struct Sequencer {
 
 /// What the sequencer starts from.
 pub(crate) struct SequencerStart {
-    pub db: Arc<Database>,
+    pub db: Database,
     /// Must hold nothing the database lacks (see [`recover`]).
     pub wal: Wal,
     /// Readers' snapshot of the recovered state (its overlay is empty).
     pub published: Arc<Published>,
+    /// The revision of that snapshot.
+    pub revision: u64,
+    pub health: Arc<Health>,
     pub jobs: mpsc::Receiver<Job>,
     pub revisions: watch::Sender<u64>,
     pub settings: EmbeddedConfig,
@@ -109,10 +152,12 @@ impl Sequencer {
     /// Starts the writer thread on a freshly recovered store.
     pub fn spawn(start: SequencerStart) -> std::io::Result<JoinHandle<()>> {
         let sequencer = Self {
-            db: start.db,
+            db: Some(start.db),
             wal: start.wal,
             frame: FrameBuilder::default(),
-            broken: None,
+            published_revision: start.revision,
+            outage: None,
+            health: start.health,
             last_checkpoint: Instant::now(),
             overlay: Overlay::new(),
             published: start.published,
@@ -127,13 +172,44 @@ impl Sequencer {
 
     fn run(mut self) {
         let max_batch = self.settings.max_batch.max(1);
-        while let Some(first) = self.jobs.blocking_recv() {
+        // Waiting for a job with a time-out (for the next probe during an outage)
+        // needs a timer; a runtime of this thread's own provides it.
+        let timer = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .inspect_err(
+                |e| tracing::warn!(%e, "no timer for storage probes; probing on writes only"),
+            )
+            .ok();
+        loop {
+            let first = match (&self.outage, &timer) {
+                (Some(outage), Some(timer)) => {
+                    let wait = outage.next_probe.saturating_duration_since(Instant::now());
+                    let jobs = &mut self.jobs;
+                    match timer.block_on(async { tokio::time::timeout(wait, jobs.recv()).await }) {
+                        Ok(job) => job,
+                        Err(_) => {
+                            self.probe();
+                            continue;
+                        }
+                    }
+                }
+                _ => self.jobs.blocking_recv(),
+            };
+            let Some(first) = first else { break };
             let mut batch = vec![first];
             while batch.len() < max_batch {
                 match self.jobs.try_recv() {
                     Ok(job) => batch.push(job),
                     Err(_) => break,
                 }
+            }
+            if self
+                .outage
+                .as_ref()
+                .is_some_and(|o| Instant::now() >= o.next_probe)
+            {
+                self.probe();
             }
             let stop = batch.iter().any(|j| matches!(j, Job::Shutdown { .. }));
             self.run_batch(batch);
@@ -145,11 +221,22 @@ impl Sequencer {
                 break;
             }
         }
+        // Readers must let go of the database's snapshot before it closes, so the
+        // close finds no transaction open and leaves a clean file.
+        self.published.clear();
+        drop(self.db.take());
         tracing::debug!("sequencer stopped");
     }
 
-    /// Builds, commits and answers one batch.
+    /// Builds, commits and answers one batch (or refuses it during an outage).
     fn run_batch(&mut self, batch: Vec<Job>) {
+        if let Some(outage) = &self.outage {
+            let error = outage.error.clone();
+            for job in batch {
+                fail(job, error.clone());
+            }
+            return;
+        }
         let size = batch.len();
         let started = Instant::now();
         match self.build_and_commit(&batch) {
@@ -164,14 +251,80 @@ impl Sequencer {
                     send(job, answer);
                 }
             }
-            Err(error) => {
-                tracing::error!(%error, batch = size, "commit failed; the whole batch is refused");
+            Err(failed) => {
+                tracing::error!(error = %failed.error, batch = size, "commit failed; the whole batch is refused");
                 metrics::counter!("truce_commit_failures_total").increment(1);
+                // The outage (and readiness) is in place before anyone hears of it.
+                let error = failed.error.clone();
+                self.outage = Some(Outage::begin(
+                    self.outage.take(),
+                    failed.error,
+                    failed.database_suspect,
+                    &self.health,
+                ));
                 for job in batch {
                     fail(job, error.clone());
                 }
             }
         }
+    }
+
+    /// Tries to bring the store back to a known-good state; ends the outage if it
+    /// worked, or waits longer before the next try.
+    fn probe(&mut self) {
+        let Some(outage) = &self.outage else { return };
+        let database_suspect = outage.database_suspect;
+        match self.restore(database_suspect) {
+            Ok(()) => {
+                if let Some(outage) = self.outage.take() {
+                    outage.end(&self.health);
+                }
+            }
+            Err(failed) => {
+                if let Some(outage) = &mut self.outage {
+                    outage.database_suspect |= failed.database_suspect;
+                    outage.probe_failed(failed.error, &self.health);
+                }
+            }
+        }
+    }
+
+    /// What is on disk is the truth: the log's tail is made unreadable (the refused
+    /// frame's bytes are unknown), and, when redb failed, the database is closed,
+    /// opened again from its file, recovered from the log as on open (without any
+    /// revision above the last acknowledged one) and published afresh.
+    fn restore(&mut self, database_suspect: bool) -> Result<(), Failed> {
+        self.wal.invalidate_tail().map_err(Failed::log)?;
+        if !database_suspect {
+            return Ok(());
+        }
+        // Closing releases the file; readers keep the snapshot they hold.
+        drop(self.db.take());
+        let db =
+            open_database(&self.settings).map_err(|e| Failed::database_error(open_failure(e)))?;
+        let frames = self.wal.read_frames().map_err(Failed::log)?;
+        let (revision, _) =
+            recover(&db, &frames, Some(self.published_revision)).map_err(Failed::database_error)?;
+        if revision != self.published_revision {
+            // Fewer revisions than were acknowledged: never expected; stay down
+            // rather than build on a store that lost acknowledged writes.
+            tracing::error!(
+                revision,
+                acknowledged = self.published_revision,
+                "the store reopened behind the last acknowledged revision"
+            );
+            return Err(Failed::database_error(StorageError::Corrupt(format!(
+                "reopened at revision {revision}, not at the acknowledged {}",
+                self.published_revision
+            ))));
+        }
+        self.wal.reset();
+        self.last_checkpoint = Instant::now();
+        let snapshot = Snapshot::open(&db, Overlay::new()).map_err(Failed::database_error)?;
+        self.published.store(snapshot);
+        self.overlay = Overlay::new();
+        self.db = Some(db);
+        Ok(())
     }
 
     /// Whether this batch's commit is a checkpoint: durable in redb itself.
@@ -188,60 +341,64 @@ impl Sequencer {
 
     /// Plans and writes every job in one transaction, then makes it durable if
     /// anything changed.
-    fn build_and_commit(
-        &mut self,
-        batch: &[Job],
-    ) -> Result<(Vec<Answer>, u64, bool), StorageError> {
-        if let Some(reason) = &self.broken {
-            return Err(StorageError::Io(reason.clone()));
-        }
+    fn build_and_commit(&mut self, batch: &[Job]) -> Result<(Vec<Answer>, u64, bool), Failed> {
         let checkpoint = self.checkpoint_due(batch);
         // What earlier batches left for a checkpoint to make durable.
         let unflushed = !self.overlay.is_empty() || self.wal.len() > 0;
-        let mut txn = self.db.begin_write().map_err(storage)?;
+        let db = self
+            .db
+            .as_ref()
+            .ok_or_else(|| Failed::database_error(StorageError::Closed))?;
+        let mut txn = db.begin_write().map_err(Failed::database)?;
         if !checkpoint {
-            txn.set_durability(Durability::None).map_err(storage)?;
+            txn.set_durability(Durability::None)
+                .map_err(Failed::database)?;
         }
         let mut frame = std::mem::take(&mut self.frame);
         frame.clear();
-        let mut tables = WriteTables::open(&txn, self.overlay.clone())?;
-        let (answers, revision, changed) = self.apply_jobs(&mut tables, batch, &mut frame)?;
+        let mut tables =
+            WriteTables::open(&txn, self.overlay.clone()).map_err(Failed::database_error)?;
+        let (answers, revision, changed) = self
+            .apply_jobs(&mut tables, batch, &mut frame)
+            .map_err(Failed::database_error)?;
         let checkpointing = checkpoint && (changed || unflushed);
         let checkpoint_started = Instant::now();
         if checkpointing {
-            tables.flush_heads(revision)?;
+            tables
+                .flush_heads(revision)
+                .map_err(Failed::database_error)?;
         }
         let overlay = tables.into_overlay();
+        let mut frame_start = None;
         if checkpointing {
             // Durable in redb: every frame so far is redundant.
-            txn.commit().map_err(storage)?;
+            txn.commit().map_err(Failed::database)?;
             self.wal.reset();
             self.last_checkpoint = Instant::now();
             metrics::histogram!("truce_checkpoint_seconds")
                 .record(checkpoint_started.elapsed().as_secs_f64());
         } else if changed {
             let start = self.wal.len();
-            self.wal.append(&mut frame).map_err(io)?;
+            // On failure the transaction is dropped unapplied; redb is untouched.
+            self.wal.append(&mut frame).map_err(Failed::log)?;
+            frame_start = Some(start);
             if let Err(error) = txn.commit() {
-                // The batch is refused, so its frame must never be replayed.
+                // The batch is refused, so its frame must never be replayed. If
+                // this fails too, the outage's probe tries again before any write.
                 if let Err(discard) = self.wal.discard(start) {
-                    tracing::error!(%discard, "cannot take back a refused batch's log frame; refusing writes until restart");
-                    self.broken = Some(format!(
-                        "the write-ahead log could not be repaired ({discard}); restart the server"
-                    ));
+                    tracing::error!(%discard, "cannot take back a refused batch's log frame yet");
                 }
-                return Err(storage(error));
+                return Err(Failed::database(error));
             }
         } else {
-            txn.abort().map_err(storage)?;
+            txn.abort().map_err(Failed::database)?;
         }
         self.frame = frame;
         if changed || checkpointing {
-            self.publish(overlay)?;
+            self.publish(overlay, revision, frame_start)?;
         }
         Ok((answers, revision, changed))
     }
-
     /// Plans each job against `tables` and writes its effect there (and into
     /// `frame`), in order; returns the answers, the revision reached and whether
     /// anything changed.
@@ -296,82 +453,40 @@ impl Sequencer {
 
     /// Makes the state just committed (with `overlay`, its heads since the last
     /// checkpoint) the one readers see.
-    fn publish(&mut self, overlay: Overlay) -> Result<(), StorageError> {
-        match Snapshot::open(&self.db, overlay.clone()) {
-            Ok(snapshot) => {
-                self.published.store(snapshot);
-                self.overlay = overlay;
-                Ok(())
+    fn publish(
+        &mut self,
+        overlay: Overlay,
+        revision: u64,
+        frame_start: Option<u64>,
+    ) -> Result<(), Failed> {
+        let db = self
+            .db
+            .as_ref()
+            .ok_or_else(|| Failed::database_error(StorageError::Closed))?;
+        // If this fails the batch is committed but invisible: answering success
+        // would break read-your-writes, so it is refused, and recovery takes it out
+        // again (its frame is discarded, redb reopened without it).
+        let snapshot = Snapshot::open(db, overlay.clone()).map_err(|error| {
+            if let Some(start) = frame_start
+                && let Err(discard) = self.wal.discard(start)
+            {
+                tracing::error!(%discard, "cannot take back an unpublished batch's log frame yet");
             }
-            Err(error) => {
-                // Committed but invisible: answering success would break read-your-
-                // writes, and the next batch would build on heads readers lack.
-                tracing::error!(%error, "cannot publish a committed batch to readers; refusing writes until restart");
-                self.broken = Some(format!(
-                    "a committed batch could not be published ({error}); restart the server"
-                ));
-                Err(error)
-            }
-        }
+            Failed::database_error(error)
+        })?;
+        self.published.store(snapshot);
+        self.published_revision = revision;
+        self.overlay = overlay;
+        Ok(())
     }
 }
 
-/// Creates the tables of a new store, brings the heads table up to the log, applies
-/// the write-ahead log's frames that continue the database's revisions and makes the
-/// result durable, returning the revision reached and the versions recovered (log
-/// records whose heads were restored, and versions replayed from frames). Run on
-/// open, before the sequencer starts; afterwards every frame in the log is redundant
-/// and the heads table is complete.
-pub(crate) fn recover(db: &Database, frames: &[Frame]) -> Result<(u64, usize), StorageError> {
-    let txn = db.begin_write().map_err(storage)?;
-    let (revision, replayed) = {
-        let mut tables = WriteTables::open(&txn, Overlay::new())?;
-        let mut revision = tables.revision()?;
-        // Log records committed after the last checkpoint may have reached the file
-        // (a commit without fsync survives a process crash); their heads never did.
-        let mut replayed = tables.restore_heads(revision)?;
-        for frame in frames {
-            let Some((first, last)) = frame.revisions() else {
-                continue;
-            };
-            if last <= revision {
-                // Already in the database: written before its last checkpoint.
-                continue;
-            }
-            if first != revision + 1 {
-                break;
-            }
-            for entry in &frame.entries {
-                tables
-                    .view
-                    .log
-                    .insert(entry.position, entry.record.as_slice())
-                    .map_err(storage)?;
-                restore_head(&mut tables.view.heads, entry.position, &entry.record)?;
-                replayed += 1;
-            }
-            revision = last;
-        }
-        tables.flush_heads(revision)?;
-        (revision, replayed)
-    };
-    txn.commit().map_err(storage)?;
-    Ok((revision, replayed))
-}
-
-/// Makes the version stored at `position` (encoded as `record`) its resource's head,
-/// as writing it did.
-fn restore_head(
-    heads: &mut Heads<HeadsTable<'_>>,
-    position: LogPosition,
-    record: &[u8],
-) -> Result<(), StorageError> {
-    let decoded = codec::decode_log(record, true)?;
-    heads.insert(
-        codec::head_key(&decoded.key),
-        HeadRecord::of(position, &decoded),
-    );
-    Ok(())
+/// The storage error behind a failed reopen.
+fn open_failure(error: crate::error::OpenError) -> StorageError {
+    match error {
+        crate::error::OpenError::CreateDir { source, .. } => io(source),
+        other => StorageError::Io(other.to_string()),
+    }
 }
 
 /// The writable heads table.
@@ -380,14 +495,14 @@ type HeadsTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
 type LogTable<'t> = Table<'t, (u64, u32), &'static [u8]>;
 
 /// The opened tables of the batch's write transaction.
-struct WriteTables<'t> {
-    view: Tables<HeadsTable<'t>, LogTable<'t>>,
+pub(crate) struct WriteTables<'t> {
+    pub view: Tables<HeadsTable<'t>, LogTable<'t>>,
     meta: Table<'t, &'static str, u64>,
 }
 
 impl<'t> WriteTables<'t> {
     /// Opens the tables of `txn` under `overlay`, the heads since the last checkpoint.
-    fn open(txn: &'t WriteTransaction, overlay: Overlay) -> Result<Self, StorageError> {
+    pub(crate) fn open(txn: &'t WriteTransaction, overlay: Overlay) -> Result<Self, StorageError> {
         Ok(Self {
             view: Tables {
                 heads: Heads {
@@ -401,12 +516,12 @@ impl<'t> WriteTables<'t> {
     }
 
     /// The heads written since the last checkpoint, once the tables are done with.
-    fn into_overlay(self) -> Overlay {
+    pub(crate) fn into_overlay(self) -> Overlay {
         self.view.heads.overlay
     }
 
     /// Makes the heads table complete through `revision`: the overlay goes into it.
-    fn flush_heads(&mut self, revision: u64) -> Result<(), StorageError> {
+    pub(crate) fn flush_heads(&mut self, revision: u64) -> Result<(), StorageError> {
         self.view.heads.flush()?;
         self.meta
             .insert(META_HEADS_THROUGH, revision)
@@ -416,7 +531,7 @@ impl<'t> WriteTables<'t> {
 
     /// Puts the heads of the log records after the heads table's last checkpoint (up
     /// to `revision`, the log's end) into the overlay; returns how many there were.
-    fn restore_heads(&mut self, revision: u64) -> Result<usize, StorageError> {
+    pub(crate) fn restore_heads(&mut self, revision: u64) -> Result<usize, StorageError> {
         let through = self.meta.get(META_HEADS_THROUGH).map_err(storage)?;
         let Some(through) = through.map(|t| t.value()) else {
             // A store from before the overlay: its heads table is always complete.
@@ -434,7 +549,7 @@ impl<'t> WriteTables<'t> {
         Ok(restored)
     }
 
-    fn revision(&self) -> Result<u64, StorageError> {
+    pub(crate) fn revision(&self) -> Result<u64, StorageError> {
         last_revision(&self.view.log)
     }
 
@@ -564,68 +679,10 @@ fn fail(job: Job, error: StorageError) {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
     use redb::{ReadableDatabase, ReadableTableMetadata};
-    use truce_engine::{Op, ResourceKey};
+    use truce_engine::ResourceKey;
 
     use super::*;
-    use crate::codec::LogRecord;
-
-    fn record(id: &str, number: u64, body: Option<&str>) -> Vec<u8> {
-        codec::encode_log(&LogRecord {
-            key: ResourceKey::parse("things", id).unwrap(),
-            number,
-            at: Timestamp::from_millis(number),
-            op: if body.is_some() {
-                Op::Replace
-            } else {
-                Op::Delete
-            },
-            by: String::new(),
-            prev: None,
-            body: body.map(|b| Bytes::copy_from_slice(b.as_bytes())),
-            stripped: false,
-        })
-    }
-
-    fn head_of(db: &Database, id: &str) -> Option<HeadRecord> {
-        let txn = db.begin_read().unwrap();
-        let heads = txn.open_table(HEADS).unwrap();
-        let key = codec::head_key(&ResourceKey::parse("things", id).unwrap());
-        heads
-            .get(key.as_slice())
-            .unwrap()
-            .map(|v| codec::decode_head(v.value()).unwrap())
-    }
-
-    /// Log records that reached the file after the last checkpoint (a commit without
-    /// fsync can survive a process crash) get their heads back on open.
-    #[test]
-    fn recovery_restores_the_heads_of_log_records_after_the_checkpoint() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::create(dir.path().join("t.redb")).unwrap();
-        assert_eq!(recover(&db, &[]).unwrap(), (0, 0));
-        // As a commit between checkpoints leaves it: log records, no heads.
-        let txn = db.begin_write().unwrap();
-        {
-            let mut log = txn.open_table(LOG).unwrap();
-            log.insert((1, 0), record("a", 1, Some("1")).as_slice())
-                .unwrap();
-            log.insert((2, 0), record("b", 1, Some("1")).as_slice())
-                .unwrap();
-            log.insert((3, 0), record("a", 2, None).as_slice()).unwrap();
-        }
-        txn.commit().unwrap();
-        assert_eq!(head_of(&db, "a"), None);
-
-        assert_eq!(recover(&db, &[]).unwrap(), (3, 3));
-        let a = head_of(&db, "a").unwrap();
-        assert_eq!((a.number, a.position, a.tombstone), (2, (3, 0), true));
-        let b = head_of(&db, "b").unwrap();
-        assert_eq!((b.number, b.position, b.tombstone), (1, (2, 0), false));
-        // The table is now complete: opening again restores nothing.
-        assert_eq!(recover(&db, &[]).unwrap(), (3, 0));
-    }
 
     /// With a long interval, the overlay's size alone brings a checkpoint: the
     /// durable file holds the heads once `checkpoint_heads` are waiting.

@@ -53,23 +53,36 @@ impl Snapshot {
 }
 
 /// The newest snapshot, shared by the sequencer (which replaces it) and readers.
-pub(crate) struct Published(RwLock<Arc<Snapshot>>);
+/// Empty once the store has closed.
+pub(crate) struct Published(RwLock<Option<Arc<Snapshot>>>);
 
 impl Published {
     /// Starts with `first`.
     pub fn new(first: Snapshot) -> Self {
-        Self(RwLock::new(Arc::new(first)))
+        Self(RwLock::new(Some(Arc::new(first))))
     }
 
     /// The newest snapshot.
-    pub fn load(&self) -> Arc<Snapshot> {
-        Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+    pub fn load(&self) -> Result<Arc<Snapshot>, StorageError> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or(StorageError::Closed)
     }
 
     /// Makes `next` the newest snapshot; the previous one lives on while readers hold
     /// it.
     pub fn store(&self, next: Snapshot) {
-        let next = Arc::new(next);
+        self.replace(Some(Arc::new(next)));
+    }
+
+    /// Lets go of the newest snapshot, before the database closes.
+    pub fn clear(&self) {
+        self.replace(None);
+    }
+
+    fn replace(&self, next: Option<Arc<Snapshot>>) {
         let previous = std::mem::replace(
             &mut *self.0.write().unwrap_or_else(PoisonError::into_inner),
             next,

@@ -20,12 +20,13 @@
 //! `log` table. The file is grown in zero-filled chunks and synced once per chunk, so
 //! a frame's fsync flushes data pages only, never the file's size.
 
-use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Read};
+use std::fs::OpenOptions;
+use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use crate::codec::LogPosition;
+use crate::faults::{Faults, FileKind, StoreFile};
 
 /// The write-ahead log's file inside the data directory.
 pub(crate) const WAL_FILE: &str = "truce.wal";
@@ -41,7 +42,7 @@ const GROWTH: u64 = 8 * 1024 * 1024;
 
 /// An open write-ahead log, positioned where the next frame goes.
 pub(crate) struct Wal {
-    file: File,
+    file: StoreFile,
     /// Where the next frame is written.
     offset: u64,
     /// Bytes of the file known to be allocated and synced.
@@ -123,23 +124,36 @@ impl FrameBuilder {
 }
 
 impl Wal {
-    /// Opens (or creates) the log and reads every intact frame from its start.
-    pub fn open(path: &Path) -> std::io::Result<(Self, Vec<Frame>)> {
-        let mut file = OpenOptions::new()
+    /// Opens (or creates) the log and reads every intact frame from its start. Its
+    /// writes and syncs pass the fault seam when `faults` is set.
+    pub fn open(path: &Path, faults: Option<Faults>) -> std::io::Result<(Self, Vec<Frame>)> {
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(path)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        let frames = parse(&bytes);
-        let wal = Self {
+        let file = StoreFile::new(file, FileKind::Log, faults)?;
+        let mut wal = Self {
             file,
             offset: 0,
-            allocated: bytes.len() as u64,
+            allocated: 0,
         };
+        let frames = wal.read_frames()?;
         Ok((wal, frames))
+    }
+
+    /// Reads every intact frame from the start of the file as it is now. After a
+    /// failed write or sync, this is what the log really holds (recovery trusts the
+    /// file, not what was meant to be written).
+    pub fn read_frames(&mut self) -> std::io::Result<Vec<Frame>> {
+        let file = self.file.file();
+        let len = usize::try_from(file.metadata()?.len())
+            .map_err(|_| std::io::Error::new(ErrorKind::InvalidData, "log larger than memory"))?;
+        let mut bytes = vec![0; len];
+        file.read_exact_at(&mut bytes, 0)?;
+        self.allocated = bytes.len() as u64;
+        Ok(parse(&bytes))
     }
 
     /// Bytes written since the last reset.
@@ -167,10 +181,17 @@ impl Wal {
     /// followed it failed: its writes were refused, so recovery must never apply them,
     /// and the next batch reuses its revisions.
     pub fn discard(&mut self, start: u64) -> std::io::Result<()> {
-        self.file.write_all_at(&[0; FRAME_HEADER], start)?;
-        self.file.sync_data()?;
         self.offset = start;
-        Ok(())
+        self.invalidate_tail()
+    }
+
+    /// Makes sure nothing after the last accepted frame can ever be read back: zeros
+    /// over the next frame's header, synced. After a failed append (or a failed sync
+    /// of one) the bytes there are unknown: the whole frame, part of it, or nothing
+    /// may reach the disk later, so they are overwritten rather than trusted.
+    pub fn invalidate_tail(&mut self) -> std::io::Result<()> {
+        self.file.write_all_at(&[0; FRAME_HEADER], self.offset)?;
+        self.file.sync_data()
     }
 
     /// Starts again from the file's beginning, once a checkpoint made every frame
@@ -254,14 +275,14 @@ mod tests {
     }
 
     fn reopen(path: &Path) -> Vec<Frame> {
-        Wal::open(path).unwrap().1
+        Wal::open(path, None).unwrap().1
     }
 
     /// A new, empty log in a temporary directory (kept alive by the returned guard).
     fn fresh() -> (tempfile::TempDir, std::path::PathBuf, Wal) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(WAL_FILE);
-        let (wal, found) = Wal::open(&path).unwrap();
+        let (wal, found) = Wal::open(&path, None).unwrap();
         assert!(found.is_empty());
         (dir, path, wal)
     }

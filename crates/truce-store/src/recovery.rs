@@ -1,0 +1,281 @@
+//! Getting back to a known-good state: on open, and after a storage fault while
+//! the server runs.
+//!
+//! What is on disk is the truth. The redb file holds everything up to its last
+//! durable commit (a checkpoint); the write-ahead log holds the frames of every
+//! batch acknowledged since. [`recover`] brings the file up to the log: it restores
+//! the heads of log records a non-durable commit left in the file, applies the
+//! frames that continue the file's revisions, and, after a fault, removes anything
+//! above the last revision readers were given (a refused checkpoint whose data
+//! reached the disk although its fsync failed). Then it commits durably, after
+//! which every frame in the log is redundant.
+//!
+//! After a fault the sequencer runs this again in place (see
+//! [`crate::sequencer`]): it first makes sure the log's tail can never be read back
+//! (the refused batch's frame may be on disk whole, in part, or not at all), then,
+//! if redb itself failed (its in-memory state is then unknown, and redb refuses
+//! every later operation), it closes the database, opens it again from the file and
+//! recovers as on open.
+
+use redb::{Database, ReadableTable, Table};
+use truce_engine::StorageError;
+
+use crate::codec::{self, HeadRecord, LogPosition};
+use crate::embedded::EmbeddedConfig;
+use crate::error::{OpenError, storage};
+use crate::faults::FaultyBackend;
+use crate::heads::{Heads, Overlay};
+use crate::sequencer::WriteTables;
+use crate::wal::Frame;
+
+/// Opens the database file of `config`, telling "in use" apart from other failures.
+/// With a fault plan installed, redb's I/O passes the fault seam.
+pub(crate) fn open_database(config: &EmbeddedConfig) -> Result<Database, OpenError> {
+    let path = config.data_dir.join(crate::embedded::DATABASE_FILE);
+    let mut builder = Database::builder();
+    builder.set_cache_size(config.cache_bytes);
+    let opened = match &config.faults {
+        None => builder.create(&path),
+        Some(faults) => {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .and_then(|file| FaultyBackend::new(file, faults.clone()))
+                .map_err(|e| OpenError::Open {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+            builder.create_with_backend(file)
+        }
+    };
+    opened.map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => OpenError::InUse(config.data_dir.clone()),
+        other => OpenError::Open {
+            path: path.clone(),
+            message: other.to_string(),
+        },
+    })
+}
+
+/// Creates the tables of a new store, brings the heads table up to the log, applies
+/// the write-ahead log's frames that continue the database's revisions, removes
+/// every revision above `keep_through` (when given: the newest revision that was
+/// ever acknowledged) and makes the result durable, returning the revision reached
+/// and the versions recovered (log records whose heads were restored, and versions
+/// replayed from frames). Afterwards every frame in the log is redundant and the
+/// heads table is complete.
+pub(crate) fn recover(
+    db: &Database,
+    frames: &[Frame],
+    keep_through: Option<u64>,
+) -> Result<(u64, usize), StorageError> {
+    let txn = db.begin_write().map_err(storage)?;
+    let (revision, replayed) = {
+        let mut tables = WriteTables::open(&txn, Overlay::new())?;
+        let mut revision = tables.revision()?;
+        // Log records committed after the last checkpoint may have reached the file
+        // (a commit without fsync survives a process crash); their heads never did.
+        let mut replayed = tables.restore_heads(revision)?;
+        for frame in frames {
+            let Some((first, last)) = frame.revisions() else {
+                continue;
+            };
+            if last <= revision {
+                // Already in the database: written before its last checkpoint.
+                continue;
+            }
+            if first != revision + 1 {
+                break;
+            }
+            for entry in &frame.entries {
+                tables
+                    .view
+                    .log
+                    .insert(entry.position, entry.record.as_slice())
+                    .map_err(storage)?;
+                restore_head(&mut tables.view.heads, entry.position, &entry.record)?;
+                replayed += 1;
+            }
+            revision = last;
+        }
+        tables.flush_heads(revision)?;
+        if let Some(keep) = keep_through.filter(|keep| *keep < revision) {
+            let removed = trim_after(&mut tables, keep)?;
+            tracing::warn!(
+                removed,
+                from = keep + 1,
+                to = revision,
+                "removed refused writes that reached the disk although their commit failed"
+            );
+            tables.flush_heads(keep)?;
+            revision = keep;
+        }
+        (revision, replayed)
+    };
+    txn.commit().map_err(storage)?;
+    Ok((revision, replayed))
+}
+
+/// Makes the version stored at `position` (encoded as `record`) its resource's head,
+/// as writing it did.
+pub(crate) fn restore_head(
+    heads: &mut Heads<Table<'_, &'static [u8], &'static [u8]>>,
+    position: LogPosition,
+    record: &[u8],
+) -> Result<(), StorageError> {
+    let decoded = codec::decode_log(record, true)?;
+    heads.insert(
+        codec::head_key(&decoded.key),
+        HeadRecord::of(position, &decoded),
+    );
+    Ok(())
+}
+
+/// Deletes every log record above revision `keep`, newest first, pointing each
+/// resource's head back at the version before it (or removing the head of a
+/// resource that did not exist before). Runs on a complete heads table (the
+/// overlay flushed). Returns how many records were removed.
+fn trim_after(tables: &mut WriteTables<'_>, keep: u64) -> Result<usize, StorageError> {
+    let mut doomed = Vec::new();
+    for entry in tables.view.log.range((keep + 1, 0)..).map_err(storage)? {
+        let (position, record) = entry.map_err(storage)?;
+        doomed.push((position.value(), record.value().to_vec()));
+    }
+    for (position, record) in doomed.iter().rev() {
+        let decoded = codec::decode_log(record, false)?;
+        let key = codec::head_key(&decoded.key);
+        tables.view.log.remove(*position).map_err(storage)?;
+        let previous = match decoded.prev {
+            Some(prev) => tables
+                .view
+                .log_record(prev, true)?
+                .map(|record| HeadRecord::of(prev, &record)),
+            None => None,
+        };
+        let heads = &mut tables.view.heads.table;
+        match previous {
+            Some(head) => {
+                heads
+                    .insert(key.as_slice(), codec::encode_head(&head).as_slice())
+                    .map_err(storage)?;
+            }
+            None => {
+                heads.remove(key.as_slice()).map_err(storage)?;
+            }
+        }
+    }
+    Ok(doomed.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use redb::ReadableDatabase;
+    use truce_engine::{Op, ResourceKey, Timestamp};
+
+    use super::*;
+    use crate::codec::LogRecord;
+    use crate::tables::{HEADS, LOG};
+
+    fn record(id: &str, number: u64, body: Option<&str>) -> Vec<u8> {
+        record_after(id, number, body, None)
+    }
+
+    fn record_after(
+        id: &str,
+        number: u64,
+        body: Option<&str>,
+        prev: Option<LogPosition>,
+    ) -> Vec<u8> {
+        codec::encode_log(&LogRecord {
+            key: ResourceKey::parse("things", id).unwrap(),
+            number,
+            at: Timestamp::from_millis(number),
+            op: if body.is_some() {
+                Op::Replace
+            } else {
+                Op::Delete
+            },
+            by: String::new(),
+            prev,
+            body: body.map(|b| Bytes::copy_from_slice(b.as_bytes())),
+            stripped: false,
+        })
+    }
+
+    fn head_of(db: &Database, id: &str) -> Option<HeadRecord> {
+        let txn = db.begin_read().unwrap();
+        let heads = txn.open_table(HEADS).unwrap();
+        let key = codec::head_key(&ResourceKey::parse("things", id).unwrap());
+        heads
+            .get(key.as_slice())
+            .unwrap()
+            .map(|v| codec::decode_head(v.value()).unwrap())
+    }
+
+    /// Log records that reached the file after the last checkpoint (a commit without
+    /// fsync can survive a process crash) get their heads back on open.
+    #[test]
+    fn recovery_restores_the_heads_of_log_records_after_the_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("t.redb")).unwrap();
+        assert_eq!(recover(&db, &[], None).unwrap(), (0, 0));
+        // As a commit between checkpoints leaves it: log records, no heads.
+        let txn = db.begin_write().unwrap();
+        {
+            let mut log = txn.open_table(LOG).unwrap();
+            log.insert((1, 0), record("a", 1, Some("1")).as_slice())
+                .unwrap();
+            log.insert((2, 0), record("b", 1, Some("1")).as_slice())
+                .unwrap();
+            log.insert((3, 0), record("a", 2, None).as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+        assert_eq!(head_of(&db, "a"), None);
+
+        assert_eq!(recover(&db, &[], None).unwrap(), (3, 3));
+        let a = head_of(&db, "a").unwrap();
+        assert_eq!((a.number, a.position, a.tombstone), (2, (3, 0), true));
+        let b = head_of(&db, "b").unwrap();
+        assert_eq!((b.number, b.position, b.tombstone), (1, (2, 0), false));
+        // The table is now complete: opening again restores nothing.
+        assert_eq!(recover(&db, &[], None).unwrap(), (3, 0));
+    }
+
+    /// Refused writes that reached the file (a checkpoint whose fsync failed after
+    /// its data was written) are removed on recovery after a fault, and every head
+    /// points at the version before them again.
+    #[test]
+    fn recovery_after_a_fault_removes_what_was_never_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("t.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut log = txn.open_table(LOG).unwrap();
+            let rows = [
+                ((1, 0), record("a", 1, Some("1"))),
+                ((2, 0), record("b", 1, Some("1"))),
+                // Refused: a new version of a, a deletion of b, a new resource c.
+                ((3, 0), record_after("a", 2, Some("2"), Some((1, 0)))),
+                ((3, 1), record_after("b", 2, None, Some((2, 0)))),
+                ((4, 0), record("c", 1, Some("1"))),
+            ];
+            for (position, bytes) in rows {
+                log.insert(position, bytes.as_slice()).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+        assert_eq!(recover(&db, &[], Some(2)).unwrap().0, 2);
+        let a = head_of(&db, "a").unwrap();
+        assert_eq!((a.number, a.position, a.tombstone), (1, (1, 0), false));
+        let b = head_of(&db, "b").unwrap();
+        assert_eq!((b.number, b.position, b.tombstone), (1, (2, 0), false));
+        assert_eq!(head_of(&db, "c"), None);
+        let txn = db.begin_read().unwrap();
+        let log = txn.open_table(LOG).unwrap();
+        assert_eq!(crate::tables::last_revision(&log).unwrap(), 2);
+    }
+}
