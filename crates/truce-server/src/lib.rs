@@ -20,5 +20,6 @@ mod state;
 mod wire;
 
 pub use config::ServerConfig;
+pub use metrics::install as install_metrics;
 pub use routes::with_envelope;
 pub use serve::{RunningServer, serve};

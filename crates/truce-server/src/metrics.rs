@@ -22,7 +22,8 @@ const SECONDS: &[f64] = &[
 /// Batch-size buckets.
 const BATCH: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
-/// Installs the recorder if no recorder is installed yet.
+/// Installs the recorder if no recorder is installed yet. Call it before opening
+/// a store, so the store's own metrics reach it from the start.
 pub fn install() {
     HANDLE.get_or_init(|| {
         let builder = PrometheusBuilder::new()
@@ -33,6 +34,7 @@ pub fn install() {
         match builder.and_then(|b| b.install_recorder()) {
             Ok(handle) => {
                 spawn_upkeep(handle.clone());
+                export_zeros();
                 Some(handle)
             }
             Err(error) => {
@@ -41,6 +43,26 @@ pub fn install() {
             }
         }
     });
+}
+
+/// Counters that only move when something goes wrong, exported at 0 from the start
+/// so an alert on "went up" works before the first failure (and a scrape shows
+/// they exist).
+const FAILURE_COUNTERS: &[&str] = &[
+    "truce_commit_failures_total",
+    "truce_write_queue_full_total",
+    "truce_handler_panics_total",
+];
+
+/// Registers the failure counters at 0. (The store sets its own gauge,
+/// `truce_store_writable`, when it opens: install the recorder before that.)
+fn export_zeros() {
+    for name in FAILURE_COUNTERS {
+        metrics::counter!(*name).increment(0);
+    }
+    for reason in ["disk-full", "io-error"] {
+        metrics::counter!("truce_storage_faults_total", "reason" => reason).increment(0);
+    }
 }
 
 /// How often buffered histogram samples are folded into their buckets.

@@ -80,8 +80,18 @@ impl EmbeddedConfig {
     }
 }
 
+/// What opening the store found, for the caller to log (after its own first line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenReport {
+    /// The revision the store opened at.
+    pub revision: u64,
+    /// Versions brought back from the write-ahead log (0 after a clean close).
+    pub recovered_versions: usize,
+}
+
 /// The embedded, crash-safe store.
 pub struct EmbeddedStore {
+    opened: OpenReport,
     /// The newest snapshot; the sequencer owns the database and replaces this.
     published: Arc<Published>,
     /// Whether writes are refused after a storage fault, and why.
@@ -109,13 +119,6 @@ impl EmbeddedStore {
             .map_err(|e| failed(format!("cannot read the write-ahead log {WAL_FILE}: {e}")))?;
         let (revision, replayed) = recover(&db, &frames, None)
             .map_err(|e| failed(format!("cannot recover from the write-ahead log: {e}")))?;
-        if replayed > 0 {
-            tracing::info!(
-                versions = replayed,
-                revision,
-                "recovered from the write-ahead log"
-            );
-        }
         let first = Snapshot::open(&db, Overlay::new())
             .map_err(|e| failed(format!("cannot read the recovered store: {e}")))?;
         let published = Arc::new(Published::new(first));
@@ -134,8 +137,11 @@ impl EmbeddedStore {
             settings: config,
         })
         .map_err(OpenError::Thread)?;
-        tracing::info!(path = %path.display(), revision, "embedded store open");
         Ok(Self {
+            opened: OpenReport {
+                revision,
+                recovered_versions: replayed,
+            },
             health,
             published,
             jobs: jobs_tx,
@@ -143,6 +149,11 @@ impl EmbeddedStore {
             retention,
             sequencer: Mutex::new(Some(handle)),
         })
+    }
+
+    /// What opening found: the revision and what recovery brought back.
+    pub fn open_report(&self) -> OpenReport {
+        self.opened
     }
 
     /// Queues a job; refuses at once when the queue is full or the store closed.

@@ -22,13 +22,9 @@ const LAST_PROBE: Duration = Duration::from_secs(2);
 pub(crate) struct Health(RwLock<Option<StorageError>>);
 
 impl Health {
-    /// A healthy store; exports the state gauge and a zero for every fault kind, so
-    /// dashboards see the series before the first fault.
+    /// A healthy store.
     pub fn new() -> Self {
         metrics::gauge!("truce_store_writable").set(1.0);
-        for reason in ["disk-full", "io-error"] {
-            metrics::counter!("truce_storage_faults_total", "reason" => reason).increment(0);
-        }
         Self::default()
     }
 

@@ -19,6 +19,6 @@ mod snapshot;
 mod tables;
 mod wal;
 
-pub use embedded::{DATABASE_FILE, EmbeddedConfig, EmbeddedStore};
+pub use embedded::{DATABASE_FILE, EmbeddedConfig, EmbeddedStore, OpenReport};
 pub use error::OpenError;
 pub use faults::{Fault, Faults, FileKind, IoOp, PowerLoss};

@@ -1,4 +1,6 @@
-//! `truce serve`: bind, open the store, serve, and drain on SIGTERM or Ctrl-C.
+//! `truce serve`: bind, open the store, serve, and drain on SIGTERM or Ctrl-C. The
+//! address is logged only once the server can answer on it, so the first line
+//! never names an address that a failed start leaves dead.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -41,7 +43,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(address = %address, "truce listening on http://{address}");
+    truce_server::install_metrics();
     let data = settings.store.data_dir.clone();
     let store = match tokio::task::spawn_blocking(move || EmbeddedStore::open(settings.store)).await
     {
@@ -55,6 +57,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let opened = store.open_report();
     let server = match truce_server::serve(listener, Arc::new(store), settings.server) {
         Ok(server) => server,
         Err(error) => {
@@ -62,6 +65,14 @@ pub async fn run(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    tracing::info!(address = %address, "truce listening on http://{address}");
+    tracing::info!(data = %data.display(), revision = opened.revision, "embedded store open");
+    if opened.recovered_versions > 0 {
+        tracing::info!(
+            versions = opened.recovered_versions,
+            "recovered from the write-ahead log"
+        );
+    }
     let token = server.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;

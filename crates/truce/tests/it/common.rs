@@ -154,6 +154,7 @@ impl TestServer {
 /// Binds a random port and serves a store opened with `store`.
 pub async fn launch(server: ServerConfig, store: EmbeddedConfig) -> (String, RunningServer) {
     let listener = TcpListener::bind(server.listen).await.expect("bind");
+    truce_server::install_metrics();
     let store = EmbeddedStore::open(store).expect("open store");
     let running = truce_server::serve(listener, Arc::new(store), server).expect("serve");
     (format!("http://{}", running.local_addr()), running)
