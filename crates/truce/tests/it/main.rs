@@ -8,6 +8,7 @@ mod cli;
 mod client;
 mod common;
 mod concurrency;
+mod disk_full;
 mod openapi;
 mod preconditions;
 mod problems;
