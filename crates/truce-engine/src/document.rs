@@ -44,8 +44,13 @@ pub struct Document {
 impl Document {
     /// Parses a request body that must be a JSON object within `limits`.
     pub fn parse(body: &[u8], limits: DocumentLimits) -> Result<Self, EngineError> {
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|e| EngineError::Malformed(format!("body is not valid JSON: {e}")))?;
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            EngineError::Malformed(crate::json_errors::describe(
+                "the body",
+                &e,
+                limits.max_depth,
+            ))
+        })?;
         if !value.is_object() {
             return Err(EngineError::Malformed(format!(
                 "a document must be a JSON object, not {}",

@@ -15,6 +15,7 @@ mod document;
 mod error;
 mod etag;
 mod ids;
+mod json_errors;
 mod merge;
 mod name;
 mod patch;
@@ -33,6 +34,7 @@ pub use document::{Document, DocumentLimits};
 pub use error::{CurrentState, EngineError, Problem, StorageError};
 pub use etag::{ETag, EntityTag, EtagSyntaxError, TagCondition};
 pub use ids::IdGenerator;
+pub use json_errors::describe as describe_json_error;
 pub use merge::{
     FieldChange, FieldPath, MergeOutcome, Overlap, pointer as json_pointer, three_way,
 };

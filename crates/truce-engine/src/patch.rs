@@ -24,11 +24,52 @@ pub(crate) struct PatchFailure {
 }
 
 impl JsonPatch {
-    /// Parses a JSON Patch document (a JSON array of operations).
+    /// Parses a JSON Patch document (a JSON array of operations), saying which
+    /// operation is wrong and how.
     pub fn parse(body: &[u8]) -> Result<Self, EngineError> {
-        serde_json::from_slice(body)
-            .map(Self)
-            .map_err(|e| EngineError::Malformed(format!("body is not a valid JSON Patch: {e}")))
+        let malformed = |detail: String| EngineError::Malformed(detail);
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            malformed(crate::json_errors::describe(
+                "the body",
+                &e,
+                crate::DocumentLimits::PARSER_DEPTH_CEILING,
+            ))
+        })?;
+        let Value::Array(operations) = value else {
+            return Err(malformed(
+                "a JSON Patch must be an array of operations (RFC 6902)".into(),
+            ));
+        };
+        let mut parsed = Vec::with_capacity(operations.len());
+        for (index, operation) in operations.into_iter().enumerate() {
+            let op = operation
+                .get("op")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            match op.as_deref() {
+                Some("add" | "remove" | "replace" | "move" | "copy" | "test") => {}
+                Some(other) => {
+                    return Err(malformed(format!(
+                        "JSON Patch operation {index}: \"{other}\" is not an operation (add, remove, replace, move, copy or test)"
+                    )));
+                }
+                None => {
+                    return Err(malformed(format!(
+                        "JSON Patch operation {index} needs an \"op\" member naming the operation"
+                    )));
+                }
+            }
+            let operation = serde_json::from_value(operation).map_err(|e| {
+                let why = crate::json_errors::shape(&e.to_string())
+                    .unwrap_or_else(|| "it does not have the members RFC 6902 requires".into());
+                malformed(format!(
+                    "JSON Patch operation {index} ({}): {why}",
+                    op.unwrap_or_default()
+                ))
+            })?;
+            parsed.push(operation);
+        }
+        Ok(Self(json_patch::Patch(parsed)))
     }
 
     /// Applies the patch to a copy of `doc`; all operations or none.

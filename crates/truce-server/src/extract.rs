@@ -15,7 +15,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use truce_engine::{
     CollectionName, Document, JsonPatch, Preconditions, ResourceKey, TagCondition, Timestamp,
-    WriteAction,
+    WriteAction, describe_json_error,
 };
 
 use crate::error::ApiError;
@@ -43,7 +43,9 @@ where
     Path::<T>::from_request_parts(parts, &())
         .await
         .map(|Path(params)| params)
-        .map_err(|e| ApiError::Malformed(e.body_text()))
+        .map_err(|_| {
+            ApiError::Malformed("the path is not valid (check its percent-encoding)".into())
+        })
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for CollectionPath {
@@ -84,9 +86,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        // Names and value types were checked against the OpenAPI document already
+        // (see `crate::query`); what remains is a value the type cannot hold.
         Query::<T>::try_from_uri(&parts.uri)
             .map(|Query(value)| Self(value))
-            .map_err(|e| ApiError::Malformed(e.body_text()))
+            .map_err(|_| ApiError::Malformed("a query parameter has a value out of range".into()))
     }
 }
 
@@ -260,8 +264,13 @@ impl FromRequest<AppState> for PatchBody {
         };
         let bytes = read_body(request, state).await?;
         if is_merge {
-            let patch: serde_json::Value = serde_json::from_slice(&bytes)
-                .map_err(|e| ApiError::Malformed(format!("body is not valid JSON: {e}")))?;
+            let patch: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::Malformed(describe_json_error(
+                    "the body",
+                    &e,
+                    state.config.limits.max_depth,
+                ))
+            })?;
             Ok(Self(WriteAction::MergePatch(patch)))
         } else {
             Ok(Self(WriteAction::JsonPatch(JsonPatch::parse(&bytes)?)))
@@ -278,8 +287,12 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         require_json(request.headers())?;
         let bytes = read_body(request, state).await?;
-        serde_json::from_slice(&bytes)
-            .map(Self)
-            .map_err(|e| ApiError::Malformed(format!("invalid request body: {e}")))
+        serde_json::from_slice(&bytes).map(Self).map_err(|e| {
+            ApiError::Malformed(describe_json_error(
+                "the body",
+                &e,
+                state.config.limits.max_depth,
+            ))
+        })
     }
 }

@@ -13,6 +13,7 @@ mod metrics;
 mod openapi;
 mod paging;
 mod problem;
+mod query;
 mod render;
 mod routes;
 mod serve;

@@ -30,11 +30,32 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (write durations like 30s, 5m, 7d)"))
 }
 
+/// `HOST:PORT` with an IP address or a host name (`localhost:8409`). A name is
+/// resolved once, at start; when it resolves to several addresses (`localhost` to
+/// 127.0.0.1 and ::1), an IPv4 one is preferred.
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(address) = text.parse() {
+        return Ok(address);
+    }
+    let addresses: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| format!("{text:?} is not HOST:PORT with a host that resolves ({e})"))?
+        .collect();
+    addresses
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addresses.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
 /// Flags of `truce serve`; each also reads `TRUCE_<NAME>`.
 #[derive(Debug, Clone, Default, Args)]
 pub struct ServeArgs {
-    /// Address to listen on; port 0 picks a free port.
-    #[arg(long, env = "TRUCE_LISTEN")]
+    /// Address to listen on (an IP or a host name, with a port); port 0 picks a
+    /// free port.
+    #[arg(long, env = "TRUCE_LISTEN", value_parser = parse_listen)]
     pub listen: Option<SocketAddr>,
     /// Data directory of the embedded store.
     #[arg(long, env = "TRUCE_DATA")]
@@ -96,7 +117,7 @@ pub struct ServeArgs {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
-    listen: Option<SocketAddr>,
+    listen: Option<String>,
     data: Option<PathBuf>,
     log_format: Option<LogFormat>,
     max_body_bytes: Option<usize>,
@@ -207,7 +228,13 @@ impl ServeArgs {
             ));
         }
         let server = ServerConfig {
-            listen: self.listen.or(file.listen).unwrap_or(defaults.listen),
+            listen: match (self.listen, &file.listen) {
+                (Some(listen), _) => listen,
+                (None, Some(text)) => {
+                    parse_listen(text).map_err(|e| ConfigError::Invalid(format!("listen: {e}")))?
+                }
+                (None, None) => defaults.listen,
+            },
             limits,
             header_timeout: duration(self.header_timeout, &file.header_timeout, "header_timeout")?
                 .unwrap_or(defaults.header_timeout),
@@ -277,6 +304,19 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_takes_host_names_that_resolve() {
+        let address = parse_listen("localhost:8409").unwrap();
+        assert!(address.ip().is_loopback(), "{address}");
+        assert_eq!(address.port(), 8409);
+        assert_eq!(
+            parse_listen("127.0.0.1:0").unwrap(),
+            "127.0.0.1:0".parse::<SocketAddr>().unwrap()
+        );
+        assert!(parse_listen("localhost").is_err(), "no port");
+        assert!(parse_listen("no-such-host.invalid:80").is_err());
+    }
 
     #[test]
     fn flags_beat_the_file_which_beats_defaults() {

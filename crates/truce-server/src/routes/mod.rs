@@ -15,6 +15,7 @@ use crate::context::request_envelope;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::problem;
+use crate::query::{QueryRules, check_query};
 use crate::state::AppState;
 
 pub mod changes;
@@ -54,8 +55,10 @@ fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
 pub fn app(state: AppState) -> Router {
     let (router, api) = api(state);
     let json = api.to_json().unwrap_or_else(|_| "{}".into());
+    let rules = QueryRules::from_openapi(&api);
     with_envelope(
         router
+            .route_layer(middleware::from_fn_with_state(rules, check_query))
             .layer(Extension(system::OpenApiJson(Arc::new(json))))
             .fallback(no_route),
     )
@@ -67,6 +70,21 @@ pub fn with_envelope(router: Router) -> Router {
     router.layer(middleware::from_fn(request_envelope))
 }
 
+/// No route matched. Under a user collection, a path with more segments than any
+/// route is a document id with a `/` in it, which SPEC §1 refuses as a bad name
+/// (400); anything else is 404.
 async fn no_route(uri: Uri) -> ApiError {
-    ApiError::NoRoute(uri.path().to_owned())
+    let path = uri.path();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if let ["v1", collection, id, rest @ ..] = segments.as_slice()
+        && !rest.is_empty()
+        && !collection.starts_with('_')
+        && truce_engine::CollectionName::parse(collection).is_ok()
+        && !id.is_empty()
+    {
+        return ApiError::Malformed(format!(
+            "{path:?} is not a resource: a document id cannot contain \"/\" (ids match ^[A-Za-z0-9][A-Za-z0-9._~-]{{0,254}}$), and a document's sub-resources are versions, versions/{{n}}, diff, revert and watch"
+        ));
+    }
+    ApiError::NoRoute(path.to_owned())
 }

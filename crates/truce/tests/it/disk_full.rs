@@ -105,7 +105,9 @@ async fn a_full_disk_refuses_writes_and_recovers_once_space_is_freed() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     assert!(resumed, "writes did not resume after space was freed");
-    let written = server.put("/v1/fill/after", &json!({"n": "after"}), &[]).await;
+    let written = server
+        .put("/v1/fill/after", &json!({"n": "after"}), &[])
+        .await;
     assert_eq!(written.status(), 201);
     acknowledged.push(("/v1/fill/after".into(), u64::MAX));
 

@@ -42,7 +42,25 @@ struct BadInput {
     body: Vec<u8>,
     status: u16,
     slug: &'static str,
+    /// Words the detail must contain.
+    says: Vec<&'static str>,
 }
+
+/// Adds words the case's detail must contain.
+fn saying(mut case: BadInput, words: &[&'static str]) -> BadInput {
+    case.says.extend_from_slice(words);
+    case
+}
+
+/// Framework and parser wording that must never reach a client.
+const FOREIGN_WORDING: &[&str] = &[
+    "Failed to deserialize",
+    "variant",
+    "recursion limit",
+    "invalid digit",
+    "provided string",
+    "`",
+];
 
 fn bad(
     label: &'static str,
@@ -63,6 +81,7 @@ fn bad(
         body: body.into(),
         status,
         slug,
+        says: Vec::new(),
     }
 }
 
@@ -145,14 +164,77 @@ fn bad_inputs() -> Vec<BadInput> {
             400,
             "malformed-request",
         ),
-        bad(
-            "far too deep",
-            "PUT",
-            doc,
-            JSON,
-            nested(5000),
-            400,
-            "malformed-request",
+        saying(
+            bad(
+                "far too deep",
+                "PUT",
+                doc,
+                JSON,
+                nested(5000),
+                400,
+                "malformed-request",
+            ),
+            &["deeper than", "64"],
+        ),
+        saying(
+            bad(
+                "misspelt precondition",
+                "PUT",
+                "/v1/safe/doc?ifversion=1",
+                JSON,
+                "{\"n\": 2}",
+                400,
+                "malformed-request",
+            ),
+            &["ifversion", "if_version"],
+        ),
+        saying(
+            bad(
+                "query parameter on a route without any",
+                "GET",
+                "/healthz?verbose=1",
+                None,
+                "",
+                400,
+                "malformed-request",
+            ),
+            &["verbose", "no query parameters"],
+        ),
+        saying(
+            bad(
+                "unknown feed",
+                "GET",
+                "/v1/_changes?feed=bogus",
+                None,
+                "",
+                400,
+                "malformed-request",
+            ),
+            &["feed", "normal", "longpoll"],
+        ),
+        saying(
+            bad(
+                "include_docs not a flag",
+                "GET",
+                "/v1/_changes?include_docs=maybe",
+                None,
+                "",
+                400,
+                "malformed-request",
+            ),
+            &["include_docs", "true or false"],
+        ),
+        saying(
+            bad(
+                "raw slash in an id",
+                "PUT",
+                "/v1/safe/a/b",
+                JSON,
+                "{}",
+                400,
+                "malformed-request",
+            ),
+            &["cannot contain"],
         ),
         bad(
             "text/plain",
@@ -244,14 +326,17 @@ fn bad_inputs() -> Vec<BadInput> {
             400,
             "malformed-request",
         ),
-        bad(
-            "limit not a number",
-            "GET",
-            "/v1/safe?limit=ten",
-            None,
-            "",
-            400,
-            "malformed-request",
+        saying(
+            bad(
+                "limit not a number",
+                "GET",
+                "/v1/safe?limit=ten",
+                None,
+                "",
+                400,
+                "malformed-request",
+            ),
+            &["limit", "non-negative integer"],
         ),
         bad(
             "garbage cursor",
@@ -289,14 +374,29 @@ fn bad_inputs() -> Vec<BadInput> {
             400,
             "malformed-request",
         ),
-        bad(
-            "malformed JSON Patch",
-            "PATCH",
-            doc,
-            JSON_PATCH,
-            "[{\"op\":\"explode\"}]",
-            400,
-            "malformed-request",
+        saying(
+            bad(
+                "malformed JSON Patch",
+                "PATCH",
+                doc,
+                JSON_PATCH,
+                "[{\"op\":\"explode\"}]",
+                400,
+                "malformed-request",
+            ),
+            &["operation 0", "explode"],
+        ),
+        saying(
+            bad(
+                "JSON Patch op without its value",
+                "PATCH",
+                doc,
+                JSON_PATCH,
+                "[{\"op\":\"add\",\"path\":\"/x\"}]",
+                400,
+                "malformed-request",
+            ),
+            &["operation 0", "\"value\""],
         ),
         bad(
             "JSON Patch not an array",
@@ -361,14 +461,17 @@ fn bad_inputs() -> Vec<BadInput> {
             400,
             "malformed-request",
         ),
-        bad(
-            "revert unknown field",
-            "POST",
-            "/v1/safe/doc/revert",
-            JSON,
-            "{\"to\":1,\"x\":2}",
-            400,
-            "malformed-request",
+        saying(
+            bad(
+                "revert unknown field",
+                "POST",
+                "/v1/safe/doc/revert",
+                JSON,
+                "{\"to\":1,\"x\":2}",
+                400,
+                "malformed-request",
+            ),
+            &["unknown member \"x\""],
         ),
         bad(
             "no such route",
@@ -463,11 +566,18 @@ async fn bad_input_gets_a_problem_and_changes_nothing() {
             assert!(header(&response, "allow").contains("PUT"), "{}", case.label);
         }
         let body = problem(response, case.status, case.slug).await;
-        assert!(
-            !body["detail"].as_str().unwrap().is_empty(),
-            "{}",
-            case.label
-        );
+        let detail = body["detail"].as_str().unwrap();
+        assert!(!detail.is_empty(), "{}", case.label);
+        for words in &case.says {
+            assert!(
+                detail.contains(words),
+                "{}: {detail:?} lacks {words:?}",
+                case.label
+            );
+        }
+        for foreign in FOREIGN_WORDING {
+            assert!(!detail.contains(foreign), "{}: {detail:?}", case.label);
+        }
         match case.slug {
             "patch-test-failed" | "patch-conflict" => {
                 assert_eq!(body["operation"], 0, "{}", case.label);
