@@ -117,9 +117,11 @@ impl ClientBuilder {
             .build()
             .map_err(Error::Transport)?;
         let base = self.base.trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
+        let parsed = reqwest::Url::parse(&base)
+            .map_err(|e| Error::Invalid(format!("{base:?} is not a URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
             return Err(Error::Invalid(format!(
-                "{base}: the URL must start with http:// or https://"
+                "{base:?}: the URL must be http:// or https:// with a host, e.g. {DEFAULT_URL}"
             )));
         }
         Ok(Client {

@@ -104,6 +104,16 @@ impl Error {
         }
     }
 
+    /// The server could not be reached at all (nothing listens there, or the name
+    /// does not resolve): the request was never sent.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            Self::Transport(error) => error.is_connect(),
+            Self::GaveUp { last, .. } => last.is_unreachable(),
+            _ => false,
+        }
+    }
+
     /// The HTTP status of a problem answer.
     pub fn status(&self) -> Option<u16> {
         self.problem().map(|p| p.status)

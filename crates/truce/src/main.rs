@@ -67,15 +67,42 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(*args).await,
             Command::Bench(args) => bench::run(*args).await,
-            Command::Get(args) => cli::finish(cli::read::get(args).await),
-            Command::Put(args) => cli::finish(cli::write::put(args).await),
-            Command::Patch(args) => cli::finish(cli::write::patch(args).await),
-            Command::Delete(args) => cli::finish(cli::write::delete(args).await),
-            Command::History(args) => cli::finish(cli::read::history(args).await),
-            Command::Diff(args) => cli::finish(cli::read::diff(args).await),
-            Command::Revert(args) => cli::finish(cli::write::revert(args).await),
-            Command::Watch(args) => cli::finish(cli::read::watch(args).await),
-            Command::Edit(args) => cli::finish(cli::edit::edit(args).await),
+            Command::Get(args) => {
+                let settings = args.client.clone();
+                cli::finish(cli::read::get(args).await, &settings)
+            }
+            Command::Put(args) => {
+                let settings = args.client.clone();
+                cli::finish(cli::write::put(args).await, &settings)
+            }
+            Command::Patch(args) => {
+                let settings = args.client.clone();
+                cli::finish(cli::write::patch(args).await, &settings)
+            }
+            Command::Delete(args) => {
+                let settings = args.client.clone();
+                cli::finish(cli::write::delete(args).await, &settings)
+            }
+            Command::History(args) => {
+                let settings = args.client.clone();
+                cli::finish(cli::read::history(args).await, &settings)
+            }
+            Command::Diff(args) => {
+                let settings = args.client.clone();
+                cli::finish(cli::read::diff(args).await, &settings)
+            }
+            Command::Revert(args) => {
+                let settings = args.client.clone();
+                cli::finish(cli::write::revert(args).await, &settings)
+            }
+            Command::Watch(args) => {
+                let settings = args.client.clone();
+                cli::finish(cli::read::watch(args).await, &settings)
+            }
+            Command::Edit(args) => {
+                let settings = args.client.clone();
+                cli::finish(cli::edit::edit(args).await, &settings)
+            }
         }
     })
 }

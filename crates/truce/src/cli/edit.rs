@@ -185,10 +185,19 @@ async fn save(
         Err(error) => return Err(keep_edit(error.into(), mine, file)),
     }
     for _ in 0..MERGE_ATTEMPTS {
-        let theirs = client.get::<Value>(collection, id).await?;
+        // Deleted (404) or unreachable meanwhile: the edit is kept all the same.
+        let theirs = match client.get::<Value>(collection, id).await {
+            Ok(theirs) => theirs,
+            Err(error) => return Err(keep_edit(error.into(), mine, file)),
+        };
         match three_way(&base.value, mine, &theirs.value) {
             MergeOutcome::Conflict { overlaps } => {
-                write_file(file, &(pretty(mine) + "\n"))?;
+                write_file(file, &(pretty(mine) + "\n")).map_err(|e| {
+                    CliError::Local(format!(
+                        "{e}; your edit could not be kept: {}",
+                        pretty(mine)
+                    ))
+                })?;
                 let bad = Styles::BAD;
                 anstream::eprintln!(
                     "{bad}truce: {spec} changed while you edited it, and the changes overlap; nothing was written{bad:#}"
@@ -261,10 +270,15 @@ fn moved(error: &ClientError) -> bool {
     )
 }
 
-/// Saves the edit to its file before reporting a failure, so it is never lost.
+/// Saves the edit to its file before reporting a failure, so it is never lost; if
+/// even that fails, the edit is printed.
 fn keep_edit(error: CliError, mine: &Value, file: &Path) -> CliError {
-    if write_file(file, &(pretty(mine) + "\n")).is_ok() {
-        anstream::eprintln!("  your edit is saved in {}", file.display());
+    match write_file(file, &(pretty(mine) + "\n")) {
+        Ok(()) => anstream::eprintln!("  your edit is saved in {}", file.display()),
+        Err(_) => anstream::eprintln!(
+            "truce: your edit could not be saved; here it is:\n{}",
+            pretty(mine)
+        ),
     }
     error
 }

@@ -42,7 +42,11 @@ impl ClientArgs {
         if let Some(key) = &self.key {
             builder = builder.key(key);
         }
-        builder.build().map_err(CliError::Client)
+        builder.build().map_err(|error| match error {
+            // A malformed --url is a usage error, like any other bad flag.
+            ClientError::Invalid(message) => CliError::Usage(format!("--url: {message}")),
+            other => CliError::Client(other),
+        })
     }
 }
 
@@ -76,15 +80,45 @@ impl CliError {
     }
 }
 
-/// Runs a command and turns its result into an exit code, printing failures.
-pub fn finish(result: Result<(), CliError>) -> ExitCode {
+/// Runs a command and turns its result into an exit code, printing failures:
+/// readably on stderr, and with `--json` also as JSON on stdout (the problem body
+/// the server sent, or `{"error", "exit_code"}`) so scripts can read it.
+pub fn finish(result: Result<(), CliError>, settings: &ClientArgs) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            report(&error);
-            ExitCode::from(error.exit_code())
+            let code = error.exit_code();
+            report(&error, &settings.url);
+            if settings.json {
+                let body = match &error {
+                    CliError::Client(client_error) => client_error
+                        .problem()
+                        .map(|p| serde_json::Value::Object(p.body.clone())),
+                    _ => None,
+                };
+                let body = body.unwrap_or_else(|| {
+                    serde_json::json!({"error": error_text(&error, &settings.url), "exit_code": code})
+                });
+                println!("{body}");
+            }
+            ExitCode::from(code)
         }
     }
+}
+
+/// The one-line description of a failure that has no problem body.
+fn error_text(error: &CliError, url: &str) -> String {
+    match error {
+        CliError::Client(client_error) if client_error.is_unreachable() => unreachable(url),
+        other => other.to_string(),
+    }
+}
+
+/// What to say when nothing answers at `url`.
+fn unreachable(url: &str) -> String {
+    format!(
+        "cannot reach a truce server at {url}; start one with `truce serve`, or point --url (or TRUCE_URL) at a running one"
+    )
 }
 
 /// A resource named `collection/id` on the command line.
@@ -108,10 +142,13 @@ impl Styles {
 
 /// Prints a failure readably on stderr: what conflicted, the current version, and
 /// what to do next.
-fn report(error: &CliError) {
+fn report(error: &CliError, url: &str) {
     let bad = Styles::BAD;
     match error {
         CliError::EditConflict => {}
+        CliError::Client(client_error) if client_error.is_unreachable() => {
+            anstream::eprintln!("{bad}truce:{bad:#} {}", unreachable(url));
+        }
         CliError::Client(client_error) => match client_error.problem() {
             Some(problem) => {
                 anstream::eprintln!("{bad}truce: {}{bad:#}", problem.title.to_lowercase());

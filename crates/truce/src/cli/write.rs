@@ -18,14 +18,21 @@ pub struct WriteConditions {
 }
 
 impl WriteConditions {
-    fn apply<'a>(&self, mut request: WriteRequest<'a>) -> WriteRequest<'a> {
+    /// Adds the conditions to `request`; a malformed `--if-match` is a usage error
+    /// (an entity-tag is quoted: `'"3-1a2b3c4d"'`, or `*`).
+    fn apply<'a>(&self, mut request: WriteRequest<'a>) -> Result<WriteRequest<'a>, CliError> {
         if let Some(etag) = &self.if_match {
+            truce_engine::TagCondition::parse([etag.as_str()]).map_err(|e| {
+                CliError::Usage(format!(
+                    "--if-match {etag:?}: {e} (an ETag is quoted, e.g. --if-match '\"3-1a2b3c4d\"', or *)"
+                ))
+            })?;
             request = request.if_match(etag);
         }
         if let Some(version) = self.if_version {
             request = request.if_version(version);
         }
-        request
+        Ok(request)
     }
 }
 
@@ -52,7 +59,7 @@ pub async fn put(args: PutArgs) -> Result<(), CliError> {
     let client = args.client.client()?;
     let mut request =
         args.conditions
-            .apply(client.put(key.collection.as_str(), key.id.as_str(), &doc));
+            .apply(client.put(key.collection.as_str(), key.id.as_str(), &doc))?;
     if args.create {
         request = request.if_none_match_any();
     }
@@ -88,7 +95,7 @@ pub async fn patch(args: PatchArgs) -> Result<(), CliError> {
     } else {
         client.merge_patch(collection, id, &patch)
     };
-    let written = args.conditions.apply(request).send().await?;
+    let written = args.conditions.apply(request)?.send().await?;
     print_written(&args.resource, &written, args.client.json);
     Ok(())
 }
@@ -109,7 +116,7 @@ pub async fn delete(args: DeleteArgs) -> Result<(), CliError> {
     let key = resource(&args.resource)?;
     let client = args.client.client()?;
     let request = client.delete(key.collection.as_str(), key.id.as_str());
-    let written = args.conditions.apply(request).send().await?;
+    let written = args.conditions.apply(request)?.send().await?;
     print_written(&args.resource, &written, args.client.json);
     Ok(())
 }
@@ -133,7 +140,7 @@ pub async fn revert(args: RevertArgs) -> Result<(), CliError> {
     let key = resource(&args.resource)?;
     let client = args.client.client()?;
     let request = client.revert(key.collection.as_str(), key.id.as_str(), args.to);
-    let written = args.conditions.apply(request).send().await?;
+    let written = args.conditions.apply(request)?.send().await?;
     print_written(&args.resource, &written, args.client.json);
     Ok(())
 }

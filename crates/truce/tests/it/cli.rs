@@ -405,13 +405,95 @@ async fn edit_never_loses_an_overlapping_edit() {
         json!({"title": "milk", "n": 100})
     );
     // The edit is in the file the message names.
+    assert_eq!(saved_edit(&err), json!({"title": "milk", "n": 5}));
+}
+
+/// The file a failed edit names on stderr.
+fn saved_edit(err: &str) -> Value {
     let saved = err
         .lines()
         .find_map(|l| l.trim().strip_prefix("your edit is saved in "))
-        .expect("the file is named");
-    let kept: Value = serde_json::from_str(&std::fs::read_to_string(saved).unwrap()).unwrap();
-    assert_eq!(kept, json!({"title": "milk", "n": 5}));
+        .unwrap_or_else(|| panic!("the file is not named: {err}"));
+    let kept = serde_json::from_str(&std::fs::read_to_string(saved).unwrap()).unwrap();
     let _ = std::fs::remove_file(saved);
+    kept
+}
+
+#[tokio::test]
+async fn an_edit_of_a_document_deleted_meanwhile_is_kept() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    server.create("/v1/notes/gone", &json!({"n": 1})).await;
+    let bin = env!("CARGO_BIN_EXE_truce");
+    let deleting = editor(
+        dir.path(),
+        &format!("\"{bin}\" delete notes/gone >/dev/null\ncat > \"$1\" <<'EOF'\n{{\"n\": 2}}\nEOF"),
+    );
+    let out = truce(
+        &server,
+        &["edit", "notes/gone"],
+        "",
+        &[("EDITOR", deleting.to_str().unwrap())],
+    )
+    .await;
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    assert_eq!(saved_edit(&stderr(&out)), json!({"n": 2}));
+}
+
+#[tokio::test]
+async fn usage_errors_json_errors_and_an_unreachable_server() {
+    let server = TestServer::start().await;
+    server.create("/v1/notes/u", &json!({"n": 1})).await;
+    // A malformed --if-match or --url is a usage error (exit 2), sent nowhere.
+    let out = truce(
+        &server,
+        &["put", "notes/u", "-", "--if-match", "no-quotes"],
+        "{}",
+        &[],
+    )
+    .await;
+    assert_eq!(code(&out), 2, "{}", stderr(&out));
+    assert!(stderr(&out).contains("--if-match"), "{}", stderr(&out));
+    for url in ["ftp://127.0.0.1:1", "http://exa mple", "127.0.0.1:8409"] {
+        let out = truce(&server, &["get", "notes/u", "--url", url], "", &[]).await;
+        assert_eq!(code(&out), 2, "{url}: {}", stderr(&out));
+        assert!(stderr(&out).contains("--url"), "{}", stderr(&out));
+    }
+    assert_eq!(server.get_json("/v1/notes/u").await, json!({"n": 1}));
+
+    // With --json, a refusal is the problem body on stdout.
+    let out = truce(&server, &["get", "notes/missing", "--json"], "", &[]).await;
+    assert_eq!(code(&out), 4);
+    let problem = json_out(&out);
+    assert_eq!(problem["type"], "/problems/not-found");
+    assert_eq!(problem["status"], 404);
+    let out = truce(
+        &server,
+        &["put", "notes/u", "-", "--if-version", "9", "--json"],
+        "{}",
+        &[],
+    )
+    .await;
+    assert_eq!(code(&out), 3);
+    let problem = json_out(&out);
+    assert_eq!(problem["type"], "/problems/version-conflict");
+    assert_eq!(problem["current_version"], 1);
+    // Other failures too, with the exit code.
+    let out = truce(&server, &["put", "notes/u", "-", "--json"], "not json", &[]).await;
+    assert_eq!(code(&out), 2);
+    assert_eq!(json_out(&out)["exit_code"], 2);
+
+    // Nothing listening: say how to start a server or where to point.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let out = truce(&server, &["get", "notes/u", "--url", &closed], "", &[]).await;
+    assert_eq!(code(&out), 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("truce serve") && err.contains("TRUCE_URL"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
