@@ -11,6 +11,7 @@ mod error;
 mod extract;
 mod metrics;
 mod openapi;
+mod openapi_finish;
 mod paging;
 mod problem;
 mod query;

@@ -209,7 +209,24 @@ pub struct TombstoneBody {
 #[serde(deny_unknown_fields)]
 pub struct RevertRequest {
     /// The version whose content becomes the new version.
+    #[serde(deserialize_with = "whole_number")]
+    #[schema(minimum = 1)]
     pub to: u64,
+}
+
+/// A non-negative whole number, also when written `3.0` (JSON Schema's `integer`
+/// accepts it, so clients generated from the document may send it).
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    if let Some(n) = number.as_u64() {
+        return Ok(n);
+    }
+    match number.as_f64() {
+        Some(f) if f >= 0.0 && f.fract() == 0.0 && f <= u64::MAX as f64 => Ok(f as u64),
+        _ => Err(serde::de::Error::custom(format!(
+            "{number} is not a non-negative whole number"
+        ))),
+    }
 }
 
 /// The answer of a compaction pass.

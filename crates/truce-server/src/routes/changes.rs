@@ -59,6 +59,7 @@ pub struct ChangesParams {
     /// Only this collection.
     collection: Option<String>,
     /// Page size, 1 to 1000 (default 100); a revision is never split across pages.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// Attach each version's document.
     include_docs: Option<bool>,

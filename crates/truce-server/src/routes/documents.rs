@@ -29,8 +29,10 @@ use crate::wire::{Envelope, EnvelopePage, TombstoneBody};
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// The `next` cursor of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
     /// Only ids starting with this.
     prefix: Option<String>,

@@ -27,8 +27,10 @@ use crate::wire::{HistoryItem, HistoryPageBody, RevertRequest};
 #[into_params(parameter_in = Query)]
 pub struct HistoryParams {
     /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
     /// The `next` cursor of the previous page.
+    #[param(min_length = 1)]
     cursor: Option<String>,
 }
 

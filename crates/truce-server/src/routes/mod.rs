@@ -54,7 +54,9 @@ fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
 /// request envelope (request id, panic containment, access log, metrics).
 pub fn app(state: AppState) -> Router {
     let (router, api) = api(state);
-    let json = api.to_json().unwrap_or_else(|_| "{}".into());
+    let mut document = serde_json::to_value(&api).unwrap_or_default();
+    crate::openapi_finish::finish(&mut document);
+    let json = document.to_string();
     let rules = QueryRules::from_openapi(&api);
     with_envelope(
         router

@@ -224,3 +224,115 @@ async fn problem_bodies_only_use_documented_members() {
         }
     }
 }
+
+/// A Python virtual environment under `target/` with the OpenAPI validator, made
+/// once and reused. The validator is a PyPI package, pinned.
+fn openapi_validator() -> std::path::PathBuf {
+    const PACKAGE: &str = "openapi-spec-validator==0.9.0";
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-tools");
+    let venv = target.join("openapi-venv");
+    let validator = venv.join("bin/openapi-spec-validator");
+    if validator.exists() {
+        return validator;
+    }
+    std::fs::create_dir_all(&target).expect("target/test-tools");
+    let run = |program: &std::path::Path, args: &[&str]| {
+        let status = std::process::Command::new(program).args(args).status();
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "{} {args:?} failed ({status:?}): this test needs python3 with venv and pip, \
+             and PyPI reachable (Debian: apt-get install python3-venv)",
+            program.display()
+        );
+    };
+    run(
+        std::path::Path::new("python3"),
+        &["-m", "venv", venv.to_str().expect("path")],
+    );
+    run(&venv.join("bin/pip"), &["install", "--quiet", PACKAGE]);
+    validator
+}
+
+#[tokio::test]
+async fn the_document_passes_an_openapi_3_1_validator() {
+    let server = TestServer::start().await;
+    let doc = server.get_json("/openapi.json").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("openapi.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let validator = openapi_validator();
+    let output = tokio::process::Command::new(&validator)
+        .arg(&file)
+        .output()
+        .await
+        .expect("run the validator");
+    assert!(
+        output.status.success(),
+        "the OpenAPI document does not validate:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // What the validator does not check, but clients rely on: unique operation
+    // ids, name patterns on path parameters, declared headers, 405 everywhere.
+    let mut ids = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in METHODS {
+            let Some(operation) = item.get(*method) else {
+                continue;
+            };
+            let id = operation["operationId"].as_str().unwrap().to_owned();
+            assert!(ids.insert(id.clone()), "operation id {id} is not unique");
+            let responses = operation["responses"].as_object().unwrap();
+            assert!(
+                responses["405"]["headers"].get("Allow").is_some(),
+                "{method} {path}: 405"
+            );
+            for (status, response) in responses {
+                assert!(
+                    response["headers"].get("X-Request-Id").is_some(),
+                    "{method} {path} {status}: X-Request-Id"
+                );
+            }
+            let parameters = operation["parameters"].as_array().unwrap();
+            for parameter in parameters {
+                if parameter["in"] == "path" && parameter["schema"]["type"] == "string" {
+                    assert!(
+                        parameter["schema"]["pattern"].is_string(),
+                        "{method} {path}: {} has no pattern",
+                        parameter["name"]
+                    );
+                }
+            }
+            let headers: BTreeSet<&str> = parameters
+                .iter()
+                .filter(|p| p["in"] == "header")
+                .filter_map(|p| p["name"].as_str())
+                .collect();
+            assert!(headers.contains("X-Request-Id"), "{method} {path}");
+            if path.starts_with("/v1/{collection}/{id}") && !path.ends_with("/watch") {
+                for conditional in ["If-Match", "If-None-Match", "If-Unmodified-Since"] {
+                    assert!(
+                        headers.contains(conditional),
+                        "{method} {path}: {conditional}"
+                    );
+                }
+            }
+            if matches!(*method, "put" | "patch" | "delete") || path.ends_with("/revert") {
+                assert!(headers.contains("Prefer"), "{method} {path}: Prefer");
+                let ok = responses
+                    .iter()
+                    .find(|(status, _)| status.starts_with('2'))
+                    .map(|(_, r)| r)
+                    .unwrap();
+                assert!(
+                    ok["headers"].get("Truce-Outcome").is_some(),
+                    "{method} {path}"
+                );
+                assert!(
+                    ok["headers"].get("Preference-Applied").is_some(),
+                    "{method} {path}"
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The last pass over the generated OpenAPI document: what holds for every
+//! operation is added here once, instead of on forty handler attributes.
+//!
+//! - operation ids are unique (a route serving GET and HEAD gets `read` and
+//!   `read_head`);
+//! - path parameters carry the name patterns of SPEC §1;
+//! - the request headers the server reads are declared where it reads them
+//!   (`X-Request-Id` everywhere; the conditional headers and `Prefer` on the
+//!   document operations);
+//! - the response headers it sends are declared (`X-Request-Id` on every answer;
+//!   `Truce-Outcome` and `Preference-Applied` on write answers), and every
+//!   operation lists 405 with `Allow`.
+
+use serde_json::{Map, Value, json};
+
+/// SPEC §1: collection names.
+pub const COLLECTION_PATTERN: &str = "^[a-z][a-z0-9_-]{0,62}$";
+/// SPEC §1: document ids.
+pub const ID_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._~-]{0,254}$";
+
+const METHODS: &[&str] = &["get", "head", "put", "post", "patch", "delete"];
+
+/// Applies every rule above to the document.
+pub fn finish(doc: &mut Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else {
+            continue;
+        };
+        let get_id = item
+            .get("get")
+            .and_then(|op| op.get("operationId"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        for method in METHODS {
+            let Some(operation) = item.get_mut(*method).and_then(Value::as_object_mut) else {
+                continue;
+            };
+            if *method == "head"
+                && let Some(get_id) = &get_id
+                && operation.get("operationId").and_then(Value::as_str) == Some(get_id)
+            {
+                operation.insert("operationId".into(), json!(format!("{get_id}_head")));
+            }
+            finish_operation(path, method, operation);
+        }
+    }
+}
+
+fn finish_operation(path: &str, method: &str, operation: &mut Map<String, Value>) {
+    let parameters = operation.entry("parameters").or_insert_with(|| json!([]));
+    if let Some(parameters) = parameters.as_array_mut() {
+        for parameter in parameters.iter_mut() {
+            constrain_path_parameter(parameter);
+            if parameter["in"] == "header" && parameter["name"] == "Last-Event-ID" {
+                parameter["schema"] = json!({"type": "integer", "minimum": 0, "maximum": u64::MAX});
+            }
+        }
+        let mut add = |name: &str, description: &str| {
+            let present = parameters.iter().any(|p| {
+                p["in"] == "header"
+                    && p["name"]
+                        .as_str()
+                        .is_some_and(|n| n.eq_ignore_ascii_case(name))
+            });
+            if !present {
+                parameters.push(json!({
+                    "name": name, "in": "header", "required": false,
+                    "description": description, "schema": header_schema(name)
+                }));
+            }
+        };
+        add(
+            "X-Request-Id",
+            "Correlates logs; 1 to 128 visible ASCII characters, echoed back (made when absent or invalid)",
+        );
+        let document = path.starts_with("/v1/{collection}/{id}");
+        let writes = document && matches!(method, "put" | "patch" | "delete" | "post");
+        let reads = document && matches!(method, "get" | "head") && !path.ends_with("/watch");
+        if reads || writes {
+            add(
+                "If-Match",
+                "RFC 9110 §13.1.1: entity-tags (strong comparison) or `*`",
+            );
+            add(
+                "If-None-Match",
+                "RFC 9110 §13.1.2: entity-tags (weak comparison) or `*`",
+            );
+            add("If-Unmodified-Since", "RFC 9110 §13.1.4: an HTTP-date");
+        }
+        if reads {
+            add("If-Modified-Since", "RFC 9110 §13.1.3: an HTTP-date");
+        }
+        if writes || (path == "/v1/{collection}" && method == "post") {
+            add(
+                "Prefer",
+                "RFC 7240: `return=minimal` answers with the headers only (204, or 201 for a creation)",
+            );
+        }
+    }
+    if let Some(patch) = operation
+        .get_mut("requestBody")
+        .and_then(|b| b.get_mut("content"))
+        .and_then(|c| c.get_mut("application/json-patch+json"))
+    {
+        patch["schema"] = json_patch_schema();
+    }
+    let is_write = matches!(method, "put" | "patch" | "delete" | "post")
+        && path.starts_with("/v1/{collection}");
+    let Some(responses) = operation
+        .get_mut("responses")
+        .and_then(Value::as_object_mut)
+    else {
+        return;
+    };
+    responses.entry("405").or_insert_with(|| {
+        json!({
+            "description": "`method-not-allowed`: the path exists but not with this method; `Allow` lists the methods it takes",
+            "headers": {"Allow": {"description": "The methods the path accepts", "schema": {"type": "string"}}},
+            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+        })
+    });
+    for (status, response) in responses.iter_mut() {
+        let Some(response) = response.as_object_mut() else {
+            continue;
+        };
+        if let Some(stream) = response
+            .get_mut("content")
+            .and_then(|c| c.get_mut("text/event-stream"))
+        {
+            stream["schema"] = event_schema();
+        }
+        let headers = response.entry("headers").or_insert_with(|| json!({}));
+        let Some(headers) = headers.as_object_mut() else {
+            continue;
+        };
+        headers.entry("X-Request-Id").or_insert_with(|| {
+            json!({"description": "The request id (from the request, or made)", "schema": {"type": "string"}})
+        });
+        if is_write && status.starts_with('2') {
+            headers.entry("Truce-Outcome").or_insert_with(|| {
+                json!({"description": "What the write did", "schema": {"type": "string", "enum": ["created", "updated", "unchanged", "deleted"]}})
+            });
+            headers.entry("Preference-Applied").or_insert_with(|| {
+                json!({"description": "`return=minimal` when that preference was honoured (RFC 7240)", "schema": {"type": "string"}})
+            });
+        }
+    }
+}
+
+/// The syntax of a request header the server reads. Entity-tag lists are refused
+/// with 400 when malformed, so their syntax is part of the contract; the others are
+/// ignored when they do not parse (RFC 9110 §13.1.3, §13.1.4, RFC 7240).
+fn header_schema(name: &str) -> Value {
+    match name {
+        "If-Match" | "If-None-Match" => json!({
+            "type": "string",
+            "pattern": ENTITY_TAGS_PATTERN,
+        }),
+        _ => json!({"type": "string"}),
+    }
+}
+
+/// `*` or a comma-separated list of (optionally weak) quoted entity-tags.
+const ENTITY_TAGS_PATTERN: &str =
+    r#"^(\*|(W/)?"[\x21\x23-\x7e]*"([ \t]*,[ \t]*(W/)?"[\x21\x23-\x7e]*")*)$"#;
+
+/// RFC 6902: an array of operations, each naming its `op` and `path`.
+fn json_patch_schema() -> Value {
+    let op = |names: &[&str], required: &[&str]| {
+        let mut properties = json!({
+            "op": {"type": "string", "enum": names},
+            "path": {"type": "string", "pattern": "^(/[^/]*)*$", "description": "A JSON Pointer (RFC 6901)"}
+        });
+        for member in required {
+            properties[*member] = match *member {
+                "from" => {
+                    json!({"type": "string", "pattern": "^(/[^/]*)*$", "description": "The JSON Pointer to take from"})
+                }
+                _ => json!({"description": "The value"}),
+            };
+        }
+        let mut all = vec!["op", "path"];
+        all.extend_from_slice(required);
+        json!({"type": "object", "required": all, "properties": properties})
+    };
+    json!({
+        "type": "array",
+        "description": "RFC 6902 operations, applied in order, all or none",
+        "items": {"oneOf": [
+            op(&["add", "replace", "test"], &["value"]),
+            op(&["remove"], &[]),
+            op(&["move", "copy"], &["from"]),
+        ]}
+    })
+}
+
+/// Server-Sent Events, as clients parse them: one object per event.
+fn event_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "One Server-Sent Event: `event` names it, `id` is the position to resume from (`Last-Event-ID`), `data` is its JSON payload",
+        "properties": {
+            "event": {"type": "string"},
+            "id": {"type": "string"},
+            "data": {"type": "string"},
+            "retry": {"type": "integer"}
+        }
+    })
+}
+
+/// Gives `{collection}`, `{id}`, `{n}` and `{slug}` path parameters (and the
+/// `collection` filter) their syntax.
+fn constrain_path_parameter(parameter: &mut Value) {
+    let schema = match parameter["name"].as_str() {
+        // Also the change feed's `?collection=` filter.
+        Some("collection") if parameter["in"] == "path" || parameter["in"] == "query" => {
+            json!({"type": "string", "pattern": COLLECTION_PATTERN})
+        }
+        _ if parameter["in"] != "path" => return,
+        Some("id") => json!({"type": "string", "pattern": ID_PATTERN}),
+        Some("n") => json!({"type": "integer", "minimum": 1}),
+        Some("slug") => json!({"type": "string", "pattern": "^[a-z][a-z-]*$"}),
+        _ => return,
+    };
+    parameter["schema"] = schema;
+}
