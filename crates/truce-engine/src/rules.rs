@@ -573,6 +573,18 @@ mod tests {
         ));
         let mut guarded = put(json!({}));
         guarded.preconditions.if_none_match = Some(TagCondition::Any);
-        assert!(view.run_with(guarded, true).is_ok());
+        let created = view.run_with(guarded, true).unwrap();
+        assert_eq!(
+            (created.status, created.version.number),
+            (WriteStatus::Created, 1)
+        );
+        // A guard that holds lets the write through; `?if_version` counts as one.
+        let mut by_version = put(json!({"n": 2}));
+        by_version.if_version = Some(1);
+        let updated = view.run_with(by_version, true).unwrap();
+        assert_eq!(
+            (updated.status, updated.version.number),
+            (WriteStatus::Updated, 2)
+        );
     }
 }

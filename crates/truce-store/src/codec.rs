@@ -318,4 +318,41 @@ mod tests {
         let ab = ResourceKey::parse("c", "a.b").unwrap();
         assert_eq!(decode_head_key(&head_key(&ab)).unwrap(), ab);
     }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Fixed examples of the on-disk formats: a change of layout, byte order or
+    /// field order shows up here (and needs a format version and a migration),
+    /// where round-trip tests would pass.
+    #[test]
+    fn on_disk_bytes_are_fixed() {
+        let record = LogRecord {
+            key: ResourceKey::parse("notes", "todo").unwrap(),
+            number: 3,
+            at: Timestamp::from_millis(1_700_000_000_123),
+            op: Op::Patch,
+            by: "ann".into(),
+            prev: Some((41, 2)),
+            body: Some(Bytes::from_static(br#"{"n":1}"#)),
+            stripped: false,
+        };
+        const LOG: &str = "0200000000000000030000018bcfe5687b0203000000000000002900000002056e6f74657304746f646f0003616e6e7b226e223a317d";
+        assert_eq!(hex(&encode_log(&record)), LOG);
+        let head = HeadRecord::of((42, 0), &record);
+        const HEAD: &str = "020000000000000003000000000000002a000000000000018bcfe5687b0200";
+        assert_eq!(hex(&encode_head(&head)), HEAD);
+        const KEY: &str = "6e6f74657300746f646f";
+        assert_eq!(hex(&head_key(&record.key)), KEY);
+        let unhex = |text: &str| -> Vec<u8> {
+            (0..text.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+                .collect()
+        };
+        assert_eq!(decode_log(&unhex(LOG), true).unwrap(), record);
+        assert_eq!(decode_head(&unhex(HEAD)).unwrap(), head);
+        assert_eq!(decode_head_key(&unhex(KEY)).unwrap(), record.key);
+    }
 }

@@ -376,4 +376,20 @@ mod tests {
         bytes.extend_from_slice(&payload);
         assert!(parse(&bytes).is_empty());
     }
+
+    /// The frame layout on disk, fixed: magic, length, CRC-32 of the payload, then
+    /// each entry's revision, index, length and bytes (big-endian).
+    #[test]
+    fn a_frame_is_these_bytes() {
+        let (_dir, path, mut wal) = fresh();
+        let mut builder = FrameBuilder::default();
+        builder.push((7, 1), b"ab");
+        wal.append(&mut builder).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let hex: String = bytes[..FRAME_HEADER + ENTRY_HEADER + 2]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, "545257310000001234895f86000000000000000700000001000000026162");
+    }
 }

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::{TestServer, next_event, problem, sse_events};
+use crate::common::{
+    ServerProcess, TestServer, client, data_dir, next_event, problem, sse_events, wait_for_metric,
+};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -138,45 +140,97 @@ async fn change_entries_carry_their_fields_and_filters_apply() {
     assert_eq!(after, json!({"changes": [], "last_revision": 3}));
 }
 
+/// A server process of its own, so its waiters gauge counts only this test's polls.
+async fn poll_server() -> (tempfile::TempDir, ServerProcess, reqwest::Client) {
+    let (tmp, data) = data_dir();
+    let server = ServerProcess::start(&data, &[]).await;
+    let client = client();
+    server.ready(&client).await;
+    (tmp, server, client)
+}
+
+/// Starts a long poll of `query` and returns once the server says it is waiting.
+async fn waiting_poll(
+    server: &ServerProcess,
+    client: &reqwest::Client,
+    query: &str,
+) -> tokio::task::JoinHandle<(Value, Duration)> {
+    let url = format!("{}/v1/_changes?{query}&feed=longpoll", server.base);
+    let poll_client = client.clone();
+    let poll = tokio::spawn(async move {
+        let started = Instant::now();
+        let page = poll_client
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (page, started.elapsed())
+    });
+    wait_for_metric(
+        client,
+        &server.base,
+        "truce_change_waiters{kind=\"longpoll\"} 1",
+    )
+    .await;
+    poll
+}
+
+async fn put(client: &reqwest::Client, server: &ServerProcess, path: &str, body: Value) {
+    let response = client
+        .put(format!("{}{path}", server.base))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+}
+
 #[tokio::test]
 async fn a_long_poll_wakes_on_a_write() {
-    let server = Arc::new(TestServer::start().await);
-    server.create("/v1/poll/a", &json!({"n": 1})).await;
-    let started = Instant::now();
-    let poll = {
-        let server = Arc::clone(&server);
-        tokio::spawn(async move {
-            server
-                .get_json("/v1/_changes?since=1&feed=longpoll&timeout_ms=20000")
-                .await
-        })
-    };
-    // Give the poll a moment to be waiting; it answers correctly either way.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    server.put("/v1/poll/a", &json!({"n": 2}), &[]).await;
-    let page = poll.await.unwrap();
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "woke on the write"
-    );
+    let (_tmp, server, client) = poll_server().await;
+    put(&client, &server, "/v1/poll/a", json!({"n": 1})).await;
+    let poll = waiting_poll(&server, &client, "since=1&timeout_ms=20000").await;
+    put(&client, &server, "/v1/poll/a", json!({"n": 2})).await;
+    let (page, waited) = poll.await.unwrap();
+    assert!(waited < Duration::from_secs(10), "woke on the write");
     assert_eq!(page["changes"][0]["version"], 2);
     assert_eq!(page["last_revision"], 2);
+    server.kill().await;
+}
 
-    // Filtered: a write elsewhere does not end the poll; the timeout does.
-    let started = Instant::now();
-    let quiet = {
-        let server = Arc::clone(&server);
-        tokio::spawn(async move {
-            server
-                .get_json("/v1/_changes?since=2&collection=quiet&feed=longpoll&timeout_ms=500")
-                .await
-        })
-    };
-    server.put("/v1/poll/b", &json!({}), &[]).await;
-    let page = quiet.await.unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(450));
-    assert_eq!(page["changes"], json!([]));
+#[tokio::test]
+async fn a_filtered_long_poll_sleeps_through_other_writes() {
+    let (_tmp, server, client) = poll_server().await;
+    put(&client, &server, "/v1/poll/a", json!({"n": 1})).await;
+    // Waiting on `quiet`: a write elsewhere must not end the poll...
+    let poll = waiting_poll(
+        &server,
+        &client,
+        "since=1&collection=quiet&timeout_ms=20000",
+    )
+    .await;
+    put(&client, &server, "/v1/poll/b", json!({})).await;
+    // ...so the next write to `quiet` is what it answers with. Had the first write
+    // woken it, the answer would be empty, at revision 2.
+    put(&client, &server, "/v1/quiet/q", json!({})).await;
+    let (page, _) = poll.await.unwrap();
+    let changes = page["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 1, "{page}");
+    assert_eq!(changes[0]["collection"], "quiet");
     assert_eq!(page["last_revision"], 3);
+
+    // With nothing to wake it, the timeout ends it, with nothing.
+    let poll = waiting_poll(&server, &client, "since=3&collection=quiet&timeout_ms=300").await;
+    put(&client, &server, "/v1/poll/c", json!({})).await;
+    let (page, waited) = poll.await.unwrap();
+    assert!(waited >= Duration::from_millis(250), "{waited:?}");
+    assert_eq!(page["changes"], json!([]));
+    assert_eq!(page["last_revision"], 4);
+    server.kill().await;
 }
 
 #[tokio::test]

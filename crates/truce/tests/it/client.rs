@@ -373,8 +373,15 @@ async fn a_change_stream_resumes_after_the_server_drops_it() {
         .send()
         .await
         .unwrap();
-    let first = watch.next().await.unwrap().unwrap();
-    let second = watch.next().await.unwrap().unwrap();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("a watch event within 10 s")
+            .unwrap()
+            .unwrap()
+    };
+    let first = next().await;
+    let second = next().await;
     assert_eq!((first.id.as_str(), first.version), ("d1", 1));
     assert_eq!((second.id.as_str(), second.version), ("d1", 2));
     drop(server);
@@ -401,7 +408,11 @@ async fn a_compacted_position_ends_the_stream_with_410() {
         since: Some(1),
         ..ChangesOptions::default()
     }));
-    let error = stream.next().await.unwrap().unwrap_err();
+    let error = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("an answer within 10 s")
+        .unwrap()
+        .unwrap_err();
     assert_eq!(error.kind(), Some(ProblemKind::HistoryCompacted));
     assert!(stream.next().await.is_none());
 }

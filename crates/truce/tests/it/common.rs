@@ -366,3 +366,23 @@ pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
     let path = dir.path().join("data");
     (dir, path)
 }
+
+/// Polls `/metrics` until it holds `line` (bounded). Use with a [`ServerProcess`]:
+/// the metrics of in-process servers are shared by every test in the process.
+pub async fn wait_for_metric(client: &reqwest::Client, base: &str, line: &str) {
+    for _ in 0..1000 {
+        let text = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.lines().any(|l| l == line) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("metric {line:?} never appeared");
+}

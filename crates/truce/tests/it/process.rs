@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
-use crate::common::{ServerProcess, client, data_dir, etag, sse_events};
+use crate::common::{ServerProcess, client, data_dir, etag, sse_events, wait_for_metric};
 
 /// Sends SIGTERM to the child.
 fn terminate(server: &ServerProcess) {
@@ -249,25 +249,6 @@ async fn sigterm_finishes_in_flight_requests_and_closes_streams() {
     restarted.kill().await;
 }
 
-/// Polls `/metrics` until it holds `line`.
-async fn wait_for_metric(client: &reqwest::Client, base: &str, line: &str) {
-    for _ in 0..1000 {
-        let text = client
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if text.lines().any(|l| l == line) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("metric {line:?} never appeared");
-}
-
 /// One acknowledged write: the document had `content` at `version`.
 #[derive(Debug, Clone)]
 struct Ack {
@@ -362,13 +343,16 @@ async fn acknowledged_writes_survive_kill_9() {
         verify(&client, &server.base, &acks.lock().await).await;
         let stop = Arc::new(AtomicBool::new(false));
         let acked_this_cycle = Arc::new(AtomicU64::new(0));
+        // Answers other than a 2xx or the 412 of a lost race: none may come.
+        let unexpected = Arc::new(Mutex::new(Vec::<u16>::new()));
         let mut writers = Vec::new();
         for w in 0..WRITERS {
             let (client, base) = (client.clone(), server.base.clone());
-            let (stop, acks, counter) = (
+            let (stop, acks, counter, unexpected) = (
                 Arc::clone(&stop),
                 Arc::clone(&acks),
                 Arc::clone(&acked_this_cycle),
+                Arc::clone(&unexpected),
             );
             writers.push(tokio::spawn(async move {
                 // Each writer updates its own document with If-Match; the last four
@@ -383,6 +367,10 @@ async fn acknowledged_writes_survive_kill_9() {
                     let Ok(read) = client.get(format!("{base}{path}")).send().await else {
                         return;
                     };
+                    if !matches!(read.status().as_u16(), 200 | 404) {
+                        unexpected.lock().await.push(read.status().as_u16());
+                        continue;
+                    }
                     let tag = (read.status() == 200).then(|| etag(&read));
                     seq += 1;
                     let content = json!({"writer": w, "cycle": cycle, "seq": seq});
@@ -409,6 +397,8 @@ async fn acknowledged_writes_survive_kill_9() {
                             content,
                         });
                         counter.fetch_add(1, Ordering::Relaxed);
+                    } else if response.status() != 412 {
+                        unexpected.lock().await.push(response.status().as_u16());
                     }
                 }
             }));
@@ -429,6 +419,11 @@ async fn acknowledged_writes_survive_kill_9() {
         for writer in writers {
             writer.await.unwrap();
         }
+        let unexpected = unexpected.lock().await;
+        assert!(
+            unexpected.is_empty(),
+            "cycle {cycle}: answers other than 2xx or 412: {unexpected:?}"
+        );
     }
     let mut server = ServerProcess::start(&data, &[]).await;
     log_line(&mut server, "recovered from the write-ahead log").await;
