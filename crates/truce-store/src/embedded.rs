@@ -14,9 +14,9 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
     ChangePage, ChangeQuery, CollectionName, CompactionReport, DocumentLimits, EngineError,
-    HistoryPage, ListPage, ListQuery, ReadContext, ResourceKey, Retention, StateView, StorageError,
-    Store, Timestamp, Version, VersionLookup, WriteCommand, WriteOutcome, history_page,
-    lookup_version,
+    HistoryPage, ListPage, ListQuery, Planned, ReadContext, ResourceKey, Retention, StateView,
+    StorageError, Store, Timestamp, Version, VersionLookup, WriteCommand, WriteContext,
+    WriteOutcome, history_page, lookup_version, plan_write,
 };
 
 use crate::compaction;
@@ -60,7 +60,14 @@ pub struct EmbeddedConfig {
     /// With it, every write, sync and resize of the store's files can be made to
     /// fail, and a power loss simulated (see [`Faults`]).
     pub faults: Option<Faults>,
+    /// The rules a write is planned with: always the engine's `plan_write`, except
+    /// in this crate's tests, which swap in one that panics or waits.
+    pub(crate) planner: Planner,
 }
+
+/// How the sequencer plans one write.
+pub(crate) type Planner =
+    fn(&dyn StateView, &WriteCommand, &WriteContext<'_>) -> Result<Planned, EngineError>;
 
 impl EmbeddedConfig {
     /// Defaults for a data directory.
@@ -76,6 +83,7 @@ impl EmbeddedConfig {
             checkpoint_bytes: 64 * 1024 * 1024,
             checkpoint_heads: 65_536,
             faults: None,
+            planner: plan_write,
         }
     }
 }
@@ -154,6 +162,12 @@ impl EmbeddedStore {
     /// What opening found: the revision and what recovery brought back.
     pub fn open_report(&self) -> OpenReport {
         self.opened
+    }
+
+    /// How many jobs wait for the sequencer (for tests that need a batch to form).
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.jobs.max_capacity() - self.jobs.capacity()
     }
 
     /// Queues a job; refuses at once when the queue is full or the store closed.

@@ -42,7 +42,7 @@ use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
     CompactionReport, Effect, EngineError, StorageError, Timestamp, WriteCommand, WriteContext,
-    WriteOutcome, plan_write,
+    WriteOutcome,
 };
 
 use crate::codec::{self, HeadRecord};
@@ -423,8 +423,9 @@ impl Sequencer {
                         retention: &self.settings.retention,
                         require_preconditions: false,
                     };
-                    let planned =
-                        catch_unwind(AssertUnwindSafe(|| plan_write(&tables.view, command, &ctx)));
+                    let planned = catch_unwind(AssertUnwindSafe(|| {
+                        (self.settings.planner)(&tables.view, command, &ctx)
+                    }));
                     Answer::Write(match planned {
                         Ok(Ok(planned)) => {
                             if let Some(effect) = &planned.effect {
@@ -727,5 +728,95 @@ mod tests {
         // Checkpoints came at the 5th and 10th writes (4 heads waiting each time);
         // the last two wait in the overlay. (Every commit a checkpoint: 12; none: 0.)
         assert_eq!(heads, 10);
+    }
+
+    /// Holds the planning of the `gate` write until the test opens it.
+    static GATE: std::sync::Mutex<(bool, bool)> = std::sync::Mutex::new((false, false));
+    static GATE_MOVED: std::sync::Condvar = std::sync::Condvar::new();
+
+    /// The engine's rules, except that `boom` panics and `gate` waits for the test.
+    fn test_planner(
+        view: &dyn truce_engine::StateView,
+        command: &WriteCommand,
+        ctx: &WriteContext<'_>,
+    ) -> Result<truce_engine::Planned, EngineError> {
+        match command.key.id.as_str() {
+            "boom" => panic!("a bug in the rules"),
+            "gate" => {
+                let mut gate = GATE.lock().unwrap();
+                gate.0 = true; // planning has started
+                GATE_MOVED.notify_all();
+                while !gate.1 {
+                    gate = GATE_MOVED.wait(gate).unwrap();
+                }
+            }
+            _ => {}
+        }
+        truce_engine::plan_write(view, command, ctx)
+    }
+
+    /// A panic while planning one write of a batch fails that write only: the
+    /// others of the same batch commit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_while_planning_fails_only_that_write() {
+        use std::sync::Arc;
+        use truce_engine::{Document, DocumentLimits, Preconditions, Principal, Store, WriteAction};
+
+        use crate::embedded::EmbeddedStore;
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = EmbeddedConfig::new(dir.path());
+        config.planner = test_planner;
+        let store = Arc::new(EmbeddedStore::open(config).unwrap());
+        let write = |id: &'static str| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let doc = Document::parse(br#"{"n":1}"#, DocumentLimits::default()).unwrap();
+                store
+                    .write(WriteCommand {
+                        key: ResourceKey::parse("things", id).unwrap(),
+                        action: WriteAction::Put(doc),
+                        preconditions: Preconditions::default(),
+                        if_version: None,
+                        by: Principal::anonymous(),
+                    })
+                    .await
+            })
+        };
+        // The first batch is held in planning while the next three queue up.
+        let gate = write("gate");
+        tokio::task::spawn_blocking(|| {
+            let mut state = GATE.lock().unwrap();
+            while !state.0 {
+                state = GATE_MOVED.wait(state).unwrap();
+            }
+        })
+        .await
+        .unwrap();
+        let batch = [write("a"), write("boom"), write("b")];
+        for spins in 0.. {
+            if store.queued() >= 3 {
+                break;
+            }
+            assert!(spins < 10_000_000, "the three writes never queued");
+            tokio::task::yield_now().await;
+        }
+        {
+            let mut state = GATE.lock().unwrap();
+            state.1 = true;
+            GATE_MOVED.notify_all();
+        }
+        assert!(gate.await.unwrap().is_ok());
+        let [a, boom, b] = batch;
+        assert!(matches!(boom.await.unwrap(), Err(EngineError::Internal(_))));
+        for (id, task) in [("a", a), ("b", b)] {
+            let outcome = task.await.unwrap().unwrap();
+            assert_eq!(outcome.version.number, 1, "{id}");
+            let key = ResourceKey::parse("things", id).unwrap();
+            assert!(store.head(&key).await.unwrap().is_some(), "{id}");
+        }
+        let boom = ResourceKey::parse("things", "boom").unwrap();
+        assert!(store.head(&boom).await.unwrap().is_none());
+        store.close().await;
     }
 }

@@ -15,3 +15,4 @@ mod problems;
 mod process;
 mod resources;
 mod retention;
+mod rules;
