@@ -760,7 +760,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panic_while_planning_fails_only_that_write() {
         use std::sync::Arc;
-        use truce_engine::{Document, DocumentLimits, Preconditions, Principal, Store, WriteAction};
+        use truce_engine::{
+            Document, DocumentLimits, Preconditions, Principal, Store, WriteAction,
+        };
 
         use crate::embedded::EmbeddedStore;
 
