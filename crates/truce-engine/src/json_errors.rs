@@ -28,55 +28,42 @@ pub fn describe(what: &str, error: &serde_json::Error, max_depth: usize) -> Stri
 
 /// Rewords serde's data errors (wrong members, wrong types, unknown names).
 pub(crate) fn shape(text: &str) -> Option<String> {
-    let quoted = |rest: &str| rest.split('`').next().map(str::to_owned);
-    if let Some(rest) = text.strip_prefix("unknown field `") {
-        let accepted = text.split_once("expected ").map(|(_, list)| {
+    // serde quotes names in backticks and lists what it expected after "expected".
+    let name = |rest: &str| rest.split('`').next().map(str::to_owned);
+    let expected = || {
+        text.split_once("expected ").map(|(_, list)| {
             list.split(" at line")
                 .next()
                 .unwrap_or(list)
                 .replace('`', "\"")
-        });
-        let name = quoted(rest)?;
-        return Some(match accepted {
-            Some(list) => format!("unknown member \"{name}\" (expected {list})"),
-            None => format!("unknown member \"{name}\""),
-        });
-    }
-    if let Some(rest) = text.strip_prefix("missing field `") {
-        return Some(format!("the member \"{}\" is missing", quoted(rest)?));
+        })
+    };
+    let with_expected = |what: String| match expected() {
+        Some(list) => format!("{what} (expected {list})"),
+        None => what,
+    };
+    if let Some(rest) = text.strip_prefix("unknown field `") {
+        return Some(with_expected(format!("unknown member \"{}\"", name(rest)?)));
     }
     if let Some(rest) = text.strip_prefix("unknown variant `") {
-        let name = quoted(rest)?;
-        let accepted = text.split_once("expected ").map(|(_, list)| {
-            list.split(" at line")
-                .next()
-                .unwrap_or(list)
-                .replace('`', "\"")
-        });
-        return Some(match accepted {
-            Some(list) => format!("\"{name}\" is not accepted (expected {list})"),
-            None => format!("\"{name}\" is not accepted"),
-        });
+        return Some(with_expected(format!(
+            "\"{}\" is not accepted",
+            name(rest)?
+        )));
     }
-    if let Some(rest) = text.strip_prefix("invalid type: ") {
-        let (got, expected) = rest.split_once(", expected ")?;
-        let expected = expected.split(" at line").next().unwrap_or(expected);
-        return Some(format!(
-            "found {} where {} is expected",
-            got.replace('`', "\""),
-            plain_type(expected)
-        ));
+    if let Some(rest) = text.strip_prefix("missing field `") {
+        return Some(format!("the member \"{}\" is missing", name(rest)?));
     }
-    if let Some(rest) = text.strip_prefix("invalid value: ") {
-        let (got, expected) = rest.split_once(", expected ")?;
-        let expected = expected.split(" at line").next().unwrap_or(expected);
-        return Some(format!(
-            "found {} where {} is expected",
-            got.replace('`', "\""),
-            plain_type(expected)
-        ));
-    }
-    None
+    let rest = text
+        .strip_prefix("invalid type: ")
+        .or_else(|| text.strip_prefix("invalid value: "))?;
+    let (got, wanted) = rest.split_once(", expected ")?;
+    let wanted = wanted.split(" at line").next().unwrap_or(wanted);
+    Some(format!(
+        "found {} where {} is expected",
+        got.replace('`', "\""),
+        plain_type(wanted)
+    ))
 }
 
 /// A Rust type name as a reader of JSON would say it.

@@ -18,6 +18,7 @@ mod sequencer;
 mod snapshot;
 mod tables;
 mod wal;
+mod write_tables;
 
 pub use embedded::{DATABASE_FILE, EmbeddedConfig, EmbeddedStore, OpenReport};
 pub use error::OpenError;

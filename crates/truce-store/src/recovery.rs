@@ -25,8 +25,8 @@ use crate::embedded::EmbeddedConfig;
 use crate::error::{OpenError, storage};
 use crate::faults::FaultyBackend;
 use crate::heads::{Heads, Overlay};
-use crate::sequencer::WriteTables;
 use crate::wal::Frame;
+use crate::write_tables::WriteTables;
 
 /// Opens the database file of `config`, telling "in use" apart from other failures.
 /// With a fault plan installed, redb's I/O passes the fault seam.

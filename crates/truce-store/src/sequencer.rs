@@ -38,25 +38,22 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use redb::{Database, Durability, ReadableTable, Table, WriteTransaction};
+use redb::{Database, Durability};
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
-    CompactionReport, Effect, EngineError, StorageError, Timestamp, WriteCommand, WriteContext,
+    CompactionReport, EngineError, StorageError, Timestamp, WriteCommand, WriteContext,
     WriteOutcome,
 };
 
-use crate::codec::{self, HeadRecord};
 use crate::compaction::CompactionPlan;
 use crate::embedded::EmbeddedConfig;
 use crate::error::{io, storage};
-use crate::heads::{Heads, Overlay};
+use crate::heads::Overlay;
 use crate::health::{Health, Outage};
-use crate::recovery::{open_database, recover, restore_head};
+use crate::recovery::{open_database, recover};
 use crate::snapshot::{Published, Snapshot};
-use crate::tables::{
-    HEADS, LOG, META, META_CHANGES_COMPACTED, META_HEADS_THROUGH, Tables, last_revision,
-};
 use crate::wal::{FrameBuilder, Wal};
+use crate::write_tables::WriteTables;
 
 /// A unit of work for the sequencer, with the channel its answer goes to.
 pub(crate) enum Job {
@@ -490,159 +487,6 @@ fn open_failure(error: crate::error::OpenError) -> StorageError {
     }
 }
 
-/// The writable heads table.
-type HeadsTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
-/// The writable log table.
-type LogTable<'t> = Table<'t, (u64, u32), &'static [u8]>;
-
-/// The opened tables of the batch's write transaction.
-pub(crate) struct WriteTables<'t> {
-    pub view: Tables<HeadsTable<'t>, LogTable<'t>>,
-    meta: Table<'t, &'static str, u64>,
-}
-
-impl<'t> WriteTables<'t> {
-    /// Opens the tables of `txn` under `overlay`, the heads since the last checkpoint.
-    pub(crate) fn open(txn: &'t WriteTransaction, overlay: Overlay) -> Result<Self, StorageError> {
-        Ok(Self {
-            view: Tables {
-                heads: Heads {
-                    overlay,
-                    table: txn.open_table(HEADS).map_err(storage)?,
-                },
-                log: txn.open_table(LOG).map_err(storage)?,
-            },
-            meta: txn.open_table(META).map_err(storage)?,
-        })
-    }
-
-    /// The heads written since the last checkpoint, once the tables are done with.
-    pub(crate) fn into_overlay(self) -> Overlay {
-        self.view.heads.overlay
-    }
-
-    /// Makes the heads table complete through `revision`: the overlay goes into it.
-    pub(crate) fn flush_heads(&mut self, revision: u64) -> Result<(), StorageError> {
-        self.view.heads.flush()?;
-        self.meta
-            .insert(META_HEADS_THROUGH, revision)
-            .map_err(storage)?;
-        Ok(())
-    }
-
-    /// Puts the heads of the log records after the heads table's last checkpoint (up
-    /// to `revision`, the log's end) into the overlay; returns how many there were.
-    pub(crate) fn restore_heads(&mut self, revision: u64) -> Result<usize, StorageError> {
-        let through = self.meta.get(META_HEADS_THROUGH).map_err(storage)?;
-        let Some(through) = through.map(|t| t.value()) else {
-            // A store from before the overlay: its heads table is always complete.
-            return Ok(0);
-        };
-        if through >= revision {
-            return Ok(0);
-        }
-        let mut restored = 0;
-        for entry in self.view.log.range((through + 1, 0)..).map_err(storage)? {
-            let (position, record) = entry.map_err(storage)?;
-            restore_head(&mut self.view.heads, position.value(), record.value())?;
-            restored += 1;
-        }
-        Ok(restored)
-    }
-
-    pub(crate) fn revision(&self) -> Result<u64, StorageError> {
-        last_revision(&self.view.log)
-    }
-
-    /// Writes one command's effect at `revision`: each new version is appended to the
-    /// log (pointing back at the resource's previous version) and becomes its head.
-    /// The encoded versions are also added to the batch's log frame.
-    fn apply(
-        &mut self,
-        effect: &Effect,
-        revision: u64,
-        frame: &mut FrameBuilder,
-    ) -> Result<(), StorageError> {
-        for (index, write) in effect.writes.iter().enumerate() {
-            let position = (revision, u32::try_from(index).unwrap_or(u32::MAX));
-            // Numbers continue across deletes, so only a resource's very first version
-            // has no previous one; that saves creates a second index lookup.
-            let prev = if write.version.number <= 1 {
-                None
-            } else {
-                self.view.head_record(&write.key)?.map(|h| h.position)
-            };
-            let record = codec::LogRecord {
-                key: write.key.clone(),
-                number: write.version.number,
-                at: write.version.at,
-                op: write.version.op,
-                by: write.version.by.clone(),
-                prev,
-                body: write.version.body.clone(),
-                stripped: false,
-            };
-            let encoded = codec::encode_log(&record);
-            self.view
-                .log
-                .insert(position, encoded.as_slice())
-                .map_err(storage)?;
-            self.view.heads.insert(
-                codec::head_key(&write.key),
-                HeadRecord::of(position, &record),
-            );
-            frame.push(position, &encoded);
-        }
-        Ok(())
-    }
-
-    /// Applies what a compaction scan selected: strips the bodies of versions
-    /// retention no longer keeps, deletes log records neither the feed nor history
-    /// needs, and moves the change feed's watermark. A scan from an older snapshot is
-    /// safe: heads only move forward, so what was removable stays removable.
-    fn compact(&mut self, plan: &CompactionPlan) -> Result<CompactionReport, StorageError> {
-        let mut report = CompactionReport::default();
-        for &position in &plan.strip {
-            let Some(mut record) = self.view.log_record(position, false)? else {
-                continue;
-            };
-            if record.stripped {
-                continue;
-            }
-            record.stripped = true;
-            record.body = None;
-            let bytes = codec::encode_log(&record);
-            self.view
-                .log
-                .insert(position, bytes.as_slice())
-                .map_err(storage)?;
-            report.versions_removed += 1;
-        }
-        for &position in &plan.delete {
-            if let Some(old) = self.view.log.remove(position).map_err(storage)? {
-                let record = codec::decode_log(old.value(), false)?;
-                if !record.stripped {
-                    report.versions_removed += 1;
-                }
-            }
-        }
-        let mut compacted_through = self
-            .meta
-            .get(META_CHANGES_COMPACTED)
-            .map_err(storage)?
-            .map_or(0, |v| v.value());
-        if let Some(through) = plan.changes_through.filter(|t| *t > compacted_through) {
-            report.changes_removed = plan.changes_hidden;
-            compacted_through = through;
-            self.meta
-                .insert(META_CHANGES_COMPACTED, compacted_through)
-                .map_err(storage)?;
-        }
-        report.oldest_revision = compacted_through;
-        Ok(report)
-    }
-}
-
 /// Sends a computed answer to the job's caller (who may have gone away).
 fn send(job: Job, answer: Answer) {
     match (job, answer) {
@@ -684,6 +528,7 @@ mod tests {
     use truce_engine::ResourceKey;
 
     use super::*;
+    use crate::tables::HEADS;
 
     /// With a long interval, the overlay's size alone brings a checkpoint: the
     /// durable file holds the heads once `checkpoint_heads` are waiting.
