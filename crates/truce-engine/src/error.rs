@@ -307,11 +307,9 @@ impl EngineError {
             ),
             Self::Storage(error) => {
                 let detail = match error {
-                    StorageError::DiskFull(_) => {
-                        "the disk is full; nothing was written, retry once space is freed"
-                    }
-                    StorageError::Closed => "the store is shutting down; nothing was written",
-                    _ => "storage is unavailable; nothing was written, retry shortly",
+                    StorageError::DiskFull(_) => "the disk is full; retry once space is freed",
+                    StorageError::Closed => "the store is shutting down",
+                    _ => "storage is unavailable; retry shortly",
                 };
                 let mut problem = Problem::new(kind, detail);
                 if let Some(reason) = error.reason() {

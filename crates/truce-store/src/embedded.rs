@@ -25,6 +25,7 @@ use crate::faults::Faults;
 use crate::heads::Overlay;
 use crate::health::Health;
 use crate::recovery::{open_database, recover};
+use crate::reserve::{RESERVE_FILE, Reserve};
 use crate::sequencer::{Job, Sequencer, SequencerStart};
 use crate::snapshot::{Published, Snapshot};
 use crate::tables::{META_CHANGES_COMPACTED, last_revision, read_changes};
@@ -60,6 +61,9 @@ pub struct EmbeddedConfig {
     /// With it, every write, sync and resize of the store's files can be made to
     /// fail, and a power loss simulated (see [`Faults`]).
     pub faults: Option<Faults>,
+    /// Bytes kept free on the disk in `truce.reserve` for recovering from a full disk
+    /// (0: none). The library's default is none; `truce serve` keeps 64 MiB.
+    pub reserve_bytes: u64,
     /// The rules a write is planned with: always the engine's `plan_write`, except
     /// in this crate's tests, which swap in one that panics or waits.
     pub(crate) planner: Planner,
@@ -83,18 +87,22 @@ impl EmbeddedConfig {
             checkpoint_bytes: 64 * 1024 * 1024,
             checkpoint_heads: 65_536,
             faults: None,
+            reserve_bytes: 0,
             planner: plan_write,
         }
     }
 }
 
 /// What opening the store found, for the caller to log (after its own first line).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpenReport {
     /// The revision the store opened at.
     pub revision: u64,
     /// Versions brought back from the write-ahead log (0 after a clean close).
     pub recovered_versions: usize,
+    /// Why the recovery reserve could not be made, if it could not (the store
+    /// works without it, but may not serve all reads while the disk is full).
+    pub reserve_problem: Option<String>,
 }
 
 /// The embedded, crash-safe store.
@@ -127,6 +135,12 @@ impl EmbeddedStore {
             .map_err(|e| failed(format!("cannot read the write-ahead log {WAL_FILE}: {e}")))?;
         let (revision, replayed) = recover(&db, &frames, None)
             .map_err(|e| failed(format!("cannot recover from the write-ahead log: {e}")))?;
+        let reserve = Reserve::new(
+            config.data_dir.join(RESERVE_FILE),
+            config.reserve_bytes,
+            config.faults.clone(),
+        );
+        let reserve_problem = reserve.ensure().err().map(|e| e.to_string());
         let first = Snapshot::open(&db, Overlay::new())
             .map_err(|e| failed(format!("cannot read the recovered store: {e}")))?;
         let published = Arc::new(Published::new(first));
@@ -139,6 +153,7 @@ impl EmbeddedStore {
             wal,
             published: Arc::clone(&published),
             revision,
+            reserve,
             health: Arc::clone(&health),
             jobs: jobs_rx,
             revisions: revisions_tx,
@@ -149,6 +164,7 @@ impl EmbeddedStore {
             opened: OpenReport {
                 revision,
                 recovered_versions: replayed,
+                reserve_problem,
             },
             health,
             published,
@@ -161,7 +177,7 @@ impl EmbeddedStore {
 
     /// What opening found: the revision and what recovery brought back.
     pub fn open_report(&self) -> OpenReport {
-        self.opened
+        self.opened.clone()
     }
 
     /// How many jobs wait for the sequencer (for tests that need a batch to form).

@@ -36,6 +36,8 @@ pub enum FileKind {
     Log,
     /// `truce.redb`, the database.
     Database,
+    /// `truce.reserve`, the room kept for recovery on a full disk.
+    Reserve,
 }
 
 /// An operation the seam can fail.
@@ -182,6 +184,11 @@ impl Faults {
         let mut plan = self.plan();
         plan.armed.clear();
         plan.always.clear();
+    }
+
+    /// Removes the standing fault of `op` on `file` only.
+    pub fn heal_one(&self, file: FileKind, op: IoOp) {
+        self.plan().always.remove(&(file, op));
     }
 
     /// How many calls of `op` on `file` were made so far.

@@ -14,6 +14,7 @@ mod faults;
 mod heads;
 mod health;
 mod recovery;
+mod reserve;
 mod sequencer;
 mod snapshot;
 mod tables;

@@ -51,6 +51,7 @@ use crate::error::{io, storage};
 use crate::heads::Overlay;
 use crate::health::{Health, Outage};
 use crate::recovery::{open_database, recover};
+use crate::reserve::Reserve;
 use crate::snapshot::{Published, Snapshot};
 use crate::wal::{FrameBuilder, Wal};
 use crate::write_tables::WriteTables;
@@ -121,6 +122,8 @@ pub(crate) struct Sequencer {
     published_revision: u64,
     /// Set while writes are refused after a storage fault.
     outage: Option<Outage>,
+    /// Room kept for recovering from a full disk.
+    reserve: Reserve,
     health: Arc<Health>,
     last_checkpoint: Instant,
     /// The heads committed since the last checkpoint.
@@ -139,6 +142,8 @@ pub(crate) struct SequencerStart {
     pub published: Arc<Published>,
     /// The revision of that snapshot.
     pub revision: u64,
+    /// Room kept for recovering from a full disk.
+    pub reserve: Reserve,
     pub health: Arc<Health>,
     pub jobs: mpsc::Receiver<Job>,
     pub revisions: watch::Sender<u64>,
@@ -154,6 +159,7 @@ impl Sequencer {
             frame: FrameBuilder::default(),
             published_revision: start.revision,
             outage: None,
+            reserve: start.reserve,
             health: start.health,
             last_checkpoint: Instant::now(),
             overlay: Overlay::new(),
@@ -271,7 +277,8 @@ impl Sequencer {
     fn probe(&mut self) {
         let Some(outage) = &self.outage else { return };
         let database_suspect = outage.database_suspect;
-        match self.restore(database_suspect) {
+        let disk_full = matches!(outage.error, StorageError::DiskFull(_));
+        match self.restore(database_suspect, disk_full) {
             Ok(()) => {
                 if let Some(outage) = self.outage.take() {
                     outage.end(&self.health);
@@ -289,12 +296,29 @@ impl Sequencer {
     /// What is on disk is the truth: the log's tail is made unreadable (the refused
     /// frame's bytes are unknown), and, when redb failed, the database is closed,
     /// opened again from its file, recovered from the log as on open (without any
-    /// revision above the last acknowledged one) and published afresh.
-    fn restore(&mut self, database_suspect: bool) -> Result<(), Failed> {
+    /// revision above the last acknowledged one) and published afresh. On a full
+    /// disk the reserve is given back first, so that recovery has room; writes
+    /// resume only once the reserve is whole again.
+    fn restore(&mut self, database_suspect: bool, disk_full: bool) -> Result<(), Failed> {
         self.wal.invalidate_tail().map_err(Failed::log)?;
-        if !database_suspect {
-            return Ok(());
+        if database_suspect {
+            if disk_full && self.reserve.release() {
+                tracing::warn!(
+                    "the disk is full: gave back the recovery reserve to reopen the store"
+                );
+            }
+            self.reopen()?;
+            // Readers are served again; what remains is room for new writes.
+            if let Some(outage) = &mut self.outage {
+                outage.database_suspect = false;
+            }
         }
+        self.reserve.ensure().map_err(Failed::log)
+    }
+
+    /// Closes redb, opens it again from its file, recovers as on open and publishes
+    /// a fresh snapshot.
+    fn reopen(&mut self) -> Result<(), Failed> {
         // Closing releases the file; readers keep the snapshot they hold.
         drop(self.db.take());
         let db =

@@ -344,6 +344,65 @@ async fn readiness_tells_while_writes_are_refused() {
     store.close().await;
 }
 
+/// A checkpoint on a full disk: the store gives back its reserve to reopen, serves
+/// reads again while writes stay refused, and resumes writes only once the reserve
+/// can be written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_spends_the_reserve_on_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let reserve = dir.path().join("truce.reserve");
+    let faults = Faults::new();
+    let store = std::sync::Arc::new(open(dir.path(), Some(&faults), |config| {
+        frequent_checkpoints(config);
+        config.reserve_bytes = 1024 * 1024;
+    }));
+    assert_eq!(std::fs::metadata(&reserve).unwrap().len(), 1024 * 1024);
+    let mut ledger = Ledger::default();
+    ledger.write(&store, 6).await;
+    faults.fail_always(FileKind::Database, IoOp::Write, Fault::NoSpace);
+    faults.fail_always(FileKind::Reserve, IoOp::Write, Fault::NoSpace);
+    ledger.write_concurrently(&store, 3).await;
+    assert!(ledger.reasons().contains(&Some("disk-full")));
+    // The probe gives the reserve back; the database can be reopened once its
+    // writes succeed, but the reserve cannot be made again yet.
+    for _ in 0..500 {
+        if !reserve.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!reserve.exists(), "the reserve was not given back");
+    faults.heal_one(FileKind::Database, IoOp::Write);
+    let reopens = faults.calls(FileKind::Reserve, IoOp::Write);
+    for _ in 0..500 {
+        if faults.calls(FileKind::Reserve, IoOp::Write) > reopens {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ledger.check(&store).await;
+    match store.check_ready().await {
+        Err(EngineError::Storage(error)) => assert_eq!(error.reason(), Some("disk-full")),
+        other => panic!("ready without a reserve: {other:?}"),
+    }
+    let refused = ledger.refused.len();
+    ledger.write(&store, 1).await;
+    assert_eq!(
+        ledger.refused.len(),
+        refused + 1,
+        "a write went through without room"
+    );
+    // Room again: the reserve is made, and writes resume.
+    faults.heal();
+    until_ready(&store).await;
+    assert_eq!(std::fs::metadata(&reserve).unwrap().len(), 1024 * 1024);
+    ledger.write(&store, 4).await;
+    assert_eq!(ledger.refused.len(), refused + 1);
+    ledger.check(&store).await;
+    store.close().await;
+    check_after_restart(dir.path(), &ledger).await;
+}
+
 /// A power cut at a chosen call: the store is gone (everything after fails), and a
 /// restart on what the disk kept must hold every acknowledged write.
 async fn power_cut(

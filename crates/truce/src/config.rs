@@ -99,6 +99,10 @@ pub struct ServeArgs {
     /// serves what does not fit.
     #[arg(long, env = "TRUCE_CACHE_MB")]
     pub cache_mb: Option<usize>,
+    /// Disk space kept in the data directory for recovering from a full disk, in
+    /// MiB (default 64; 0: none).
+    #[arg(long, env = "TRUCE_RESERVE_MB")]
+    pub reserve_mb: Option<u64>,
     /// Longest wait for a request head, and idle keep-alive time (default 30s).
     #[arg(long, env = "TRUCE_HEADER_TIMEOUT", value_parser = parse_duration)]
     pub header_timeout: Option<Duration>,
@@ -130,6 +134,7 @@ struct FileConfig {
     checkpoint_interval: Option<String>,
     queue_capacity: Option<usize>,
     cache_mb: Option<usize>,
+    reserve_mb: Option<u64>,
     header_timeout: Option<String>,
     body_timeout: Option<String>,
     sse_keepalive: Option<String>,
@@ -282,6 +287,11 @@ impl ServeArgs {
         if let Some(mb) = self.cache_mb.or(file.cache_mb) {
             store.cache_bytes = mb.saturating_mul(1024 * 1024);
         }
+        store.reserve_bytes = self
+            .reserve_mb
+            .or(file.reserve_mb)
+            .unwrap_or(64)
+            .saturating_mul(1024 * 1024);
         Ok(Settings {
             server,
             store,

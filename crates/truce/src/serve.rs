@@ -67,6 +67,9 @@ pub async fn run(args: ServeArgs) -> ExitCode {
     };
     tracing::info!(address = %address, "truce listening on http://{address}");
     tracing::info!(data = %data.display(), revision = opened.revision, "embedded store open");
+    if let Some(problem) = &opened.reserve_problem {
+        tracing::warn!(%problem, "cannot keep the recovery reserve (truce.reserve); on a full disk some reads may fail until space is freed");
+    }
     if opened.recovered_versions > 0 {
         tracing::info!(
             versions = opened.recovered_versions,

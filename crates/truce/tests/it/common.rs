@@ -386,3 +386,17 @@ pub async fn wait_for_metric(client: &reqwest::Client, base: &str, line: &str) {
     }
     panic!("metric {line:?} never appeared");
 }
+
+/// Waits for a log line containing `needle`.
+pub async fn log_line(server: &mut ServerProcess, needle: &str) -> String {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let line = server.logs.recv().await.expect("log stream open");
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no log line with {needle:?}"))
+}

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
-use crate::common::{ServerProcess, client, data_dir, etag, sse_events, wait_for_metric};
+use crate::common::{ServerProcess, client, data_dir, etag, log_line, sse_events, wait_for_metric};
 
 /// Sends SIGTERM to the child.
 fn terminate(server: &ServerProcess) {
@@ -21,20 +21,6 @@ fn terminate(server: &ServerProcess) {
         .status()
         .expect("run kill");
     assert!(status.success());
-}
-
-/// Waits for a log line containing `needle`.
-async fn log_line(server: &mut ServerProcess, needle: &str) -> String {
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let line = server.logs.recv().await.expect("log stream open");
-            if line.contains(needle) {
-                return line;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no log line with {needle:?}"))
 }
 
 #[tokio::test]
