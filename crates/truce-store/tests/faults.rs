@@ -403,6 +403,44 @@ async fn a_full_disk_spends_the_reserve_on_recovery() {
     check_after_restart(dir.path(), &ledger).await;
 }
 
+/// The one fail-stop: if, when the store reopens after a fault, acknowledged
+/// writes are missing (here the log that held them was wiped behind its back,
+/// as a disk that loses synced data would), it stays down rather than build on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_missing_acknowledged_writes_stays_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Faults::new();
+    // A checkpoint follows every batch that wrote a log frame.
+    let store = open(dir.path(), Some(&faults), frequent_checkpoints);
+    let mut ledger = Ledger::default();
+    // Frame, checkpoint, frame: the third write is durable in the log only.
+    ledger.write(&store, 3).await;
+    assert!(ledger.refused.is_empty());
+    let wal = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.path().join("truce.wal"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&wal, &[0u8; 4096], 0).unwrap();
+    wal.sync_all().unwrap();
+    // The next batch checkpoints, and its fsync fails: redb must be reopened, and
+    // reopened it lacks the third write.
+    faults.fail(FileKind::Database, IoOp::Sync, 1, Fault::Io);
+    ledger.write(&store, 1).await;
+    assert_eq!(ledger.reasons(), vec![Some("io-error")]);
+    // Probes find the store behind the acknowledged revision and refuse to go on.
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        ledger.write(&store, 1).await;
+    }
+    assert_eq!(
+        ledger.acknowledged.len(),
+        3,
+        "a write was accepted on a store that lost data"
+    );
+    assert!(store.check_ready().await.is_err());
+    store.close().await;
+}
+
 /// A power cut at a chosen call: the store is gone (everything after fails), and a
 /// restart on what the disk kept must hold every acknowledged write.
 async fn power_cut(
