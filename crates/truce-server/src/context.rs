@@ -67,7 +67,14 @@ pub async fn request_envelope(request: Request, next: Next) -> Response {
     let handled = CURRENT
         .scope(
             context.clone(),
-            AssertUnwindSafe(next.run(request)).catch_unwind(),
+            AssertUnwindSafe(async move {
+                // Query parameters the route does not declare never reach a handler.
+                match crate::query::refusal(&request) {
+                    Some(refusal) => refusal.into_response(),
+                    None => next.run(request).await,
+                }
+            })
+            .catch_unwind(),
         )
         .await;
     let mut response = CURRENT.sync_scope(context, || match handled {

@@ -11,10 +11,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use axum::extract::{MatchedPath, Query, Request, State};
+use std::sync::OnceLock;
+
+use axum::extract::{MatchedPath, Query, Request};
 use axum::http::Method;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::{OpenApi, RefOr, Schema};
 
@@ -156,25 +156,28 @@ fn query_names(
         .collect()
 }
 
-/// Middleware (after routing): refuses a request with a query parameter its
-/// operation does not declare.
-pub async fn check_query(
-    State(rules): State<Arc<QueryRules>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if request.uri().query().is_some_and(|q| !q.is_empty())
-        && let Some(route) = request.extensions().get::<MatchedPath>()
-    {
-        let pairs = match Query::<Vec<(String, String)>>::try_from_uri(request.uri()) {
-            Ok(Query(pairs)) => pairs,
-            Err(_) => {
-                return ApiError::Malformed("the query string is not valid".into()).into_response();
-            }
-        };
-        if let Some(refusal) = rules.refusal(route.as_str(), request.method(), &pairs) {
-            return refusal.into_response();
+/// The rules of the API this process serves, read once from its OpenAPI document.
+static RULES: OnceLock<Arc<QueryRules>> = OnceLock::new();
+
+/// Installs the rules (the document is the same for every server in the process).
+pub fn install(api: &OpenApi) {
+    RULES.get_or_init(|| QueryRules::from_openapi(api));
+}
+
+/// Why the request's query is not acceptable for its route, if it is not. Called
+/// by the request envelope after routing (a request without a query costs one
+/// check); routers without installed rules (tests' own) check nothing.
+pub fn refusal(request: &Request) -> Option<ApiError> {
+    let query = request.uri().query().filter(|q| !q.is_empty())?;
+    let rules = RULES.get()?;
+    let route = request.extensions().get::<MatchedPath>()?;
+    let pairs = match Query::<Vec<(String, String)>>::try_from_uri(request.uri()) {
+        Ok(Query(pairs)) => pairs,
+        Err(_) => {
+            return Some(ApiError::Malformed(format!(
+                "the query string {query:?} is not valid"
+            )));
         }
-    }
-    next.run(request).await
+    };
+    rules.refusal(route.as_str(), request.method(), &pairs)
 }

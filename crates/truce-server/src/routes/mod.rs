@@ -15,7 +15,6 @@ use crate::context::request_envelope;
 use crate::error::ApiError;
 use crate::openapi::ApiDoc;
 use crate::problem;
-use crate::query::{QueryRules, check_query};
 use crate::state::AppState;
 
 pub mod changes;
@@ -57,10 +56,9 @@ pub fn app(state: AppState) -> Router {
     let mut document = serde_json::to_value(&api).unwrap_or_default();
     crate::openapi_finish::finish(&mut document);
     let json = document.to_string();
-    let rules = QueryRules::from_openapi(&api);
+    crate::query::install(&api);
     with_envelope(
         router
-            .route_layer(middleware::from_fn_with_state(rules, check_query))
             .layer(Extension(system::OpenApiJson(Arc::new(json))))
             .fallback(no_route),
     )
