@@ -241,17 +241,25 @@ impl Faults {
     }
 
     /// Registers a freshly opened file (replacing an earlier handle of the same kind).
+    /// A file opened again (redb reopened after a fault) keeps what was not synced
+    /// through the earlier handle: a power loss undoes it all the same.
     fn register(&self, kind: FileKind, file: &File) -> std::io::Result<()> {
         let handle = Arc::new(file.try_clone()?);
-        let synced_len = handle.metadata()?.len();
-        self.plan().unsynced.insert(
-            kind,
-            Unsynced {
-                file: handle,
-                synced_len,
-                undo: Vec::new(),
-            },
-        );
+        let mut plan = self.plan();
+        match plan.unsynced.get_mut(&kind) {
+            Some(unsynced) => unsynced.file = handle,
+            None => {
+                let synced_len = handle.metadata()?.len();
+                plan.unsynced.insert(
+                    kind,
+                    Unsynced {
+                        file: handle,
+                        synced_len,
+                        undo: Vec::new(),
+                    },
+                );
+            }
+        }
         Ok(())
     }
 
