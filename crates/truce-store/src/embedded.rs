@@ -131,10 +131,13 @@ impl EmbeddedStore {
             path: path.clone(),
             message,
         };
-        let (wal, frames) = Wal::open(&config.data_dir.join(WAL_FILE), config.faults.clone())
-            .map_err(|e| failed(format!("cannot read the write-ahead log {WAL_FILE}: {e}")))?;
-        let (revision, replayed) = recover(&db, &frames, None)
+        let (mut wal, frames) =
+            Wal::open(&config.data_dir.join(WAL_FILE), config.faults.clone())
+                .map_err(|e| failed(format!("cannot read the write-ahead log {WAL_FILE}: {e}")))?;
+        let recovered = recover(&db, &frames, None)
             .map_err(|e| failed(format!("cannot recover from the write-ahead log: {e}")))?;
+        wal.restart(recovered.epoch);
+        let (revision, replayed) = (recovered.revision, recovered.versions);
         let reserve = Reserve::new(
             config.data_dir.join(RESERVE_FILE),
             config.reserve_bytes,

@@ -60,31 +60,50 @@ pub(crate) fn open_database(config: &EmbeddedConfig) -> Result<Database, OpenErr
     })
 }
 
+/// What recovery reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Recovered {
+    /// The newest revision.
+    pub revision: u64,
+    /// Versions recovered: log records whose heads were restored, and versions
+    /// replayed from frames.
+    pub versions: usize,
+    /// The log epoch new frames carry: recovery is a checkpoint, so every frame
+    /// already in the log is stale after it.
+    pub epoch: u64,
+}
+
 /// Creates the tables of a new store, brings the heads table up to the log, applies
-/// the write-ahead log's frames that continue the database's revisions, removes
-/// every revision above `keep_through` (when given: the newest revision that was
-/// ever acknowledged) and makes the result durable, returning the revision reached
-/// and the versions recovered (log records whose heads were restored, and versions
-/// replayed from frames). Afterwards every frame in the log is redundant and the
-/// heads table is complete.
+/// the write-ahead log's frames of the current epoch (and, for frames of the first
+/// format, those that continue the database's revisions), removes every revision
+/// above `keep_through` (when given: the newest revision that was ever
+/// acknowledged) and makes the result durable as a checkpoint of a new epoch.
+/// Afterwards every frame in the log is redundant and the heads table is complete.
 pub(crate) fn recover(
     db: &Database,
     frames: &[Frame],
     keep_through: Option<u64>,
-) -> Result<(u64, usize), StorageError> {
+) -> Result<Recovered, StorageError> {
     let txn = db.begin_write().map_err(storage)?;
-    let (revision, replayed) = {
+    let (revision, replayed, epoch) = {
         let mut tables = WriteTables::open(&txn, Overlay::new())?;
         let mut revision = tables.revision()?;
+        let epoch = tables.wal_epoch()?;
         // Log records committed after the last checkpoint may have reached the file
         // (a commit without fsync survives a process crash); their heads never did.
         let mut replayed = tables.restore_heads(revision)?;
         for frame in frames {
+            // A frame of another epoch is from before the last checkpoint: it and
+            // everything after it are stale.
+            if frame.epoch.is_some_and(|e| e != epoch) {
+                break;
+            }
             let Some((first, last)) = frame.revisions() else {
                 continue;
             };
             if last <= revision {
-                // Already in the database: written before its last checkpoint.
+                // Already in the database: a commit without fsync that reached the
+                // file, or (first format) a frame from before the last checkpoint.
                 continue;
             }
             if first != revision + 1 {
@@ -113,10 +132,15 @@ pub(crate) fn recover(
             tables.flush_heads(keep)?;
             revision = keep;
         }
-        (revision, replayed)
+        tables.set_wal_epoch(epoch + 1)?;
+        (revision, replayed, epoch + 1)
     };
     txn.commit().map_err(storage)?;
-    Ok((revision, replayed))
+    Ok(Recovered {
+        revision,
+        versions: replayed,
+        epoch,
+    })
 }
 
 /// Makes the version stored at `position` (encoded as `record`) its resource's head,
@@ -222,7 +246,7 @@ mod tests {
     fn recovery_restores_the_heads_of_log_records_after_the_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(dir.path().join("t.redb")).unwrap();
-        assert_eq!(recover(&db, &[], None).unwrap(), (0, 0));
+        assert_eq!(recover(&db, &[], None).unwrap().revision, 0);
         // As a commit between checkpoints leaves it: log records, no heads.
         let txn = db.begin_write().unwrap();
         {
@@ -236,13 +260,15 @@ mod tests {
         txn.commit().unwrap();
         assert_eq!(head_of(&db, "a"), None);
 
-        assert_eq!(recover(&db, &[], None).unwrap(), (3, 3));
+        let recovered = recover(&db, &[], None).unwrap();
+        assert_eq!((recovered.revision, recovered.versions), (3, 3));
         let a = head_of(&db, "a").unwrap();
         assert_eq!((a.number, a.position, a.tombstone), (2, (3, 0), true));
         let b = head_of(&db, "b").unwrap();
         assert_eq!((b.number, b.position, b.tombstone), (1, (2, 0), false));
         // The table is now complete: opening again restores nothing.
-        assert_eq!(recover(&db, &[], None).unwrap(), (3, 0));
+        let again = recover(&db, &[], None).unwrap();
+        assert_eq!((again.revision, again.versions), (3, 0));
     }
 
     /// Refused writes that reached the file (a checkpoint whose fsync failed after
@@ -268,7 +294,7 @@ mod tests {
             }
         }
         txn.commit().unwrap();
-        assert_eq!(recover(&db, &[], Some(2)).unwrap().0, 2);
+        assert_eq!(recover(&db, &[], Some(2)).unwrap().revision, 2);
         let a = head_of(&db, "a").unwrap();
         assert_eq!((a.number, a.position, a.tombstone), (1, (1, 0), false));
         let b = head_of(&db, "b").unwrap();
@@ -277,5 +303,50 @@ mod tests {
         let txn = db.begin_read().unwrap();
         let log = txn.open_table(LOG).unwrap();
         assert_eq!(crate::tables::last_revision(&log).unwrap(), 2);
+    }
+
+    fn frame(epoch: Option<u64>, revision: u64, id: &str, number: u64) -> Frame {
+        Frame {
+            epoch,
+            entries: vec![crate::wal::Entry {
+                position: (revision, 0),
+                record: record(id, number, Some("1")),
+            }],
+        }
+    }
+
+    /// Frames of the current epoch are applied in order; the first frame of another
+    /// epoch (from before the last checkpoint) ends them; frames of the first
+    /// format are recognised by their revisions.
+    #[test]
+    fn frames_are_applied_by_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("t.redb")).unwrap();
+        let fresh = recover(&db, &[], None).unwrap();
+        assert_eq!((fresh.revision, fresh.epoch), (0, 1));
+        let frames = [
+            frame(Some(1), 1, "a", 1),
+            frame(Some(1), 2, "b", 1),
+            // Stale: written before the checkpoint that began epoch 1.
+            frame(Some(0), 3, "c", 1),
+            frame(Some(1), 3, "d", 1),
+        ];
+        let recovered = recover(&db, &frames, None).unwrap();
+        assert_eq!((recovered.revision, recovered.epoch), (2, 2));
+        assert!(head_of(&db, "b").is_some());
+        assert!(head_of(&db, "c").is_none() && head_of(&db, "d").is_none());
+        // Epoch 1's frames are stale now; a first-format frame continuing the
+        // revisions is applied, one that does not is not.
+        let legacy = [
+            frame(Some(1), 3, "e", 1),
+            frame(None, 3, "f", 1),
+            frame(None, 5, "g", 1),
+        ];
+        let recovered = recover(&db, &legacy, None).unwrap();
+        assert_eq!(recovered.revision, 2);
+        assert!(head_of(&db, "e").is_none() && head_of(&db, "f").is_none());
+        let legacy = [frame(None, 3, "f", 1), frame(None, 5, "g", 1)];
+        assert_eq!(recover(&db, &legacy, None).unwrap().revision, 3);
+        assert!(head_of(&db, "f").is_some() && head_of(&db, "g").is_none());
     }
 }

@@ -324,8 +324,9 @@ impl Sequencer {
         let db =
             open_database(&self.settings).map_err(|e| Failed::database_error(open_failure(e)))?;
         let frames = self.wal.read_frames().map_err(Failed::log)?;
-        let (revision, _) =
+        let recovered =
             recover(&db, &frames, Some(self.published_revision)).map_err(Failed::database_error)?;
+        let revision = recovered.revision;
         if revision != self.published_revision {
             // Fewer revisions than were acknowledged: never expected; stay down
             // rather than build on a store that lost acknowledged writes.
@@ -339,7 +340,7 @@ impl Sequencer {
                 self.published_revision
             ))));
         }
-        self.wal.reset();
+        self.wal.restart(recovered.epoch);
         self.last_checkpoint = Instant::now();
         let snapshot = Snapshot::open(&db, Overlay::new()).map_err(Failed::database_error)?;
         self.published.store(snapshot);
@@ -384,9 +385,13 @@ impl Sequencer {
             .map_err(Failed::database_error)?;
         let checkpointing = checkpoint && (changed || unflushed);
         let checkpoint_started = Instant::now();
+        let next_epoch = self.wal.epoch() + 1;
         if checkpointing {
             tables
                 .flush_heads(revision)
+                .map_err(Failed::database_error)?;
+            tables
+                .set_wal_epoch(next_epoch)
                 .map_err(Failed::database_error)?;
         }
         let overlay = tables.into_overlay();
@@ -394,7 +399,7 @@ impl Sequencer {
         if checkpointing {
             // Durable in redb: every frame so far is redundant.
             txn.commit().map_err(Failed::database)?;
-            self.wal.reset();
+            self.wal.restart(next_epoch);
             self.last_checkpoint = Instant::now();
             metrics::histogram!("truce_checkpoint_seconds")
                 .record(checkpoint_started.elapsed().as_secs_f64());

@@ -29,6 +29,10 @@ pub(crate) const META_CHANGES_COMPACTED: &str = "changes_compacted_through";
 /// `meta` key: the revision the `heads` table is complete to (the last checkpoint).
 /// Absent in stores from before the overlay, whose table was always complete.
 pub(crate) const META_HEADS_THROUGH: &str = "heads_through";
+/// `meta` key: the write-ahead log's epoch, the checkpoints the file has had. Frames
+/// of this epoch are the ones after the last checkpoint (see `crate::wal`). Absent
+/// in stores from before epochs (0).
+pub(crate) const META_WAL_EPOCH: &str = "wal_epoch";
 
 /// The heads and the log of one snapshot.
 pub(crate) struct Tables<H, L> {

@@ -8,17 +8,24 @@
 //! with an fsync, after which the frames before it are no longer needed and the file
 //! is rewritten from its start.
 //!
-//! On open, frames that continue the revision sequence of the redb file are applied
-//! again. Stale frames (from before the last checkpoint) carry revisions the redb file
-//! already holds and are skipped; a torn or corrupt frame ends the scan. A frame is
-//! written and synced before any of its writes is answered, so a torn frame belongs
-//! to a batch nobody was told succeeded.
+//! Every frame carries the log's *epoch*: the number of checkpoints the redb file has
+//! had, which each checkpoint increments in the same durable commit (`meta.wal_epoch`)
+//! before the log starts over. On open, the frames of the file's current epoch are
+//! applied again, in order; the first frame of another epoch (stale: from before the
+//! last checkpoint) or a torn or corrupt one ends the scan. So a frame is recognised
+//! as current by its epoch, not by the revisions it holds, and a batch that moves no
+//! revision (side records only) is recovered like any other. A frame is written and
+//! synced before any of its writes is answered, so a torn frame belongs to a batch
+//! nobody was told succeeded.
 //!
 //! Frame layout (integers big-endian):
-//! `magic(4) payload_len(4) crc32(payload)(4) payload`, where the payload is a list
-//! of `revision(8) index(4) record_len(4) record`, each record encoded as in the
-//! `log` table. The file is grown in zero-filled chunks and synced once per chunk, so
-//! a frame's fsync flushes data pages only, never the file's size.
+//! `magic "TRW2"(4) epoch(8) payload_len(4) crc32(epoch ‖ payload)(4) payload`, where
+//! the payload is a list of entries, each `kind(1)` then, for a version (kind 0),
+//! `revision(8) index(4) record_len(4) record` with the record encoded as in the
+//! `log` table. Frames of the first format (`TRW1`, no epoch, no kinds) are still
+//! read, and recovered by their revisions as that format was. The file is grown in
+//! zero-filled chunks and synced once per chunk, so a frame's fsync flushes data
+//! pages only, never the file's size.
 
 use std::fs::OpenOptions;
 use std::io::ErrorKind;
@@ -32,17 +39,25 @@ use crate::faults::{Faults, FileKind, StoreFile};
 pub(crate) const WAL_FILE: &str = "truce.wal";
 
 /// First bytes of every frame.
-const MAGIC: [u8; 4] = *b"TRW1";
-/// Size of a frame's header: magic, payload length, checksum.
-const FRAME_HEADER: usize = 12;
-/// Size of an entry's header: revision, index, record length.
+const MAGIC: [u8; 4] = *b"TRW2";
+/// First bytes of a frame of the first format (no epoch, no entry kinds).
+const MAGIC_V1: [u8; 4] = *b"TRW1";
+/// Size of a frame's header: magic, epoch, payload length, checksum.
+const FRAME_HEADER: usize = 20;
+/// Size of a first-format frame's header: magic, payload length, checksum.
+const FRAME_HEADER_V1: usize = 12;
+/// Size of a version entry's header: revision, index, record length.
 const ENTRY_HEADER: usize = 16;
+/// Entry kind: a version (a `log` record).
+const KIND_VERSION: u8 = 0;
 /// The file grows by at least this much at a time.
 const GROWTH: u64 = 8 * 1024 * 1024;
 
 /// An open write-ahead log, positioned where the next frame goes.
 pub(crate) struct Wal {
     file: StoreFile,
+    /// The epoch new frames carry: the checkpoints the database has had.
+    epoch: u64,
     /// Where the next frame is written.
     offset: u64,
     /// Bytes of the file known to be allocated and synced.
@@ -59,6 +74,9 @@ pub(crate) struct Entry {
 /// The entries of one frame, in the order they were written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Frame {
+    /// The log epoch the frame was written in; `None` for the first format, whose
+    /// frames are recognised by their revisions.
+    pub epoch: Option<u64>,
     pub entries: Vec<Entry>,
 }
 
@@ -84,6 +102,7 @@ impl FrameBuilder {
         if self.bytes.is_empty() {
             self.bytes.extend_from_slice(&[0; FRAME_HEADER]);
         }
+        self.bytes.push(KIND_VERSION);
         self.bytes.extend_from_slice(&position.0.to_be_bytes());
         self.bytes.extend_from_slice(&position.1.to_be_bytes());
         let len = u32::try_from(record.len()).unwrap_or(u32::MAX);
@@ -107,18 +126,19 @@ impl FrameBuilder {
         }
     }
 
-    /// The complete frame: header filled in over the entries.
-    fn seal(&mut self) -> std::io::Result<&[u8]> {
+    /// The complete frame of `epoch`: header filled in over the entries.
+    fn seal(&mut self, epoch: u64) -> std::io::Result<&[u8]> {
         let payload = self
             .bytes
             .get(FRAME_HEADER..)
             .ok_or_else(|| std::io::Error::new(ErrorKind::InvalidInput, "empty frame"))?;
         let len = u32::try_from(payload.len())
             .map_err(|_| std::io::Error::new(ErrorKind::InvalidInput, "frame over 4 GiB"))?;
-        let crc = crc32fast::hash(payload);
+        let crc = frame_crc(epoch, payload);
         self.bytes[0..4].copy_from_slice(&MAGIC);
-        self.bytes[4..8].copy_from_slice(&len.to_be_bytes());
-        self.bytes[8..12].copy_from_slice(&crc.to_be_bytes());
+        self.bytes[4..12].copy_from_slice(&epoch.to_be_bytes());
+        self.bytes[12..16].copy_from_slice(&len.to_be_bytes());
+        self.bytes[16..20].copy_from_slice(&crc.to_be_bytes());
         Ok(&self.bytes)
     }
 }
@@ -136,6 +156,7 @@ impl Wal {
         let file = StoreFile::new(file, FileKind::Log, faults)?;
         let mut wal = Self {
             file,
+            epoch: 0,
             offset: 0,
             allocated: 0,
         };
@@ -161,12 +182,24 @@ impl Wal {
         self.offset
     }
 
+    /// The epoch new frames carry.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Starts the log over in `epoch` (the database's, after a checkpoint or a
+    /// recovery made every frame so far redundant).
+    pub fn restart(&mut self, epoch: u64) {
+        self.epoch = epoch;
+        self.offset = 0;
+    }
+
     /// Appends a batch's frame and waits until it is on disk.
     pub fn append(&mut self, frame: &mut FrameBuilder) -> std::io::Result<()> {
         if frame.is_empty() {
             return Ok(());
         }
-        let bytes = frame.seal()?;
+        let bytes = frame.seal(self.epoch)?;
         let end = self.offset + bytes.len() as u64;
         if end > self.allocated {
             self.grow(end)?;
@@ -194,12 +227,6 @@ impl Wal {
         self.file.sync_data()
     }
 
-    /// Starts again from the file's beginning, once a checkpoint made every frame
-    /// so far redundant. Old bytes stay until overwritten; recovery skips them.
-    pub fn reset(&mut self) {
-        self.offset = 0;
-    }
-
     /// Extends the file with zeros to cover `end` (and a chunk more) and syncs its
     /// size, so later appends inside it only flush data pages.
     fn grow(&mut self, end: u64) -> std::io::Result<()> {
@@ -217,49 +244,115 @@ impl Wal {
     }
 }
 
+/// The checksum of a frame: its epoch and its payload.
+fn frame_crc(epoch: u64, payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&epoch.to_be_bytes());
+    hasher.update(payload);
+    hasher.finalize()
+}
+
 /// Reads intact frames from the start of the log until the first torn, corrupt or
 /// zero-filled one.
 fn parse(bytes: &[u8]) -> Vec<Frame> {
     let mut frames = Vec::new();
     let mut at = 0usize;
-    while let Some(header) = bytes.get(at..at + FRAME_HEADER) {
-        if header[0..4] != MAGIC {
-            break;
-        }
-        let len = u32::from_be_bytes([header[4], header[5], header[6], header[7]]) as usize;
-        let crc = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
-        let start = at + FRAME_HEADER;
-        let Some(payload) = start.checked_add(len).and_then(|end| bytes.get(start..end)) else {
-            break;
+    while let Some(magic) = bytes.get(at..at + 4) {
+        let parsed = if magic == MAGIC {
+            parse_frame(bytes, at)
+        } else if magic == MAGIC_V1 {
+            parse_frame_v1(bytes, at)
+        } else {
+            None
         };
-        if crc32fast::hash(payload) != crc {
-            break;
-        }
-        let Some(frame) = parse_entries(payload) else {
+        let Some((frame, end)) = parsed else {
             break;
         };
         frames.push(frame);
-        at = start + len;
+        at = end;
     }
     frames
 }
 
-/// Splits a checked payload into its entries.
-fn parse_entries(mut payload: &[u8]) -> Option<Frame> {
+fn be_u32(bytes: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(bytes.try_into().ok()?))
+}
+
+fn be_u64(bytes: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(bytes.try_into().ok()?))
+}
+
+/// The frame at `at`, and where the next one starts.
+fn parse_frame(bytes: &[u8], at: usize) -> Option<(Frame, usize)> {
+    let header = bytes.get(at..at + FRAME_HEADER)?;
+    let epoch = be_u64(&header[4..12])?;
+    let len = be_u32(&header[12..16])? as usize;
+    let crc = be_u32(&header[16..20])?;
+    let start = at + FRAME_HEADER;
+    let payload = bytes.get(start..start.checked_add(len)?)?;
+    if frame_crc(epoch, payload) != crc {
+        return None;
+    }
     let mut entries = Vec::new();
-    while !payload.is_empty() {
-        let header = payload.get(..ENTRY_HEADER)?;
-        let revision = u64::from_be_bytes(header[0..8].try_into().ok()?);
-        let index = u32::from_be_bytes(header[8..12].try_into().ok()?);
-        let len = u32::from_be_bytes(header[12..16].try_into().ok()?) as usize;
-        let record = payload.get(ENTRY_HEADER..ENTRY_HEADER.checked_add(len)?)?;
-        entries.push(Entry {
+    let mut rest = payload;
+    while let Some((&kind, after)) = rest.split_first() {
+        if kind != KIND_VERSION {
+            return None;
+        }
+        let (entry, after) = parse_version(after)?;
+        entries.push(entry);
+        rest = after;
+    }
+    Some((
+        Frame {
+            epoch: Some(epoch),
+            entries,
+        },
+        start + len,
+    ))
+}
+
+/// A first-format frame at `at`, and where the next one starts.
+fn parse_frame_v1(bytes: &[u8], at: usize) -> Option<(Frame, usize)> {
+    let header = bytes.get(at..at + FRAME_HEADER_V1)?;
+    let len = be_u32(&header[4..8])? as usize;
+    let crc = be_u32(&header[8..12])?;
+    let start = at + FRAME_HEADER_V1;
+    let payload = bytes.get(start..start.checked_add(len)?)?;
+    if crc32fast::hash(payload) != crc {
+        return None;
+    }
+    let mut entries = Vec::new();
+    let mut rest = payload;
+    while !rest.is_empty() {
+        let (entry, after) = parse_version(rest)?;
+        entries.push(entry);
+        rest = after;
+    }
+    Some((
+        Frame {
+            epoch: None,
+            entries,
+        },
+        start + len,
+    ))
+}
+
+/// A version entry's body (after its kind), and what follows it.
+fn parse_version(bytes: &[u8]) -> Option<(Entry, &[u8])> {
+    let header = bytes.get(..ENTRY_HEADER)?;
+    let revision = be_u64(&header[0..8])?;
+    let index = be_u32(&header[8..12])?;
+    let len = be_u32(&header[12..16])? as usize;
+    let end = ENTRY_HEADER.checked_add(len)?;
+    let record = bytes.get(ENTRY_HEADER..end)?;
+    Some((
+        Entry {
             position: (revision, index),
             record: record.to_vec(),
-        });
-        payload = &payload[ENTRY_HEADER + len..];
-    }
-    Some(Frame { entries })
+        },
+        &bytes[end..],
+    ))
 }
 
 #[cfg(test)]
@@ -334,12 +427,15 @@ mod tests {
         for revision in 1..=3 {
             wal.append(&mut frame(revision, &[b"old record"])).unwrap();
         }
-        wal.reset();
+        wal.restart(1);
         wal.append(&mut frame(4, &[b"new record"])).unwrap();
-        let revisions: Vec<_> = reopen(&path).iter().filter_map(Frame::revisions).collect();
-        // The new frame overwrote the first old one exactly; the rest are stale, and
-        // recovery skips them by revision.
+        let frames = reopen(&path);
+        let revisions: Vec<_> = frames.iter().filter_map(Frame::revisions).collect();
+        // The new frame overwrote the first old one exactly; the rest are stale, of
+        // the epoch before, where recovery stops.
         assert_eq!(revisions, vec![(4, 4), (2, 2), (3, 3)]);
+        let epochs: Vec<_> = frames.iter().map(|f| f.epoch).collect();
+        assert_eq!(epochs, vec![Some(1), Some(0), Some(0)]);
     }
 
     #[test]
@@ -377,22 +473,39 @@ mod tests {
         assert!(parse(&bytes).is_empty());
     }
 
-    /// The frame layout on disk, fixed: magic, length, CRC-32 of the payload, then
-    /// each entry's revision, index, length and bytes (big-endian).
+    /// The frame layout on disk, fixed: magic, epoch, length, CRC-32 of epoch and
+    /// payload, then each entry's kind, revision, index, length and bytes
+    /// (big-endian).
     #[test]
     fn a_frame_is_these_bytes() {
         let (_dir, path, mut wal) = fresh();
+        wal.restart(5);
         let mut builder = FrameBuilder::default();
         builder.push((7, 1), b"ab");
         wal.append(&mut builder).unwrap();
         let bytes = std::fs::read(&path).unwrap();
-        let hex: String = bytes[..FRAME_HEADER + ENTRY_HEADER + 2]
+        let hex: String = bytes[..FRAME_HEADER + 1 + ENTRY_HEADER + 2]
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
         assert_eq!(
             hex,
-            "545257310000001234895f86000000000000000700000001000000026162"
+            "545257320000000000000005000000136262126700000000000000000700000001000000026162"
         );
+    }
+
+    /// A frame of the first format (no epoch, no entry kinds) still reads.
+    #[test]
+    fn a_first_format_frame_still_reads() {
+        let hex = "545257310000001234895f86000000000000000700000001000000026162";
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let frames = parse(&bytes);
+        assert_eq!(frames.len(), 1);
+        assert_eq!(frames[0].epoch, None);
+        assert_eq!(frames[0].entries[0].position, (7, 1));
+        assert_eq!(frames[0].entries[0].record, b"ab");
     }
 }

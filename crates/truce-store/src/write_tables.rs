@@ -16,7 +16,8 @@ use crate::error::storage;
 use crate::heads::{Heads, Overlay};
 use crate::recovery::restore_head;
 use crate::tables::{
-    HEADS, LOG, META, META_CHANGES_COMPACTED, META_HEADS_THROUGH, Tables, last_revision,
+    HEADS, LOG, META, META_CHANGES_COMPACTED, META_HEADS_THROUGH, META_WAL_EPOCH, Tables,
+    last_revision,
 };
 use crate::wal::FrameBuilder;
 
@@ -57,6 +58,22 @@ impl<'t> WriteTables<'t> {
         self.meta
             .insert(META_HEADS_THROUGH, revision)
             .map_err(storage)?;
+        Ok(())
+    }
+
+    /// The log epoch of the last checkpoint (0 when never recorded).
+    pub(crate) fn wal_epoch(&self) -> Result<u64, StorageError> {
+        Ok(self
+            .meta
+            .get(META_WAL_EPOCH)
+            .map_err(storage)?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// Records that this commit is a checkpoint of log epoch `epoch`: frames of
+    /// earlier epochs are redundant once it is durable.
+    pub(crate) fn set_wal_epoch(&mut self, epoch: u64) -> Result<(), StorageError> {
+        self.meta.insert(META_WAL_EPOCH, epoch).map_err(storage)?;
         Ok(())
     }
 
