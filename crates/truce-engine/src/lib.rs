@@ -47,6 +47,6 @@ pub use read::{
 };
 pub use record::{HistoryEntry, HistoryPage, ListPage, ListQuery, Op, Version};
 pub use retention::{CompactionReport, Retention};
-pub use rules::{Effect, Planned, VersionWrite, WriteContext, plan_write};
+pub use rules::{Effect, Planned, SideTable, SideWrite, VersionWrite, WriteContext, plan_write};
 pub use store::{StateView, Store};
 pub use time::Timestamp;

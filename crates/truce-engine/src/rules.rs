@@ -59,6 +59,48 @@ pub struct VersionWrite {
 pub struct Effect {
     /// New head versions, each with its change-feed entry.
     pub writes: Vec<VersionWrite>,
+    /// Records kept beside the versions, in the same commit.
+    pub side: Vec<SideWrite>,
+}
+
+/// A record kept beside the versions (conflict records, and later locks,
+/// idempotency records, outbox rows): the rules decide it, a backend stores it in
+/// the same commit as the rest of the effect. Side records never move the
+/// revision, and are not in the change feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SideWrite {
+    /// Which kind of record.
+    pub table: SideTable,
+    /// Its key within the table (bytes the rules chose; ordered as bytes).
+    pub key: Vec<u8>,
+    /// The record; `None` removes it.
+    pub value: Option<bytes::Bytes>,
+}
+
+/// The kinds of side record. A backend keeps each in a table (or key range) of
+/// its own; the code is stable on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SideTable {
+    /// Conflict records (SPEC §7).
+    Conflicts,
+}
+
+impl SideTable {
+    /// The stable code of the table.
+    pub const fn code(self) -> u8 {
+        match self {
+            Self::Conflicts => 1,
+        }
+    }
+
+    /// The table with this code.
+    pub const fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Self::Conflicts),
+            _ => None,
+        }
+    }
 }
 
 /// The result of planning a write: the answer, and what to store for it (nothing for
@@ -189,6 +231,7 @@ pub fn plan_write(
                 key: key.clone(),
                 version,
             }],
+            side: Vec::new(),
         }),
     })
 }

@@ -17,6 +17,7 @@ use crate::name::{CollectionName, ResourceKey};
 use crate::read::VersionLookup;
 use crate::record::{HistoryPage, ListPage, ListQuery, Version};
 use crate::retention::CompactionReport;
+use crate::rules::SideTable;
 
 /// The state the rules read: the newest committed data (plus, inside the sequencer,
 /// the earlier writes of the batch being built).
@@ -65,6 +66,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// A page of the change feed.
     async fn changes(&self, query: &ChangeQuery) -> Result<ChangePage, EngineError>;
+
+    /// One side record, as of the newest published state.
+    async fn side_record(
+        &self,
+        table: SideTable,
+        key: &[u8],
+    ) -> Result<Option<bytes::Bytes>, EngineError>;
 
     /// The latest committed revision, updated after every commit: change-feed readers
     /// wait on it instead of polling.

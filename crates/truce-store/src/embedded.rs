@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
     ChangePage, ChangeQuery, CollectionName, CompactionReport, DocumentLimits, EngineError,
-    HistoryPage, ListPage, ListQuery, Planned, ReadContext, ResourceKey, Retention, StateView,
-    StorageError, Store, Timestamp, Version, VersionLookup, WriteCommand, WriteContext,
+    HistoryPage, ListPage, ListQuery, Planned, ReadContext, ResourceKey, Retention, SideTable,
+    StateView, StorageError, Store, Timestamp, Version, VersionLookup, WriteCommand, WriteContext,
     WriteOutcome, history_page, lookup_version, plan_write,
 };
 
@@ -268,6 +268,14 @@ impl Store for EmbeddedStore {
         query.check_retained(snapshot.meta(META_CHANGES_COMPACTED)?)?;
         let log = &snapshot.tables.log;
         Ok(read_changes(log, query, last_revision(log)?)?)
+    }
+
+    async fn side_record(
+        &self,
+        table: SideTable,
+        key: &[u8],
+    ) -> Result<Option<bytes::Bytes>, EngineError> {
+        Ok(self.snapshot()?.side(table.code(), key)?)
     }
 
     fn revisions(&self) -> watch::Receiver<u64> {

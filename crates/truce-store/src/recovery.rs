@@ -98,27 +98,32 @@ pub(crate) fn recover(
             if frame.epoch.is_some_and(|e| e != epoch) {
                 break;
             }
-            let Some((first, last)) = frame.revisions() else {
-                continue;
-            };
-            if last <= revision {
-                // Already in the database: a commit without fsync that reached the
-                // file, or (first format) a frame from before the last checkpoint.
-                continue;
+            if let Some((first, last)) = frame.revisions() {
+                if last <= revision {
+                    // Already in the database: a commit without fsync that reached
+                    // the file, or (first format) a frame from before the last
+                    // checkpoint. Its side records came with it.
+                    continue;
+                }
+                if first != revision + 1 {
+                    break;
+                }
+                for entry in &frame.entries {
+                    tables
+                        .view
+                        .log
+                        .insert(entry.position, entry.record.as_slice())
+                        .map_err(storage)?;
+                    restore_head(&mut tables.view.heads, entry.position, &entry.record)?;
+                    replayed += 1;
+                }
+                revision = last;
             }
-            if first != revision + 1 {
-                break;
+            // Side records are written again in order; writing one twice is
+            // harmless, and the frames after it carry its later states.
+            for side in &frame.side {
+                tables.put_side(side.table, &side.key, side.value.as_deref())?;
             }
-            for entry in &frame.entries {
-                tables
-                    .view
-                    .log
-                    .insert(entry.position, entry.record.as_slice())
-                    .map_err(storage)?;
-                restore_head(&mut tables.view.heads, entry.position, &entry.record)?;
-                replayed += 1;
-            }
-            revision = last;
         }
         tables.flush_heads(revision)?;
         if let Some(keep) = keep_through.filter(|keep| *keep < revision) {
@@ -312,6 +317,7 @@ mod tests {
                 position: (revision, 0),
                 record: record(id, number, Some("1")),
             }],
+            side: Vec::new(),
         }
     }
 

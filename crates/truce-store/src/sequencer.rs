@@ -248,7 +248,12 @@ impl Sequencer {
                     metrics::histogram!("truce_commit_batch_size").record(size as f64);
                     metrics::histogram!("truce_commit_seconds")
                         .record(started.elapsed().as_secs_f64());
-                    self.revisions.send_replace(revision);
+                    // Waiters wake only for a new revision, not for side records.
+                    self.revisions.send_if_modified(|current| {
+                        let moved = *current != revision;
+                        *current = revision;
+                        moved
+                    });
                 }
                 for (job, answer) in batch.into_iter().zip(answers) {
                     send(job, answer);
@@ -437,6 +442,7 @@ impl Sequencer {
         let start = tables.revision()?;
         let mut revision = start;
         let mut compacted = false;
+        let mut side_written = false;
         let now = Timestamp::now();
         let mut answers = Vec::with_capacity(batch.len());
         for job in batch {
@@ -455,7 +461,11 @@ impl Sequencer {
                     Answer::Write(match planned {
                         Ok(Ok(planned)) => {
                             if let Some(effect) = &planned.effect {
-                                revision += 1;
+                                // Side records alone do not move the revision.
+                                if !effect.writes.is_empty() {
+                                    revision += 1;
+                                }
+                                side_written |= !effect.side.is_empty();
                                 tables.apply(effect, revision, frame)?;
                             }
                             Ok(planned.outcome)
@@ -475,7 +485,11 @@ impl Sequencer {
             };
             answers.push(answer);
         }
-        Ok((answers, revision, revision != start || compacted))
+        Ok((
+            answers,
+            revision,
+            revision != start || compacted || side_written,
+        ))
     }
 
     /// Makes the state just committed (with `overlay`, its heads since the last
@@ -694,5 +708,124 @@ mod tests {
         let boom = ResourceKey::parse("things", "boom").unwrap();
         assert!(store.head(&boom).await.unwrap().is_none());
         store.close().await;
+    }
+
+    /// The engine's rules, plus a side record named by the document: `{"side":
+    /// key, "value": text}` writes it, `"value": null` removes it; with
+    /// If-Unmodified-Since `t` the value is `t{t}` instead. A write that changes
+    /// nothing still carries it (a side record alone).
+    fn side_planner(
+        view: &dyn truce_engine::StateView,
+        command: &WriteCommand,
+        ctx: &WriteContext<'_>,
+    ) -> Result<truce_engine::Planned, EngineError> {
+        use truce_engine::{Effect, SideTable, SideWrite, WriteAction};
+        let mut planned = truce_engine::plan_write(view, command, ctx)?;
+        if let WriteAction::Put(doc) = &command.action {
+            let doc: serde_json::Value = serde_json::from_slice(doc.bytes()).unwrap();
+            let side = SideWrite {
+                table: SideTable::Conflicts,
+                key: doc["side"].as_str().unwrap().as_bytes().to_vec(),
+                value: doc["value"].as_str().map(|v| {
+                    let v = match command.preconditions.if_unmodified_since {
+                        Some(t) => format!("t{t}"),
+                        None => v.to_owned(),
+                    };
+                    bytes::Bytes::from(v)
+                }),
+            };
+            planned
+                .effect
+                .get_or_insert_with(Effect::default)
+                .side
+                .push(side);
+        }
+        Ok(planned)
+    }
+
+    /// Side records commit with their write, survive a crash and a power loss, and
+    /// a batch of side records alone moves no revision.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn side_records_are_durable_and_move_no_revision() {
+        use truce_engine::{
+            Document, DocumentLimits, Preconditions, Principal, SideTable, Store, WriteAction,
+        };
+
+        use crate::embedded::EmbeddedStore;
+        use crate::faults::{Faults, PowerLoss};
+
+        async fn read(store: &EmbeddedStore, key: &str) -> Option<bytes::Bytes> {
+            store
+                .side_record(SideTable::Conflicts, key.as_bytes())
+                .await
+                .unwrap()
+        }
+        for power_loss in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let copy = tempfile::tempdir().unwrap();
+            let faults = Faults::new();
+            let mut config = EmbeddedConfig::new(dir.path());
+            config.planner = side_planner;
+            config.checkpoint_interval = std::time::Duration::from_secs(3600);
+            config.faults = Some(faults.clone());
+            let store = EmbeddedStore::open(config).unwrap();
+            let put = |body: serde_json::Value| WriteCommand {
+                key: ResourceKey::parse("things", "a").unwrap(),
+                action: WriteAction::Put(
+                    Document::parse(body.to_string().as_bytes(), DocumentLimits::default())
+                        .unwrap(),
+                ),
+                preconditions: Preconditions::default(),
+                if_version: None,
+                by: Principal::anonymous(),
+            };
+            let first = store
+                .write(put(serde_json::json!({"side": "k1", "value": "v1"})))
+                .await
+                .unwrap();
+            assert_eq!(first.version.revision, 1);
+            let second = store
+                .write(put(serde_json::json!({"side": "k2", "value": "v2"})))
+                .await
+                .unwrap();
+            assert_eq!(second.version.revision, 2);
+            // The same content again: no version, only a new state of k2.
+            let mut side_only = put(serde_json::json!({"side": "k2", "value": "v2"}));
+            side_only.preconditions.if_unmodified_since = Some(4_102_444_800);
+            let unchanged = store.write(side_only).await.unwrap();
+            assert_eq!(
+                unchanged.version.revision, 2,
+                "a side record alone moved the revision"
+            );
+            let gone = store
+                .write(put(serde_json::json!({"side": "k1", "value": null})))
+                .await
+                .unwrap();
+            assert_eq!(gone.version.revision, 3);
+            assert_eq!(read(&store, "k1").await, None);
+            assert_eq!(
+                read(&store, "k2").await.as_deref(),
+                Some(&b"t4102444800"[..])
+            );
+            // Only the log holds them durably: crash (or lose power) and reopen.
+            if power_loss {
+                faults.power_loss(PowerLoss::DropUnsynced).unwrap();
+            } else {
+                for entry in std::fs::read_dir(dir.path()).unwrap() {
+                    let entry = entry.unwrap();
+                    std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
+                }
+            }
+            store.close().await;
+            let path = if power_loss { dir.path() } else { copy.path() };
+            let reopened = EmbeddedStore::open(EmbeddedConfig::new(path)).unwrap();
+            assert_eq!(reopened.open_report().revision, 3);
+            assert_eq!(read(&reopened, "k1").await, None);
+            assert_eq!(
+                read(&reopened, "k2").await.as_deref(),
+                Some(&b"t4102444800"[..])
+            );
+            reopened.close().await;
+        }
     }
 }

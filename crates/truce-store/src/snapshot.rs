@@ -14,7 +14,7 @@ use truce_engine::StorageError;
 
 use crate::error::storage;
 use crate::heads::{Heads, Overlay};
-use crate::tables::{HEADS, LOG, META, Tables};
+use crate::tables::{HEADS, LOG, META, SIDE, Tables, side_key};
 
 /// The tables of a read snapshot.
 pub(crate) type ReadTables =
@@ -43,6 +43,18 @@ impl Snapshot {
             },
             txn,
         })
+    }
+
+    /// One side record.
+    pub fn side(&self, table: u8, key: &[u8]) -> Result<Option<bytes::Bytes>, StorageError> {
+        let side = match self.txn.open_table(SIDE) {
+            Ok(side) => side,
+            // A store that never wrote one has no table yet in old files.
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(error) => return Err(storage(error)),
+        };
+        let found = side.get(side_key(table, key).as_slice()).map_err(storage)?;
+        Ok(found.map(|v| bytes::Bytes::copy_from_slice(v.value())))
     }
 
     /// A counter of the `meta` table (0 if never set).

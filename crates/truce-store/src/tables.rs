@@ -21,6 +21,8 @@ use crate::heads::Heads;
 pub(crate) const HEADS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("heads");
 /// Every version, keyed by `(revision, index within the revision)`; also the change feed.
 pub(crate) const LOG: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("log");
+/// Side records (conflict records, ...), keyed by `table code ‖ key`.
+pub(crate) const SIDE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("side");
 /// Counters: how far the change feed is compacted.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -33,6 +35,14 @@ pub(crate) const META_HEADS_THROUGH: &str = "heads_through";
 /// of this epoch are the ones after the last checkpoint (see `crate::wal`). Absent
 /// in stores from before epochs (0).
 pub(crate) const META_WAL_EPOCH: &str = "wal_epoch";
+
+/// The key of a side record in the `side` table: its table's code, then its key.
+pub(crate) fn side_key(table: u8, key: &[u8]) -> Vec<u8> {
+    let mut full = Vec::with_capacity(key.len() + 1);
+    full.push(table);
+    full.extend_from_slice(key);
+    full
+}
 
 /// The heads and the log of one snapshot.
 pub(crate) struct Tables<H, L> {

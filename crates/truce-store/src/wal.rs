@@ -50,6 +50,10 @@ const FRAME_HEADER_V1: usize = 12;
 const ENTRY_HEADER: usize = 16;
 /// Entry kind: a version (a `log` record).
 const KIND_VERSION: u8 = 0;
+/// Entry kind: a side record written: `table(1) key_len(4) key value_len(4) value`.
+const KIND_SIDE_PUT: u8 = 1;
+/// Entry kind: a side record removed: `table(1) key_len(4) key`.
+const KIND_SIDE_DELETE: u8 = 2;
 /// The file grows by at least this much at a time.
 const GROWTH: u64 = 8 * 1024 * 1024;
 
@@ -71,13 +75,25 @@ pub(crate) struct Entry {
     pub record: Vec<u8>,
 }
 
-/// The entries of one frame, in the order they were written.
+/// One side record written or removed, found in a frame on open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SideEntry {
+    /// The table's code (`SideTable::code`).
+    pub table: u8,
+    pub key: Vec<u8>,
+    /// `None`: removed.
+    pub value: Option<Vec<u8>>,
+}
+
+/// The entries of one frame, in the order they were written (versions and side
+/// records each in their own order; they live in different tables).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Frame {
     /// The log epoch the frame was written in; `None` for the first format, whose
     /// frames are recognised by their revisions.
     pub epoch: Option<u64>,
     pub entries: Vec<Entry>,
+    pub side: Vec<SideEntry>,
 }
 
 impl Frame {
@@ -108,6 +124,26 @@ impl FrameBuilder {
         let len = u32::try_from(record.len()).unwrap_or(u32::MAX);
         self.bytes.extend_from_slice(&len.to_be_bytes());
         self.bytes.extend_from_slice(record);
+    }
+
+    /// Adds a side record written (`Some`) or removed (`None`).
+    pub fn push_side(&mut self, table: u8, key: &[u8], value: Option<&[u8]>) {
+        if self.bytes.is_empty() {
+            self.bytes.extend_from_slice(&[0; FRAME_HEADER]);
+        }
+        let len = |bytes: &[u8]| u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes();
+        self.bytes.push(if value.is_some() {
+            KIND_SIDE_PUT
+        } else {
+            KIND_SIDE_DELETE
+        });
+        self.bytes.push(table);
+        self.bytes.extend_from_slice(&len(key));
+        self.bytes.extend_from_slice(key);
+        if let Some(value) = value {
+            self.bytes.extend_from_slice(&len(value));
+            self.bytes.extend_from_slice(value);
+        }
     }
 
     /// Whether no record was added.
@@ -294,19 +330,29 @@ fn parse_frame(bytes: &[u8], at: usize) -> Option<(Frame, usize)> {
         return None;
     }
     let mut entries = Vec::new();
+    let mut side = Vec::new();
     let mut rest = payload;
     while let Some((&kind, after)) = rest.split_first() {
-        if kind != KIND_VERSION {
-            return None;
-        }
-        let (entry, after) = parse_version(after)?;
-        entries.push(entry);
-        rest = after;
+        rest = match kind {
+            KIND_VERSION => {
+                let (entry, after) = parse_version(after)?;
+                entries.push(entry);
+                after
+            }
+            KIND_SIDE_PUT | KIND_SIDE_DELETE => {
+                let (entry, after) = parse_side(after, kind == KIND_SIDE_PUT)?;
+                side.push(entry);
+                after
+            }
+            // A kind this build does not know: not a frame it can apply.
+            _ => return None,
+        };
     }
     Some((
         Frame {
             epoch: Some(epoch),
             entries,
+            side,
         },
         start + len,
     ))
@@ -333,8 +379,36 @@ fn parse_frame_v1(bytes: &[u8], at: usize) -> Option<(Frame, usize)> {
         Frame {
             epoch: None,
             entries,
+            side: Vec::new(),
         },
         start + len,
+    ))
+}
+
+/// A length-prefixed byte string, and what follows it.
+fn parse_bytes(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = be_u32(bytes.get(..4)?)? as usize;
+    let end = 4usize.checked_add(len)?;
+    Some((bytes.get(4..end)?, &bytes[end..]))
+}
+
+/// A side entry's body (after its kind), and what follows it.
+fn parse_side(bytes: &[u8], with_value: bool) -> Option<(SideEntry, &[u8])> {
+    let (&table, rest) = bytes.split_first()?;
+    let (key, rest) = parse_bytes(rest)?;
+    let (value, rest) = if with_value {
+        let (value, rest) = parse_bytes(rest)?;
+        (Some(value.to_vec()), rest)
+    } else {
+        (None, rest)
+    };
+    Some((
+        SideEntry {
+            table,
+            key: key.to_vec(),
+            value,
+        },
+        rest,
     ))
 }
 
@@ -507,5 +581,33 @@ mod tests {
         assert_eq!(frames[0].epoch, None);
         assert_eq!(frames[0].entries[0].position, (7, 1));
         assert_eq!(frames[0].entries[0].record, b"ab");
+    }
+
+    #[test]
+    fn side_entries_read_back_in_order() {
+        let (_dir, path, mut wal) = fresh();
+        let mut builder = FrameBuilder::default();
+        builder.push((1, 0), b"version");
+        builder.push_side(1, b"k", Some(b"value"));
+        builder.push_side(1, b"k", None);
+        wal.append(&mut builder).unwrap();
+        // A frame of side records alone.
+        let mut builder = FrameBuilder::default();
+        builder.push_side(1, b"other", Some(b""));
+        wal.append(&mut builder).unwrap();
+        let frames = reopen(&path);
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0].entries[0].record, b"version");
+        let side: Vec<_> = frames[0]
+            .side
+            .iter()
+            .map(|e| (e.table, e.key.as_slice(), e.value.as_deref()))
+            .collect();
+        assert_eq!(
+            side,
+            vec![(1, &b"k"[..], Some(&b"value"[..])), (1, &b"k"[..], None)]
+        );
+        assert_eq!(frames[1].revisions(), None);
+        assert_eq!(frames[1].side[0].value.as_deref(), Some(&b""[..]));
     }
 }

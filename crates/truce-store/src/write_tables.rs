@@ -16,8 +16,8 @@ use crate::error::storage;
 use crate::heads::{Heads, Overlay};
 use crate::recovery::restore_head;
 use crate::tables::{
-    HEADS, LOG, META, META_CHANGES_COMPACTED, META_HEADS_THROUGH, META_WAL_EPOCH, Tables,
-    last_revision,
+    HEADS, LOG, META, META_CHANGES_COMPACTED, META_HEADS_THROUGH, META_WAL_EPOCH, SIDE, Tables,
+    last_revision, side_key,
 };
 use crate::wal::FrameBuilder;
 
@@ -30,6 +30,7 @@ type LogTable<'t> = Table<'t, (u64, u32), &'static [u8]>;
 pub(crate) struct WriteTables<'t> {
     pub view: Tables<HeadsTable<'t>, LogTable<'t>>,
     meta: Table<'t, &'static str, u64>,
+    side: Table<'t, &'static [u8], &'static [u8]>,
 }
 
 impl<'t> WriteTables<'t> {
@@ -44,7 +45,27 @@ impl<'t> WriteTables<'t> {
                 log: txn.open_table(LOG).map_err(storage)?,
             },
             meta: txn.open_table(META).map_err(storage)?,
+            side: txn.open_table(SIDE).map_err(storage)?,
         })
+    }
+
+    /// Writes (`Some`) or removes (`None`) one side record.
+    pub(crate) fn put_side(
+        &mut self,
+        table: u8,
+        key: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), StorageError> {
+        let full = side_key(table, key);
+        match value {
+            Some(value) => {
+                self.side.insert(full.as_slice(), value).map_err(storage)?;
+            }
+            None => {
+                self.side.remove(full.as_slice()).map_err(storage)?;
+            }
+        }
+        Ok(())
     }
 
     /// The heads written since the last checkpoint, once the tables are done with.
@@ -139,6 +160,12 @@ impl<'t> WriteTables<'t> {
                 HeadRecord::of(position, &record),
             );
             frame.push(position, &encoded);
+        }
+        for side in &effect.side {
+            let code = side.table.code();
+            let value = side.value.as_deref();
+            self.put_side(code, &side.key, value)?;
+            frame.push_side(code, &side.key, value);
         }
         Ok(())
     }
