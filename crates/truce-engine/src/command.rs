@@ -68,6 +68,8 @@ pub struct WriteCommand {
     pub if_version: Option<u64>,
     /// Who asks.
     pub by: Principal,
+    /// The request id, kept in the conflict record a refusal creates.
+    pub request_id: Option<String>,
 }
 
 /// How a write ended.

@@ -96,7 +96,12 @@ impl Document {
         }
     }
 
-    /// Consumes the document, keeping the value.
+    /// The parsed value.
+    pub fn value(&self) -> &Value {
+        &self.value
+    }
+
+    /// The parsed value, taken.
     pub fn into_value(self) -> Value {
         self.value
     }

@@ -131,6 +131,15 @@ pub enum EngineError {
     /// The collection requires a precondition and the write carried none.
     #[error("this collection requires If-Match, If-None-Match: * or ?if_version on writes")]
     PreconditionRequired,
+    /// A refusal that created a conflict record (SPEC §7): answered as its cause,
+    /// plus `conflict_id`.
+    #[error("{source}")]
+    Recorded {
+        /// The refusal.
+        source: Box<EngineError>,
+        /// The record it created.
+        conflict_id: String,
+    },
     /// The storage backend failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -200,6 +209,7 @@ impl EngineError {
     /// The problem kind this error maps to.
     pub fn kind(&self) -> ProblemKind {
         match self {
+            Self::Recorded { source, .. } => source.kind(),
             Self::Malformed(_) => ProblemKind::MalformedRequest,
             Self::NotFound { .. } => ProblemKind::NotFound,
             Self::PreconditionFailed { .. } => ProblemKind::PreconditionFailed,
@@ -223,6 +233,10 @@ impl EngineError {
     pub fn problem(&self) -> Problem {
         let kind = self.kind();
         match self {
+            Self::Recorded {
+                source,
+                conflict_id,
+            } => source.problem().with("conflict_id", json!(conflict_id)),
             Self::NotFound { tombstone, .. } => {
                 let problem = Problem::new(kind, self.to_string());
                 match tombstone {

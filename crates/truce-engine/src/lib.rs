@@ -11,6 +11,7 @@
 
 mod change;
 mod command;
+mod conflict;
 mod document;
 mod error;
 mod etag;
@@ -30,6 +31,9 @@ mod time;
 
 pub use change::{Change, ChangePage, ChangeQuery};
 pub use command::{Principal, WriteAction, WriteCommand, WriteOutcome, WriteStatus};
+pub use conflict::{
+    Attempted, ConflictRecord, differing_paths, ours as conflict_ours, record_refusal,
+};
 pub use document::{Document, DocumentLimits};
 pub use error::{CurrentState, EngineError, Problem, StorageError};
 pub use etag::{ETag, EntityTag, EtagSyntaxError, TagCondition};

@@ -72,6 +72,11 @@ impl JsonPatch {
         Ok(Self(json_patch::Patch(parsed)))
     }
 
+    /// The patch as JSON (an array of operations).
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(&self.0).unwrap_or(Value::Null)
+    }
+
     /// Applies the patch to a copy of `doc`; all operations or none.
     pub(crate) fn apply(&self, doc: &Value) -> Result<Value, PatchFailure> {
         let mut result = doc.clone();

@@ -445,6 +445,7 @@ mod tests {
             preconditions: Preconditions::default(),
             if_version: None,
             by: Principal::anonymous(),
+            request_id: None,
         }
     }
 

@@ -24,6 +24,7 @@ use crate::wire::ProblemBody;
         (name = "documents", description = "Versioned JSON documents with RFC 9110 preconditions"),
         (name = "history", description = "Past versions, diffs and reverts"),
         (name = "changes", description = "The change feed and watches"),
+        (name = "conflicts", description = "Conflict records: refused writes, kept"),
         (name = "system", description = "Health, metrics, the OpenAPI document and problem pages"),
     ),
     components(schemas(crate::wire::ProblemBody, crate::wire::FieldError, crate::wire::ResourceRef))

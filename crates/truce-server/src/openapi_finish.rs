@@ -223,6 +223,7 @@ fn constrain_path_parameter(parameter: &mut Value) {
         Some("id") => json!({"type": "string", "pattern": ID_PATTERN}),
         Some("n") => json!({"type": "integer", "minimum": 1}),
         Some("slug") => json!({"type": "string", "pattern": "^[a-z][a-z-]*$"}),
+        Some("cid") => json!({"type": "string", "pattern": "^[A-Za-z0-9]{1,64}$"}),
         _ => return,
     };
     parameter["schema"] = schema;

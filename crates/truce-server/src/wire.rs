@@ -271,6 +271,9 @@ pub struct ProblemBody {
     pub current_version: Option<u64>,
     /// 409/412: the current ETag of the resource (also in the `ETag` header).
     pub current_etag: Option<String>,
+    /// 409/412 about the resource's state: the conflict record this refusal
+    /// created (SPEC §7).
+    pub conflict_id: Option<String>,
     /// precondition-failed: `true` when the current content already equals what
     /// the refused request would make (absent otherwise). The request was still
     /// refused: another write made that content.

@@ -66,6 +66,7 @@ fn main() {
                         preconditions,
                         if_version: None,
                         by: Principal::anonymous(),
+                        request_id: None,
                     };
                     let outcome = store.write(command).await.expect("write");
                     etag = Some(outcome.version.etag(&key).to_header());

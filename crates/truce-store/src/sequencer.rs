@@ -41,8 +41,8 @@ use std::time::Instant;
 use redb::{Database, Durability};
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
-    CompactionReport, EngineError, StorageError, Timestamp, WriteCommand, WriteContext,
-    WriteOutcome,
+    CompactionReport, Effect, EngineError, IdGenerator, StorageError, Timestamp, WriteCommand,
+    WriteContext, WriteOutcome, record_refusal,
 };
 
 use crate::compaction::CompactionPlan;
@@ -124,6 +124,8 @@ pub(crate) struct Sequencer {
     outage: Option<Outage>,
     /// Room kept for recovering from a full disk.
     reserve: Reserve,
+    /// Makes conflict records' ids (time-ordered).
+    conflict_ids: IdGenerator,
     health: Arc<Health>,
     last_checkpoint: Instant,
     /// The heads committed since the last checkpoint.
@@ -160,6 +162,7 @@ impl Sequencer {
             published_revision: start.revision,
             outage: None,
             reserve: start.reserve,
+            conflict_ids: IdGenerator::new(),
             health: start.health,
             last_checkpoint: Instant::now(),
             overlay: Overlay::new(),
@@ -470,7 +473,25 @@ impl Sequencer {
                             }
                             Ok(planned.outcome)
                         }
-                        Ok(Err(refusal)) => Err(refusal),
+                        // A refusal for the resource's state is kept as a conflict
+                        // record, committed with the batch before it is answered.
+                        Ok(Err(refusal)) => match record_refusal(
+                            command,
+                            refusal,
+                            || self.conflict_ids.next_id().as_str().to_owned(),
+                            now,
+                        ) {
+                            Ok((answer, record)) => {
+                                side_written = true;
+                                let effect = Effect {
+                                    writes: Vec::new(),
+                                    side: vec![record],
+                                };
+                                tables.apply(&effect, revision, frame)?;
+                                Err(answer)
+                            }
+                            Err(refusal) => Err(refusal),
+                        },
                         Err(_) => {
                             tracing::error!(key = %command.key, "panic while planning a write");
                             Err(EngineError::Internal("panic while planning a write".into()))
@@ -598,6 +619,7 @@ mod tests {
                     preconditions: Preconditions::default(),
                     if_version: None,
                     by: Principal::anonymous(),
+                    request_id: None,
                 })
                 .await
                 .unwrap();
@@ -669,6 +691,7 @@ mod tests {
                         preconditions: Preconditions::default(),
                         if_version: None,
                         by: Principal::anonymous(),
+                        request_id: None,
                     })
                     .await
             })
@@ -778,6 +801,7 @@ mod tests {
                 preconditions: Preconditions::default(),
                 if_version: None,
                 by: Principal::anonymous(),
+                request_id: None,
             };
             let first = store
                 .write(put(serde_json::json!({"side": "k1", "value": "v1"})))

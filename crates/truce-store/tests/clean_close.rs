@@ -32,6 +32,7 @@ async fn a_closed_store_reopens_without_repair() {
                 preconditions: Preconditions::default(),
                 if_version: None,
                 by: Principal::anonymous(),
+                request_id: None,
             })
             .await
             .unwrap();

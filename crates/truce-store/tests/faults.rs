@@ -46,6 +46,7 @@ fn put(id: &str, value: u64) -> WriteCommand {
         preconditions: Preconditions::default(),
         if_version: None,
         by: Principal::anonymous(),
+        request_id: None,
     }
 }
 

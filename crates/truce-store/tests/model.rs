@@ -21,8 +21,8 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use truce_engine::{
     ChangeQuery, CollectionName, Document, DocumentLimits, ETag, EngineError, JsonPatch, ListQuery,
-    Preconditions, Principal, ResourceKey, Retention, Store, TagCondition, VersionLookup,
-    WriteAction, WriteCommand, WriteStatus,
+    Preconditions, Principal, ResourceKey, Retention, SideTable, Store, TagCondition,
+    VersionLookup, WriteAction, WriteCommand, WriteStatus,
 };
 use truce_store::{EmbeddedConfig, EmbeddedStore};
 
@@ -179,6 +179,8 @@ struct Model {
     feed: Vec<(u64, String, u64)>,
     revision: u64,
     retention: bool,
+    /// `(conflict id, resource id, slug)` of every recorded refusal.
+    conflicts: Vec<(String, String, &'static str)>,
 }
 
 fn document(value: i64) -> Value {
@@ -375,10 +377,27 @@ fn command(
         preconditions,
         if_version,
         by: Principal::anonymous(),
+        request_id: None,
     }
 }
 
-fn observed(result: &Result<truce_engine::WriteOutcome, EngineError>) -> Expected {
+/// What a step answered, and the conflict record its refusal created, if any.
+fn observed(
+    result: &Result<truce_engine::WriteOutcome, EngineError>,
+) -> (Expected, Option<String>) {
+    match result {
+        Err(EngineError::Recorded {
+            source,
+            conflict_id,
+        }) => (
+            observed(&Err((**source).clone())).0,
+            Some(conflict_id.clone()),
+        ),
+        other => (observed_plain(other), None),
+    }
+}
+
+fn observed_plain(result: &Result<truce_engine::WriteOutcome, EngineError>) -> Expected {
     match result {
         Ok(outcome) => Expected::Ok {
             status: outcome.status,
@@ -444,6 +463,7 @@ async fn run_group(
                     preconditions: Preconditions::default(),
                     if_version: None,
                     by: Principal::anonymous(),
+                    request_id: None,
                 };
                 (id, expected, command)
             }
@@ -456,9 +476,21 @@ async fn run_group(
     let mut revisions = Vec::new();
     for (task, (id, expected)) in tasks.into_iter().zip(expectations) {
         let result = task.await.map_err(|e| e.to_string())?;
-        let got = observed(&result);
+        let (got, conflict_id) = observed(&result);
         if got != expected {
             return Err(format!("{id}: got {got:?}, the model says {expected:?}"));
+        }
+        // Every refusal for the resource's state leaves exactly one record.
+        let slug = match got {
+            Expected::PreconditionFailed => Some("precondition-failed"),
+            Expected::VersionConflict => Some("version-conflict"),
+            Expected::PatchTestFailed => Some("patch-test-failed"),
+            _ => None,
+        };
+        match (slug, conflict_id) {
+            (Some(slug), Some(cid)) => model.conflicts.push((cid, id.clone(), slug)),
+            (None, None) => {}
+            (slug, cid) => return Err(format!("{id}: refusal {slug:?} with record {cid:?}")),
         }
         if let Ok(outcome) = result
             && matches!(
@@ -617,6 +649,21 @@ async fn check_store(store: &EmbeddedStore, model: &Model) {
         since = page.last_revision;
     }
     assert_eq!(feed, model.feed, "change feed");
+
+    // Every refusal's record is there, of its resource and kind; ids are unique.
+    let ids: HashSet<&String> = model.conflicts.iter().map(|(cid, _, _)| cid).collect();
+    assert_eq!(ids.len(), model.conflicts.len(), "conflict ids reused");
+    for (cid, id, slug) in &model.conflicts {
+        let record = store
+            .side_record(SideTable::Conflicts, cid.as_bytes())
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("conflict record {cid} of {id} missing"));
+        let record: Value = serde_json::from_slice(&record).unwrap();
+        assert_eq!(record["type"], *slug, "{cid}");
+        assert_eq!(record["resource"]["id"], id.as_str(), "{cid}");
+        assert_eq!(record["status"], "open", "{cid}");
+    }
 }
 
 /// Copies the store's files as they are now, as a crash would leave them.

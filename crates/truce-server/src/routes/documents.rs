@@ -122,6 +122,7 @@ pub async fn create(
         preconditions,
         if_version: None,
         by: Principal::anonymous(),
+        request_id: crate::context::RequestContext::current().map(|c| c.id.to_string()),
     };
     run_write(&state, command, prefer).await
 }
@@ -276,6 +277,7 @@ pub(crate) fn write_command(
         preconditions,
         if_version: params.if_version,
         by: Principal::anonymous(),
+        request_id: crate::context::RequestContext::current().map(|c| c.id.to_string()),
     }
 }
 

@@ -18,6 +18,7 @@ use crate::problem;
 use crate::state::AppState;
 
 pub mod changes;
+pub mod conflicts;
 pub mod documents;
 pub mod history;
 pub mod system;
@@ -44,6 +45,7 @@ fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(history::diff))
         .routes(routes!(history::revert))
         .routes(routes!(changes::watch))
+        .routes(routes!(conflicts::conflict))
         .with_state(state)
         .split_for_parts();
     (router, api)

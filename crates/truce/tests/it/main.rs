@@ -8,6 +8,7 @@ mod cli;
 mod client;
 mod common;
 mod concurrency;
+mod conflicts;
 mod disk_full;
 mod openapi;
 mod preconditions;

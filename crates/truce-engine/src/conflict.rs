@@ -1,0 +1,297 @@
+//! Conflict records: what a write refused for the resource's state leaves behind,
+//! so the losing client's work is kept (SPEC §7).
+//!
+//! The rules refuse; this module turns such a refusal into a record (the attempted
+//! request, the version it was based on, the current version, who and when) and a
+//! [`SideWrite`] that the backend commits in the same step as the refusal, before
+//! the refusal is answered: the `conflict_id` a client is given always exists, also
+//! after a crash right after the answer. The refusal itself becomes
+//! [`EngineError::Recorded`], which renders as the original problem plus
+//! `conflict_id`.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::command::{WriteAction, WriteCommand};
+use crate::error::{CurrentState, EngineError};
+use crate::etag::TagCondition;
+use crate::name::ResourceKey;
+use crate::rules::{SideTable, SideWrite};
+use crate::time::Timestamp;
+
+/// A conflict record as stored and served (SPEC §7 fields).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConflictRecord {
+    /// The record's id (time-ordered).
+    pub id: String,
+    /// The problem slug of the refusal.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// `open` until resolved or dismissed.
+    pub status: &'static str,
+    /// The resource written.
+    pub resource: ResourceRef,
+    /// The version the write was based on (from `If-Match` or `?if_version`), when
+    /// it named one.
+    pub base_version: Option<u64>,
+    /// The resource's version when the write was refused (absent: no live version).
+    pub current_version: Option<u64>,
+    /// The request that was refused, so its change can still be applied later.
+    pub attempted: Attempted,
+    /// Who sent it.
+    pub by: String,
+    /// The request id, when the request had one.
+    pub request_id: Option<String>,
+    /// When it was refused.
+    pub detected_at: Timestamp,
+}
+
+/// A resource named in a record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ResourceRef {
+    /// The collection.
+    pub collection: String,
+    /// The document id.
+    pub id: String,
+}
+
+/// The refused request.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Attempted {
+    /// `PUT`, `PATCH`, `DELETE` or `POST` (create, revert).
+    pub method: &'static str,
+    /// The document a `PUT` or create sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+    /// The patch a `PATCH` sent (a merge patch object or a JSON Patch array).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<Value>,
+    /// `merge-patch` or `json-patch`, for a `PATCH`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch_type: Option<&'static str>,
+    /// The version a revert asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revert_to: Option<u64>,
+}
+
+/// The current state a refusal reports, if it is one that creates a record.
+fn recorded_state(error: &EngineError) -> Option<Option<&CurrentState>> {
+    match error {
+        EngineError::PreconditionFailed { current, .. }
+        | EngineError::VersionConflict { current, .. } => Some(current.as_ref()),
+        EngineError::PatchTestFailed { current, .. }
+        | EngineError::PatchConflict { current, .. } => Some(Some(current)),
+        _ => None,
+    }
+}
+
+/// The version an entity-tag names (`"7-3f9a2c1d"` is version 7), if it is one of
+/// truce's.
+fn tag_version(condition: &TagCondition) -> Option<u64> {
+    match condition {
+        TagCondition::Any => None,
+        TagCondition::Tags(tags) => tags
+            .iter()
+            .filter(|t| !t.weak)
+            .find_map(|t| t.opaque.split_once('-')?.0.parse().ok()),
+    }
+}
+
+/// What the command asked for, as a record keeps it.
+fn attempted(action: &WriteAction) -> Attempted {
+    let mut attempted = Attempted {
+        method: "PUT",
+        body: None,
+        patch: None,
+        patch_type: None,
+        revert_to: None,
+    };
+    match action {
+        WriteAction::Put(doc) => attempted.body = Some(doc.value().clone()),
+        WriteAction::Create(doc) => {
+            attempted.method = "POST";
+            attempted.body = Some(doc.value().clone());
+        }
+        WriteAction::MergePatch(patch) => {
+            attempted.method = "PATCH";
+            attempted.patch = Some(patch.clone());
+            attempted.patch_type = Some("merge-patch");
+        }
+        WriteAction::JsonPatch(patch) => {
+            attempted.method = "PATCH";
+            attempted.patch = Some(patch.to_value());
+            attempted.patch_type = Some("json-patch");
+        }
+        WriteAction::Delete => attempted.method = "DELETE",
+        WriteAction::Revert { to } => {
+            attempted.method = "POST";
+            attempted.revert_to = Some(*to);
+        }
+    }
+    attempted
+}
+
+/// For a refusal that SPEC §7 records (409 and 412 about the resource's state):
+/// the refusal to answer (carrying the record's id) and the record to commit with
+/// it. Other errors are not recorded: `None`.
+pub fn record_refusal(
+    command: &WriteCommand,
+    error: EngineError,
+    new_id: impl FnOnce() -> String,
+    now: Timestamp,
+) -> Result<(EngineError, SideWrite), EngineError> {
+    let Some(current) = recorded_state(&error) else {
+        return Err(error);
+    };
+    let id = new_id();
+    let key: &ResourceKey = &command.key;
+    let record = ConflictRecord {
+        id: id.clone(),
+        kind: error.kind().slug(),
+        status: "open",
+        resource: ResourceRef {
+            collection: key.collection.as_str().to_owned(),
+            id: key.id.as_str().to_owned(),
+        },
+        base_version: command.if_version.or_else(|| {
+            command
+                .preconditions
+                .if_match
+                .as_ref()
+                .and_then(tag_version)
+        }),
+        current_version: current.map(|c| c.version),
+        attempted: attempted(&command.action),
+        by: command.by.as_str().to_owned(),
+        request_id: command.request_id.clone(),
+        detected_at: now,
+    };
+    let value = serde_json::to_vec(&record)
+        .map_err(|e| EngineError::Internal(format!("conflict record not encodable: {e}")))?;
+    let side = SideWrite {
+        table: SideTable::Conflicts,
+        key: id.clone().into_bytes(),
+        value: Some(value.into()),
+    };
+    Ok((
+        EngineError::Recorded {
+            source: Box::new(error),
+            conflict_id: id,
+        },
+        side,
+    ))
+}
+
+/// What a refused write would have made of `base` (the version it was based on):
+/// SPEC §7's `ours`. `None` when it cannot be said (no base for a patch, a patch
+/// that does not apply to it, a revert), or for a deletion.
+pub fn ours(record: &Value, base: Option<&Value>) -> Option<Value> {
+    let attempted = &record["attempted"];
+    match attempted["method"].as_str()? {
+        "PUT" | "POST" if attempted.get("body").is_some() => Some(attempted["body"].clone()),
+        "PATCH" => {
+            let base = base?;
+            let patch = &attempted["patch"];
+            match attempted["patch_type"].as_str()? {
+                "merge-patch" => Some(crate::patch::apply_merge_patch(base, patch)),
+                _ => crate::patch::JsonPatch::parse(patch.to_string().as_bytes())
+                    .ok()?
+                    .apply(base)
+                    .ok(),
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The JSON paths (pointers) at which `ours` and `theirs` differ.
+pub fn differing_paths(ours: &Value, theirs: &Value) -> Vec<String> {
+    crate::merge::changes(theirs, ours)
+        .iter()
+        .map(|change| crate::merge::pointer(&change.path))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Principal;
+    use crate::document::{Document, DocumentLimits};
+    use crate::etag::ETag;
+    use crate::precondition::{FailedCondition, Preconditions};
+    use serde_json::json;
+
+    #[test]
+    fn a_stale_put_is_recorded_with_its_base_and_body() {
+        let key = ResourceKey::parse("notes", "a").unwrap();
+        let stale = ETag::derive(&key, 3, 9, Timestamp::from_millis(1));
+        let preconditions = Preconditions {
+            if_match: Some(TagCondition::parse([stale.to_header().as_str()]).unwrap()),
+            ..Preconditions::default()
+        };
+        let command = WriteCommand {
+            key: key.clone(),
+            action: WriteAction::Put(
+                Document::parse(br#"{"n":4}"#, DocumentLimits::default()).unwrap(),
+            ),
+            preconditions,
+            if_version: None,
+            by: Principal::anonymous(),
+            request_id: Some("req-1".into()),
+        };
+        let refusal = EngineError::PreconditionFailed {
+            condition: FailedCondition::IfMatch,
+            current: Some(CurrentState {
+                resource: key.clone(),
+                version: 5,
+                etag: ETag::derive(&key, 5, 11, Timestamp::from_millis(2)),
+            }),
+            current_matches_request: false,
+        };
+        let (answer, side) = record_refusal(
+            &command,
+            refusal,
+            || "01CONFLICT".into(),
+            Timestamp::from_millis(3),
+        )
+        .unwrap();
+        let problem = answer.problem();
+        assert_eq!(problem.kind.slug(), "precondition-failed");
+        assert_eq!(problem.fields["conflict_id"], "01CONFLICT");
+        assert_eq!(problem.fields["current_version"], 5);
+        assert_eq!(side.key, b"01CONFLICT");
+        let stored: Value = serde_json::from_slice(side.value.as_ref().unwrap()).unwrap();
+        assert_eq!(stored["type"], "precondition-failed");
+        assert_eq!(stored["status"], "open");
+        assert_eq!(stored["base_version"], 3);
+        assert_eq!(stored["current_version"], 5);
+        assert_eq!(
+            stored["attempted"],
+            json!({"method": "PUT", "body": {"n": 4}})
+        );
+        assert_eq!(stored["request_id"], "req-1");
+        assert_eq!(
+            stored["resource"],
+            json!({"collection": "notes", "id": "a"})
+        );
+    }
+
+    #[test]
+    fn other_errors_are_not_recorded() {
+        let command = WriteCommand {
+            key: ResourceKey::parse("notes", "a").unwrap(),
+            action: WriteAction::Delete,
+            preconditions: Preconditions::default(),
+            if_version: None,
+            by: Principal::anonymous(),
+            request_id: None,
+        };
+        let missing = EngineError::NotFound {
+            detail: "gone".into(),
+            tombstone: None,
+        };
+        assert!(
+            record_refusal(&command, missing, || "x".into(), Timestamp::from_millis(0)).is_err()
+        );
+    }
+}

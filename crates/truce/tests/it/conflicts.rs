@@ -1,0 +1,241 @@
+//! SPEC §7 conflict records: every write refused for the resource's state leaves
+//! one record, named by `conflict_id` in the refusal, committed before the answer
+//! (so it is there after a `kill -9` right after it), and readable with the three
+//! sides of the conflict.
+
+use serde_json::{Value, json};
+
+use crate::common::{ServerProcess, TestServer, client, data_dir, etag, problem};
+
+/// A refused request: method, path, content type, body, headers, and the status
+/// and slug it must get.
+type Refusal<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    u16,
+    &'a str,
+);
+
+/// Sends `method path` with a JSON body of `content_type` and headers.
+async fn send(
+    server: &TestServer,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut request = server
+        .client
+        .request(
+            reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+            server.url(path),
+        )
+        .header("content-type", content_type)
+        .body(body.to_owned());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn every_refusal_for_the_state_leaves_one_record() {
+    let server = TestServer::start().await;
+    let v1 = server
+        .create("/v1/c/doc", &json!({"n": 1, "tag": "a"}))
+        .await;
+    let v2 = etag(
+        &server
+            .put("/v1/c/doc", &json!({"n": 2, "tag": "a"}), &[])
+            .await,
+    );
+    const JSON: &str = "application/json";
+    const PATCH: &str = "application/json-patch+json";
+    let cases: Vec<Refusal<'_>> = vec![
+        (
+            "PUT",
+            "/v1/c/doc",
+            JSON,
+            r#"{"n": 3}"#,
+            vec![("if-match", &v1)],
+            412,
+            "precondition-failed",
+        ),
+        (
+            "PUT",
+            "/v1/c/doc",
+            JSON,
+            r#"{"n": 3}"#,
+            vec![("if-none-match", "*")],
+            412,
+            "precondition-failed",
+        ),
+        (
+            "PUT",
+            "/v1/c/doc?if_version=1",
+            JSON,
+            r#"{"n": 3}"#,
+            vec![],
+            409,
+            "version-conflict",
+        ),
+        (
+            "PATCH",
+            "/v1/c/doc",
+            PATCH,
+            r#"[{"op":"test","path":"/tag","value":"b"}]"#,
+            vec![],
+            409,
+            "patch-test-failed",
+        ),
+        (
+            "PATCH",
+            "/v1/c/doc",
+            PATCH,
+            r#"[{"op":"remove","path":"/nope"}]"#,
+            vec![],
+            409,
+            "patch-conflict",
+        ),
+        (
+            "DELETE",
+            "/v1/c/doc",
+            JSON,
+            "",
+            vec![("if-match", &v1)],
+            412,
+            "precondition-failed",
+        ),
+    ];
+    let mut ids = std::collections::HashSet::new();
+    for (method, path, content_type, body, headers, status, slug) in cases {
+        let label = format!("{method} {path} {headers:?}");
+        let refused = send(&server, method, path, content_type, body, &headers).await;
+        let answer = problem(refused, status, slug).await;
+        let cid = answer["conflict_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{label}: no conflict_id"))
+            .to_owned();
+        assert!(ids.insert(cid.clone()), "{label}: id reused");
+        let record = server.get_json(&format!("/v1/_conflicts/{cid}")).await;
+        assert_eq!(record["id"], cid.as_str(), "{label}");
+        assert_eq!(record["type"], slug, "{label}");
+        assert_eq!(record["status"], "open", "{label}");
+        assert_eq!(
+            record["resource"],
+            json!({"collection": "c", "id": "doc"}),
+            "{label}"
+        );
+        assert_eq!(record["current_version"], 2, "{label}");
+        assert_eq!(record["attempted"]["method"], method, "{label}");
+        assert_eq!(record["by"], "anonymous", "{label}");
+        assert!(record["request_id"].is_string(), "{label}");
+        assert!(record["detected_at"].is_string(), "{label}");
+        assert_eq!(record["theirs"], json!({"n": 2, "tag": "a"}), "{label}");
+    }
+    // Nothing of the refusals was applied, and the revision did not move.
+    let read = server.get("/v1/c/doc", &[]).await;
+    assert_eq!(etag(&read), v2);
+    assert_eq!(crate::common::header(&read, "truce-revision"), "2");
+    let feed = server.get_json("/v1/_changes?since=0").await;
+    assert_eq!(feed["last_revision"], 2);
+}
+
+#[tokio::test]
+async fn a_record_shows_base_ours_theirs_and_where_they_differ() {
+    let server = TestServer::start().await;
+    let base = server
+        .create("/v1/c/doc", &json!({"title": "milk", "n": 1}))
+        .await;
+    server
+        .put("/v1/c/doc", &json!({"title": "milk", "n": 5}), &[])
+        .await;
+    let refused = send(
+        &server,
+        "PATCH",
+        "/v1/c/doc",
+        "application/merge-patch+json",
+        r#"{"title": "oat milk"}"#,
+        &[("if-match", &base)],
+    )
+    .await;
+    let cid = problem(refused, 412, "precondition-failed").await["conflict_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let record = server.get_json(&format!("/v1/_conflicts/{cid}")).await;
+    assert_eq!(record["base_version"], 1);
+    assert_eq!(record["attempted"]["patch"], json!({"title": "oat milk"}));
+    assert_eq!(record["base"], json!({"title": "milk", "n": 1}));
+    assert_eq!(record["ours"], json!({"title": "oat milk", "n": 1}));
+    assert_eq!(record["theirs"], json!({"title": "milk", "n": 5}));
+    let mut paths: Vec<String> = record["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_owned())
+        .collect();
+    paths.sort();
+    assert_eq!(paths, ["/n", "/title"]);
+}
+
+#[tokio::test]
+async fn unknown_and_malformed_conflict_ids() {
+    let server = TestServer::start().await;
+    problem(
+        server.get("/v1/_conflicts/01NOSUCHRECORD", &[]).await,
+        404,
+        "not-found",
+    )
+    .await;
+    problem(
+        server.get("/v1/_conflicts/not-an-id", &[]).await,
+        400,
+        "malformed-request",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_record_outlives_a_kill_right_after_the_refusal() {
+    let (_tmp, data) = data_dir();
+    let client = client();
+    // Only the write-ahead log holds what is written (no checkpoint before the kill).
+    let server = ServerProcess::start(&data, &["--checkpoint-interval", "1h"]).await;
+    server.ready(&client).await;
+    let put = |tag: Option<String>| {
+        let mut request = client
+            .put(format!("{}/v1/c/doc", server.base))
+            .header("content-type", "application/json")
+            .body(r#"{"n": 1}"#);
+        if let Some(tag) = tag {
+            request = request.header("if-match", tag);
+        }
+        request.send()
+    };
+    assert_eq!(put(None).await.unwrap().status(), 201);
+    let refused = put(Some("\"9-00000000\"".into())).await.unwrap();
+    assert_eq!(refused.status(), 412);
+    let body: Value = refused.json().await.unwrap();
+    let cid = body["conflict_id"].as_str().unwrap().to_owned();
+    server.kill().await;
+
+    let server = ServerProcess::start(&data, &[]).await;
+    server.ready(&client).await;
+    let record: Value = client
+        .get(format!("{}/v1/_conflicts/{cid}", server.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(record["id"], cid.as_str());
+    assert_eq!(record["type"], "precondition-failed");
+    assert_eq!(record["base_version"], 9);
+    server.kill().await;
+}
