@@ -182,6 +182,32 @@ pub fn record_refusal(
     ))
 }
 
+/// Which records a listing shows (SPEC §7 filters); every set field must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConflictFilter {
+    /// `open`, `resolved`, `dismissed`, `auto_merged` or `overwritten`.
+    pub status: Option<String>,
+    /// The resource's collection.
+    pub collection: Option<String>,
+    /// The resource's id.
+    pub id: Option<String>,
+    /// The record's type (a problem slug, `merged` or `overwritten`).
+    pub kind: Option<String>,
+}
+
+impl ConflictFilter {
+    /// Whether the stored record (as JSON) passes the filter.
+    pub fn matches(&self, record: &Value) -> bool {
+        let is = |value: &Value, wanted: &Option<String>| {
+            wanted.as_deref().is_none_or(|w| value.as_str() == Some(w))
+        };
+        is(&record["status"], &self.status)
+            && is(&record["resource"]["collection"], &self.collection)
+            && is(&record["resource"]["id"], &self.id)
+            && is(&record["type"], &self.kind)
+    }
+}
+
 /// What a refused write would have made of `base` (the version it was based on):
 /// SPEC §7's `ours`. `None` when it cannot be said (no base for a patch, a patch
 /// that does not apply to it, a revert), or for a deletion.

@@ -32,7 +32,8 @@ mod time;
 pub use change::{Change, ChangePage, ChangeQuery};
 pub use command::{Principal, WriteAction, WriteCommand, WriteOutcome, WriteStatus};
 pub use conflict::{
-    Attempted, ConflictRecord, differing_paths, ours as conflict_ours, record_refusal,
+    Attempted, ConflictFilter, ConflictRecord, differing_paths, ours as conflict_ours,
+    record_refusal,
 };
 pub use document::{Document, DocumentLimits};
 pub use error::{CurrentState, EngineError, Problem, StorageError};

@@ -67,6 +67,15 @@ pub trait Store: Send + Sync + 'static {
     /// A page of the change feed.
     async fn changes(&self, query: &ChangeQuery) -> Result<ChangePage, EngineError>;
 
+    /// Side records of `table` with keys after `after` (all, without it), in key
+    /// order, at most `limit`, as of the newest published state.
+    async fn side_records(
+        &self,
+        table: SideTable,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, bytes::Bytes)>, EngineError>;
+
     /// One side record, as of the newest published state.
     async fn side_record(
         &self,

@@ -270,6 +270,15 @@ impl Store for EmbeddedStore {
         Ok(read_changes(log, query, last_revision(log)?)?)
     }
 
+    async fn side_records(
+        &self,
+        table: SideTable,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, bytes::Bytes)>, EngineError> {
+        Ok(self.snapshot()?.side_range(table.code(), after, limit)?)
+    }
+
     async fn side_record(
         &self,
         table: SideTable,

@@ -57,6 +57,45 @@ impl Snapshot {
         Ok(found.map(|v| bytes::Bytes::copy_from_slice(v.value())))
     }
 
+    /// Side records of `table` after `after`, in key order, at most `limit`.
+    pub fn side_range(
+        &self,
+        table: u8,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, bytes::Bytes)>, StorageError> {
+        use std::ops::Bound;
+        let side = match self.txn.open_table(SIDE) {
+            Ok(side) => side,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(error) => return Err(storage(error)),
+        };
+        let start_key;
+        let start = match after {
+            Some(after) => {
+                start_key = side_key(table, after);
+                Bound::Excluded(start_key.as_slice())
+            }
+            None => Bound::Included(&[table][..]),
+        };
+        let end = [table.saturating_add(1)];
+        let mut found = Vec::new();
+        for entry in side
+            .range::<&[u8]>((start, Bound::Excluded(&end[..])))
+            .map_err(storage)?
+        {
+            if found.len() == limit {
+                break;
+            }
+            let (key, value) = entry.map_err(storage)?;
+            found.push((
+                key.value()[1..].to_vec(),
+                bytes::Bytes::copy_from_slice(value.value()),
+            ));
+        }
+        Ok(found)
+    }
+
     /// A counter of the `meta` table (0 if never set).
     pub fn meta(&self, name: &str) -> Result<u64, StorageError> {
         let meta = self.txn.open_table(META).map_err(storage)?;

@@ -1,15 +1,137 @@
-//! Conflict records (SPEC §7): one record with the three sides of the conflict.
+//! Conflict records (SPEC §7): pages of records under filters, and one record with
+//! the three sides of the conflict.
 
 use axum::extract::{Path, State};
 use axum::response::Json;
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::{Value, json};
 use truce_engine::{
-    EngineError, ResourceKey, SideTable, VersionLookup, conflict_ours, differing_paths,
+    ConflictFilter, EngineError, ResourceKey, SideTable, VersionLookup, conflict_ours,
+    differing_paths,
 };
+use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
+use crate::extract::ApiQuery;
 use crate::openapi::{Malformed, NotFound, Unavailable};
+use crate::paging::{decode_cursor, encode_cursor, page_limit};
 use crate::state::AppState;
+
+/// A record's `status`.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConflictStatus {
+    /// Not resolved yet.
+    Open,
+    /// Resolved (by a retry, or by taking a side).
+    Resolved,
+    /// Dismissed without a change.
+    Dismissed,
+    /// Merged by the collection's merge policy.
+    AutoMerged,
+    /// Overwritten by the collection's last-write-wins policy.
+    Overwritten,
+}
+
+impl ConflictStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Resolved => "resolved",
+            Self::Dismissed => "dismissed",
+            Self::AutoMerged => "auto_merged",
+            Self::Overwritten => "overwritten",
+        }
+    }
+}
+
+/// `GET /v1/_conflicts` parameters: every given filter must match.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ConflictListParams {
+    /// Only records in this state.
+    #[param(inline)]
+    status: Option<ConflictStatus>,
+    /// Only records of resources in this collection.
+    collection: Option<String>,
+    /// Only records of resources with this id.
+    id: Option<String>,
+    /// Only records of this type (the refusal's problem slug).
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    kind: Option<String>,
+    /// The `next` cursor of the previous page.
+    #[param(min_length = 1)]
+    cursor: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<usize>,
+}
+
+/// How many records are read from the store at a time while filtering.
+const SCAN: usize = 256;
+
+/// Conflict records, oldest first (ids sort by time), under the filters.
+#[utoipa::path(
+    get,
+    path = "/v1/_conflicts",
+    tag = "conflicts",
+    params(ConflictListParams),
+    responses(
+        (status = 200, description = "A page of records: `{items, next}`", body = Object),
+        Malformed, Unavailable,
+    )
+)]
+pub async fn conflicts(
+    State(state): State<AppState>,
+    ApiQuery(params): ApiQuery<ConflictListParams>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = page_limit(params.limit)?;
+    let filter = ConflictFilter {
+        status: params.status.map(|s| s.as_str().to_owned()),
+        collection: params.collection,
+        id: params.id,
+        kind: params.kind,
+    };
+    let mut after = match &params.cursor {
+        Some(cursor) => Some(decode_cursor(cursor)?.into_bytes()),
+        None => None,
+    };
+    let mut items = Vec::new();
+    let mut more = false;
+    'scan: loop {
+        let batch = state
+            .store
+            .side_records(SideTable::Conflicts, after.as_deref(), SCAN)
+            .await?;
+        let done = batch.len() < SCAN;
+        for (key, stored) in batch {
+            after = Some(key);
+            let record: Value = serde_json::from_slice(&stored)
+                .map_err(|e| EngineError::Internal(format!("unreadable conflict record: {e}")))?;
+            if !filter.matches(&record) {
+                continue;
+            }
+            if items.len() == limit {
+                more = true;
+                break 'scan;
+            }
+            items.push(record);
+        }
+        if done {
+            break;
+        }
+    }
+    let next = more
+        .then(|| {
+            items
+                .last()
+                .and_then(|r| r["id"].as_str())
+                .map(encode_cursor)
+        })
+        .flatten();
+    Ok(Json(json!({"items": items, "next": next})))
+}
 
 /// The longest conflict id accepted (ids are 26-character ULIDs).
 const MAX_ID: usize = 64;

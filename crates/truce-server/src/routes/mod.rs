@@ -45,6 +45,7 @@ fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(history::diff))
         .routes(routes!(history::revert))
         .routes(routes!(changes::watch))
+        .routes(routes!(conflicts::conflicts))
         .routes(routes!(conflicts::conflict))
         .with_state(state)
         .split_for_parts();

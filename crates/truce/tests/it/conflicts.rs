@@ -239,3 +239,76 @@ async fn a_record_outlives_a_kill_right_after_the_refusal() {
     assert_eq!(record["base_version"], 9);
     server.kill().await;
 }
+
+#[tokio::test]
+async fn records_list_oldest_first_under_filters_in_pages() {
+    let server = TestServer::start().await;
+    for id in ["a", "b"] {
+        server
+            .create(&format!("/v1/c/{id}"), &json!({"n": 1}))
+            .await;
+    }
+    server.create("/v1/other/a", &json!({"n": 1})).await;
+    let mut made = Vec::new();
+    for (path, query) in [
+        ("/v1/c/a", "?if_version=5"),
+        ("/v1/c/b", ""),
+        ("/v1/other/a", ""),
+        ("/v1/c/a", ""),
+    ] {
+        let headers: &[(&str, &str)] = if query.is_empty() {
+            &[("if-match", "\"9-00000000\"")]
+        } else {
+            &[]
+        };
+        let refused = server
+            .put(&format!("{path}{query}"), &json!({"n": 2}), headers)
+            .await;
+        let body: Value = refused.json().await.unwrap();
+        made.push(body["conflict_id"].as_str().unwrap().to_owned());
+    }
+    let ids = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = server.get_json("/v1/_conflicts").await;
+    assert_eq!(ids(&all), made, "oldest first");
+    assert_eq!(all["next"], Value::Null);
+    let in_c = server
+        .get_json("/v1/_conflicts?collection=c&status=open")
+        .await;
+    assert_eq!(
+        ids(&in_c),
+        [made[0].clone(), made[1].clone(), made[3].clone()]
+    );
+    let one = server.get_json("/v1/_conflicts?collection=c&id=a").await;
+    assert_eq!(ids(&one), [made[0].clone(), made[3].clone()]);
+    let by_type = server
+        .get_json("/v1/_conflicts?type=version-conflict")
+        .await;
+    assert_eq!(ids(&by_type), [made[0].clone()]);
+    let none = server.get_json("/v1/_conflicts?status=resolved").await;
+    assert_eq!(ids(&none), Vec::<String>::new());
+    // Pages of one under a filter, following `next`.
+    let mut seen = Vec::new();
+    let mut path = "/v1/_conflicts?collection=c&limit=1".to_owned();
+    loop {
+        let page = server.get_json(&path).await;
+        seen.extend(ids(&page));
+        match page["next"].as_str() {
+            Some(next) => path = format!("/v1/_conflicts?collection=c&limit=1&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids(&in_c));
+    problem(
+        server.get("/v1/_conflicts?status=closed", &[]).await,
+        400,
+        "malformed-request",
+    )
+    .await;
+}

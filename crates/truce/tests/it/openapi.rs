@@ -30,6 +30,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("get", "/v1/{collection}/{id}/diff"),
     ("post", "/v1/{collection}/{id}/revert"),
     ("get", "/v1/{collection}/{id}/watch"),
+    ("get", "/v1/_conflicts"),
     ("get", "/v1/_conflicts/{cid}"),
 ];
 
