@@ -147,6 +147,8 @@ pub(crate) struct Conditions {
     if_match: Option<String>,
     if_none_match_any: bool,
     if_version: Option<u64>,
+    /// `Truce-Resolves`: the conflict record this write retries.
+    resolves: Option<String>,
 }
 
 impl Client {
@@ -439,6 +441,13 @@ impl<'a> WriteRequest<'a> {
         self
     }
 
+    /// Marks conflict record `cid` (the `conflict_id` of an earlier refusal) resolved
+    /// if this write succeeds (`Truce-Resolves`).
+    pub fn resolves(mut self, cid: &str) -> Self {
+        self.conditions.resolves = Some(cid.to_owned());
+        self
+    }
+
     /// Sends the write (retrying under one idempotency key) and reads its result.
     pub async fn send(self) -> Result<Written, Error> {
         let body = self.body.map_err(Error::Invalid)?;
@@ -455,6 +464,11 @@ impl<'a> WriteRequest<'a> {
         }
         if self.conditions.if_none_match_any {
             headers.insert("if-none-match", HeaderValue::from_static("*"));
+        }
+        if let Some(cid) = &self.conditions.resolves
+            && let Ok(value) = HeaderValue::from_str(cid)
+        {
+            headers.insert("truce-resolves", value);
         }
         if let Some((media, _)) = &body {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static(media));

@@ -2,7 +2,8 @@
 //!
 //! [`Client::update`] reads a document, lets the caller change it, and writes it back
 //! with `If-Match`. When another writer got there first (412 or 409), it reads
-//! again and re-applies the change, waiting a random time up to an exponentially
+//! again and re-applies the change (sending `Truce-Resolves` with the conflict
+//! record the refusal left, so the retry that lands closes it), waiting a random time up to an exponentially
 //! growing limit between attempts (full jitter), so competing clients spread out
 //! instead of colliding again. It gives up after the policy's attempts with
 //! [`Error::GaveUp`].
@@ -32,17 +33,18 @@ impl Client {
         let policy = self.retry_policy();
         let mut delays = policy.schedule();
         let mut attempt = 0;
+        // The conflict record the last refusal left, closed by the retry that lands.
+        let mut refused: Option<String> = None;
         loop {
             attempt += 1;
             let current = self.get::<T>(collection, id).await?;
             let mut doc = current.value;
             change(&mut doc);
-            let failure = match self
-                .put(collection, id, &doc)
-                .if_match(&current.etag)
-                .send()
-                .await
-            {
+            let mut write = self.put(collection, id, &doc).if_match(&current.etag);
+            if let Some(cid) = &refused {
+                write = write.resolves(cid);
+            }
+            let failure = match write.send().await {
                 Ok(written) => {
                     return Ok(Versioned {
                         value: doc,
@@ -51,7 +53,15 @@ impl Client {
                         revision: written.revision,
                     });
                 }
-                Err(error) if lost_race(&error) => error,
+                Err(error) if lost_race(&error) => {
+                    refused = error
+                        .problem()
+                        .and_then(|p| p.body.get("conflict_id"))
+                        .and_then(|v| v.as_str())
+                        .map(str::to_owned)
+                        .or(refused);
+                    error
+                }
                 Err(error) => return Err(error),
             };
             if attempt >= policy.max_attempts {

@@ -70,6 +70,9 @@ pub struct WriteCommand {
     pub by: Principal,
     /// The request id, kept in the conflict record a refusal creates.
     pub request_id: Option<String>,
+    /// `Truce-Resolves`: the conflict record this write retries; if the write
+    /// succeeds, the record is marked resolved in the same commit.
+    pub resolves: Option<String>,
 }
 
 /// How a write ended.

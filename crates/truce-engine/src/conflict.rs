@@ -182,6 +182,60 @@ pub fn record_refusal(
     ))
 }
 
+/// How a retry that named a record with `Truce-Resolves` ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retry {
+    /// It was applied (or found its content already there) at this version.
+    Landed {
+        /// The resource's version after the retry.
+        version: u64,
+    },
+    /// It was refused again: the newer record keeps the attempt.
+    RefusedAgain {
+        /// The newer record.
+        by: String,
+    },
+}
+
+/// The record `stored` after a retry named it with `Truce-Resolves`: resolved
+/// (`retried` when the retry landed, `superseded` with `superseded_by` when it was
+/// refused again and left a newer record, so a read-modify-write loop leaves no
+/// open record behind), if it is open and of the resource the retry wrote;
+/// otherwise `None` (the header names nothing this write can close, and is
+/// ignored).
+pub fn resolve_by_retry(
+    stored: &[u8],
+    key: &ResourceKey,
+    retry: Retry,
+    now: Timestamp,
+) -> Option<SideWrite> {
+    let mut record: Value = serde_json::from_slice(stored).ok()?;
+    let same_resource = record["resource"]["collection"] == key.collection.as_str()
+        && record["resource"]["id"] == key.id.as_str();
+    if record["status"] != "open" || !same_resource {
+        return None;
+    }
+    let id = record["id"].as_str()?.to_owned();
+    let fields = record.as_object_mut()?;
+    fields.insert("status".into(), Value::from("resolved"));
+    fields.insert("resolved_at".into(), serde_json::to_value(now).ok()?);
+    match retry {
+        Retry::Landed { version } => {
+            fields.insert("resolution".into(), Value::from("retried"));
+            fields.insert("resolved_version".into(), Value::from(version));
+        }
+        Retry::RefusedAgain { by } => {
+            fields.insert("resolution".into(), Value::from("superseded"));
+            fields.insert("superseded_by".into(), Value::from(by));
+        }
+    }
+    Some(SideWrite {
+        table: SideTable::Conflicts,
+        key: id.into_bytes(),
+        value: Some(serde_json::to_vec(&record).ok()?.into()),
+    })
+}
+
 /// Which records a listing shows (SPEC §7 filters); every set field must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConflictFilter {
@@ -264,6 +318,7 @@ mod tests {
             if_version: None,
             by: Principal::anonymous(),
             request_id: Some("req-1".into()),
+            resolves: None,
         };
         let refusal = EngineError::PreconditionFailed {
             condition: FailedCondition::IfMatch,
@@ -311,6 +366,7 @@ mod tests {
             if_version: None,
             by: Principal::anonymous(),
             request_id: None,
+            resolves: None,
         };
         let missing = EngineError::NotFound {
             detail: "gone".into(),

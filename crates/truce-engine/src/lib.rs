@@ -32,8 +32,8 @@ mod time;
 pub use change::{Change, ChangePage, ChangeQuery};
 pub use command::{Principal, WriteAction, WriteCommand, WriteOutcome, WriteStatus};
 pub use conflict::{
-    Attempted, ConflictFilter, ConflictRecord, differing_paths, ours as conflict_ours,
-    record_refusal,
+    Attempted, ConflictFilter, ConflictRecord, Retry, differing_paths, ours as conflict_ours,
+    record_refusal, resolve_by_retry,
 };
 pub use document::{Document, DocumentLimits};
 pub use error::{CurrentState, EngineError, Problem, StorageError};

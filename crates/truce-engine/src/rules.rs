@@ -446,6 +446,7 @@ mod tests {
             if_version: None,
             by: Principal::anonymous(),
             request_id: None,
+            resolves: None,
         }
     }
 

@@ -94,6 +94,27 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
+/// `Truce-Resolves: {cid}` (SPEC §7): the conflict record a write retries.
+pub struct Resolves(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Resolves {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get(HeaderName::from_static("truce-resolves")) else {
+            return Ok(Self(None));
+        };
+        let id = value.to_str().unwrap_or_default().trim();
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(ApiError::Malformed(format!(
+                "Truce-Resolves must name a conflict record (letters and digits), not {:?}",
+                String::from_utf8_lossy(value.as_bytes())
+            )));
+        }
+        Ok(Self(Some(id.to_owned())))
+    }
+}
+
 /// The RFC 9110 conditional headers of the request.
 pub struct Conditions(pub Preconditions);
 

@@ -93,6 +93,12 @@ fn finish_operation(path: &str, method: &str, operation: &mut Map<String, Value>
         if reads {
             add("If-Modified-Since", "RFC 9110 §13.1.3: an HTTP-date");
         }
+        if writes {
+            add(
+                "Truce-Resolves",
+                "SPEC §7: the conflict record this write retries; marked resolved (`retried`) in the same commit if the write succeeds",
+            );
+        }
         if writes || (path == "/v1/{collection}" && method == "post") {
             add(
                 "Prefer",
@@ -159,6 +165,7 @@ fn header_schema(name: &str) -> Value {
             "type": "string",
             "pattern": ENTITY_TAGS_PATTERN,
         }),
+        "Truce-Resolves" => json!({"type": "string", "pattern": "^[A-Za-z0-9]{1,64}$"}),
         _ => json!({"type": "string"}),
     }
 }

@@ -67,6 +67,7 @@ fn main() {
                         if_version: None,
                         by: Principal::anonymous(),
                         request_id: None,
+                        resolves: None,
                     };
                     let outcome = store.write(command).await.expect("write");
                     etag = Some(outcome.version.etag(&key).to_header());

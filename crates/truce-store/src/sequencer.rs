@@ -41,8 +41,8 @@ use std::time::Instant;
 use redb::{Database, Durability};
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
-    CompactionReport, Effect, EngineError, IdGenerator, StorageError, Timestamp, WriteCommand,
-    WriteContext, WriteOutcome, record_refusal,
+    CompactionReport, Effect, EngineError, IdGenerator, Retry, SideTable, StorageError, Timestamp,
+    WriteCommand, WriteContext, WriteOutcome, record_refusal, resolve_by_retry,
 };
 
 use crate::compaction::CompactionPlan;
@@ -462,7 +462,25 @@ impl Sequencer {
                         (self.settings.planner)(&tables.view, command, &ctx)
                     }));
                     Answer::Write(match planned {
-                        Ok(Ok(planned)) => {
+                        Ok(Ok(mut planned)) => {
+                            // `Truce-Resolves`: the retried record closes with it.
+                            if let Some(cid) = &command.resolves
+                                && let Some(stored) =
+                                    tables.get_side(SideTable::Conflicts.code(), cid.as_bytes())?
+                            {
+                                let retry = Retry::Landed {
+                                    version: planned.outcome.version.number,
+                                };
+                                if let Some(resolution) =
+                                    resolve_by_retry(&stored, &command.key, retry, now)
+                                {
+                                    planned
+                                        .effect
+                                        .get_or_insert_with(Effect::default)
+                                        .side
+                                        .push(resolution);
+                                }
+                            }
                             if let Some(effect) = &planned.effect {
                                 // Side records alone do not move the revision.
                                 if !effect.writes.is_empty() {
@@ -483,9 +501,28 @@ impl Sequencer {
                         ) {
                             Ok((answer, record)) => {
                                 side_written = true;
+                                let mut side = Vec::new();
+                                // A retry refused again: its record supersedes the
+                                // one it named.
+                                if let (Some(cid), EngineError::Recorded { conflict_id, .. }) =
+                                    (&command.resolves, &answer)
+                                    && let Some(stored) = tables
+                                        .get_side(SideTable::Conflicts.code(), cid.as_bytes())?
+                                {
+                                    let retry = Retry::RefusedAgain {
+                                        by: conflict_id.clone(),
+                                    };
+                                    side.extend(resolve_by_retry(
+                                        &stored,
+                                        &command.key,
+                                        retry,
+                                        now,
+                                    ));
+                                }
+                                side.push(record);
                                 let effect = Effect {
                                     writes: Vec::new(),
-                                    side: vec![record],
+                                    side,
                                 };
                                 tables.apply(&effect, revision, frame)?;
                                 Err(answer)
@@ -620,6 +657,7 @@ mod tests {
                     if_version: None,
                     by: Principal::anonymous(),
                     request_id: None,
+                    resolves: None,
                 })
                 .await
                 .unwrap();
@@ -692,6 +730,7 @@ mod tests {
                         if_version: None,
                         by: Principal::anonymous(),
                         request_id: None,
+                        resolves: None,
                     })
                     .await
             })
@@ -802,6 +841,7 @@ mod tests {
                 if_version: None,
                 by: Principal::anonymous(),
                 request_id: None,
+                resolves: None,
             };
             let first = store
                 .write(put(serde_json::json!({"side": "k1", "value": "v1"})))

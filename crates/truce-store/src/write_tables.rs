@@ -49,6 +49,16 @@ impl<'t> WriteTables<'t> {
         })
     }
 
+    /// One side record as this transaction sees it (earlier jobs of the batch
+    /// included).
+    pub(crate) fn get_side(&self, table: u8, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self
+            .side
+            .get(side_key(table, key).as_slice())
+            .map_err(storage)?
+            .map(|v| v.value().to_vec()))
+    }
+
     /// Writes (`Some`) or removes (`None`) one side record.
     pub(crate) fn put_side(
         &mut self,

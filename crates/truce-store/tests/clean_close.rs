@@ -33,6 +33,7 @@ async fn a_closed_store_reopens_without_repair() {
                 if_version: None,
                 by: Principal::anonymous(),
                 request_id: None,
+                resolves: None,
             })
             .await
             .unwrap();

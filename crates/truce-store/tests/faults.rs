@@ -47,6 +47,7 @@ fn put(id: &str, value: u64) -> WriteCommand {
         if_version: None,
         by: Principal::anonymous(),
         request_id: None,
+        resolves: None,
     }
 }
 

@@ -378,6 +378,7 @@ fn command(
         if_version,
         by: Principal::anonymous(),
         request_id: None,
+        resolves: None,
     }
 }
 
@@ -464,6 +465,7 @@ async fn run_group(
                     if_version: None,
                     by: Principal::anonymous(),
                     request_id: None,
+                    resolves: None,
                 };
                 (id, expected, command)
             }

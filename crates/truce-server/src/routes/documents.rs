@@ -13,7 +13,7 @@ use utoipa::IntoParams;
 
 use crate::error::ApiError;
 use crate::extract::{
-    ApiQuery, CollectionPath, Conditions, DocumentBody, PatchBody, Prefer, ResourcePath,
+    ApiQuery, CollectionPath, Conditions, DocumentBody, PatchBody, Prefer, Resolves, ResourcePath,
 };
 use crate::openapi::{
     BodyProblems, Compacted, Conflict, Invalid, Malformed, NotFound, PreconditionFailed,
@@ -123,6 +123,7 @@ pub async fn create(
         if_version: None,
         by: Principal::anonymous(),
         request_id: crate::context::RequestContext::current().map(|c| c.id.to_string()),
+        resolves: None,
     };
     run_write(&state, command, prefer).await
 }
@@ -203,10 +204,11 @@ pub async fn put(
     ResourcePath(key): ResourcePath,
     ApiQuery(params): ApiQuery<WriteParams>,
     Conditions(preconditions): Conditions,
+    Resolves(resolves): Resolves,
     prefer: Prefer,
     DocumentBody(doc): DocumentBody,
 ) -> Result<Response, ApiError> {
-    let command = write_command(key, WriteAction::Put(doc), preconditions, params);
+    let command = write_command(key, WriteAction::Put(doc), preconditions, params, resolves);
     run_write(&state, command, prefer).await
 }
 
@@ -233,10 +235,11 @@ pub async fn patch(
     ResourcePath(key): ResourcePath,
     ApiQuery(params): ApiQuery<WriteParams>,
     Conditions(preconditions): Conditions,
+    Resolves(resolves): Resolves,
     prefer: Prefer,
     PatchBody(action): PatchBody,
 ) -> Result<Response, ApiError> {
-    let command = write_command(key, action, preconditions, params);
+    let command = write_command(key, action, preconditions, params, resolves);
     run_write(&state, command, prefer).await
 }
 
@@ -258,9 +261,10 @@ pub async fn delete(
     ResourcePath(key): ResourcePath,
     ApiQuery(params): ApiQuery<WriteParams>,
     Conditions(preconditions): Conditions,
+    Resolves(resolves): Resolves,
     prefer: Prefer,
 ) -> Result<Response, ApiError> {
-    let command = write_command(key, WriteAction::Delete, preconditions, params);
+    let command = write_command(key, WriteAction::Delete, preconditions, params, resolves);
     run_write(&state, command, prefer).await
 }
 
@@ -270,6 +274,7 @@ pub(crate) fn write_command(
     action: WriteAction,
     preconditions: truce_engine::Preconditions,
     params: WriteParams,
+    resolves: Option<String>,
 ) -> WriteCommand {
     WriteCommand {
         key,
@@ -278,6 +283,7 @@ pub(crate) fn write_command(
         if_version: params.if_version,
         by: Principal::anonymous(),
         request_id: crate::context::RequestContext::current().map(|c| c.id.to_string()),
+        resolves,
     }
 }
 

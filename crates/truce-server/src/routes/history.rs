@@ -12,7 +12,7 @@ use truce_engine::{
 use utoipa::IntoParams;
 
 use crate::error::ApiError;
-use crate::extract::{ApiQuery, Conditions, JsonBody, Prefer, ResourcePath, VersionPath};
+use crate::extract::{ApiQuery, Conditions, JsonBody, Prefer, Resolves, ResourcePath, VersionPath};
 use crate::openapi::{
     BodyProblems, Compacted, Conflict, Malformed, NotFound, PreconditionFailed,
     PreconditionRequired, Unavailable,
@@ -166,10 +166,11 @@ pub async fn revert(
     ResourcePath(key): ResourcePath,
     ApiQuery(params): ApiQuery<WriteParams>,
     Conditions(preconditions): Conditions,
+    Resolves(resolves): Resolves,
     prefer: Prefer,
     JsonBody(request): JsonBody<RevertRequest>,
 ) -> Result<Response, ApiError> {
     let action = WriteAction::Revert { to: request.to };
-    let command = write_command(key, action, preconditions, params);
+    let command = write_command(key, action, preconditions, params, resolves);
     run_write(&state, command, prefer).await
 }

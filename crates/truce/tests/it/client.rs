@@ -211,6 +211,15 @@ async fn update_never_loses_an_increment() {
     let counter = client.get::<Value>("counters", "hits").await.unwrap();
     assert_eq!(counter.value["n"], total);
     assert_eq!(counter.version, total + 1, "one version per increment");
+    // Every refusal left a record, and every retry closed the one before it: the
+    // loop leaves none open.
+    let all = server.get_json("/v1/_conflicts?limit=1000").await;
+    assert!(
+        !all["items"].as_array().unwrap().is_empty(),
+        "16 clients on one document were never refused"
+    );
+    let open = server.get_json("/v1/_conflicts?status=open").await;
+    assert_eq!(open["items"], json!([]), "records left open: {open}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

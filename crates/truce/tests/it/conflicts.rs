@@ -312,3 +312,87 @@ async fn records_list_oldest_first_under_filters_in_pages() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn truce_resolves_closes_the_record_a_retry_names() {
+    let server = TestServer::start().await;
+    let stale = server.create("/v1/c/doc", &json!({"n": 1})).await;
+    let current = etag(&server.put("/v1/c/doc", &json!({"n": 2}), &[]).await);
+    let cid = |response: Value| response["conflict_id"].as_str().unwrap().to_owned();
+    let first = cid(server
+        .put("/v1/c/doc", &json!({"n": 3}), &[("if-match", &stale)])
+        .await
+        .json()
+        .await
+        .unwrap());
+    // A retry refused again leaves a newer record, which supersedes the first.
+    let second = cid(server
+        .put(
+            "/v1/c/doc",
+            &json!({"n": 3}),
+            &[("if-match", &stale), ("truce-resolves", &first)],
+        )
+        .await
+        .json()
+        .await
+        .unwrap());
+    let record = server.get_json(&format!("/v1/_conflicts/{first}")).await;
+    assert_eq!(record["status"], "resolved");
+    assert_eq!(record["resolution"], "superseded");
+    assert_eq!(record["superseded_by"], second.as_str());
+    // A record of another resource is not closed by this one's retry.
+    server.create("/v1/c/other", &json!({"n": 1})).await;
+    let elsewhere = cid(server
+        .put(
+            "/v1/c/other",
+            &json!({"n": 9}),
+            &[("if-match", "\"9-00000000\"")],
+        )
+        .await
+        .json()
+        .await
+        .unwrap());
+    let landed = server
+        .put(
+            "/v1/c/doc",
+            &json!({"n": 3}),
+            &[("if-match", &current), ("truce-resolves", &elsewhere)],
+        )
+        .await;
+    assert_eq!(landed.status(), 200);
+    let untouched = server
+        .get_json(&format!("/v1/_conflicts/{elsewhere}"))
+        .await;
+    assert_eq!(untouched["status"], "open");
+    // The retry that lands closes the record it names, in the same commit.
+    let current = etag(&landed);
+    let landed = server
+        .put(
+            "/v1/c/doc",
+            &json!({"n": 4}),
+            &[("if-match", &current), ("truce-resolves", &second)],
+        )
+        .await;
+    assert_eq!(landed.status(), 200);
+    let record = server.get_json(&format!("/v1/_conflicts/{second}")).await;
+    assert_eq!(record["status"], "resolved");
+    assert_eq!(record["resolution"], "retried");
+    assert_eq!(record["resolved_version"], 4);
+    assert!(record["resolved_at"].is_string());
+    let open = server
+        .get_json("/v1/_conflicts?collection=c&id=doc&status=open")
+        .await;
+    assert_eq!(open["items"], json!([]));
+    problem(
+        server
+            .put(
+                "/v1/c/doc",
+                &json!({"n": 5}),
+                &[("truce-resolves", "not a record")],
+            )
+            .await,
+        400,
+        "malformed-request",
+    )
+    .await;
+}
