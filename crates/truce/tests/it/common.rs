@@ -400,3 +400,15 @@ pub async fn log_line(server: &mut ServerProcess, needle: &str) -> String {
     .await
     .unwrap_or_else(|_| panic!("no log line with {needle:?}"))
 }
+
+/// `GET url` as JSON (any status), with a plain client.
+pub async fn fetch_json(client: &Client, url: String) -> Value {
+    client
+        .get(url)
+        .send()
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("a JSON body")
+}

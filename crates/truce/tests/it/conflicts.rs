@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::common::{ServerProcess, TestServer, client, data_dir, etag, problem};
+use crate::common::{ServerProcess, TestServer, client, data_dir, etag, fetch_json, problem};
 
 /// A refused request: method, path, content type, body, headers, and the status
 /// and slug it must get.
@@ -226,14 +226,7 @@ async fn a_record_outlives_a_kill_right_after_the_refusal() {
 
     let server = ServerProcess::start(&data, &[]).await;
     server.ready(&client).await;
-    let record: Value = client
-        .get(format!("{}/v1/_conflicts/{cid}", server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let record: Value = fetch_json(&client, format!("{}/v1/_conflicts/{cid}", server.base)).await;
     assert_eq!(record["id"], cid.as_str());
     assert_eq!(record["type"], "precondition-failed");
     assert_eq!(record["base_version"], 9);

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::common::{ServerProcess, client, log_line, problem};
+use crate::common::{ServerProcess, client, fetch_json, log_line, problem};
 
 /// A tmpfs mounted for the test's lifetime, unmounted on drop.
 struct SmallDisk {
@@ -160,14 +160,7 @@ async fn all_read(client: &reqwest::Client, base: &str, last: &BTreeMap<String, 
 /// Each document holds the last value acknowledged for it (`u64::MAX`: "after").
 async fn expect_values(client: &reqwest::Client, base: &str, last: &BTreeMap<String, u64>) {
     for (path, n) in last {
-        let doc: Value = client
-            .get(format!("{base}{path}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let doc: Value = fetch_json(&client, format!("{base}{path}")).await;
         if *n == u64::MAX {
             assert_eq!(doc["n"], "after");
         } else {

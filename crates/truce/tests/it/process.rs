@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
-use crate::common::{ServerProcess, client, data_dir, etag, log_line, sse_events, wait_for_metric};
+use crate::common::{
+    ServerProcess, client, data_dir, etag, fetch_json, log_line, sse_events, wait_for_metric,
+};
 
 /// Sends SIGTERM to the child.
 fn terminate(server: &ServerProcess) {
@@ -34,14 +36,7 @@ async fn the_first_log_line_names_the_address() {
     );
     let client = client();
     server.ready(&client).await;
-    let health: Value = client
-        .get(format!("{}/healthz", server.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = fetch_json(&client, format!("{}/healthz", server.base)).await;
     assert_eq!(health["status"], "ok");
     terminate(&server);
     let status = tokio::time::timeout(Duration::from_secs(20), server.child.wait())
@@ -223,14 +218,7 @@ async fn sigterm_finishes_in_flight_requests_and_closes_streams() {
     // The write is on disk.
     let restarted = ServerProcess::start(&data, &[]).await;
     restarted.ready(&client).await;
-    let doc: Value = client
-        .get(format!("{}/v1/drain/a", restarted.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = fetch_json(&client, format!("{}/v1/drain/a", restarted.base)).await;
     assert_eq!(doc, json!({"survives": true}));
     restarted.kill().await;
 }
@@ -281,14 +269,11 @@ async fn verify(client: &reqwest::Client, base: &str, acks: &[Ack]) {
     let mut revisions = Vec::new();
     let mut versions: HashMap<String, Vec<u64>> = HashMap::new();
     loop {
-        let page: Value = client
-            .get(format!("{base}/v1/_changes?since={since}&limit=1000"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = fetch_json(
+            &client,
+            format!("{base}/v1/_changes?since={since}&limit=1000"),
+        )
+        .await;
         let changes = page["changes"].as_array().unwrap();
         if changes.is_empty() {
             break;
