@@ -160,7 +160,7 @@ async fn all_read(client: &reqwest::Client, base: &str, last: &BTreeMap<String, 
 /// Each document holds the last value acknowledged for it (`u64::MAX`: "after").
 async fn expect_values(client: &reqwest::Client, base: &str, last: &BTreeMap<String, u64>) {
     for (path, n) in last {
-        let doc: Value = fetch_json(&client, format!("{base}{path}")).await;
+        let doc: Value = fetch_json(client, format!("{base}{path}")).await;
         if *n == u64::MAX {
             assert_eq!(doc["n"], "after");
         } else {
