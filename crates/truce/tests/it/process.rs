@@ -270,7 +270,7 @@ async fn verify(client: &reqwest::Client, base: &str, acks: &[Ack]) {
     let mut versions: HashMap<String, Vec<u64>> = HashMap::new();
     loop {
         let page: Value = fetch_json(
-            &client,
+            client,
             format!("{base}/v1/_changes?since={since}&limit=1000"),
         )
         .await;
