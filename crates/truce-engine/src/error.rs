@@ -128,6 +128,19 @@ pub enum EngineError {
         /// The oldest version or revision still available.
         oldest: u64,
     },
+    /// A state transition the record (or, later, the collection's states) does not
+    /// allow.
+    #[error("{detail}")]
+    StateConflict {
+        /// What was refused.
+        detail: String,
+        /// The current state.
+        from: String,
+        /// The state asked for.
+        to: String,
+        /// The states allowed from `from`.
+        allowed: Vec<String>,
+    },
     /// The collection requires a precondition and the write carried none.
     #[error("this collection requires If-Match, If-None-Match: * or ?if_version on writes")]
     PreconditionRequired,
@@ -219,6 +232,7 @@ impl EngineError {
             Self::Invalid { .. } => ProblemKind::ValidationFailed,
             Self::HistoryCompacted { .. } => ProblemKind::HistoryCompacted,
             Self::PreconditionRequired => ProblemKind::PreconditionRequired,
+            Self::StateConflict { .. } => ProblemKind::StateConflict,
             Self::Storage(StorageError::Corrupt(_)) | Self::Internal(_) => ProblemKind::Internal,
             Self::Storage(_) => ProblemKind::Unavailable,
         }
@@ -306,6 +320,15 @@ impl EngineError {
                     .map_or_else(|| self.to_string(), |(_, m)| m.clone());
                 Problem::new(kind, detail).with("errors", Value::Array(list))
             }
+            Self::StateConflict {
+                detail,
+                from,
+                to,
+                allowed,
+            } => Problem::new(kind, detail.clone())
+                .with("from", json!(from))
+                .with("to", json!(to))
+                .with("allowed", json!(allowed)),
             Self::HistoryCompacted { oldest, .. } => {
                 Problem::new(kind, self.to_string()).with("oldest", json!(oldest))
             }

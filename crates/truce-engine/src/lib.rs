@@ -24,6 +24,7 @@ mod precondition;
 mod problem;
 mod read;
 mod record;
+mod resolution;
 mod retention;
 mod rules;
 mod store;
@@ -51,6 +52,10 @@ pub use read::{
     ReadContext, VersionLookup, history_page, lookup_version, require_live, require_live_version,
 };
 pub use record::{HistoryEntry, HistoryPage, ListPage, ListQuery, Op, Version};
+pub use resolution::{
+    PlannedResolution, ResolutionAction, ResolutionCommand, ResolutionOutcome, Take,
+    plan_resolution,
+};
 pub use retention::{CompactionReport, Retention};
 pub use rules::{Effect, Planned, SideTable, SideWrite, VersionWrite, WriteContext, plan_write};
 pub use store::{StateView, Store};

@@ -209,17 +209,7 @@ pub fn plan_write(
         (_, WriteStatus::Created) => Op::Create,
         _ => Op::Replace,
     };
-    let number = head.as_ref().map_or(1, |h| h.number + 1);
-    // Keep each resource's timestamps monotonic even if the wall clock steps back.
-    let at = head.as_ref().map_or(ctx.now, |h| h.at.max(ctx.now));
-    let version = Version {
-        number,
-        revision: ctx.revision,
-        at,
-        op,
-        by: command.by.as_str().to_owned(),
-        body,
-    };
+    let version = next_version(head.as_ref(), ctx, op, &command.by, body);
     Ok(Planned {
         outcome: WriteOutcome {
             key: key.clone(),
@@ -234,6 +224,26 @@ pub fn plan_write(
             side: Vec::new(),
         }),
     })
+}
+
+/// The version a write makes after `head`: numbered on from it (across deletes),
+/// at the commit's revision, with a time that never goes back.
+pub(crate) fn next_version(
+    head: Option<&Version>,
+    ctx: &WriteContext<'_>,
+    op: Op,
+    by: &crate::command::Principal,
+    body: Option<bytes::Bytes>,
+) -> Version {
+    Version {
+        number: head.map_or(1, |h| h.number + 1),
+        revision: ctx.revision,
+        // Keep each resource's timestamps monotonic even if the wall clock steps back.
+        at: head.map_or(ctx.now, |h| h.at.max(ctx.now)),
+        op,
+        by: by.as_str().to_owned(),
+        body,
+    }
 }
 
 /// The answer for a write that changes nothing.

@@ -16,6 +16,7 @@ use crate::error::{EngineError, StorageError};
 use crate::name::{CollectionName, ResourceKey};
 use crate::read::VersionLookup;
 use crate::record::{HistoryPage, ListPage, ListQuery, Version};
+use crate::resolution::{ResolutionCommand, ResolutionOutcome};
 use crate::retention::CompactionReport;
 use crate::rules::SideTable;
 
@@ -75,6 +76,10 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, bytes::Bytes)>, EngineError>;
+
+    /// Resolves or dismisses a conflict record through the sequencer; returns once
+    /// the closed record (and any version it wrote) is durable.
+    async fn resolve(&self, command: ResolutionCommand) -> Result<ResolutionOutcome, EngineError>;
 
     /// One side record, as of the newest published state.
     async fn side_record(

@@ -93,6 +93,12 @@ fn finish_operation(path: &str, method: &str, operation: &mut Map<String, Value>
         if reads {
             add("If-Modified-Since", "RFC 9110 §13.1.3: an HTTP-date");
         }
+        if path.ends_with("/resolve") {
+            add(
+                "If-Match",
+                "The current ETag: resolve although the resource moved past the record's current_version",
+            );
+        }
         if writes {
             add(
                 "Truce-Resolves",

@@ -278,6 +278,12 @@ pub struct ProblemBody {
     /// the refused request would make (absent otherwise). The request was still
     /// refused: another write made that content.
     pub current_matches_request: Option<bool>,
+    /// state-conflict: the current state.
+    pub from: Option<String>,
+    /// state-conflict: the state asked for.
+    pub to: Option<String>,
+    /// state-conflict: the states allowed from `from`.
+    pub allowed: Option<Vec<String>>,
     /// version-conflict: the version `?if_version` expected.
     pub expected_version: Option<u64>,
     /// not-found on a deleted resource: when it was deleted.

@@ -14,9 +14,10 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
     ChangePage, ChangeQuery, CollectionName, CompactionReport, DocumentLimits, EngineError,
-    HistoryPage, ListPage, ListQuery, Planned, ReadContext, ResourceKey, Retention, SideTable,
-    StateView, StorageError, Store, Timestamp, Version, VersionLookup, WriteCommand, WriteContext,
-    WriteOutcome, history_page, lookup_version, plan_write,
+    HistoryPage, ListPage, ListQuery, Planned, ReadContext, ResolutionCommand, ResolutionOutcome,
+    ResourceKey, Retention, SideTable, StateView, StorageError, Store, Timestamp, Version,
+    VersionLookup, WriteCommand, WriteContext, WriteOutcome, history_page, lookup_version,
+    plan_write,
 };
 
 use crate::compaction;
@@ -268,6 +269,17 @@ impl Store for EmbeddedStore {
         query.check_retained(snapshot.meta(META_CHANGES_COMPACTED)?)?;
         let log = &snapshot.tables.log;
         Ok(read_changes(log, query, last_revision(log)?)?)
+    }
+
+    async fn resolve(&self, command: ResolutionCommand) -> Result<ResolutionOutcome, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Resolve {
+            command: Box::new(command),
+            reply,
+        })?;
+        answer
+            .await
+            .map_err(|_| EngineError::Storage(StorageError::Closed))?
     }
 
     async fn side_records(

@@ -41,8 +41,9 @@ use std::time::Instant;
 use redb::{Database, Durability};
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
-    CompactionReport, Effect, EngineError, IdGenerator, Retry, SideTable, StorageError, Timestamp,
-    WriteCommand, WriteContext, WriteOutcome, record_refusal, resolve_by_retry,
+    CompactionReport, Effect, EngineError, IdGenerator, ResolutionCommand, ResolutionOutcome,
+    Retry, SideTable, StorageError, Timestamp, WriteCommand, WriteContext, WriteOutcome,
+    plan_resolution, record_refusal, resolve_by_retry,
 };
 
 use crate::compaction::CompactionPlan;
@@ -63,6 +64,11 @@ pub(crate) enum Job {
         command: Box<WriteCommand>,
         reply: oneshot::Sender<Result<WriteOutcome, EngineError>>,
     },
+    /// Resolve or dismiss a conflict record.
+    Resolve {
+        command: Box<ResolutionCommand>,
+        reply: oneshot::Sender<Result<ResolutionOutcome, EngineError>>,
+    },
     /// Remove what a compaction scan found.
     Compact {
         plan: CompactionPlan,
@@ -75,6 +81,7 @@ pub(crate) enum Job {
 /// The answer a job will get once its batch is durable.
 enum Answer {
     Write(Result<WriteOutcome, EngineError>),
+    Resolve(Result<ResolutionOutcome, EngineError>),
     Compact(Result<CompactionReport, EngineError>),
     Shutdown,
 }
@@ -535,6 +542,30 @@ impl Sequencer {
                         }
                     })
                 }
+                Job::Resolve { command, .. } => {
+                    let ctx = WriteContext {
+                        revision: revision + 1,
+                        now,
+                        limits: self.settings.limits,
+                        retention: &self.settings.retention,
+                        require_preconditions: false,
+                    };
+                    let stored =
+                        tables.get_side(SideTable::Conflicts.code(), command.cid.as_bytes())?;
+                    Answer::Resolve(
+                        match plan_resolution(&tables.view, stored.as_deref(), command, &ctx) {
+                            Ok(planned) => {
+                                if !planned.effect.writes.is_empty() {
+                                    revision += 1;
+                                }
+                                side_written = true;
+                                tables.apply(&planned.effect, revision, frame)?;
+                                Ok(planned.outcome)
+                            }
+                            Err(refusal) => Err(refusal),
+                        },
+                    )
+                }
                 Job::Compact { plan, .. } => {
                     compacted = true;
                     Answer::Compact(Ok(tables.compact(plan)?))
@@ -597,6 +628,9 @@ fn send(job: Job, answer: Answer) {
         (Job::Compact { reply, .. }, Answer::Compact(result)) => {
             let _ = reply.send(result);
         }
+        (Job::Resolve { reply, .. }, Answer::Resolve(result)) => {
+            let _ = reply.send(result);
+        }
         (Job::Shutdown { reply }, _) => {
             let _ = reply.send(());
         }
@@ -615,6 +649,9 @@ fn fail(job: Job, error: StorageError) {
             let _ = reply.send(Err(error));
         }
         Job::Compact { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Job::Resolve { reply, .. } => {
             let _ = reply.send(Err(error));
         }
         Job::Shutdown { reply } => {

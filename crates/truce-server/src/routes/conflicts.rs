@@ -2,19 +2,20 @@
 //! the three sides of the conflict.
 
 use axum::extract::{Path, State};
-use axum::response::Json;
+use axum::response::{IntoResponse, Json, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use truce_engine::{
-    ConflictFilter, EngineError, ResourceKey, SideTable, VersionLookup, conflict_ours,
-    differing_paths,
+    ConflictFilter, Document, EngineError, Principal, ResolutionAction, ResolutionCommand,
+    ResourceKey, SideTable, Take, VersionLookup, conflict_ours, differing_paths,
 };
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
-use crate::extract::ApiQuery;
-use crate::openapi::{Malformed, NotFound, Unavailable};
+use crate::extract::{ApiQuery, Conditions, JsonBody};
+use crate::openapi::{Conflict, Malformed, NotFound, PreconditionFailed, Unavailable};
 use crate::paging::{decode_cursor, encode_cursor, page_limit};
+use crate::render::version_headers;
 use crate::state::AppState;
 
 /// A record's `status`.
@@ -153,11 +154,7 @@ pub async fn conflict(
     State(state): State<AppState>,
     Path(cid): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    if cid.is_empty() || cid.len() > MAX_ID || !cid.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(ApiError::Malformed(format!(
-            "{cid:?} is not a conflict id (letters and digits, at most {MAX_ID})"
-        )));
-    }
+    check_id(&cid)?;
     let stored = state
         .store
         .side_record(SideTable::Conflicts, cid.as_bytes())
@@ -198,4 +195,128 @@ pub async fn conflict(
         fields.insert("paths".into(), Value::from(paths));
     }
     Ok(Json(record))
+}
+
+/// A conflict id must be letters and digits (a ULID), so a typo is a 400, not a
+/// lookup.
+fn check_id(cid: &str) -> Result<(), ApiError> {
+    if cid.is_empty() || cid.len() > MAX_ID || !cid.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(ApiError::Malformed(format!(
+            "{cid:?} is not a conflict id (letters and digits, at most {MAX_ID})"
+        )));
+    }
+    Ok(())
+}
+
+/// Which side a resolution takes.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TakeSide {
+    /// Keep the current document.
+    Theirs,
+    /// Apply the refused write's change to the version it was based on.
+    Ours,
+    /// Write the supplied `doc`.
+    Doc,
+}
+
+/// The body of `POST /v1/_conflicts/{cid}/resolve`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveRequest {
+    /// Which side to take.
+    take: TakeSide,
+    /// With `take: doc`: the document to write (a JSON object).
+    #[schema(value_type = Option<Object>)]
+    doc: Option<Value>,
+}
+
+/// The closed record, with the version headers when a version was written.
+fn closed(outcome: truce_engine::ResolutionOutcome) -> Response {
+    let mut response = Json(outcome.record).into_response();
+    if let Some(write) = &outcome.write {
+        response
+            .headers_mut()
+            .extend(version_headers(&write.key, &write.version));
+    }
+    response
+}
+
+/// Resolves a record by taking a side. Conflict-protected: refused (409) if the
+/// resource moved past the record's `current_version`, unless `If-Match` names
+/// the current ETag. Taking `ours` or a `doc` writes a version (op `resolve`).
+#[utoipa::path(
+    post,
+    path = "/v1/_conflicts/{cid}/resolve",
+    tag = "conflicts",
+    params(("cid" = String, Path, description = "The conflict record's id")),
+    request_body(content = ResolveRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The record, resolved; with ETag, Truce-Version and Truce-Revision when a version was written", body = Object),
+        Malformed, NotFound, Conflict, PreconditionFailed, Unavailable,
+    )
+)]
+pub async fn resolve(
+    State(state): State<AppState>,
+    Path(cid): Path<String>,
+    Conditions(preconditions): Conditions,
+    JsonBody(request): JsonBody<ResolveRequest>,
+) -> Result<Response, ApiError> {
+    check_id(&cid)?;
+    let take = match (request.take, request.doc) {
+        (TakeSide::Theirs, None) => Take::Theirs,
+        (TakeSide::Ours, None) => Take::Ours,
+        (TakeSide::Doc, Some(doc)) => Take::Doc(Document::parse(
+            doc.to_string().as_bytes(),
+            state.config.limits,
+        )?),
+        (TakeSide::Doc, None) => {
+            return Err(ApiError::Malformed(
+                "take: doc needs the document to write in \"doc\"".into(),
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::Malformed(
+                "\"doc\" goes only with take: doc".into(),
+            ));
+        }
+    };
+    let outcome = state
+        .store
+        .resolve(ResolutionCommand {
+            cid,
+            action: ResolutionAction::Resolve(take),
+            preconditions,
+            by: Principal::anonymous(),
+        })
+        .await?;
+    Ok(closed(outcome))
+}
+
+/// Dismisses a record: closed without a change.
+#[utoipa::path(
+    post,
+    path = "/v1/_conflicts/{cid}/dismiss",
+    tag = "conflicts",
+    params(("cid" = String, Path, description = "The conflict record's id")),
+    responses(
+        (status = 200, description = "The record, dismissed", body = Object),
+        Malformed, NotFound, Conflict, Unavailable,
+    )
+)]
+pub async fn dismiss(
+    State(state): State<AppState>,
+    Path(cid): Path<String>,
+) -> Result<Response, ApiError> {
+    check_id(&cid)?;
+    let outcome = state
+        .store
+        .resolve(ResolutionCommand {
+            cid,
+            action: ResolutionAction::Dismiss,
+            preconditions: truce_engine::Preconditions::default(),
+            by: Principal::anonymous(),
+        })
+        .await?;
+    Ok(closed(outcome))
 }

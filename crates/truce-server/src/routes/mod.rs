@@ -47,6 +47,8 @@ fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(changes::watch))
         .routes(routes!(conflicts::conflicts))
         .routes(routes!(conflicts::conflict))
+        .routes(routes!(conflicts::resolve))
+        .routes(routes!(conflicts::dismiss))
         .with_state(state)
         .split_for_parts();
     (router, api)

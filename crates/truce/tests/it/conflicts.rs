@@ -389,3 +389,191 @@ async fn truce_resolves_closes_the_record_a_retry_names() {
     )
     .await;
 }
+
+/// A refused merge patch of `/v1/r/{id}`: returns the record's id.
+async fn refused_patch(server: &TestServer, id: &str) -> String {
+    let base = server
+        .create(&format!("/v1/r/{id}"), &json!({"title": "milk", "n": 1}))
+        .await;
+    server
+        .put(
+            &format!("/v1/r/{id}"),
+            &json!({"title": "milk", "n": 5}),
+            &[],
+        )
+        .await;
+    let refused = send(
+        server,
+        "PATCH",
+        &format!("/v1/r/{id}"),
+        "application/merge-patch+json",
+        r#"{"title": "oat milk"}"#,
+        &[("if-match", &base)],
+    )
+    .await;
+    problem(refused, 412, "precondition-failed").await["conflict_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+async fn resolve(
+    server: &TestServer,
+    cid: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    send(
+        server,
+        "POST",
+        &format!("/v1/_conflicts/{cid}/resolve"),
+        "application/json",
+        body,
+        headers,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn resolving_takes_a_side_and_writes_op_resolve() {
+    let server = TestServer::start().await;
+    // Ours: the refused change applied to its base, as a new version.
+    let cid = refused_patch(&server, "ours").await;
+    let done = resolve(&server, &cid, r#"{"take": "ours"}"#, &[]).await;
+    assert_eq!(done.status(), 200);
+    assert_eq!(crate::common::header(&done, "truce-version"), "3");
+    let record: Value = done.json().await.unwrap();
+    assert_eq!(record["status"], "resolved");
+    assert_eq!(record["resolution"], "ours");
+    assert_eq!(record["resolved_version"], 3);
+    assert_eq!(
+        server.get_json("/v1/r/ours").await,
+        json!({"title": "oat milk", "n": 1})
+    );
+    let history = server.get_json("/v1/r/ours/versions?limit=1").await;
+    assert_eq!(history["items"][0]["op"], "resolve");
+    // Theirs: nothing written but the record.
+    let cid = refused_patch(&server, "theirs").await;
+    let done = resolve(&server, &cid, r#"{"take": "theirs"}"#, &[]).await;
+    assert_eq!(done.status(), 200);
+    assert!(done.headers().get("etag").is_none());
+    assert_eq!(
+        server.get_json("/v1/r/theirs").await,
+        json!({"title": "milk", "n": 5})
+    );
+    assert_eq!(
+        server.get_json(&format!("/v1/_conflicts/{cid}")).await["resolution"],
+        "theirs"
+    );
+    // A supplied document.
+    let cid = refused_patch(&server, "doc").await;
+    let done = resolve(
+        &server,
+        &cid,
+        r#"{"take": "doc", "doc": {"title": "oat milk", "n": 5}}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(done.status(), 200);
+    assert_eq!(
+        server.get_json("/v1/r/doc").await,
+        json!({"title": "oat milk", "n": 5})
+    );
+}
+
+#[tokio::test]
+async fn a_resolution_is_conflict_protected() {
+    let server = TestServer::start().await;
+    let cid = refused_patch(&server, "moved").await;
+    let now = etag(
+        &server
+            .put("/v1/r/moved", &json!({"title": "tea", "n": 6}), &[])
+            .await,
+    );
+    // The resource moved past the record: refused unless If-Match names what is there.
+    let refused = problem(
+        resolve(&server, &cid, r#"{"take": "ours"}"#, &[]).await,
+        409,
+        "version-conflict",
+    )
+    .await;
+    assert_eq!(refused["expected_version"], 2);
+    assert_eq!(refused["current_version"], 3);
+    problem(
+        resolve(
+            &server,
+            &cid,
+            r#"{"take": "ours"}"#,
+            &[("if-match", "\"2-00000000\"")],
+        )
+        .await,
+        412,
+        "precondition-failed",
+    )
+    .await;
+    assert_eq!(
+        server.get_json(&format!("/v1/_conflicts/{cid}")).await["status"],
+        "open"
+    );
+    let done = resolve(&server, &cid, r#"{"take": "ours"}"#, &[("if-match", &now)]).await;
+    assert_eq!(done.status(), 200);
+    // Closed: neither resolved nor dismissed again.
+    let again = problem(
+        resolve(&server, &cid, r#"{"take": "theirs"}"#, &[]).await,
+        409,
+        "state-conflict",
+    )
+    .await;
+    assert_eq!(again["from"], "resolved");
+    assert_eq!(again["to"], "resolved");
+    assert_eq!(again["allowed"], json!([]));
+    let dismissed = send(
+        &server,
+        "POST",
+        &format!("/v1/_conflicts/{cid}/dismiss"),
+        "application/json",
+        "",
+        &[],
+    )
+    .await;
+    problem(dismissed, 409, "state-conflict").await;
+}
+
+#[tokio::test]
+async fn dismissing_and_bad_resolutions() {
+    let server = TestServer::start().await;
+    let cid = refused_patch(&server, "d").await;
+    for (body, slug, status) in [
+        (r#"{"take": "mine"}"#, "malformed-request", 400),
+        (r#"{"take": "doc"}"#, "malformed-request", 400),
+        (r#"{"take": "doc", "doc": [1]}"#, "malformed-request", 400),
+        (r#"{"take": "theirs", "doc": {}}"#, "malformed-request", 400),
+    ] {
+        problem(resolve(&server, &cid, body, &[]).await, status, slug).await;
+    }
+    problem(
+        resolve(&server, "01NOSUCHRECORD", r#"{"take": "theirs"}"#, &[]).await,
+        404,
+        "not-found",
+    )
+    .await;
+    let dismissed = send(
+        &server,
+        "POST",
+        &format!("/v1/_conflicts/{cid}/dismiss"),
+        "application/json",
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(dismissed.status(), 200);
+    let record: Value = dismissed.json().await.unwrap();
+    assert_eq!(record["status"], "dismissed");
+    assert!(record["dismissed_at"].is_string());
+    assert_eq!(
+        server.get_json("/v1/r/d").await,
+        json!({"title": "milk", "n": 5})
+    );
+    let open = server.get_json("/v1/_conflicts?status=open").await;
+    assert_eq!(open["items"], json!([]));
+}

@@ -32,6 +32,8 @@ const EXPECTED: &[(&str, &str)] = &[
     ("get", "/v1/{collection}/{id}/watch"),
     ("get", "/v1/_conflicts"),
     ("get", "/v1/_conflicts/{cid}"),
+    ("post", "/v1/_conflicts/{cid}/resolve"),
+    ("post", "/v1/_conflicts/{cid}/dismiss"),
 ];
 
 const METHODS: &[&str] = &[
