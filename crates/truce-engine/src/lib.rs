@@ -33,8 +33,9 @@ mod time;
 pub use change::{Change, ChangePage, ChangeQuery};
 pub use command::{Principal, WriteAction, WriteCommand, WriteOutcome, WriteStatus};
 pub use conflict::{
-    Attempted, ConflictFilter, ConflictRecord, Retry, differing_paths, ours as conflict_ours,
-    record_refusal, resolve_by_retry,
+    Attempted, ConflictFilter, ConflictRecord, Retry, differing_paths,
+    metric_labels as conflict_metric_labels, ours as conflict_ours, record_refusal,
+    resolve_by_retry,
 };
 pub use document::{Document, DocumentLimits};
 pub use error::{CurrentState, EngineError, Problem, StorageError};

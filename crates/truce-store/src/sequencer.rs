@@ -409,6 +409,7 @@ impl Sequencer {
                 .set_wal_epoch(next_epoch)
                 .map_err(Failed::database_error)?;
         }
+        let conflict_events = std::mem::take(&mut tables.conflict_events);
         let overlay = tables.into_overlay();
         let mut frame_start = None;
         if checkpointing {
@@ -437,6 +438,16 @@ impl Sequencer {
         self.frame = frame;
         if changed || checkpointing {
             self.publish(overlay, revision, frame_start)?;
+        }
+        // Counted once durable: conflicts by collection, type and outcome.
+        for (collection, kind, outcome) in conflict_events {
+            metrics::counter!(
+                "truce_conflicts_total",
+                "collection" => collection,
+                "type" => kind,
+                "outcome" => outcome
+            )
+            .increment(1);
         }
         Ok((answers, revision, changed))
     }

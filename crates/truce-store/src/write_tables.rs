@@ -8,7 +8,7 @@
 //! uses the same type, so a version is written one way whoever writes it.
 
 use redb::{ReadableTable, Table, WriteTransaction};
-use truce_engine::{CompactionReport, Effect, StorageError};
+use truce_engine::{CompactionReport, Effect, SideTable, StorageError, conflict_metric_labels};
 
 use crate::codec::{self, HeadRecord};
 use crate::compaction::CompactionPlan;
@@ -31,6 +31,9 @@ pub(crate) struct WriteTables<'t> {
     pub view: Tables<HeadsTable<'t>, LogTable<'t>>,
     meta: Table<'t, &'static str, u64>,
     side: Table<'t, &'static [u8], &'static [u8]>,
+    /// `(collection, type, outcome)` of each conflict record this batch wrote, for
+    /// the conflict metric once the batch is durable.
+    pub conflict_events: Vec<(String, String, String)>,
 }
 
 impl<'t> WriteTables<'t> {
@@ -46,6 +49,7 @@ impl<'t> WriteTables<'t> {
             },
             meta: txn.open_table(META).map_err(storage)?,
             side: txn.open_table(SIDE).map_err(storage)?,
+            conflict_events: Vec::new(),
         })
     }
 
@@ -176,6 +180,11 @@ impl<'t> WriteTables<'t> {
             let value = side.value.as_deref();
             self.put_side(code, &side.key, value)?;
             frame.push_side(code, &side.key, value);
+            if side.table == SideTable::Conflicts
+                && let Some(labels) = value.and_then(conflict_metric_labels)
+            {
+                self.conflict_events.push(labels);
+            }
         }
         Ok(())
     }

@@ -201,6 +201,20 @@ async fn metrics_count_what_a_scripted_workload_did() {
         );
     }
     assert_eq!(metric(&text, "truce_store_writable"), 1.0);
+    // The two refusals, counted as conflicts of their collection, type and outcome.
+    let conflicts: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("truce_conflicts_total{"))
+        .collect();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    for label in [
+        r#"collection="m""#,
+        r#"type="precondition-failed""#,
+        r#"outcome="open""#,
+    ] {
+        assert!(conflicts[0].contains(label), "{conflicts:?}");
+    }
+    assert!(conflicts[0].ends_with(" 2"), "{conflicts:?}");
     let latency = format!(r#"truce_http_request_seconds_count{{{route},method="PUT"}}"#);
     assert_eq!(metric(&text, &latency), 10.0);
     server.kill().await;
