@@ -33,7 +33,6 @@
 //! snapshot throughout. Nothing is assumed to have reached the disk after a failed
 //! fsync: recovery works from what is known durable.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -41,9 +40,8 @@ use std::time::Instant;
 use redb::{Database, Durability};
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
-    CompactionReport, Effect, EngineError, IdGenerator, ResolutionCommand, ResolutionOutcome,
-    Retry, SideTable, StorageError, Timestamp, WriteCommand, WriteContext, WriteOutcome,
-    plan_resolution, record_refusal, resolve_by_retry,
+    CompactionReport, EngineError, IdGenerator, ResolutionCommand, ResolutionOutcome, StorageError,
+    Timestamp, WriteCommand, WriteOutcome,
 };
 
 use crate::compaction::CompactionPlan;
@@ -56,6 +54,7 @@ use crate::reserve::Reserve;
 use crate::snapshot::{Published, Snapshot};
 use crate::wal::{FrameBuilder, Wal};
 use crate::write_tables::WriteTables;
+use jobs::BatchState;
 
 /// A unit of work for the sequencer, with the channel its answer goes to.
 pub(crate) enum Job {
@@ -461,121 +460,20 @@ impl Sequencer {
         frame: &mut FrameBuilder,
     ) -> Result<(Vec<Answer>, u64, bool), StorageError> {
         let start = tables.revision()?;
-        let mut revision = start;
+        let mut state = BatchState {
+            revision: start,
+            now: Timestamp::now(),
+            side_written: false,
+        };
         let mut compacted = false;
-        let mut side_written = false;
-        let now = Timestamp::now();
         let mut answers = Vec::with_capacity(batch.len());
         for job in batch {
             let answer = match job {
                 Job::Write { command, .. } => {
-                    let ctx = WriteContext {
-                        revision: revision + 1,
-                        now,
-                        limits: self.settings.limits,
-                        retention: &self.settings.retention,
-                        require_preconditions: false,
-                    };
-                    let planned = catch_unwind(AssertUnwindSafe(|| {
-                        (self.settings.planner)(&tables.view, command, &ctx)
-                    }));
-                    Answer::Write(match planned {
-                        Ok(Ok(mut planned)) => {
-                            // `Truce-Resolves`: the retried record closes with it.
-                            if let Some(cid) = &command.resolves
-                                && let Some(stored) =
-                                    tables.get_side(SideTable::Conflicts.code(), cid.as_bytes())?
-                            {
-                                let retry = Retry::Landed {
-                                    version: planned.outcome.version.number,
-                                };
-                                if let Some(resolution) =
-                                    resolve_by_retry(&stored, &command.key, retry, now)
-                                {
-                                    planned
-                                        .effect
-                                        .get_or_insert_with(Effect::default)
-                                        .side
-                                        .push(resolution);
-                                }
-                            }
-                            if let Some(effect) = &planned.effect {
-                                // Side records alone do not move the revision.
-                                if !effect.writes.is_empty() {
-                                    revision += 1;
-                                }
-                                side_written |= !effect.side.is_empty();
-                                tables.apply(effect, revision, frame)?;
-                            }
-                            Ok(planned.outcome)
-                        }
-                        // A refusal for the resource's state is kept as a conflict
-                        // record, committed with the batch before it is answered.
-                        Ok(Err(refusal)) => match record_refusal(
-                            command,
-                            refusal,
-                            || self.conflict_ids.next_id().as_str().to_owned(),
-                            now,
-                        ) {
-                            Ok((answer, record)) => {
-                                side_written = true;
-                                let mut side = Vec::new();
-                                // A retry refused again: its record supersedes the
-                                // one it named.
-                                if let (Some(cid), EngineError::Recorded { conflict_id, .. }) =
-                                    (&command.resolves, &answer)
-                                    && let Some(stored) = tables
-                                        .get_side(SideTable::Conflicts.code(), cid.as_bytes())?
-                                {
-                                    let retry = Retry::RefusedAgain {
-                                        by: conflict_id.clone(),
-                                    };
-                                    side.extend(resolve_by_retry(
-                                        &stored,
-                                        &command.key,
-                                        retry,
-                                        now,
-                                    ));
-                                }
-                                side.push(record);
-                                let effect = Effect {
-                                    writes: Vec::new(),
-                                    side,
-                                };
-                                tables.apply(&effect, revision, frame)?;
-                                Err(answer)
-                            }
-                            Err(refusal) => Err(refusal),
-                        },
-                        Err(_) => {
-                            tracing::error!(key = %command.key, "panic while planning a write");
-                            Err(EngineError::Internal("panic while planning a write".into()))
-                        }
-                    })
+                    Answer::Write(self.write_job(tables, command, &mut state, frame)?)
                 }
                 Job::Resolve { command, .. } => {
-                    let ctx = WriteContext {
-                        revision: revision + 1,
-                        now,
-                        limits: self.settings.limits,
-                        retention: &self.settings.retention,
-                        require_preconditions: false,
-                    };
-                    let stored =
-                        tables.get_side(SideTable::Conflicts.code(), command.cid.as_bytes())?;
-                    Answer::Resolve(
-                        match plan_resolution(&tables.view, stored.as_deref(), command, &ctx) {
-                            Ok(planned) => {
-                                if !planned.effect.writes.is_empty() {
-                                    revision += 1;
-                                }
-                                side_written = true;
-                                tables.apply(&planned.effect, revision, frame)?;
-                                Ok(planned.outcome)
-                            }
-                            Err(refusal) => Err(refusal),
-                        },
-                    )
+                    Answer::Resolve(self.resolve_job(tables, command, &mut state, frame)?)
                 }
                 Job::Compact { plan, .. } => {
                     compacted = true;
@@ -587,8 +485,8 @@ impl Sequencer {
         }
         Ok((
             answers,
-            revision,
-            revision != start || compacted || side_written,
+            state.revision,
+            state.revision != start || compacted || state.side_written,
         ))
     }
 
@@ -671,273 +569,6 @@ fn fail(job: Job, error: StorageError) {
     }
 }
 
+mod jobs;
 #[cfg(test)]
-mod tests {
-    use redb::{ReadableDatabase, ReadableTableMetadata};
-    use truce_engine::ResourceKey;
-
-    use super::*;
-    use crate::tables::HEADS;
-
-    /// With a long interval, the overlay's size alone brings a checkpoint: the
-    /// durable file holds the heads once `checkpoint_heads` are waiting.
-    #[tokio::test]
-    async fn a_full_overlay_brings_a_checkpoint() {
-        use truce_engine::{
-            Document, DocumentLimits, Preconditions, Principal, Store, WriteAction,
-        };
-
-        use crate::embedded::{DATABASE_FILE, EmbeddedStore};
-
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = EmbeddedConfig::new(dir.path());
-        config.checkpoint_interval = std::time::Duration::from_secs(3600);
-        config.checkpoint_heads = 4;
-        let store = EmbeddedStore::open(config).unwrap();
-        for n in 0..12 {
-            let key = ResourceKey::parse("things", &format!("t{n}")).unwrap();
-            let doc = Document::parse(b"{}", DocumentLimits::default()).unwrap();
-            store
-                .write(WriteCommand {
-                    key,
-                    action: WriteAction::Put(doc),
-                    preconditions: Preconditions::default(),
-                    if_version: None,
-                    by: Principal::anonymous(),
-                    request_id: None,
-                    resolves: None,
-                })
-                .await
-                .unwrap();
-        }
-        // What a crash would leave of the file: its last durable commit.
-        let copy = tempfile::tempdir().unwrap();
-        std::fs::copy(
-            dir.path().join(DATABASE_FILE),
-            copy.path().join(DATABASE_FILE),
-        )
-        .unwrap();
-        store.close().await;
-        let db = Database::open(copy.path().join(DATABASE_FILE)).unwrap();
-        let txn = db.begin_read().unwrap();
-        let heads = txn.open_table(HEADS).unwrap().len().unwrap();
-        // Checkpoints came at the 5th and 10th writes (4 heads waiting each time);
-        // the last two wait in the overlay. (Every commit a checkpoint: 12; none: 0.)
-        assert_eq!(heads, 10);
-    }
-
-    /// Holds the planning of the `gate` write until the test opens it.
-    static GATE: std::sync::Mutex<(bool, bool)> = std::sync::Mutex::new((false, false));
-    static GATE_MOVED: std::sync::Condvar = std::sync::Condvar::new();
-
-    /// The engine's rules, except that `boom` panics and `gate` waits for the test.
-    fn test_planner(
-        view: &dyn truce_engine::StateView,
-        command: &WriteCommand,
-        ctx: &WriteContext<'_>,
-    ) -> Result<truce_engine::Planned, EngineError> {
-        match command.key.id.as_str() {
-            "boom" => panic!("a bug in the rules"),
-            "gate" => {
-                let mut gate = GATE.lock().unwrap();
-                gate.0 = true; // planning has started
-                GATE_MOVED.notify_all();
-                while !gate.1 {
-                    gate = GATE_MOVED.wait(gate).unwrap();
-                }
-            }
-            _ => {}
-        }
-        truce_engine::plan_write(view, command, ctx)
-    }
-
-    /// A panic while planning one write of a batch fails that write only: the
-    /// others of the same batch commit.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_panic_while_planning_fails_only_that_write() {
-        use std::sync::Arc;
-        use truce_engine::{
-            Document, DocumentLimits, Preconditions, Principal, Store, WriteAction,
-        };
-
-        use crate::embedded::EmbeddedStore;
-
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = EmbeddedConfig::new(dir.path());
-        config.planner = test_planner;
-        let store = Arc::new(EmbeddedStore::open(config).unwrap());
-        let write = |id: &'static str| {
-            let store = Arc::clone(&store);
-            tokio::spawn(async move {
-                let doc = Document::parse(br#"{"n":1}"#, DocumentLimits::default()).unwrap();
-                store
-                    .write(WriteCommand {
-                        key: ResourceKey::parse("things", id).unwrap(),
-                        action: WriteAction::Put(doc),
-                        preconditions: Preconditions::default(),
-                        if_version: None,
-                        by: Principal::anonymous(),
-                        request_id: None,
-                        resolves: None,
-                    })
-                    .await
-            })
-        };
-        // The first batch is held in planning while the next three queue up.
-        let gate = write("gate");
-        tokio::task::spawn_blocking(|| {
-            let mut state = GATE.lock().unwrap();
-            while !state.0 {
-                state = GATE_MOVED.wait(state).unwrap();
-            }
-        })
-        .await
-        .unwrap();
-        let batch = [write("a"), write("boom"), write("b")];
-        for spins in 0.. {
-            if store.queued() >= 3 {
-                break;
-            }
-            assert!(spins < 10_000_000, "the three writes never queued");
-            tokio::task::yield_now().await;
-        }
-        {
-            let mut state = GATE.lock().unwrap();
-            state.1 = true;
-            GATE_MOVED.notify_all();
-        }
-        assert!(gate.await.unwrap().is_ok());
-        let [a, boom, b] = batch;
-        assert!(matches!(boom.await.unwrap(), Err(EngineError::Internal(_))));
-        for (id, task) in [("a", a), ("b", b)] {
-            let outcome = task.await.unwrap().unwrap();
-            assert_eq!(outcome.version.number, 1, "{id}");
-            let key = ResourceKey::parse("things", id).unwrap();
-            assert!(store.head(&key).await.unwrap().is_some(), "{id}");
-        }
-        let boom = ResourceKey::parse("things", "boom").unwrap();
-        assert!(store.head(&boom).await.unwrap().is_none());
-        store.close().await;
-    }
-
-    /// The engine's rules, plus a side record named by the document: `{"side":
-    /// key, "value": text}` writes it, `"value": null` removes it; with
-    /// If-Unmodified-Since `t` the value is `t{t}` instead. A write that changes
-    /// nothing still carries it (a side record alone).
-    fn side_planner(
-        view: &dyn truce_engine::StateView,
-        command: &WriteCommand,
-        ctx: &WriteContext<'_>,
-    ) -> Result<truce_engine::Planned, EngineError> {
-        use truce_engine::{Effect, SideTable, SideWrite, WriteAction};
-        let mut planned = truce_engine::plan_write(view, command, ctx)?;
-        if let WriteAction::Put(doc) = &command.action {
-            let doc: serde_json::Value = serde_json::from_slice(doc.bytes()).unwrap();
-            let side = SideWrite {
-                table: SideTable::Conflicts,
-                key: doc["side"].as_str().unwrap().as_bytes().to_vec(),
-                value: doc["value"].as_str().map(|v| {
-                    let v = match command.preconditions.if_unmodified_since {
-                        Some(t) => format!("t{t}"),
-                        None => v.to_owned(),
-                    };
-                    bytes::Bytes::from(v)
-                }),
-            };
-            planned
-                .effect
-                .get_or_insert_with(Effect::default)
-                .side
-                .push(side);
-        }
-        Ok(planned)
-    }
-
-    /// Side records commit with their write, survive a crash and a power loss, and
-    /// a batch of side records alone moves no revision.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn side_records_are_durable_and_move_no_revision() {
-        use truce_engine::{
-            Document, DocumentLimits, Preconditions, Principal, SideTable, Store, WriteAction,
-        };
-
-        use crate::embedded::EmbeddedStore;
-        use crate::faults::{Faults, PowerLoss};
-
-        async fn read(store: &EmbeddedStore, key: &str) -> Option<bytes::Bytes> {
-            store
-                .side_record(SideTable::Conflicts, key.as_bytes())
-                .await
-                .unwrap()
-        }
-        for power_loss in [false, true] {
-            let dir = tempfile::tempdir().unwrap();
-            let copy = tempfile::tempdir().unwrap();
-            let faults = Faults::new();
-            let mut config = EmbeddedConfig::new(dir.path());
-            config.planner = side_planner;
-            config.checkpoint_interval = std::time::Duration::from_secs(3600);
-            config.faults = Some(faults.clone());
-            let store = EmbeddedStore::open(config).unwrap();
-            let put = |body: serde_json::Value| WriteCommand {
-                key: ResourceKey::parse("things", "a").unwrap(),
-                action: WriteAction::Put(
-                    Document::parse(body.to_string().as_bytes(), DocumentLimits::default())
-                        .unwrap(),
-                ),
-                preconditions: Preconditions::default(),
-                if_version: None,
-                by: Principal::anonymous(),
-                request_id: None,
-                resolves: None,
-            };
-            let first = store
-                .write(put(serde_json::json!({"side": "k1", "value": "v1"})))
-                .await
-                .unwrap();
-            assert_eq!(first.version.revision, 1);
-            let second = store
-                .write(put(serde_json::json!({"side": "k2", "value": "v2"})))
-                .await
-                .unwrap();
-            assert_eq!(second.version.revision, 2);
-            // The same content again: no version, only a new state of k2.
-            let mut side_only = put(serde_json::json!({"side": "k2", "value": "v2"}));
-            side_only.preconditions.if_unmodified_since = Some(4_102_444_800);
-            let unchanged = store.write(side_only).await.unwrap();
-            assert_eq!(
-                unchanged.version.revision, 2,
-                "a side record alone moved the revision"
-            );
-            let gone = store
-                .write(put(serde_json::json!({"side": "k1", "value": null})))
-                .await
-                .unwrap();
-            assert_eq!(gone.version.revision, 3);
-            assert_eq!(read(&store, "k1").await, None);
-            assert_eq!(
-                read(&store, "k2").await.as_deref(),
-                Some(&b"t4102444800"[..])
-            );
-            // Only the log holds them durably: crash (or lose power) and reopen.
-            if power_loss {
-                faults.power_loss(PowerLoss::DropUnsynced).unwrap();
-            } else {
-                for entry in std::fs::read_dir(dir.path()).unwrap() {
-                    let entry = entry.unwrap();
-                    std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
-                }
-            }
-            store.close().await;
-            let path = if power_loss { dir.path() } else { copy.path() };
-            let reopened = EmbeddedStore::open(EmbeddedConfig::new(path)).unwrap();
-            assert_eq!(reopened.open_report().revision, 3);
-            assert_eq!(read(&reopened, "k1").await, None);
-            assert_eq!(
-                read(&reopened, "k2").await.as_deref(),
-                Some(&b"t4102444800"[..])
-            );
-            reopened.close().await;
-        }
-    }
-}
+mod tests;
