@@ -236,11 +236,21 @@ impl Client {
     }
 
     /// Sends a request and decodes a 2xx JSON answer, or returns its problem.
-    async fn json<T: DeserializeOwned>(
+    pub(crate) async fn json<T: DeserializeOwned>(
         &self,
         build: impl Fn() -> RequestBuilder,
     ) -> Result<T, Error> {
-        let response = self.execute(build, true).await?;
+        self.json_with(build, true).await
+    }
+
+    /// Like [`Client::json`]; `replay_safe` says whether a request that may have
+    /// reached the server can be sent again (reads: yes; unsafe requests: no).
+    pub(crate) async fn json_with<T: DeserializeOwned>(
+        &self,
+        build: impl Fn() -> RequestBuilder,
+        replay_safe: bool,
+    ) -> Result<T, Error> {
+        let response = self.execute(build, replay_safe).await?;
         if !response.status().is_success() {
             return Err(Error::Api(Box::new(problem_of(response).await)));
         }

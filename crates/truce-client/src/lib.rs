@@ -80,11 +80,13 @@
 
 mod changes;
 mod client;
+mod conflicts;
 mod error;
 mod types;
 mod update;
 
 pub use client::{Client, ClientBuilder, DEFAULT_URL, RetryPolicy, WriteRequest};
+pub use conflicts::{ConflictQuery, Resolution};
 pub use error::{Error, Problem};
 pub use truce_engine::ProblemKind;
 pub use types::{

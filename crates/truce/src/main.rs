@@ -47,6 +47,10 @@ enum Command {
     Watch(cli::WatchArgs),
     /// Edit a document in $VISUAL / $EDITOR, merging with concurrent changes.
     Edit(cli::EditArgs),
+    /// List conflict records, or show one (base / ours / theirs).
+    Conflicts(cli::ConflictsArgs),
+    /// Resolve a conflict record (--theirs, --ours, --file) or dismiss it.
+    Resolve(cli::ResolveArgs),
     /// Load-test truce, etcd or the machine's HTTP ceiling; `bench load` fills a server.
     Bench(Box<bench::BenchArgs>),
 }
@@ -102,6 +106,14 @@ fn main() -> ExitCode {
             Command::Edit(args) => {
                 let settings = args.client.clone();
                 cli::finish(cli::edit::edit(args).await, &settings)
+            }
+            Command::Conflicts(args) => {
+                let settings = args.client.clone();
+                cli::finish(cli::conflicts::conflicts(args).await, &settings)
+            }
+            Command::Resolve(args) => {
+                let settings = args.client.clone();
+                cli::finish(cli::conflicts::resolve(args).await, &settings)
             }
         }
     })

@@ -6,6 +6,7 @@
 //! JSON. Exit codes: 0 ok, 1 error, 2 usage, 3 conflict (409, 412, 423, 428), 4 not
 //! found (404, 410).
 
+pub mod conflicts;
 pub mod edit;
 pub mod read;
 pub mod write;
@@ -17,6 +18,7 @@ use clap::Args;
 use truce_client::{Client, Error as ClientError};
 use truce_engine::ResourceKey;
 
+pub use conflicts::{ConflictsArgs, ResolveArgs};
 pub use edit::EditArgs;
 pub use read::{DiffArgs, GetArgs, HistoryArgs, WatchArgs};
 pub use write::{DeleteArgs, PatchArgs, PutArgs, RevertArgs};

@@ -547,3 +547,56 @@ fi"#,
     assert!(stderr(&out).contains("edit abandoned"), "{}", stderr(&out));
     assert_eq!(server.get_json("/v1/notes/j").await, json!({"n": 2}));
 }
+
+#[tokio::test]
+async fn conflicts_are_listed_shown_and_resolved() {
+    let server = TestServer::start().await;
+    let base = server
+        .create("/v1/notes/c", &json!({"title": "milk", "n": 1}))
+        .await;
+    server
+        .put("/v1/notes/c", &json!({"title": "milk", "n": 5}), &[])
+        .await;
+    let refused = server
+        .put(
+            "/v1/notes/c",
+            &json!({"title": "oat milk", "n": 1}),
+            &[("if-match", &base)],
+        )
+        .await;
+    assert_eq!(refused.status(), 412);
+    let cid = refused.json::<Value>().await.unwrap()["conflict_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let out = truce(&server, &["conflicts", "--open", "--json"], "", &[]).await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let listed = json_out(&out);
+    assert_eq!(listed[0]["id"], cid.as_str());
+    let out = truce(&server, &["conflicts"], "", &[]).await;
+    assert!(stdout(&out).contains(&cid), "{}", stdout(&out));
+    assert!(stdout(&out).contains("notes/c"), "{}", stdout(&out));
+    // One record, three ways.
+    let out = truce(&server, &["conflicts", &cid], "", &[]).await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let shown = stdout(&out);
+    assert!(shown.contains("/title") && shown.contains("/n"), "{shown}");
+    assert!(shown.contains("ours:   \"oat milk\""), "{shown}");
+    assert!(shown.contains("theirs: 5"), "{shown}");
+
+    let out = truce(&server, &["resolve", &cid, "--ours"], "", &[]).await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("resolved (ours)"), "{}", stdout(&out));
+    assert_eq!(
+        server.get_json("/v1/notes/c").await,
+        json!({"title": "oat milk", "n": 1})
+    );
+    // Closed: resolving again is a conflict (exit 3); an unknown record is exit 4.
+    let out = truce(&server, &["resolve", &cid, "--dismiss"], "", &[]).await;
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let out = truce(&server, &["resolve", "01NOSUCHRECORD", "--theirs"], "", &[]).await;
+    assert_eq!(code(&out), 4, "{}", stderr(&out));
+    let out = truce(&server, &["resolve", &cid], "", &[]).await;
+    assert_eq!(code(&out), 2, "a side is required");
+}
