@@ -19,6 +19,26 @@ use crate::name::ResourceKey;
 use crate::rules::{SideTable, SideWrite};
 use crate::time::Timestamp;
 
+/// The longest conflict id accepted (ids are made as 26-character ULIDs).
+pub const MAX_CONFLICT_ID: usize = 64;
+
+/// The syntax of a conflict id, for documents that describe it.
+pub const CONFLICT_ID_PATTERN: &str = "^[A-Za-z0-9]{1,64}$";
+
+/// Checks that `cid` can be a conflict id (letters and digits, at most
+/// [`MAX_CONFLICT_ID`]), so a typo is refused as malformed rather than looked up.
+pub fn check_conflict_id(cid: &str) -> Result<(), EngineError> {
+    if cid.is_empty()
+        || cid.len() > MAX_CONFLICT_ID
+        || !cid.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return Err(EngineError::Malformed(format!(
+            "{cid:?} is not a conflict id (letters and digits, at most {MAX_CONFLICT_ID})"
+        )));
+    }
+    Ok(())
+}
+
 /// A conflict record as stored and served (SPEC §7 fields).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ConflictRecord {
@@ -299,6 +319,47 @@ pub fn ours(record: &Value, base: Option<&Value>) -> Option<Value> {
         }
         _ => None,
     }
+}
+
+/// The answer for a conflict id that names no record.
+pub fn record_not_found(cid: &str) -> EngineError {
+    EngineError::NotFound {
+        detail: format!("there is no conflict record {cid}"),
+        tombstone: None,
+    }
+}
+
+/// A stored record, read: its JSON and the resource it is about.
+pub fn parse_record(cid: &str, stored: &[u8]) -> Result<(Value, ResourceKey), EngineError> {
+    let record: Value = serde_json::from_slice(stored)
+        .map_err(|e| EngineError::Internal(format!("conflict record {cid} unreadable: {e}")))?;
+    let key = ResourceKey::parse(
+        record["resource"]["collection"]
+            .as_str()
+            .unwrap_or_default(),
+        record["resource"]["id"].as_str().unwrap_or_default(),
+    )
+    .map_err(|e| EngineError::Internal(format!("conflict record {cid} names no resource: {e}")))?;
+    Ok((record, key))
+}
+
+/// A record as SPEC §7 serves one: with `base` (the version it was based on, if
+/// retention still has it), `ours` (what the refused write would have made of
+/// it), `theirs` (the current document) and `paths` (where ours and theirs
+/// differ).
+pub fn with_sides(mut record: Value, base: Option<Value>, theirs: Option<Value>) -> Value {
+    let ours = ours(&record, base.as_ref());
+    let paths = match (&ours, &theirs) {
+        (Some(ours), Some(theirs)) => differing_paths(ours, theirs),
+        _ => Vec::new(),
+    };
+    if let Some(fields) = record.as_object_mut() {
+        fields.insert("base".into(), base.unwrap_or(Value::Null));
+        fields.insert("ours".into(), ours.unwrap_or(Value::Null));
+        fields.insert("theirs".into(), theirs.unwrap_or(Value::Null));
+        fields.insert("paths".into(), Value::from(paths));
+    }
+    record
 }
 
 /// The JSON paths (pointers) at which `ours` and `theirs` differ.

@@ -35,6 +35,10 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// The reasons a storage fault (not overload, not shutdown) can have: the
+    /// labels of the fault metric.
+    pub const FAULT_REASONS: [&'static str; 2] = ["disk-full", "io-error"];
+
     /// The `reason` member of the 503 problem (SPEC §3), and the label of the
     /// storage-fault metrics; `None` for failures that are not a 503.
     pub fn reason(&self) -> Option<&'static str> {

@@ -33,9 +33,10 @@ mod time;
 pub use change::{Change, ChangePage, ChangeQuery};
 pub use command::{Principal, WriteAction, WriteCommand, WriteOutcome, WriteStatus};
 pub use conflict::{
-    Attempted, ConflictFilter, ConflictRecord, Retry, differing_paths,
-    metric_labels as conflict_metric_labels, ours as conflict_ours, record_refusal,
-    resolve_by_retry,
+    Attempted, CONFLICT_ID_PATTERN, ConflictFilter, ConflictRecord, Retry, check_conflict_id,
+    metric_labels as conflict_metric_labels, parse_record as parse_conflict_record,
+    record_not_found as conflict_not_found, record_refusal, resolve_by_retry,
+    with_sides as conflict_with_sides,
 };
 pub use document::{Document, DocumentLimits};
 pub use error::{CurrentState, EngineError, Problem, StorageError};

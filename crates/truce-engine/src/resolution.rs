@@ -11,7 +11,7 @@
 use serde_json::Value;
 
 use crate::command::{Principal, WriteOutcome, WriteStatus};
-use crate::conflict::ours;
+use crate::conflict::{ours, parse_record, record_not_found};
 use crate::document::Document;
 use crate::error::{CurrentState, EngineError};
 use crate::name::ResourceKey;
@@ -81,12 +81,8 @@ pub fn plan_resolution(
     ctx: &WriteContext<'_>,
 ) -> Result<PlannedResolution, EngineError> {
     let cid = &command.cid;
-    let stored = stored.ok_or_else(|| EngineError::NotFound {
-        detail: format!("there is no conflict record {cid}"),
-        tombstone: None,
-    })?;
-    let mut record: Value = serde_json::from_slice(stored)
-        .map_err(|e| EngineError::Internal(format!("conflict record {cid} unreadable: {e}")))?;
+    let stored = stored.ok_or_else(|| record_not_found(cid))?;
+    let (mut record, key) = parse_record(cid, stored)?;
     let target = match command.action {
         ResolutionAction::Resolve(_) => "resolved",
         ResolutionAction::Dismiss => "dismissed",
@@ -102,13 +98,6 @@ pub fn plan_resolution(
             allowed: Vec::new(),
         });
     }
-    let key = ResourceKey::parse(
-        record["resource"]["collection"]
-            .as_str()
-            .unwrap_or_default(),
-        record["resource"]["id"].as_str().unwrap_or_default(),
-    )
-    .map_err(|e| EngineError::Internal(format!("conflict record {cid} names no resource: {e}")))?;
     let head = view.head(&key)?;
     let mut write = None;
     let mut writes = Vec::new();

@@ -104,14 +104,11 @@ impl<S: Send + Sync> FromRequestParts<S> for Resolves {
         let Some(value) = parts.headers.get(HeaderName::from_static("truce-resolves")) else {
             return Ok(Self(None));
         };
-        let id = value.to_str().unwrap_or_default().trim();
-        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(ApiError::Malformed(format!(
-                "Truce-Resolves must name a conflict record (letters and digits), not {:?}",
-                String::from_utf8_lossy(value.as_bytes())
-            )));
-        }
-        Ok(Self(Some(id.to_owned())))
+        let id = String::from_utf8_lossy(value.as_bytes()).trim().to_owned();
+        truce_engine::check_conflict_id(&id).map_err(|e| {
+            ApiError::Malformed(format!("Truce-Resolves must name a conflict record: {e}"))
+        })?;
+        Ok(Self(Some(id)))
     }
 }
 

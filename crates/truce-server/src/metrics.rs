@@ -60,7 +60,7 @@ fn export_zeros() {
     for name in FAILURE_COUNTERS {
         metrics::counter!(*name).increment(0);
     }
-    for reason in ["disk-full", "io-error"] {
+    for reason in truce_engine::StorageError::FAULT_REASONS {
         metrics::counter!("truce_storage_faults_total", "reason" => reason).increment(0);
     }
 }

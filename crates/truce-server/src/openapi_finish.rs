@@ -12,6 +12,7 @@
 //!   operation lists 405 with `Allow`.
 
 use serde_json::{Map, Value, json};
+use truce_engine::CONFLICT_ID_PATTERN;
 
 /// SPEC §1: collection names.
 pub const COLLECTION_PATTERN: &str = "^[a-z][a-z0-9_-]{0,62}$";
@@ -171,7 +172,7 @@ fn header_schema(name: &str) -> Value {
             "type": "string",
             "pattern": ENTITY_TAGS_PATTERN,
         }),
-        "Truce-Resolves" => json!({"type": "string", "pattern": "^[A-Za-z0-9]{1,64}$"}),
+        "Truce-Resolves" => json!({"type": "string", "pattern": CONFLICT_ID_PATTERN}),
         _ => json!({"type": "string"}),
     }
 }
@@ -236,7 +237,7 @@ fn constrain_path_parameter(parameter: &mut Value) {
         Some("id") => json!({"type": "string", "pattern": ID_PATTERN}),
         Some("n") => json!({"type": "integer", "minimum": 1}),
         Some("slug") => json!({"type": "string", "pattern": "^[a-z][a-z-]*$"}),
-        Some("cid") => json!({"type": "string", "pattern": "^[A-Za-z0-9]{1,64}$"}),
+        Some("cid") => json!({"type": "string", "pattern": CONFLICT_ID_PATTERN}),
         _ => return,
     };
     parameter["schema"] = schema;

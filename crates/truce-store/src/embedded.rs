@@ -190,6 +190,19 @@ impl EmbeddedStore {
         self.jobs.max_capacity() - self.jobs.capacity()
     }
 
+    /// Queues the job `make` builds around a reply channel and waits for its answer
+    /// (a sequencer that went away answers as a closed store).
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, EngineError>>) -> Job,
+    ) -> Result<T, EngineError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(make(reply))?;
+        answer
+            .await
+            .map_err(|_| EngineError::Storage(StorageError::Closed))?
+    }
+
     /// Queues a job; refuses at once when the queue is full or the store closed.
     fn submit(&self, job: Job) -> Result<(), EngineError> {
         self.jobs.try_send(job).map_err(|e| match e {
@@ -218,14 +231,11 @@ impl EmbeddedStore {
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn write(&self, command: WriteCommand) -> Result<WriteOutcome, EngineError> {
-        let (reply, answer) = oneshot::channel();
-        self.submit(Job::Write {
+        self.ask(|reply| Job::Write {
             command: Box::new(command),
             reply,
-        })?;
-        answer
-            .await
-            .map_err(|_| EngineError::Storage(StorageError::Closed))?
+        })
+        .await
     }
 
     async fn head(&self, key: &ResourceKey) -> Result<Option<Version>, EngineError> {
@@ -272,14 +282,11 @@ impl Store for EmbeddedStore {
     }
 
     async fn resolve(&self, command: ResolutionCommand) -> Result<ResolutionOutcome, EngineError> {
-        let (reply, answer) = oneshot::channel();
-        self.submit(Job::Resolve {
+        self.ask(|reply| Job::Resolve {
             command: Box::new(command),
             reply,
-        })?;
-        answer
-            .await
-            .map_err(|_| EngineError::Storage(StorageError::Closed))?
+        })
+        .await
     }
 
     async fn side_records(
@@ -319,11 +326,7 @@ impl Store for EmbeddedStore {
                 ..CompactionReport::default()
             });
         }
-        let (reply, answer) = oneshot::channel();
-        self.submit(Job::Compact { plan, reply })?;
-        answer
-            .await
-            .map_err(|_| EngineError::Storage(StorageError::Closed))?
+        self.ask(|reply| Job::Compact { plan, reply }).await
     }
 
     async fn check_ready(&self) -> Result<(), EngineError> {

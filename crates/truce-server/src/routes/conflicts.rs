@@ -7,7 +7,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use truce_engine::{
     ConflictFilter, Document, EngineError, Principal, ResolutionAction, ResolutionCommand,
-    ResourceKey, SideTable, Take, VersionLookup, conflict_ours, differing_paths,
+    SideTable, Take, VersionLookup, check_conflict_id, conflict_not_found, conflict_with_sides,
+    parse_conflict_record,
 };
 use utoipa::{IntoParams, ToSchema};
 
@@ -134,9 +135,6 @@ pub async fn conflicts(
     Ok(Json(json!({"items": items, "next": next})))
 }
 
-/// The longest conflict id accepted (ids are 26-character ULIDs).
-const MAX_ID: usize = 64;
-
 /// One conflict record, with `base` (the version the refused write was based on),
 /// `ours` (what the refused write would have made of it), `theirs` (the current
 /// document) and `paths` (where ours and theirs differ).
@@ -154,24 +152,13 @@ pub async fn conflict(
     State(state): State<AppState>,
     Path(cid): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    check_id(&cid)?;
+    check_conflict_id(&cid)?;
     let stored = state
         .store
         .side_record(SideTable::Conflicts, cid.as_bytes())
         .await?
-        .ok_or_else(|| EngineError::NotFound {
-            detail: format!("there is no conflict record {cid}"),
-            tombstone: None,
-        })?;
-    let mut record: Value = serde_json::from_slice(&stored)
-        .map_err(|e| EngineError::Internal(format!("conflict record {cid} unreadable: {e}")))?;
-    let key = ResourceKey::parse(
-        record["resource"]["collection"]
-            .as_str()
-            .unwrap_or_default(),
-        record["resource"]["id"].as_str().unwrap_or_default(),
-    )
-    .map_err(|e| EngineError::Internal(format!("conflict record {cid} names no resource: {e}")))?;
+        .ok_or_else(|| conflict_not_found(&cid))?;
+    let (record, key) = parse_conflict_record(&cid, &stored)?;
     let body = |version: &truce_engine::Version| -> Option<Value> {
         serde_json::from_slice(version.body.as_ref()?).ok()
     };
@@ -183,29 +170,7 @@ pub async fn conflict(
         None => None,
     };
     let theirs = state.store.head(&key).await?.as_ref().and_then(body);
-    let ours = conflict_ours(&record, base.as_ref());
-    let paths = match (&ours, &theirs) {
-        (Some(ours), Some(theirs)) => differing_paths(ours, theirs),
-        _ => Vec::new(),
-    };
-    if let Some(fields) = record.as_object_mut() {
-        fields.insert("base".into(), base.unwrap_or(Value::Null));
-        fields.insert("ours".into(), ours.unwrap_or(Value::Null));
-        fields.insert("theirs".into(), theirs.unwrap_or(Value::Null));
-        fields.insert("paths".into(), Value::from(paths));
-    }
-    Ok(Json(record))
-}
-
-/// A conflict id must be letters and digits (a ULID), so a typo is a 400, not a
-/// lookup.
-fn check_id(cid: &str) -> Result<(), ApiError> {
-    if cid.is_empty() || cid.len() > MAX_ID || !cid.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return Err(ApiError::Malformed(format!(
-            "{cid:?} is not a conflict id (letters and digits, at most {MAX_ID})"
-        )));
-    }
-    Ok(())
+    Ok(Json(conflict_with_sides(record, base, theirs)))
 }
 
 /// Which side a resolution takes.
@@ -231,15 +196,30 @@ pub struct ResolveRequest {
     doc: Option<Value>,
 }
 
-/// The closed record, with the version headers when a version was written.
-fn closed(outcome: truce_engine::ResolutionOutcome) -> Response {
+/// Closes record `cid` through the store; answers the closed record, with the
+/// version headers when a version was written.
+async fn close(
+    state: &AppState,
+    cid: String,
+    action: ResolutionAction,
+    preconditions: truce_engine::Preconditions,
+) -> Result<Response, ApiError> {
+    let outcome = state
+        .store
+        .resolve(ResolutionCommand {
+            cid,
+            action,
+            preconditions,
+            by: Principal::anonymous(),
+        })
+        .await?;
     let mut response = Json(outcome.record).into_response();
     if let Some(write) = &outcome.write {
         response
             .headers_mut()
             .extend(version_headers(&write.key, &write.version));
     }
-    response
+    Ok(response)
 }
 
 /// Resolves a record by taking a side. Conflict-protected: refused (409) if the
@@ -262,7 +242,7 @@ pub async fn resolve(
     Conditions(preconditions): Conditions,
     JsonBody(request): JsonBody<ResolveRequest>,
 ) -> Result<Response, ApiError> {
-    check_id(&cid)?;
+    check_conflict_id(&cid)?;
     let take = match (request.take, request.doc) {
         (TakeSide::Theirs, None) => Take::Theirs,
         (TakeSide::Ours, None) => Take::Ours,
@@ -281,16 +261,7 @@ pub async fn resolve(
             ));
         }
     };
-    let outcome = state
-        .store
-        .resolve(ResolutionCommand {
-            cid,
-            action: ResolutionAction::Resolve(take),
-            preconditions,
-            by: Principal::anonymous(),
-        })
-        .await?;
-    Ok(closed(outcome))
+    close(&state, cid, ResolutionAction::Resolve(take), preconditions).await
 }
 
 /// Dismisses a record: closed without a change.
@@ -308,15 +279,12 @@ pub async fn dismiss(
     State(state): State<AppState>,
     Path(cid): Path<String>,
 ) -> Result<Response, ApiError> {
-    check_id(&cid)?;
-    let outcome = state
-        .store
-        .resolve(ResolutionCommand {
-            cid,
-            action: ResolutionAction::Dismiss,
-            preconditions: truce_engine::Preconditions::default(),
-            by: Principal::anonymous(),
-        })
-        .await?;
-    Ok(closed(outcome))
+    check_conflict_id(&cid)?;
+    close(
+        &state,
+        cid,
+        ResolutionAction::Dismiss,
+        truce_engine::Preconditions::default(),
+    )
+    .await
 }

@@ -6,9 +6,9 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use truce_engine::{
-    Effect, EngineError, ResolutionCommand, ResolutionOutcome, Retry, SideTable, StorageError,
-    Timestamp, WriteCommand, WriteContext, WriteOutcome, plan_resolution, record_refusal,
-    resolve_by_retry,
+    Effect, EngineError, ResolutionCommand, ResolutionOutcome, Retry, SideTable, SideWrite,
+    StorageError, Timestamp, WriteCommand, WriteContext, WriteOutcome, plan_resolution,
+    record_refusal, resolve_by_retry,
 };
 
 use super::Sequencer;
@@ -26,7 +26,50 @@ pub(super) struct BatchState {
     pub side_written: bool,
 }
 
+impl BatchState {
+    /// Writes what a job decided into the batch (a version moves the revision;
+    /// side records alone do not).
+    fn apply(
+        &mut self,
+        tables: &mut WriteTables<'_>,
+        effect: &Effect,
+        frame: &mut FrameBuilder,
+    ) -> Result<(), StorageError> {
+        if !effect.writes.is_empty() {
+            self.revision += 1;
+        }
+        self.side_written |= !effect.side.is_empty();
+        tables.apply(effect, self.revision, frame)
+    }
+}
+
+/// The record a retry's `Truce-Resolves` names, closed as `retry` says, if it is
+/// one the retry can close.
+fn close_retried(
+    tables: &WriteTables<'_>,
+    command: &WriteCommand,
+    retry: Retry,
+    now: Timestamp,
+) -> Result<Option<SideWrite>, StorageError> {
+    let Some(cid) = &command.resolves else {
+        return Ok(None);
+    };
+    let stored = tables.get_side(SideTable::Conflicts.code(), cid.as_bytes())?;
+    Ok(stored.and_then(|stored| resolve_by_retry(&stored, &command.key, retry, now)))
+}
+
 impl Sequencer {
+    /// What the rules know of the commit a job would join.
+    fn context(&self, batch: &BatchState) -> WriteContext<'_> {
+        WriteContext {
+            revision: batch.revision + 1,
+            now: batch.now,
+            limits: self.settings.limits,
+            retention: &self.settings.retention,
+            require_preconditions: false,
+        }
+    }
+
     /// Plans one write and applies what it decided.
     pub(super) fn write_job(
         &self,
@@ -35,84 +78,68 @@ impl Sequencer {
         batch: &mut BatchState,
         frame: &mut FrameBuilder,
     ) -> Result<Result<WriteOutcome, EngineError>, StorageError> {
-        let ctx = WriteContext {
-            revision: batch.revision + 1,
-            now: batch.now,
-            limits: self.settings.limits,
-            retention: &self.settings.retention,
-            require_preconditions: false,
-        };
+        let ctx = self.context(batch);
         let planned = catch_unwind(AssertUnwindSafe(|| {
             (self.settings.planner)(&tables.view, command, &ctx)
         }));
-        Ok(match planned {
+        match planned {
             Ok(Ok(mut planned)) => {
                 // `Truce-Resolves`: the retried record closes with it.
-                if let Some(cid) = &command.resolves
-                    && let Some(stored) =
-                        tables.get_side(SideTable::Conflicts.code(), cid.as_bytes())?
-                {
-                    let retry = Retry::Landed {
-                        version: planned.outcome.version.number,
-                    };
-                    if let Some(resolution) =
-                        resolve_by_retry(&stored, &command.key, retry, batch.now)
-                    {
-                        planned
-                            .effect
-                            .get_or_insert_with(Effect::default)
-                            .side
-                            .push(resolution);
-                    }
+                let retry = Retry::Landed {
+                    version: planned.outcome.version.number,
+                };
+                if let Some(closed) = close_retried(tables, command, retry, batch.now)? {
+                    planned
+                        .effect
+                        .get_or_insert_with(Effect::default)
+                        .side
+                        .push(closed);
                 }
                 if let Some(effect) = &planned.effect {
-                    // Side records alone do not move the revision.
-                    if !effect.writes.is_empty() {
-                        batch.revision += 1;
-                    }
-                    batch.side_written |= !effect.side.is_empty();
-                    tables.apply(effect, batch.revision, frame)?;
+                    batch.apply(tables, effect, frame)?;
                 }
-                Ok(planned.outcome)
+                Ok(Ok(planned.outcome))
             }
-            // A refusal for the resource's state is kept as a conflict
-            // record, committed with the batch before it is answered.
-            Ok(Err(refusal)) => match record_refusal(
-                command,
-                refusal,
-                || self.conflict_ids.next_id().as_str().to_owned(),
-                batch.now,
-            ) {
-                Ok((answer, record)) => {
-                    batch.side_written = true;
-                    let mut side = Vec::new();
-                    // A retry refused again: its record supersedes the
-                    // one it named.
-                    if let (Some(cid), EngineError::Recorded { conflict_id, .. }) =
-                        (&command.resolves, &answer)
-                        && let Some(stored) =
-                            tables.get_side(SideTable::Conflicts.code(), cid.as_bytes())?
-                    {
-                        let retry = Retry::RefusedAgain {
-                            by: conflict_id.clone(),
-                        };
-                        side.extend(resolve_by_retry(&stored, &command.key, retry, batch.now));
-                    }
-                    side.push(record);
-                    let effect = Effect {
-                        writes: Vec::new(),
-                        side,
-                    };
-                    tables.apply(&effect, batch.revision, frame)?;
-                    Err(answer)
-                }
-                Err(refusal) => Err(refusal),
-            },
+            Ok(Err(refusal)) => Ok(Err(self.refused(tables, command, refusal, batch, frame)?)),
             Err(_) => {
                 tracing::error!(key = %command.key, "panic while planning a write");
-                Err(EngineError::Internal("panic while planning a write".into()))
+                Ok(Err(EngineError::Internal(
+                    "panic while planning a write".into(),
+                )))
             }
-        })
+        }
+    }
+
+    /// A refusal for the resource's state is kept as a conflict record, committed
+    /// with the batch before it is answered; a retry refused again supersedes the
+    /// record it named. Returns the answer.
+    fn refused(
+        &self,
+        tables: &mut WriteTables<'_>,
+        command: &WriteCommand,
+        refusal: EngineError,
+        batch: &mut BatchState,
+        frame: &mut FrameBuilder,
+    ) -> Result<EngineError, StorageError> {
+        let new_id = || self.conflict_ids.next_id().as_str().to_owned();
+        let (answer, record) = match record_refusal(command, refusal, new_id, batch.now) {
+            Ok(recorded) => recorded,
+            Err(unrecorded) => return Ok(unrecorded),
+        };
+        let mut side = Vec::new();
+        if let EngineError::Recorded { conflict_id, .. } = &answer {
+            let retry = Retry::RefusedAgain {
+                by: conflict_id.clone(),
+            };
+            side.extend(close_retried(tables, command, retry, batch.now)?);
+        }
+        side.push(record);
+        let effect = Effect {
+            writes: Vec::new(),
+            side,
+        };
+        batch.apply(tables, &effect, frame)?;
+        Ok(answer)
     }
 
     /// Plans one resolution (or dismissal) of a conflict record and applies it.
@@ -123,26 +150,14 @@ impl Sequencer {
         batch: &mut BatchState,
         frame: &mut FrameBuilder,
     ) -> Result<Result<ResolutionOutcome, EngineError>, StorageError> {
-        let ctx = WriteContext {
-            revision: batch.revision + 1,
-            now: batch.now,
-            limits: self.settings.limits,
-            retention: &self.settings.retention,
-            require_preconditions: false,
-        };
+        let ctx = self.context(batch);
         let stored = tables.get_side(SideTable::Conflicts.code(), command.cid.as_bytes())?;
-        Ok(
-            match plan_resolution(&tables.view, stored.as_deref(), command, &ctx) {
-                Ok(planned) => {
-                    if !planned.effect.writes.is_empty() {
-                        batch.revision += 1;
-                    }
-                    batch.side_written = true;
-                    tables.apply(&planned.effect, batch.revision, frame)?;
-                    Ok(planned.outcome)
-                }
-                Err(refusal) => Err(refusal),
-            },
-        )
+        match plan_resolution(&tables.view, stored.as_deref(), command, &ctx) {
+            Ok(planned) => {
+                batch.apply(tables, &planned.effect, frame)?;
+                Ok(Ok(planned.outcome))
+            }
+            Err(refusal) => Ok(Err(refusal)),
+        }
     }
 }
