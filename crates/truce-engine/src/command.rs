@@ -110,4 +110,27 @@ pub struct WriteOutcome {
     pub status: WriteStatus,
     /// The head version after the write (the unchanged head for `Unchanged`).
     pub version: Version,
+    /// Set when a stale write was accepted by the collection's conflict policy.
+    pub policy: Option<PolicyApplied>,
+    /// The record of that automatic outcome (set by the backend, which makes ids).
+    pub conflict_id: Option<String>,
+}
+
+/// How a collection's conflict policy accepted a write based on an old version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyApplied {
+    /// `merge`: the write's changes to `base` were applied to version `over`.
+    Merged {
+        /// The version the write was based on.
+        base: u64,
+        /// The version it was merged into.
+        over: u64,
+    },
+    /// `last_write_wins`: the write replaced version `over` (kept in history).
+    Overwritten {
+        /// The version the write was based on.
+        base: u64,
+        /// The version it overwrote.
+        over: u64,
+    },
 }

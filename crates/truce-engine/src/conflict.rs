@@ -12,9 +12,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::command::{WriteAction, WriteCommand};
+use crate::command::{PolicyApplied, WriteAction, WriteCommand, WriteOutcome};
 use crate::error::{CurrentState, EngineError};
-use crate::etag::TagCondition;
 use crate::name::ResourceKey;
 use crate::rules::{SideTable, SideWrite};
 use crate::time::Timestamp;
@@ -64,6 +63,15 @@ pub struct ConflictRecord {
     pub request_id: Option<String>,
     /// When it was refused.
     pub detected_at: Timestamp,
+    /// For automatic outcomes: when the policy resolved it (at once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_at: Option<Timestamp>,
+    /// For automatic outcomes: `merged` or `overwritten`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<&'static str>,
+    /// For automatic outcomes: the version the write made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_version: Option<u64>,
 }
 
 /// A resource named in a record.
@@ -100,20 +108,10 @@ fn recorded_state(error: &EngineError) -> Option<Option<&CurrentState>> {
         EngineError::PreconditionFailed { current, .. }
         | EngineError::VersionConflict { current, .. } => Some(current.as_ref()),
         EngineError::PatchTestFailed { current, .. }
-        | EngineError::PatchConflict { current, .. } => Some(Some(current)),
+        | EngineError::PatchConflict { current, .. }
+        | EngineError::MergeConflict { current, .. } => Some(Some(current)),
+        EngineError::Unmergeable { source, .. } => recorded_state(source),
         _ => None,
-    }
-}
-
-/// The version an entity-tag names (`"7-3f9a2c1d"` is version 7), if it is one of
-/// truce's.
-fn tag_version(condition: &TagCondition) -> Option<u64> {
-    match condition {
-        TagCondition::Any => None,
-        TagCondition::Tags(tags) => tags
-            .iter()
-            .filter(|t| !t.weak)
-            .find_map(|t| t.opaque.split_once('-')?.0.parse().ok()),
     }
 }
 
@@ -178,13 +176,16 @@ pub fn record_refusal(
                 .preconditions
                 .if_match
                 .as_ref()
-                .and_then(tag_version)
+                .and_then(crate::policy::tag_version)
         }),
         current_version: current.map(|c| c.version),
         attempted: attempted(&command.action),
         by: command.by.as_str().to_owned(),
         request_id: command.request_id.clone(),
         detected_at: now,
+        resolved_at: None,
+        resolution: None,
+        resolved_version: None,
     };
     let value = serde_json::to_vec(&record)
         .map_err(|e| EngineError::Internal(format!("conflict record not encodable: {e}")))?;
@@ -199,6 +200,54 @@ pub fn record_refusal(
             conflict_id: id,
         },
         side,
+    ))
+}
+
+/// The record of a stale write that the collection's conflict policy accepted
+/// (SPEC §7 "automatic outcomes"): type `merged` (status `auto_merged`) or
+/// `overwritten` (status `overwritten`), with the base it named, the version it
+/// was applied over and the version it made; closed from the start. Returns the
+/// record's id and the side write.
+pub fn record_policy(
+    command: &WriteCommand,
+    outcome: &WriteOutcome,
+    applied: &PolicyApplied,
+    new_id: impl FnOnce() -> String,
+    now: Timestamp,
+) -> Result<(String, SideWrite), EngineError> {
+    let (kind, status, base, over) = match *applied {
+        PolicyApplied::Merged { base, over } => ("merged", "auto_merged", base, over),
+        PolicyApplied::Overwritten { base, over } => ("overwritten", "overwritten", base, over),
+    };
+    let id = new_id();
+    let key = &command.key;
+    let record = ConflictRecord {
+        id: id.clone(),
+        kind,
+        status,
+        resource: ResourceRef {
+            collection: key.collection.as_str().to_owned(),
+            id: key.id.as_str().to_owned(),
+        },
+        base_version: Some(base),
+        current_version: Some(over),
+        attempted: attempted(&command.action),
+        by: command.by.as_str().to_owned(),
+        request_id: command.request_id.clone(),
+        detected_at: now,
+        resolved_at: Some(now),
+        resolution: Some(kind),
+        resolved_version: Some(outcome.version.number),
+    };
+    let value = serde_json::to_vec(&record)
+        .map_err(|e| EngineError::Internal(format!("conflict record not encodable: {e}")))?;
+    Ok((
+        id.clone(),
+        SideWrite {
+            table: SideTable::Conflicts,
+            key: id.into_bytes(),
+            value: Some(value.into()),
+        },
     ))
 }
 
@@ -375,7 +424,7 @@ mod tests {
     use super::*;
     use crate::command::Principal;
     use crate::document::{Document, DocumentLimits};
-    use crate::etag::ETag;
+    use crate::etag::{ETag, TagCondition};
     use crate::precondition::{FailedCondition, Preconditions};
     use serde_json::json;
 

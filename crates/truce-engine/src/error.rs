@@ -145,6 +145,38 @@ pub enum EngineError {
         /// The states allowed from `from`.
         allowed: Vec<String>,
     },
+    /// Under the `merge` policy, the stale write and the current version changed
+    /// the same paths.
+    #[error("this write and version {} both changed {}", current.version, overlap_list(overlaps))]
+    MergeConflict {
+        /// The version the write was based on.
+        base_version: u64,
+        /// Every colliding path, with its three values.
+        overlaps: Vec<crate::merge::Overlap>,
+        /// The current state.
+        current: Box<CurrentState>,
+    },
+    /// Under the `merge` policy, a stale write that cannot be merged: refused as
+    /// under `reject` (`source`), with the reason.
+    #[error("{source}; it was not merged: {reason}")]
+    Unmergeable {
+        /// The answer under `reject`.
+        source: Box<EngineError>,
+        /// Why no merge was possible.
+        reason: String,
+    },
+    /// A precondition on a collection's settings was false.
+    #[error("{} does not match the settings of collection {collection}", condition.header())]
+    SettingsPreconditionFailed {
+        /// Which header failed.
+        condition: FailedCondition,
+        /// The collection.
+        collection: String,
+        /// The settings' current version (0: never configured).
+        version: u64,
+        /// Their current ETag.
+        etag: ETag,
+    },
     /// The collection requires a precondition and the write carried none.
     #[error("this collection requires If-Match, If-None-Match: * or ?if_version on writes")]
     PreconditionRequired,
@@ -163,6 +195,18 @@ pub enum EngineError {
     /// A bug: an invariant did not hold. The message is for the logs only.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// The colliding paths, for a message.
+fn overlap_list(overlaps: &[crate::merge::Overlap]) -> String {
+    let paths: Vec<String> = overlaps
+        .iter()
+        .map(|o| match crate::merge::pointer(&o.path) {
+            root if root.is_empty() => "the whole document".to_owned(),
+            path => path,
+        })
+        .collect();
+    paths.join(", ")
 }
 
 /// A rendered-neutral problem: the kind, a client-safe detail, and extension fields.
@@ -226,10 +270,13 @@ impl EngineError {
     /// The problem kind this error maps to.
     pub fn kind(&self) -> ProblemKind {
         match self {
-            Self::Recorded { source, .. } => source.kind(),
+            Self::Recorded { source, .. } | Self::Unmergeable { source, .. } => source.kind(),
+            Self::MergeConflict { .. } => ProblemKind::MergeConflict,
             Self::Malformed(_) => ProblemKind::MalformedRequest,
             Self::NotFound { .. } => ProblemKind::NotFound,
-            Self::PreconditionFailed { .. } => ProblemKind::PreconditionFailed,
+            Self::PreconditionFailed { .. } | Self::SettingsPreconditionFailed { .. } => {
+                ProblemKind::PreconditionFailed
+            }
             Self::VersionConflict { .. } => ProblemKind::VersionConflict,
             Self::PatchTestFailed { .. } => ProblemKind::PatchTestFailed,
             Self::PatchConflict { .. } => ProblemKind::PatchConflict,
@@ -293,6 +340,50 @@ impl EngineError {
                 } else {
                     Problem::new(kind, detail).with_current(current.as_ref())
                 }
+            }
+            Self::Unmergeable { source, reason } => {
+                let mut problem = source.problem();
+                problem.detail = format!("{}; it was not merged: {reason}", problem.detail);
+                problem.with("merge_refused", json!(reason))
+            }
+            Self::MergeConflict {
+                base_version,
+                overlaps,
+                current,
+            } => {
+                let paths: Vec<String> = overlaps
+                    .iter()
+                    .map(|o| crate::merge::pointer(&o.path))
+                    .collect();
+                let list: Vec<Value> = overlaps
+                    .iter()
+                    .map(|o| {
+                        json!({"path": crate::merge::pointer(&o.path), "base": o.base,
+                               "ours": o.ours, "theirs": o.theirs})
+                    })
+                    .collect();
+                Problem::new(
+                    kind,
+                    format!(
+                        "{self}; merge these paths by hand (or resolve the conflict record) and retry"
+                    ),
+                )
+                .with("base_version", json!(base_version))
+                .with("paths", json!(paths))
+                .with("overlaps", Value::Array(list))
+                .with_current(Some(current))
+            }
+            Self::SettingsPreconditionFailed { version, etag, .. } => {
+                let mut problem = Problem::new(
+                    kind,
+                    format!(
+                        "{self}: they are at version {version} (ETag {etag}); re-read them and retry"
+                    ),
+                )
+                .with("current_version", json!(version))
+                .with("current_etag", json!(etag.to_header()));
+                problem.etag = Some(etag.clone());
+                problem
             }
             Self::VersionConflict { expected, current } => Problem::new(
                 kind,

@@ -14,7 +14,7 @@ use std::fmt;
 
 use sha2::{Digest, Sha256};
 
-use crate::name::ResourceKey;
+use crate::name::{CollectionName, ResourceKey};
 use crate::time::Timestamp;
 
 /// The strong ETag of one version of one resource (the opaque tag, without quotes).
@@ -32,6 +32,23 @@ impl ETag {
         hasher.update(version.to_be_bytes());
         hasher.update(revision.to_be_bytes());
         hasher.update(at.millis().to_be_bytes());
+        Self::from_digest(version, hasher)
+    }
+
+    /// Derives the ETag of version `version` of a collection's settings, changed at
+    /// `at`. Hashed under its own domain, so it never equals a document's.
+    pub fn derive_settings(collection: &CollectionName, version: u64, at: Timestamp) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(b"settings\0");
+        hasher.update(collection.as_str().as_bytes());
+        hasher.update([0]);
+        hasher.update(version.to_be_bytes());
+        hasher.update(at.millis().to_be_bytes());
+        Self::from_digest(version, hasher)
+    }
+
+    /// `"{version}-{first 4 bytes of the digest, in hex}"`.
+    fn from_digest(version: u64, hasher: Sha256) -> Self {
         let digest = hasher.finalize();
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut tag = version.to_string();

@@ -10,6 +10,7 @@
 //! transactions, so each rule exists exactly once.
 
 mod change;
+mod collection;
 mod command;
 mod conflict;
 mod document;
@@ -20,6 +21,7 @@ mod json_errors;
 mod merge;
 mod name;
 mod patch;
+mod policy;
 mod precondition;
 mod problem;
 mod read;
@@ -28,14 +30,20 @@ mod resolution;
 mod retention;
 mod rules;
 mod store;
+#[cfg(test)]
+mod test_view;
 mod time;
 
 pub use change::{Change, ChangePage, ChangeQuery};
-pub use command::{Principal, WriteAction, WriteCommand, WriteOutcome, WriteStatus};
+pub use collection::{
+    CollectionSettings, ConflictPolicy, HistorySettings, SettingsCommand, SettingsOutcome,
+    StoredSettings, plan_settings,
+};
+pub use command::{PolicyApplied, Principal, WriteAction, WriteCommand, WriteOutcome, WriteStatus};
 pub use conflict::{
     Attempted, CONFLICT_ID_PATTERN, ConflictFilter, ConflictRecord, Retry, check_conflict_id,
     metric_labels as conflict_metric_labels, parse_record as parse_conflict_record,
-    record_not_found as conflict_not_found, record_refusal, resolve_by_retry,
+    record_not_found as conflict_not_found, record_policy, record_refusal, resolve_by_retry,
     with_sides as conflict_with_sides,
 };
 pub use document::{Document, DocumentLimits};

@@ -131,6 +131,8 @@ pub fn plan_resolution(
                         key: key.clone(),
                         status,
                         version: version.clone(),
+                        policy: None,
+                        conflict_id: None,
                     });
                     writes.push(VersionWrite {
                         key: key.clone(),

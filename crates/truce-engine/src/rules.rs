@@ -18,12 +18,14 @@
 
 use serde_json::Value;
 
-use crate::command::{WriteAction, WriteCommand, WriteOutcome, WriteStatus};
+use crate::collection::{CollectionSettings, ConflictPolicy};
+use crate::command::{PolicyApplied, WriteAction, WriteCommand, WriteOutcome, WriteStatus};
 use crate::document::{Document, DocumentLimits};
 use crate::error::{CurrentState, EngineError};
 use crate::name::ResourceKey;
 use crate::patch::apply_merge_patch;
-use crate::precondition::{Evaluation, FailedCondition, Safety, Validators};
+use crate::policy::{self, NamedBy};
+use crate::precondition::{Evaluation, FailedCondition, Preconditions, Safety, Validators};
 use crate::read::{ReadContext, VersionLookup, lookup_version, not_found};
 use crate::record::{Op, Version};
 use crate::retention::Retention;
@@ -41,8 +43,8 @@ pub struct WriteContext<'a> {
     pub limits: DocumentLimits,
     /// Retention, for what `revert` may still read.
     pub retention: &'a Retention,
-    /// The collection requires a guarding precondition on every write (428 otherwise).
-    pub require_preconditions: bool,
+    /// The settings of the written collection (428, conflict policy).
+    pub settings: CollectionSettings,
 }
 
 /// One version to store as the new head of a resource.
@@ -84,6 +86,8 @@ pub struct SideWrite {
 pub enum SideTable {
     /// Conflict records (SPEC §7).
     Conflicts,
+    /// Collection settings (SPEC §8), keyed by collection name.
+    Collections,
 }
 
 impl SideTable {
@@ -91,6 +95,7 @@ impl SideTable {
     pub const fn code(self) -> u8 {
         match self {
             Self::Conflicts => 1,
+            Self::Collections => 2,
         }
     }
 
@@ -98,6 +103,7 @@ impl SideTable {
     pub const fn from_code(code: u8) -> Option<Self> {
         match code {
             1 => Some(Self::Conflicts),
+            2 => Some(Self::Collections),
             _ => None,
         }
     }
@@ -114,7 +120,7 @@ pub struct Planned {
 }
 
 /// The content a write would leave: a document, or a tombstone.
-enum NextContent {
+pub(crate) enum NextContent {
     Document(Document),
     Tombstone,
 }
@@ -134,61 +140,115 @@ pub fn plan_write(
         return Err(not_found(key, head.as_ref()));
     }
 
-    if ctx.require_preconditions
+    let current_state = live.map(|v| CurrentState {
+        resource: key.clone(),
+        version: v.number,
+        etag: v.etag(key),
+    });
+    let precondition_failed = |condition| -> Result<EngineError, EngineError> {
+        let current_matches_request = match live {
+            Some(current) => would_change_nothing(view, command, current, ctx)?,
+            None => false,
+        };
+        Ok(EngineError::PreconditionFailed {
+            condition,
+            current: current_state.clone(),
+            current_matches_request,
+        })
+    };
+    let version_conflict = |expected| EngineError::VersionConflict {
+        expected,
+        current: current_state.clone(),
+    };
+
+    // A stale If-Match or ?if_version is refused, unless the collection's conflict
+    // policy takes it (then the write's other preconditions still hold).
+    let mut stale = None;
+    match evaluate(&command.preconditions, live, key) {
+        Evaluation::Proceed => {}
+        Evaluation::Failed(FailedCondition::IfMatch)
+            if let Some(found) = policy::stale(
+                ctx,
+                live,
+                command
+                    .preconditions
+                    .if_match
+                    .as_ref()
+                    .and_then(policy::tag_version),
+                NamedBy::IfMatch,
+            ) =>
+        {
+            let rest = Preconditions {
+                if_match: None,
+                ..command.preconditions.clone()
+            };
+            match evaluate(&rest, live, key) {
+                Evaluation::Proceed => stale = Some(found),
+                Evaluation::Failed(condition) => return Err(precondition_failed(condition)?),
+                Evaluation::NotModified => {
+                    return Err(precondition_failed(FailedCondition::IfNoneMatch)?);
+                }
+            }
+        }
+        Evaluation::Failed(condition) => return Err(precondition_failed(condition)?),
+        Evaluation::NotModified => return Err(precondition_failed(FailedCondition::IfNoneMatch)?),
+    }
+
+    if let Some(expected) = command.if_version {
+        let actual = live.map_or(0, |v| v.number);
+        if expected != actual {
+            match policy::stale(ctx, live, Some(expected), NamedBy::IfVersion) {
+                Some(found) if stale.is_none_or(|s| s.base == found.base) => stale = Some(found),
+                _ => return Err(version_conflict(expected)),
+            }
+        }
+    }
+
+    if ctx.settings.require_preconditions
         && !command.preconditions.guards_write()
         && command.if_version.is_none()
     {
         return Err(EngineError::PreconditionRequired);
     }
 
-    let current_state = live.map(|v| CurrentState {
-        resource: key.clone(),
-        version: v.number,
-        etag: v.etag(key),
-    });
-    let validators = live
-        .zip(current_state.as_ref())
-        .map(|(v, state)| Validators {
-            etag: &state.etag,
-            last_modified_secs: v.at.secs(),
-        });
-    match command.preconditions.evaluate(Safety::Unsafe, validators) {
-        Evaluation::Proceed => {}
-        Evaluation::Failed(condition) => {
-            let current_matches_request = match live {
-                Some(current) => would_change_nothing(view, command, current, ctx)?,
-                None => false,
+    let (next, policy_applied) = match (stale, live) {
+        (Some(stale), Some(current)) => {
+            let applied = match ctx.settings.conflict_policy {
+                ConflictPolicy::Merge => {
+                    let refusal = || match stale.named_by {
+                        NamedBy::IfMatch => {
+                            precondition_failed(FailedCondition::IfMatch).unwrap_or_else(|e| e)
+                        }
+                        NamedBy::IfVersion => version_conflict(stale.base),
+                    };
+                    let next = policy::merged_content(view, command, current, stale, ctx, refusal)?;
+                    let applied = PolicyApplied::Merged {
+                        base: stale.base,
+                        over: current.number,
+                    };
+                    (next, applied)
+                }
+                _ => (
+                    next_content(view, command, live, current_state.as_ref(), ctx)?,
+                    PolicyApplied::Overwritten {
+                        base: stale.base,
+                        over: current.number,
+                    },
+                ),
             };
-            return Err(EngineError::PreconditionFailed {
-                condition,
-                current: current_state,
-                current_matches_request,
-            });
+            (applied.0, Some(applied.1))
         }
-        Evaluation::NotModified => {
-            return Err(EngineError::PreconditionFailed {
-                condition: FailedCondition::IfNoneMatch,
-                current: current_state,
-                current_matches_request: false,
-            });
-        }
-    }
-
-    if let Some(expected) = command.if_version {
-        let actual = live.map_or(0, |v| v.number);
-        if expected != actual {
-            return Err(EngineError::VersionConflict {
-                expected,
-                current: current_state,
-            });
-        }
-    }
-
-    let next = next_content(view, command, live, current_state.as_ref(), ctx)?;
+        _ => (
+            next_content(view, command, live, current_state.as_ref(), ctx)?,
+            None,
+        ),
+    };
     if let Some(head) = head.as_ref()
         && is_same_content(live, Some(head), &next)
     {
-        return Ok(unchanged(key, head, WriteStatus::Unchanged));
+        let mut planned = unchanged(key, head, WriteStatus::Unchanged);
+        planned.outcome.policy = policy_applied;
+        return Ok(planned);
     }
 
     let (body, status) = match next {
@@ -215,6 +275,8 @@ pub fn plan_write(
             key: key.clone(),
             status,
             version: version.clone(),
+            policy: policy_applied,
+            conflict_id: None,
         },
         effect: Some(Effect {
             writes: vec![VersionWrite {
@@ -246,6 +308,20 @@ pub(crate) fn next_version(
     }
 }
 
+/// The request's preconditions against the live version of `key`.
+fn evaluate(
+    preconditions: &Preconditions,
+    live: Option<&Version>,
+    key: &ResourceKey,
+) -> Evaluation {
+    let etag = live.map(|v| v.etag(key));
+    let validators = live.zip(etag.as_ref()).map(|(v, etag)| Validators {
+        etag,
+        last_modified_secs: v.at.secs(),
+    });
+    preconditions.evaluate(Safety::Unsafe, validators)
+}
+
 /// The answer for a write that changes nothing.
 fn unchanged(key: &ResourceKey, head: &Version, status: WriteStatus) -> Planned {
     Planned {
@@ -253,6 +329,8 @@ fn unchanged(key: &ResourceKey, head: &Version, status: WriteStatus) -> Planned 
             key: key.clone(),
             status,
             version: head.clone(),
+            policy: None,
+            conflict_id: None,
         },
         effect: None,
     }
@@ -290,8 +368,8 @@ fn is_same_content(live: Option<&Version>, head: Option<&Version>, next: &NextCo
     }
 }
 
-/// Computes the content the write would leave.
-fn next_content(
+/// Computes the content the write would leave on top of `live`.
+pub(crate) fn next_content(
     view: &dyn StateView,
     command: &WriteCommand,
     live: Option<&Version>,
@@ -369,277 +447,4 @@ fn next_content(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::cell::RefCell;
-    use std::collections::BTreeMap;
-
-    use super::*;
-    use crate::command::Principal;
-    use crate::error::StorageError;
-    use crate::etag::TagCondition;
-    use crate::patch::JsonPatch;
-    use crate::precondition::Preconditions;
-    use serde_json::json;
-
-    /// A whole store in a map, for testing the rules alone.
-    #[derive(Default)]
-    struct MemoryView {
-        versions: RefCell<BTreeMap<(ResourceKey, u64), Version>>,
-        revision: RefCell<u64>,
-    }
-
-    impl StateView for MemoryView {
-        fn head(&self, key: &ResourceKey) -> Result<Option<Version>, StorageError> {
-            Ok(self
-                .versions
-                .borrow()
-                .range((key.clone(), 0)..=(key.clone(), u64::MAX))
-                .next_back()
-                .map(|(_, v)| v.clone()))
-        }
-        fn walk_back(
-            &self,
-            key: &ResourceKey,
-            below: u64,
-            visit: &mut dyn FnMut(Version) -> bool,
-        ) -> Result<(), StorageError> {
-            let versions = self.versions.borrow();
-            for (_, version) in versions.range((key.clone(), 0)..(key.clone(), below)).rev() {
-                if !visit(version.clone()) {
-                    break;
-                }
-            }
-            Ok(())
-        }
-    }
-
-    impl MemoryView {
-        fn run(&self, command: WriteCommand) -> Result<WriteOutcome, EngineError> {
-            self.run_with(command, false)
-        }
-
-        fn run_with(
-            &self,
-            command: WriteCommand,
-            require_preconditions: bool,
-        ) -> Result<WriteOutcome, EngineError> {
-            let retention = Retention::default();
-            let ctx = WriteContext {
-                revision: *self.revision.borrow() + 1,
-                now: Timestamp::from_millis(1_000_000),
-                limits: DocumentLimits::default(),
-                retention: &retention,
-                require_preconditions,
-            };
-            let planned = plan_write(self, &command, &ctx)?;
-            if let Some(effect) = planned.effect {
-                *self.revision.borrow_mut() += 1;
-                for write in effect.writes {
-                    self.versions
-                        .borrow_mut()
-                        .insert((write.key, write.version.number), write.version);
-                }
-            }
-            Ok(planned.outcome)
-        }
-    }
-
-    fn key() -> ResourceKey {
-        ResourceKey::parse("things", "a").unwrap()
-    }
-
-    fn command(action: WriteAction) -> WriteCommand {
-        WriteCommand {
-            key: key(),
-            action,
-            preconditions: Preconditions::default(),
-            if_version: None,
-            by: Principal::anonymous(),
-            request_id: None,
-            resolves: None,
-        }
-    }
-
-    fn put(doc: Value) -> WriteCommand {
-        let doc = Document::parse(doc.to_string().as_bytes(), DocumentLimits::default()).unwrap();
-        command(WriteAction::Put(doc))
-    }
-
-    fn if_match(mut command: WriteCommand, etag: &crate::ETag) -> WriteCommand {
-        command.preconditions.if_match =
-            Some(TagCondition::parse([etag.to_header().as_str()]).unwrap());
-        command
-    }
-
-    #[test]
-    fn versions_count_up_and_continue_after_delete() {
-        let view = MemoryView::default();
-        assert_eq!(
-            view.run(put(json!({"n": 1}))).unwrap().status,
-            WriteStatus::Created
-        );
-        assert_eq!(view.run(put(json!({"n": 2}))).unwrap().version.number, 2);
-        let deleted = view.run(command(WriteAction::Delete)).unwrap();
-        assert_eq!(
-            (deleted.status, deleted.version.number),
-            (WriteStatus::Deleted, 3)
-        );
-        let again = view.run(put(json!({"n": 1}))).unwrap();
-        assert_eq!(
-            (again.status, again.version.number, again.version.op),
-            (WriteStatus::Created, 4, Op::Create)
-        );
-    }
-
-    #[test]
-    fn equal_content_makes_no_version() {
-        let view = MemoryView::default();
-        view.run(put(json!({"a": 1, "b": 2}))).unwrap();
-        let same = view.run(put(json!({"b": 2, "a": 1}))).unwrap();
-        assert_eq!(
-            (same.status, same.version.number),
-            (WriteStatus::Unchanged, 1)
-        );
-        let patch = view
-            .run(command(WriteAction::MergePatch(json!({"a": 1}))))
-            .unwrap();
-        assert_eq!(patch.status, WriteStatus::Unchanged);
-    }
-
-    #[test]
-    fn stale_if_match_is_always_refused() {
-        let view = MemoryView::default();
-        let first = view.run(put(json!({"n": 1}))).unwrap();
-        let stale = first.version.etag(&key());
-        view.run(put(json!({"n": 2}))).unwrap();
-        let refused = view
-            .run(if_match(put(json!({"n": 3})), &stale))
-            .unwrap_err();
-        assert!(matches!(
-            refused,
-            EngineError::PreconditionFailed {
-                condition: FailedCondition::IfMatch,
-                current: Some(CurrentState { version: 2, .. }),
-                current_matches_request: false,
-            }
-        ));
-        // The same state from the same stale base: still refused, but it says so.
-        let same = view
-            .run(if_match(put(json!({"n": 2})), &stale))
-            .unwrap_err();
-        assert!(matches!(
-            same,
-            EngineError::PreconditionFailed {
-                condition: FailedCondition::IfMatch,
-                current: Some(CurrentState { version: 2, .. }),
-                current_matches_request: true,
-            }
-        ));
-        assert_eq!(view.head(&key()).unwrap().unwrap().number, 2);
-    }
-
-    #[test]
-    fn patch_and_delete_need_a_live_resource_whatever_the_preconditions() {
-        let view = MemoryView::default();
-        let mut delete = command(WriteAction::Delete);
-        delete.preconditions.if_match = Some(TagCondition::Any);
-        assert!(matches!(
-            view.run(delete.clone()),
-            Err(EngineError::NotFound {
-                tombstone: None,
-                ..
-            })
-        ));
-        view.run(put(json!({}))).unwrap();
-        view.run(command(WriteAction::Delete)).unwrap();
-        assert!(matches!(
-            view.run(delete),
-            Err(EngineError::NotFound {
-                tombstone: Some((2, _)),
-                ..
-            })
-        ));
-    }
-
-    #[test]
-    fn if_version_zero_means_must_not_exist() {
-        let view = MemoryView::default();
-        let mut create = put(json!({"n": 1}));
-        create.if_version = Some(0);
-        view.run(create.clone()).unwrap();
-        assert!(matches!(
-            view.run(create),
-            Err(EngineError::VersionConflict {
-                expected: 0,
-                current: Some(CurrentState { version: 1, .. })
-            })
-        ));
-    }
-
-    #[test]
-    fn json_patch_failures_are_typed() {
-        let view = MemoryView::default();
-        view.run(put(json!({"n": 1}))).unwrap();
-        let test = JsonPatch::parse(br#"[{"op":"test","path":"/n","value":2}]"#).unwrap();
-        assert!(matches!(
-            view.run(command(WriteAction::JsonPatch(test))),
-            Err(EngineError::PatchTestFailed { operation: 0, .. })
-        ));
-        let missing = JsonPatch::parse(br#"[{"op":"replace","path":"/x/y","value":2}]"#).unwrap();
-        assert!(matches!(
-            view.run(command(WriteAction::JsonPatch(missing))),
-            Err(EngineError::PatchConflict { .. })
-        ));
-        let not_object = JsonPatch::parse(br#"[{"op":"replace","path":"","value":[1]}]"#).unwrap();
-        assert!(matches!(
-            view.run(command(WriteAction::JsonPatch(not_object))),
-            Err(EngineError::Invalid { .. })
-        ));
-    }
-
-    #[test]
-    fn revert_restores_content_and_undeletes() {
-        let view = MemoryView::default();
-        view.run(put(json!({"n": 1}))).unwrap();
-        view.run(put(json!({"n": 2}))).unwrap();
-        view.run(command(WriteAction::Delete)).unwrap();
-        let reverted = view.run(command(WriteAction::Revert { to: 1 })).unwrap();
-        assert_eq!(
-            (
-                reverted.status,
-                reverted.version.number,
-                reverted.version.op
-            ),
-            (WriteStatus::Created, 4, Op::Revert)
-        );
-        assert_eq!(reverted.version.body.unwrap().as_ref(), br#"{"n":1}"#);
-        assert!(matches!(
-            view.run(command(WriteAction::Revert { to: 9 })),
-            Err(EngineError::NotFound { .. })
-        ));
-    }
-
-    #[test]
-    fn required_preconditions_refuse_unguarded_writes() {
-        let view = MemoryView::default();
-        assert!(matches!(
-            view.run_with(put(json!({})), true),
-            Err(EngineError::PreconditionRequired)
-        ));
-        let mut guarded = put(json!({}));
-        guarded.preconditions.if_none_match = Some(TagCondition::Any);
-        let created = view.run_with(guarded, true).unwrap();
-        assert_eq!(
-            (created.status, created.version.number),
-            (WriteStatus::Created, 1)
-        );
-        // A guard that holds lets the write through; `?if_version` counts as one.
-        let mut by_version = put(json!({"n": 2}));
-        by_version.if_version = Some(1);
-        let updated = view.run_with(by_version, true).unwrap();
-        assert_eq!(
-            (updated.status, updated.version.number),
-            (WriteStatus::Updated, 2)
-        );
-    }
-}
+mod tests;

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::change::{ChangePage, ChangeQuery};
+use crate::collection::{SettingsCommand, SettingsOutcome};
 use crate::command::{WriteCommand, WriteOutcome};
 use crate::error::{EngineError, StorageError};
 use crate::name::{CollectionName, ResourceKey};
@@ -80,6 +81,10 @@ pub trait Store: Send + Sync + 'static {
     /// Resolves or dismisses a conflict record through the sequencer; returns once
     /// the closed record (and any version it wrote) is durable.
     async fn resolve(&self, command: ResolutionCommand) -> Result<ResolutionOutcome, EngineError>;
+
+    /// Replaces a collection's settings through the sequencer; returns once they
+    /// are durable. Writes queued after it are planned under them.
+    async fn configure(&self, command: SettingsCommand) -> Result<SettingsOutcome, EngineError>;
 
     /// One side record, as of the newest published state.
     async fn side_record(

@@ -25,6 +25,7 @@ use crate::wire::ProblemBody;
         (name = "history", description = "Past versions, diffs and reverts"),
         (name = "changes", description = "The change feed and watches"),
         (name = "conflicts", description = "Conflict records: refused writes, kept"),
+        (name = "collections", description = "Collection settings: conflict policy, required preconditions, history"),
         (name = "system", description = "Health, metrics, the OpenAPI document and problem pages"),
     ),
     components(schemas(crate::wire::ProblemBody, crate::wire::FieldError, crate::wire::ResourceRef))
@@ -53,7 +54,7 @@ pub struct NotFound(ProblemBody);
 #[derive(IntoResponses)]
 #[response(
     status = 409,
-    description = "`version-conflict` (`?if_version` mismatch, adds `expected_version`), `patch-test-failed` or `patch-conflict`; carries `current_version` and `current_etag`",
+    description = "`version-conflict` (`?if_version` mismatch, adds `expected_version`), `patch-test-failed`, `patch-conflict`, or `merge-conflict` (under the `merge` policy: `base_version`, `paths` and `overlaps` with base/ours/theirs); carries `current_version`, `current_etag` and, when the refusal was recorded, `conflict_id`",
     content_type = "application/problem+json"
 )]
 pub struct Conflict(ProblemBody);

@@ -94,6 +94,17 @@ fn finish_operation(path: &str, method: &str, operation: &mut Map<String, Value>
         if reads {
             add("If-Modified-Since", "RFC 9110 §13.1.3: an HTTP-date");
         }
+        let settings_write = path.starts_with("/v1/_collections/") && method == "put";
+        if settings_write {
+            add(
+                "If-Match",
+                "RFC 9110 §13.1.1: the settings' ETag (strong comparison) or `*`",
+            );
+            add(
+                "If-None-Match",
+                "`*`: only if the collection was never configured (version 0)",
+            );
+        }
         if path.ends_with("/resolve") {
             add(
                 "If-Match",
@@ -106,7 +117,7 @@ fn finish_operation(path: &str, method: &str, operation: &mut Map<String, Value>
                 "SPEC §7: the conflict record this write retries; marked resolved (`retried`) in the same commit if the write succeeds",
             );
         }
-        if writes || (path == "/v1/{collection}" && method == "post") {
+        if writes || settings_write || (path == "/v1/{collection}" && method == "post") {
             add(
                 "Prefer",
                 "RFC 7240: `return=minimal` answers with the headers only (204, or 201 for a creation)",

@@ -4,7 +4,7 @@
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, LAST_MODIFIED, LOCATION};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
-use truce_engine::{ResourceKey, Version, WriteOutcome, WriteStatus};
+use truce_engine::{PolicyApplied, ResourceKey, Version, WriteOutcome, WriteStatus};
 
 use crate::extract::Prefer;
 use crate::wire::TombstoneBody;
@@ -16,8 +16,16 @@ pub const TRUCE_REVISION: HeaderName = HeaderName::from_static("truce-revision")
 /// `Truce-Outcome`: what a write did (`created`, `updated`, `unchanged`, `deleted`),
 /// so a client can tell a new version from a write that changed nothing.
 pub const TRUCE_OUTCOME: HeaderName = HeaderName::from_static("truce-outcome");
+
+/// `Truce-Merged-From`: the version a stale write merged under the `merge` policy
+/// was based on (SPEC §8).
+pub const TRUCE_MERGED_FROM: HeaderName = HeaderName::from_static("truce-merged-from");
+
+/// `Truce-Conflict-Id`: the record a conflict policy's automatic outcome left
+/// (`auto_merged` or `overwritten`), so a client can look it up.
+pub const TRUCE_CONFLICT_ID: HeaderName = HeaderName::from_static("truce-conflict-id");
 /// `Preference-Applied` (RFC 7240).
-const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
+pub const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
 
 /// The validator and version headers of one version.
 pub fn version_headers(key: &ResourceKey, version: &Version) -> HeaderMap {
@@ -81,6 +89,16 @@ pub fn write_response(outcome: &WriteOutcome, prefer: Prefer) -> Response {
         TRUCE_OUTCOME,
         HeaderValue::from_static(outcome.status.as_str()),
     );
+    if let Some(PolicyApplied::Merged { base, .. }) = &outcome.policy {
+        response
+            .headers_mut()
+            .insert(TRUCE_MERGED_FROM, HeaderValue::from(*base));
+    }
+    if let Some(cid) = &outcome.conflict_id
+        && let Ok(value) = HeaderValue::from_str(cid)
+    {
+        response.headers_mut().insert(TRUCE_CONFLICT_ID, value);
+    }
     if status == StatusCode::CREATED
         && let Ok(location) = HeaderValue::from_str(&format!("/v1/{}/{}", key.collection, key.id))
     {

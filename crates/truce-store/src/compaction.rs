@@ -11,8 +11,10 @@
 //! The sequencer applies the selection in one commit. The scan never blocks writers,
 //! and each pass is bounded. Heads are never touched.
 
+use std::collections::HashMap;
+
 use redb::ReadableTable;
-use truce_engine::{Retention, StorageError, Timestamp};
+use truce_engine::{CollectionName, Retention, SideTable, StorageError, StoredSettings, Timestamp};
 
 use crate::codec::{self, LogPosition};
 use crate::error::storage;
@@ -42,14 +44,41 @@ impl CompactionPlan {
     }
 }
 
-/// Scans a snapshot for what `retention` says must go as of `now`.
+/// The retention of every collection whose settings set history limits, over
+/// the server's `retention`.
+fn collection_retention(
+    snapshot: &Snapshot,
+    retention: &Retention,
+) -> Result<HashMap<String, Retention>, StorageError> {
+    let mut by_collection = HashMap::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = snapshot.side_range(SideTable::Collections.code(), after.as_deref(), 1_000)?;
+        let Some((last, _)) = page.last() else {
+            return Ok(by_collection);
+        };
+        after = Some(last.clone());
+        for (key, value) in &page {
+            let name = String::from_utf8_lossy(key).into_owned();
+            let collection = CollectionName::parse(&name)
+                .map_err(|e| StorageError::Corrupt(format!("settings key {name:?}: {e}")))?;
+            let stored = StoredSettings::read(&collection, Some(value))
+                .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            by_collection.insert(name, stored.settings.retention(retention));
+        }
+    }
+}
+
+/// Scans a snapshot for what `retention` (the server's, under each collection's
+/// history settings) says must go as of `now`.
 pub(crate) fn plan(
     snapshot: &Snapshot,
     retention: &Retention,
     now: Timestamp,
 ) -> Result<CompactionPlan, StorageError> {
     let mut plan = CompactionPlan::default();
-    if retention.keeps_everything() {
+    let by_collection = collection_retention(snapshot, retention)?;
+    if retention.keeps_everything() && by_collection.values().all(Retention::keeps_everything) {
         return Ok(plan);
     }
     let tables = &snapshot.tables;
@@ -78,9 +107,10 @@ pub(crate) fn plan(
         let Some(head) = tables.head_record(&record.key)? else {
             continue;
         };
-        if head.position == position
-            || retention.retains(head.number, record.number, record.at, now)
-        {
+        let rules = by_collection
+            .get(record.key.collection.as_str())
+            .unwrap_or(retention);
+        if head.position == position || rules.retains(head.number, record.number, record.at, now) {
             continue;
         }
         if position.0 <= new_watermark {

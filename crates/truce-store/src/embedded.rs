@@ -15,9 +15,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
     ChangePage, ChangeQuery, CollectionName, CompactionReport, DocumentLimits, EngineError,
     HistoryPage, ListPage, ListQuery, Planned, ReadContext, ResolutionCommand, ResolutionOutcome,
-    ResourceKey, Retention, SideTable, StateView, StorageError, Store, Timestamp, Version,
-    VersionLookup, WriteCommand, WriteContext, WriteOutcome, history_page, lookup_version,
-    plan_write,
+    ResourceKey, Retention, SettingsCommand, SettingsOutcome, SideTable, StateView, StorageError,
+    Store, StoredSettings, Timestamp, Version, VersionLookup, WriteCommand, WriteContext,
+    WriteOutcome, history_page, lookup_version, plan_write,
 };
 
 use crate::compaction;
@@ -219,12 +219,19 @@ impl EmbeddedStore {
         self.published.load()
     }
 
-    /// What reads need to apply retention.
-    fn read_context(&self) -> ReadContext<'_> {
-        ReadContext {
-            retention: &self.retention,
-            now: Timestamp::now(),
-        }
+    /// The retention reads of `collection` apply in `snapshot`: the server's,
+    /// under the collection's history settings.
+    fn retention_of(
+        &self,
+        snapshot: &Snapshot,
+        collection: &CollectionName,
+    ) -> Result<Retention, EngineError> {
+        let stored = snapshot.side(
+            SideTable::Collections.code(),
+            collection.as_str().as_bytes(),
+        )?;
+        let stored = StoredSettings::read(collection, stored.as_deref())?;
+        Ok(stored.settings.retention(&self.retention))
     }
 }
 
@@ -243,11 +250,16 @@ impl Store for EmbeddedStore {
     }
 
     async fn version(&self, key: &ResourceKey, number: u64) -> Result<VersionLookup, EngineError> {
+        let snapshot = self.snapshot()?;
+        let retention = self.retention_of(&snapshot, &key.collection)?;
         Ok(lookup_version(
-            &self.snapshot()?.tables,
+            &snapshot.tables,
             key,
             number,
-            self.read_context(),
+            ReadContext {
+                retention: &retention,
+                now: Timestamp::now(),
+            },
         )?)
     }
 
@@ -265,12 +277,17 @@ impl Store for EmbeddedStore {
         before: Option<u64>,
         limit: usize,
     ) -> Result<HistoryPage, EngineError> {
+        let snapshot = self.snapshot()?;
+        let retention = self.retention_of(&snapshot, &key.collection)?;
         Ok(history_page(
-            &self.snapshot()?.tables,
+            &snapshot.tables,
             key,
             before,
             limit,
-            self.read_context(),
+            ReadContext {
+                retention: &retention,
+                now: Timestamp::now(),
+            },
         )?)
     }
 
@@ -279,6 +296,14 @@ impl Store for EmbeddedStore {
         query.check_retained(snapshot.meta(META_CHANGES_COMPACTED)?)?;
         let log = &snapshot.tables.log;
         Ok(read_changes(log, query, last_revision(log)?)?)
+    }
+
+    async fn configure(&self, command: SettingsCommand) -> Result<SettingsOutcome, EngineError> {
+        self.ask(|reply| Job::Configure {
+            command: Box::new(command),
+            reply,
+        })
+        .await
     }
 
     async fn resolve(&self, command: ResolutionCommand) -> Result<ResolutionOutcome, EngineError> {

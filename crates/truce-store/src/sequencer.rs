@@ -40,8 +40,8 @@ use std::time::Instant;
 use redb::{Database, Durability};
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
-    CompactionReport, EngineError, IdGenerator, ResolutionCommand, ResolutionOutcome, StorageError,
-    Timestamp, WriteCommand, WriteOutcome,
+    CompactionReport, EngineError, IdGenerator, ResolutionCommand, ResolutionOutcome,
+    SettingsCommand, SettingsOutcome, StorageError, Timestamp, WriteCommand, WriteOutcome,
 };
 
 use crate::compaction::CompactionPlan;
@@ -68,6 +68,11 @@ pub(crate) enum Job {
         command: Box<ResolutionCommand>,
         reply: oneshot::Sender<Result<ResolutionOutcome, EngineError>>,
     },
+    /// Replace a collection's settings.
+    Configure {
+        command: Box<SettingsCommand>,
+        reply: oneshot::Sender<Result<SettingsOutcome, EngineError>>,
+    },
     /// Remove what a compaction scan found.
     Compact {
         plan: CompactionPlan,
@@ -81,6 +86,7 @@ pub(crate) enum Job {
 enum Answer {
     Write(Result<WriteOutcome, EngineError>),
     Resolve(Result<ResolutionOutcome, EngineError>),
+    Configure(Result<SettingsOutcome, EngineError>),
     Compact(Result<CompactionReport, EngineError>),
     Shutdown,
 }
@@ -464,6 +470,7 @@ impl Sequencer {
             revision: start,
             now: Timestamp::now(),
             side_written: false,
+            settings: Default::default(),
         };
         let mut compacted = false;
         let mut answers = Vec::with_capacity(batch.len());
@@ -474,6 +481,9 @@ impl Sequencer {
                 }
                 Job::Resolve { command, .. } => {
                     Answer::Resolve(self.resolve_job(tables, command, &mut state, frame)?)
+                }
+                Job::Configure { command, .. } => {
+                    Answer::Configure(self.configure_job(tables, command, &mut state, frame)?)
                 }
                 Job::Compact { plan, .. } => {
                     compacted = true;
@@ -540,6 +550,9 @@ fn send(job: Job, answer: Answer) {
         (Job::Resolve { reply, .. }, Answer::Resolve(result)) => {
             let _ = reply.send(result);
         }
+        (Job::Configure { reply, .. }, Answer::Configure(result)) => {
+            let _ = reply.send(result);
+        }
         (Job::Shutdown { reply }, _) => {
             let _ = reply.send(());
         }
@@ -561,6 +574,9 @@ fn fail(job: Job, error: StorageError) {
             let _ = reply.send(Err(error));
         }
         Job::Resolve { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Job::Configure { reply, .. } => {
             let _ = reply.send(Err(error));
         }
         Job::Shutdown { reply } => {

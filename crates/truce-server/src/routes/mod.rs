@@ -18,6 +18,7 @@ use crate::problem;
 use crate::state::AppState;
 
 pub mod changes;
+pub mod collections;
 pub mod conflicts;
 pub mod documents;
 pub mod history;
@@ -49,6 +50,10 @@ fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(conflicts::conflict))
         .routes(routes!(conflicts::resolve))
         .routes(routes!(conflicts::dismiss))
+        .routes(routes!(
+            collections::get_settings,
+            collections::put_settings
+        ))
         .with_state(state)
         .split_for_parts();
     (router, api)

@@ -3,12 +3,14 @@
 //! closes) or a resolution of a record. What each job decides goes into the
 //! batch's tables and log frame; nothing is durable until the batch commits.
 
+use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use truce_engine::{
-    Effect, EngineError, ResolutionCommand, ResolutionOutcome, Retry, SideTable, SideWrite,
-    StorageError, Timestamp, WriteCommand, WriteContext, WriteOutcome, plan_resolution,
-    record_refusal, resolve_by_retry,
+    CollectionName, CollectionSettings, Effect, EngineError, ResolutionCommand, ResolutionOutcome,
+    Retention, Retry, SettingsCommand, SettingsOutcome, SideTable, SideWrite, StorageError,
+    StoredSettings, Timestamp, WriteCommand, WriteContext, WriteOutcome, parse_conflict_record,
+    plan_resolution, plan_settings, record_policy, record_refusal, resolve_by_retry,
 };
 
 use super::Sequencer;
@@ -24,6 +26,9 @@ pub(super) struct BatchState {
     /// Whether any job wrote a side record (then the batch commits, although no
     /// revision moved).
     pub side_written: bool,
+    /// The settings of each collection a job of the batch touched, read once per
+    /// batch (and replaced when a job of the batch changes them).
+    pub settings: HashMap<CollectionName, CollectionSettings>,
 }
 
 impl BatchState {
@@ -58,15 +63,41 @@ fn close_retried(
     Ok(stored.and_then(|stored| resolve_by_retry(&stored, &command.key, retry, now)))
 }
 
+/// The settings of `collection` as of this point of the batch.
+fn collection_settings(
+    tables: &WriteTables<'_>,
+    batch: &mut BatchState,
+    collection: &CollectionName,
+) -> Result<CollectionSettings, StorageError> {
+    if let Some(settings) = batch.settings.get(collection) {
+        return Ok(*settings);
+    }
+    let stored = tables.get_side(
+        SideTable::Collections.code(),
+        collection.as_str().as_bytes(),
+    )?;
+    let settings = StoredSettings::read(collection, stored.as_deref())
+        .map_err(|e| StorageError::Corrupt(e.to_string()))?
+        .settings;
+    batch.settings.insert(collection.clone(), settings);
+    Ok(settings)
+}
+
 impl Sequencer {
-    /// What the rules know of the commit a job would join.
-    fn context(&self, batch: &BatchState) -> WriteContext<'_> {
+    /// What the rules know of the commit a job would join, for a write to
+    /// `collection` (`retention` receives the collection's retention).
+    fn context<'a>(
+        &self,
+        batch: &BatchState,
+        settings: CollectionSettings,
+        retention: &'a Retention,
+    ) -> WriteContext<'a> {
         WriteContext {
             revision: batch.revision + 1,
             now: batch.now,
             limits: self.settings.limits,
-            retention: &self.settings.retention,
-            require_preconditions: false,
+            retention,
+            settings,
         }
     }
 
@@ -78,12 +109,29 @@ impl Sequencer {
         batch: &mut BatchState,
         frame: &mut FrameBuilder,
     ) -> Result<Result<WriteOutcome, EngineError>, StorageError> {
-        let ctx = self.context(batch);
+        let settings = collection_settings(tables, batch, &command.key.collection)?;
+        let retention = settings.retention(&self.settings.retention);
+        let ctx = self.context(batch, settings, &retention);
         let planned = catch_unwind(AssertUnwindSafe(|| {
             (self.settings.planner)(&tables.view, command, &ctx)
         }));
         match planned {
             Ok(Ok(mut planned)) => {
+                // A stale write the collection's policy accepted is recorded too.
+                if let Some(applied) = planned.outcome.policy.clone() {
+                    let new_id = || self.conflict_ids.next_id().as_str().to_owned();
+                    match record_policy(command, &planned.outcome, &applied, new_id, batch.now) {
+                        Ok((id, record)) => {
+                            planned
+                                .effect
+                                .get_or_insert_with(Effect::default)
+                                .side
+                                .push(record);
+                            planned.outcome.conflict_id = Some(id);
+                        }
+                        Err(error) => return Ok(Err(error)),
+                    }
+                }
                 // `Truce-Resolves`: the retried record closes with it.
                 let retry = Retry::Landed {
                     version: planned.outcome.version.number,
@@ -150,12 +198,50 @@ impl Sequencer {
         batch: &mut BatchState,
         frame: &mut FrameBuilder,
     ) -> Result<Result<ResolutionOutcome, EngineError>, StorageError> {
-        let ctx = self.context(batch);
         let stored = tables.get_side(SideTable::Conflicts.code(), command.cid.as_bytes())?;
+        // The record's collection decides the retention its base is read under.
+        let settings = match stored
+            .as_deref()
+            .map(|s| parse_conflict_record(&command.cid, s))
+        {
+            Some(Ok((_, key))) => collection_settings(tables, batch, &key.collection)?,
+            _ => CollectionSettings::default(),
+        };
+        let retention = settings.retention(&self.settings.retention);
+        let ctx = self.context(batch, settings, &retention);
         match plan_resolution(&tables.view, stored.as_deref(), command, &ctx) {
             Ok(planned) => {
                 batch.apply(tables, &planned.effect, frame)?;
                 Ok(Ok(planned.outcome))
+            }
+            Err(refusal) => Ok(Err(refusal)),
+        }
+    }
+
+    /// Plans one change of a collection's settings and applies it; later jobs of
+    /// the batch are planned under the new settings.
+    pub(super) fn configure_job(
+        &self,
+        tables: &mut WriteTables<'_>,
+        command: &SettingsCommand,
+        batch: &mut BatchState,
+        frame: &mut FrameBuilder,
+    ) -> Result<Result<SettingsOutcome, EngineError>, StorageError> {
+        let key = command.collection.as_str().as_bytes();
+        let stored = tables.get_side(SideTable::Collections.code(), key)?;
+        match plan_settings(stored.as_deref(), command, batch.now) {
+            Ok((outcome, record)) => {
+                if let Some(record) = record {
+                    let effect = Effect {
+                        writes: Vec::new(),
+                        side: vec![record],
+                    };
+                    batch.apply(tables, &effect, frame)?;
+                    batch
+                        .settings
+                        .insert(command.collection.clone(), outcome.stored.settings);
+                }
+                Ok(Ok(outcome))
             }
             Err(refusal) => Ok(Err(refusal)),
         }

@@ -6,6 +6,7 @@ mod bench;
 mod changes;
 mod cli;
 mod client;
+mod collections;
 mod common;
 mod concurrency;
 mod conflicts;

@@ -34,6 +34,8 @@ const EXPECTED: &[(&str, &str)] = &[
     ("get", "/v1/_conflicts/{cid}"),
     ("post", "/v1/_conflicts/{cid}/resolve"),
     ("post", "/v1/_conflicts/{cid}/dismiss"),
+    ("get", "/v1/_collections/{collection}"),
+    ("put", "/v1/_collections/{collection}"),
 ];
 
 const METHODS: &[&str] = &[
