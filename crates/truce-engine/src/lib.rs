@@ -16,6 +16,7 @@ mod conflict;
 mod document;
 mod error;
 mod etag;
+mod events;
 mod ids;
 mod json_errors;
 mod merge;
@@ -49,6 +50,7 @@ pub use conflict::{
 pub use document::{Document, DocumentLimits};
 pub use error::{CurrentState, EngineError, Problem, StorageError};
 pub use etag::{ETag, EntityTag, EtagSyntaxError, TagCondition};
+pub use events::{CONFLICT_EVENTS, ConflictEvent, conflict_event, event_matches, event_position};
 pub use ids::IdGenerator;
 pub use json_errors::describe as describe_json_error;
 pub use merge::{

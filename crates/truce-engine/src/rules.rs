@@ -88,6 +88,8 @@ pub enum SideTable {
     Conflicts,
     /// Collection settings (SPEC §8), keyed by collection name.
     Collections,
+    /// Conflict events (SPEC §7), keyed by position (big-endian u64).
+    ConflictEvents,
 }
 
 impl SideTable {
@@ -96,6 +98,7 @@ impl SideTable {
         match self {
             Self::Conflicts => 1,
             Self::Collections => 2,
+            Self::ConflictEvents => 3,
         }
     }
 
@@ -104,6 +107,7 @@ impl SideTable {
         match code {
             1 => Some(Self::Conflicts),
             2 => Some(Self::Collections),
+            3 => Some(Self::ConflictEvents),
             _ => None,
         }
     }

@@ -97,6 +97,10 @@ pub trait Store: Send + Sync + 'static {
     /// wait on it instead of polling.
     fn revisions(&self) -> watch::Receiver<u64>;
 
+    /// The position of the newest conflict event, updated after every commit that
+    /// wrote one: conflict streams wait on it instead of polling.
+    fn conflict_events(&self) -> watch::Receiver<u64>;
+
     /// Runs one compaction pass now (age-based retention).
     async fn compact(&self) -> Result<CompactionReport, EngineError>;
 

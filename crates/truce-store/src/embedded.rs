@@ -17,7 +17,7 @@ use truce_engine::{
     HistoryPage, ListPage, ListQuery, Planned, ReadContext, ResolutionCommand, ResolutionOutcome,
     ResourceKey, Retention, SettingsCommand, SettingsOutcome, SideTable, StateView, StorageError,
     Store, StoredSettings, Timestamp, Version, VersionLookup, WriteCommand, WriteContext,
-    WriteOutcome, history_page, lookup_version, plan_write,
+    WriteOutcome, event_position, history_page, lookup_version, plan_write,
 };
 
 use crate::compaction;
@@ -115,6 +115,8 @@ pub struct EmbeddedStore {
     health: Arc<Health>,
     jobs: mpsc::Sender<Job>,
     revisions: watch::Receiver<u64>,
+    /// The newest conflict event's position, moved after each commit that made one.
+    events: watch::Receiver<u64>,
     retention: Retention,
     sequencer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -147,10 +149,16 @@ impl EmbeddedStore {
         let reserve_problem = reserve.ensure().err().map(|e| e.to_string());
         let first = Snapshot::open(&db, Overlay::new())
             .map_err(|e| failed(format!("cannot read the recovered store: {e}")))?;
+        let last_event = first
+            .last_side_key(SideTable::ConflictEvents.code())
+            .map_err(|e| failed(format!("cannot read the recovered store: {e}")))?
+            .and_then(|key| event_position(&key))
+            .unwrap_or(0);
         let published = Arc::new(Published::new(first));
         let health = Arc::new(Health::new());
         let (jobs_tx, jobs_rx) = mpsc::channel(config.queue_capacity.max(1));
         let (revisions_tx, revisions_rx) = watch::channel(revision);
+        let (events_tx, events_rx) = watch::channel(last_event);
         let retention = config.retention;
         let handle = Sequencer::spawn(SequencerStart {
             db,
@@ -161,6 +169,7 @@ impl EmbeddedStore {
             health: Arc::clone(&health),
             jobs: jobs_rx,
             revisions: revisions_tx,
+            events: events_tx,
             settings: config,
         })
         .map_err(OpenError::Thread)?;
@@ -174,6 +183,7 @@ impl EmbeddedStore {
             published,
             jobs: jobs_tx,
             revisions: revisions_rx,
+            events: events_rx,
             retention,
             sequencer: Mutex::new(Some(handle)),
         })
@@ -333,6 +343,10 @@ impl Store for EmbeddedStore {
 
     fn revisions(&self) -> watch::Receiver<u64> {
         self.revisions.clone()
+    }
+
+    fn conflict_events(&self) -> watch::Receiver<u64> {
+        self.events.clone()
     }
 
     async fn compact(&self) -> Result<CompactionReport, EngineError> {

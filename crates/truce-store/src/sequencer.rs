@@ -144,6 +144,8 @@ pub(crate) struct Sequencer {
     overlay: Overlay,
     jobs: mpsc::Receiver<Job>,
     revisions: watch::Sender<u64>,
+    /// The newest conflict event's position.
+    events: watch::Sender<u64>,
     settings: EmbeddedConfig,
 }
 
@@ -161,6 +163,7 @@ pub(crate) struct SequencerStart {
     pub health: Arc<Health>,
     pub jobs: mpsc::Receiver<Job>,
     pub revisions: watch::Sender<u64>,
+    pub events: watch::Sender<u64>,
     pub settings: EmbeddedConfig,
 }
 
@@ -181,6 +184,7 @@ impl Sequencer {
             published: start.published,
             jobs: start.jobs,
             revisions: start.revisions,
+            events: start.events,
             settings: start.settings,
         };
         std::thread::Builder::new()
@@ -414,7 +418,8 @@ impl Sequencer {
                 .set_wal_epoch(next_epoch)
                 .map_err(Failed::database_error)?;
         }
-        let conflict_events = std::mem::take(&mut tables.conflict_events);
+        let conflict_metrics = std::mem::take(&mut tables.conflict_metrics);
+        let last_event = tables.events_written.then_some(tables.last_event).flatten();
         let overlay = tables.into_overlay();
         let mut frame_start = None;
         if checkpointing {
@@ -444,8 +449,12 @@ impl Sequencer {
         if changed || checkpointing {
             self.publish(overlay, revision, frame_start)?;
         }
+        // Conflict streams wake once the batch's events are readable.
+        if let Some(position) = last_event {
+            self.events.send_replace(position);
+        }
         // Counted once durable: conflicts by collection, type and outcome.
-        for (collection, kind, outcome) in conflict_events {
+        for (collection, kind, outcome) in conflict_metrics {
             metrics::counter!(
                 "truce_conflicts_total",
                 "collection" => collection,

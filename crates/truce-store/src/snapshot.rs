@@ -96,6 +96,23 @@ impl Snapshot {
         Ok(found)
     }
 
+    /// The last key of side table `table`, if it has any record.
+    pub fn last_side_key(&self, table: u8) -> Result<Option<Vec<u8>>, StorageError> {
+        let side = match self.txn.open_table(SIDE) {
+            Ok(side) => side,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(error) => return Err(storage(error)),
+        };
+        let (start, end) = ([table], [table.saturating_add(1)]);
+        let last = side
+            .range::<&[u8]>(&start[..]..&end[..])
+            .map_err(storage)?
+            .next_back()
+            .transpose()
+            .map_err(storage)?;
+        Ok(last.map(|(key, _)| key.value()[1..].to_vec()))
+    }
+
     /// A counter of the `meta` table (0 if never set).
     pub fn meta(&self, name: &str) -> Result<u64, StorageError> {
         let meta = self.txn.open_table(META).map_err(storage)?;

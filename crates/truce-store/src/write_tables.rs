@@ -8,7 +8,10 @@
 //! uses the same type, so a version is written one way whoever writes it.
 
 use redb::{ReadableTable, Table, WriteTransaction};
-use truce_engine::{CompactionReport, Effect, SideTable, StorageError, conflict_metric_labels};
+use truce_engine::{
+    CompactionReport, Effect, SideTable, StorageError, conflict_event, conflict_metric_labels,
+    event_position,
+};
 
 use crate::codec::{self, HeadRecord};
 use crate::compaction::CompactionPlan;
@@ -33,7 +36,12 @@ pub(crate) struct WriteTables<'t> {
     side: Table<'t, &'static [u8], &'static [u8]>,
     /// `(collection, type, outcome)` of each conflict record this batch wrote, for
     /// the conflict metric once the batch is durable.
-    pub conflict_events: Vec<(String, String, String)>,
+    pub conflict_metrics: Vec<(String, String, String)>,
+    /// The position of the newest conflict event, once this batch needed it (read
+    /// from the table the first time, then counted on).
+    pub last_event: Option<u64>,
+    /// Whether this batch appended conflict events.
+    pub events_written: bool,
 }
 
 impl<'t> WriteTables<'t> {
@@ -49,7 +57,9 @@ impl<'t> WriteTables<'t> {
             },
             meta: txn.open_table(META).map_err(storage)?,
             side: txn.open_table(SIDE).map_err(storage)?,
-            conflict_events: Vec::new(),
+            conflict_metrics: Vec::new(),
+            last_event: None,
+            events_written: false,
         })
     }
 
@@ -181,12 +191,43 @@ impl<'t> WriteTables<'t> {
             self.put_side(code, &side.key, value)?;
             frame.push_side(code, &side.key, value);
             if side.table == SideTable::Conflicts
-                && let Some(labels) = value.and_then(conflict_metric_labels)
+                && let Some(value) = value
             {
-                self.conflict_events.push(labels);
+                self.conflict_metrics.extend(conflict_metric_labels(value));
+                // Every state a record is written in is an event, in commit order.
+                let position = self.last_event_position()? + 1;
+                if let Some(event) = conflict_event(value, position) {
+                    let code = event.table.code();
+                    let bytes = event.value.as_deref();
+                    self.put_side(code, &event.key, bytes)?;
+                    frame.push_side(code, &event.key, bytes);
+                    self.last_event = Some(position);
+                    self.events_written = true;
+                }
             }
         }
         Ok(())
+    }
+
+    /// The newest conflict event's position (0: none yet).
+    pub(crate) fn last_event_position(&mut self) -> Result<u64, StorageError> {
+        if let Some(position) = self.last_event {
+            return Ok(position);
+        }
+        let code = SideTable::ConflictEvents.code();
+        let start = [code];
+        let end = [code + 1];
+        let last = self
+            .side
+            .range::<&[u8]>(&start[..]..&end[..])
+            .map_err(storage)?
+            .next_back()
+            .transpose()
+            .map_err(storage)?
+            .and_then(|(key, _)| event_position(&key.value()[1..]));
+        let position = last.unwrap_or(0);
+        self.last_event = Some(position);
+        Ok(position)
     }
 
     /// Applies what a compaction scan selected: strips the bodies of versions

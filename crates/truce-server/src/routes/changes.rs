@@ -10,6 +10,11 @@
 //! then one `change` event per change; the `id:` field (the revision) is set on the
 //! last change of each revision, so a client that resumes with `Last-Event-ID` never
 //! loses the rest of a revision it saw only part of.
+//!
+//! A watch also carries the resource's conflict events (`conflict.detected`, ...),
+//! so its ids name two positions: `{revision}.{conflict event position}`. Resuming
+//! with such an id resumes both; a plain revision resumes the changes, with the
+//! conflict events from now.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -27,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use truce_engine::{ChangePage, ChangeQuery, CollectionName, Store};
 use utoipa::{IntoParams, ToSchema};
 
+use super::conflict_stream::{ConflictCursor, sse_event};
 use crate::error::ApiError;
 use crate::extract::{ApiQuery, ResourcePath};
 use crate::openapi::{Compacted, Malformed, Unavailable};
@@ -132,9 +138,9 @@ pub async fn changes(
     path = "/v1/{collection}/{id}/watch",
     tag = "changes",
     params(("collection" = String, Path), ("id" = String, Path), WatchParams,
-        ("Last-Event-ID" = Option<u64>, Header, description = "SSE resume point")),
+        ("Last-Event-ID" = Option<String>, Header, description = "SSE resume point: `REVISION.POSITION` as received (or a revision)")),
     responses(
-        (status = 200, description = "A stream of `change` events for this resource; `id:` is the revision", content_type = "text/event-stream", body = String),
+        (status = 200, description = "A stream of `change` events for this resource, and of its conflict events (`conflict.detected`, `conflict.resolved`, `conflict.dismissed`); `id:` is `REVISION.POSITION`", content_type = "text/event-stream", body = String),
         Malformed, Compacted, Unavailable,
     )
 )]
@@ -145,14 +151,47 @@ pub async fn watch(
     ApiQuery(params): ApiQuery<WatchParams>,
 ) -> Result<Response, ApiError> {
     let now = *state.store.revisions().borrow();
+    let events = state.store.conflict_events();
+    let events_now = *events.borrow();
+    let (since, after) = match watch_position(&headers)? {
+        Some((revision, position)) => (revision, position.unwrap_or(events_now)),
+        None => (params.since.unwrap_or(now), events_now),
+    };
+    let cursor = ConflictCursor::new(
+        after,
+        Some(key.collection.as_str().to_owned()),
+        Some(key.id.as_str().to_owned()),
+    );
     let query = ChangeQuery {
-        since: last_event_id(&headers)?.or(params.since).unwrap_or(now),
+        since,
         collection: None,
         key: Some(key),
         limit: page_limit(None)?,
         include_docs: false,
     };
-    event_stream(&state, query).await
+    start_stream(&state, query, Some((cursor, events))).await
+}
+
+/// A watch's `Last-Event-ID`: `{revision}.{conflict event position}`, or a
+/// revision alone.
+fn watch_position(headers: &HeaderMap) -> Result<Option<(u64, Option<u64>)>, ApiError> {
+    let Some(value) = headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    let parsed = match text.split_once('.') {
+        Some((revision, position)) => revision
+            .parse()
+            .ok()
+            .zip(position.parse().ok())
+            .map(|(r, p)| (r, Some(p))),
+        None => text.parse().ok().map(|r| (r, None)),
+    };
+    parsed.map(Some).ok_or_else(|| {
+        ApiError::Malformed(
+            "Last-Event-ID of a watch must be REVISION.POSITION (or a revision)".into(),
+        )
+    })
 }
 
 fn page_body(page: ChangePage) -> ChangesBody {
@@ -223,6 +262,16 @@ async fn long_poll(
 /// compacted history is a 410 problem rather than a stream that ends at once, and
 /// every change committed after the response headers arrive is in the stream.
 async fn event_stream(state: &AppState, query: ChangeQuery) -> Result<Response, ApiError> {
+    start_stream(state, query, None).await
+}
+
+/// Starts an SSE stream of changes, and of conflict events when `conflicts` is
+/// given (a watch).
+async fn start_stream(
+    state: &AppState,
+    query: ChangeQuery,
+    conflicts: Option<(ConflictCursor, watch::Receiver<u64>)>,
+) -> Result<Response, ApiError> {
     let first = state.store.changes(&query).await?;
     let start = query.since;
     let mut feed = Feed {
@@ -233,13 +282,15 @@ async fn event_stream(state: &AppState, query: ChangeQuery) -> Result<Response, 
         shutdown: state.shutdown.clone(),
         pending: VecDeque::new(),
         finished: false,
+        conflicts,
     };
     // An `id:` alone, before any change: the stream's starting position. Clients
     // (browsers included) keep it as their last event id, so a reconnect before the
     // first change still resumes from where the stream began.
-    feed.pending
-        .push_back(Event::default().id(start.to_string()));
+    let opening = feed.position(start);
+    feed.pending.push_back(Event::default().id(opening));
     feed.queue(first);
+    feed.queue_conflicts().await;
     let stream = futures_util::stream::unfold(feed, Feed::next_event);
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(state.config.sse_keepalive))
@@ -274,9 +325,42 @@ struct Feed {
     shutdown: CancellationToken,
     pending: VecDeque<Event>,
     finished: bool,
+    /// For a watch: the resource's conflict events, and the signal of new ones.
+    conflicts: Option<(ConflictCursor, watch::Receiver<u64>)>,
 }
 
 impl Feed {
+    /// The SSE id for having delivered changes through `revision` (and, in a
+    /// watch, the conflict events the cursor passed).
+    fn position(&self, revision: u64) -> String {
+        match &self.conflicts {
+            Some((cursor, _)) => format!("{revision}.{}", cursor.after),
+            None => revision.to_string(),
+        }
+    }
+
+    /// Queues the conflict events after the cursor (a watch only).
+    async fn queue_conflicts(&mut self) {
+        let Some((cursor, _)) = self.conflicts.as_mut() else {
+            return;
+        };
+        match cursor.read(self.store.as_ref()).await {
+            Ok(found) => {
+                let revision = self.query.since;
+                for (position, event) in found {
+                    self.pending
+                        .push_back(sse_event(&event, format!("{revision}.{position}")));
+                }
+            }
+            Err(error) => {
+                let body = problem_body(&ApiError::from(error).problem(), None);
+                self.pending
+                    .push_back(Event::default().event("error").data(body.to_string()));
+                self.finished = true;
+            }
+        }
+    }
+
     /// Turns a page into events and moves the stream's position past it. Pages never
     /// split a revision, so the last event of each revision is known here.
     fn queue(&mut self, page: ChangePage) {
@@ -289,7 +373,7 @@ impl Feed {
             };
             let mut event = Event::default().event("change").data(json);
             if ends_revision {
-                event = event.id(revision.to_string());
+                event = event.id(self.position(revision));
             }
             self.pending.push_back(event);
         }
@@ -305,17 +389,39 @@ impl Feed {
                 return None;
             }
             let since = self.query.since;
-            tokio::select! {
-                () = self.shutdown.cancelled() => {
+            /// What woke the stream.
+            enum Woke {
+                Shutdown,
+                Conflicts(bool),
+                Changes(bool),
+            }
+            let woke = {
+                let conflict_signal = async {
+                    match self.conflicts.as_mut() {
+                        Some((cursor, events)) => {
+                            let after = cursor.after;
+                            events.wait_for(|p| *p > after).await.is_ok()
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    () = self.shutdown.cancelled() => Woke::Shutdown,
+                    alive = conflict_signal => Woke::Conflicts(alive),
+                    changed = self.revisions.wait_for(|r| *r > since) => Woke::Changes(changed.is_ok()),
+                }
+            };
+            match woke {
+                Woke::Shutdown | Woke::Changes(false) => {
                     self.finished = true;
                     continue;
                 }
-                changed = self.revisions.wait_for(|r| *r > since) => {
-                    if changed.is_err() {
-                        self.finished = true;
-                        continue;
-                    }
+                Woke::Conflicts(alive) => {
+                    self.finished = !alive;
+                    self.queue_conflicts().await;
+                    continue;
                 }
+                Woke::Changes(true) => {}
             }
             match self.store.changes(&self.query).await {
                 Ok(page) => self.queue(page),

@@ -19,6 +19,7 @@ use crate::state::AppState;
 
 pub mod changes;
 pub mod collections;
+pub mod conflict_stream;
 pub mod conflicts;
 pub mod documents;
 pub mod history;
@@ -47,6 +48,7 @@ fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(history::revert))
         .routes(routes!(changes::watch))
         .routes(routes!(conflicts::conflicts))
+        .routes(routes!(conflict_stream::stream))
         .routes(routes!(conflicts::conflict))
         .routes(routes!(conflicts::resolve))
         .routes(routes!(conflicts::dismiss))

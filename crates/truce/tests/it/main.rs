@@ -9,6 +9,7 @@ mod client;
 mod collections;
 mod common;
 mod concurrency;
+mod conflict_stream;
 mod conflicts;
 mod disk_full;
 mod openapi;

@@ -31,6 +31,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("post", "/v1/{collection}/{id}/revert"),
     ("get", "/v1/{collection}/{id}/watch"),
     ("get", "/v1/_conflicts"),
+    ("get", "/v1/_conflicts/stream"),
     ("get", "/v1/_conflicts/{cid}"),
     ("post", "/v1/_conflicts/{cid}/resolve"),
     ("post", "/v1/_conflicts/{cid}/dismiss"),

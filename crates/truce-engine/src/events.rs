@@ -1,0 +1,143 @@
+//! Conflict events (SPEC §7 "Notification"): one event each time a conflict
+//! record is written, in commit order, for the conflict stream, the watch stream
+//! and webhook deliveries.
+//!
+//! A record written `open` is `conflict.detected`; a record closed by a retry, by
+//! taking a side, or at once by a conflict policy (`auto_merged`, `overwritten`) is
+//! `conflict.resolved`; a dismissed one is `conflict.dismissed`. Events are side
+//! records keyed by a position the backend assigns (1, 2, 3, ... in commit order,
+//! never reused): a reader that resumes after position P misses nothing and sees
+//! nothing twice. An event carries a summary of the record; the record itself is
+//! at `href`.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::rules::{SideTable, SideWrite};
+
+/// The event names, as SSE `event:` fields and webhook `events` filters.
+pub const CONFLICT_EVENTS: [&str; 3] = [
+    "conflict.detected",
+    "conflict.resolved",
+    "conflict.dismissed",
+];
+
+/// One conflict event as stored and sent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ConflictEvent {
+    /// Its position in the event log.
+    pub position: u64,
+    /// `conflict.detected`, `conflict.resolved` or `conflict.dismissed`.
+    pub event: &'static str,
+    /// The record's id.
+    pub conflict_id: String,
+    /// Where the record is read.
+    pub href: String,
+    /// The record's type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The record's status after the write.
+    pub status: String,
+    /// The resource.
+    pub resource: Value,
+    /// `resolution` for a resolved record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<String>,
+    /// The versions the record names.
+    pub base_version: Value,
+    /// The resource's version when the record was made.
+    pub current_version: Value,
+    /// Who made the write the event is about.
+    pub by: Value,
+}
+
+/// The event a conflict record's new state makes, at `position`; `None` for a
+/// value that is not a readable record.
+pub fn conflict_event(stored: &[u8], position: u64) -> Option<SideWrite> {
+    let record: Value = serde_json::from_slice(stored).ok()?;
+    let status = record["status"].as_str()?.to_owned();
+    let event = match status.as_str() {
+        "open" => "conflict.detected",
+        "dismissed" => "conflict.dismissed",
+        _ => "conflict.resolved",
+    };
+    let cid = record["id"].as_str()?.to_owned();
+    let by = match record.get("closed_by") {
+        Some(closer) if status != "open" => closer.clone(),
+        _ => record["by"].clone(),
+    };
+    let event = ConflictEvent {
+        position,
+        event,
+        href: format!("/v1/_conflicts/{cid}"),
+        conflict_id: cid,
+        kind: record["type"].as_str().unwrap_or_default().to_owned(),
+        status,
+        resource: record["resource"].clone(),
+        resolution: record["resolution"].as_str().map(str::to_owned),
+        base_version: record["base_version"].clone(),
+        current_version: record["current_version"].clone(),
+        by,
+    };
+    Some(SideWrite {
+        table: SideTable::ConflictEvents,
+        key: position.to_be_bytes().to_vec(),
+        value: Some(serde_json::to_vec(&event).ok()?.into()),
+    })
+}
+
+/// The position of a stored event key (8 bytes, big-endian).
+pub fn event_position(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.try_into().ok()?))
+}
+
+/// Whether a stored event is about `collection` (and `id`), when given.
+pub fn event_matches(event: &Value, collection: Option<&str>, id: Option<&str>) -> bool {
+    collection.is_none_or(|c| event["resource"]["collection"] == c)
+        && id.is_none_or(|i| event["resource"]["id"] == i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event_of(record: Value) -> Value {
+        let side = conflict_event(record.to_string().as_bytes(), 7).unwrap();
+        assert_eq!(event_position(&side.key), Some(7));
+        serde_json::from_slice(side.value.as_ref().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn each_state_of_a_record_names_its_event() {
+        let record = json!({"id": "01A", "type": "precondition-failed", "status": "open",
+            "resource": {"collection": "c", "id": "x"}, "base_version": 1,
+            "current_version": 2, "by": "alice"});
+        let detected = event_of(record.clone());
+        assert_eq!(detected["event"], "conflict.detected");
+        assert_eq!(detected["href"], "/v1/_conflicts/01A");
+        assert_eq!(detected["position"], 7);
+        assert!(event_matches(&detected, Some("c"), Some("x")));
+        assert!(!event_matches(&detected, Some("c"), Some("y")));
+
+        let mut resolved = record.clone();
+        resolved["status"] = json!("resolved");
+        resolved["resolution"] = json!("ours");
+        resolved["closed_by"] = json!("bob");
+        let resolved = event_of(resolved);
+        assert_eq!(
+            (
+                resolved["event"].clone(),
+                resolved["resolution"].clone(),
+                resolved["by"].clone()
+            ),
+            (json!("conflict.resolved"), json!("ours"), json!("bob"))
+        );
+        let mut merged = record.clone();
+        merged["status"] = json!("auto_merged");
+        assert_eq!(event_of(merged)["event"], "conflict.resolved");
+        let mut dismissed = record;
+        dismissed["status"] = json!("dismissed");
+        assert_eq!(event_of(dismissed)["event"], "conflict.dismissed");
+    }
+}
