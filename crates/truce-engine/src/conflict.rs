@@ -370,6 +370,28 @@ pub fn ours(record: &Value, base: Option<&Value>) -> Option<Value> {
     }
 }
 
+/// What conflict retention needs of a stored record: `live` says whether a
+/// resource is live (an open record of a live resource is kept until its age runs
+/// out). `None` for a value that is not a readable record.
+pub fn record_summary(
+    key: &[u8],
+    stored: &[u8],
+    live: &mut dyn FnMut(&ResourceKey) -> bool,
+) -> Option<crate::retention::RecordSummary> {
+    let record: Value = serde_json::from_slice(stored).ok()?;
+    let collection = record["resource"]["collection"].as_str()?.to_owned();
+    let detected_at = Timestamp::parse_rfc3339(record["detected_at"].as_str()?)?;
+    let protected = record["status"] == "open"
+        && ResourceKey::parse(&collection, record["resource"]["id"].as_str()?)
+            .is_ok_and(|resource| live(&resource));
+    Some(crate::retention::RecordSummary {
+        key: key.to_vec(),
+        collection,
+        detected_at,
+        protected,
+    })
+}
+
 /// The answer for a conflict id that names no record.
 pub fn record_not_found(cid: &str) -> EngineError {
     EngineError::NotFound {

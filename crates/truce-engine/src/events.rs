@@ -49,6 +49,8 @@ pub struct ConflictEvent {
     pub current_version: Value,
     /// Who made the write the event is about.
     pub by: Value,
+    /// When the record entered this state.
+    pub at: Value,
 }
 
 /// The event a conflict record's new state makes, at `position`; `None` for a
@@ -78,12 +80,42 @@ pub fn conflict_event(stored: &[u8], position: u64) -> Option<SideWrite> {
         base_version: record["base_version"].clone(),
         current_version: record["current_version"].clone(),
         by,
+        at: ["resolved_at", "dismissed_at", "detected_at"]
+            .iter()
+            .find_map(|field| record.get(*field).filter(|v| !v.is_null()))
+            .cloned()
+            .unwrap_or(Value::Null),
     };
     Some(SideWrite {
         table: SideTable::ConflictEvents,
         key: position.to_be_bytes().to_vec(),
         value: Some(serde_json::to_vec(&event).ok()?.into()),
     })
+}
+
+/// The key under which the event log keeps its watermark: the highest position
+/// compaction removed (position 0 is never an event).
+pub const EVENTS_WATERMARK_KEY: [u8; 8] = [0; 8];
+
+/// The stored watermark: events up to `through` were removed.
+pub fn encode_watermark(through: u64) -> Vec<u8> {
+    serde_json::json!({"compacted_through": through})
+        .to_string()
+        .into_bytes()
+}
+
+/// The position a stored watermark names (0 when unreadable).
+pub fn decode_watermark(stored: &[u8]) -> u64 {
+    serde_json::from_slice::<Value>(stored)
+        .ok()
+        .and_then(|v| v["compacted_through"].as_u64())
+        .unwrap_or(0)
+}
+
+/// When a stored event's record entered its state.
+pub fn event_at(stored: &[u8]) -> Option<crate::time::Timestamp> {
+    let event: Value = serde_json::from_slice(stored).ok()?;
+    crate::time::Timestamp::parse_rfc3339(event["at"].as_str()?)
 }
 
 /// The position of a stored event key (8 bytes, big-endian).

@@ -44,13 +44,16 @@ pub use command::{PolicyApplied, Principal, WriteAction, WriteCommand, WriteOutc
 pub use conflict::{
     Attempted, CONFLICT_ID_PATTERN, ConflictFilter, ConflictRecord, Retry, check_conflict_id,
     metric_labels as conflict_metric_labels, parse_record as parse_conflict_record,
-    record_not_found as conflict_not_found, record_policy, record_refusal, resolve_by_retry,
-    with_sides as conflict_with_sides,
+    record_not_found as conflict_not_found, record_policy, record_refusal, record_summary,
+    resolve_by_retry, with_sides as conflict_with_sides,
 };
 pub use document::{Document, DocumentLimits};
 pub use error::{CurrentState, EngineError, Problem, StorageError};
 pub use etag::{ETag, EntityTag, EtagSyntaxError, TagCondition};
-pub use events::{CONFLICT_EVENTS, ConflictEvent, conflict_event, event_matches, event_position};
+pub use events::{
+    CONFLICT_EVENTS, ConflictEvent, EVENTS_WATERMARK_KEY, conflict_event, decode_watermark,
+    encode_watermark, event_at, event_matches, event_position,
+};
 pub use ids::IdGenerator;
 pub use json_errors::describe as describe_json_error;
 pub use merge::{
@@ -68,7 +71,7 @@ pub use resolution::{
     PlannedResolution, ResolutionAction, ResolutionCommand, ResolutionOutcome, Take,
     plan_resolution,
 };
-pub use retention::{CompactionReport, Retention};
+pub use retention::{CompactionReport, ConflictRetention, RecordSummary, Retention};
 pub use rules::{Effect, Planned, SideTable, SideWrite, VersionWrite, WriteContext, plan_write};
 pub use store::{StateView, Store};
 pub use time::Timestamp;

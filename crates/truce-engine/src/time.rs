@@ -43,6 +43,13 @@ impl Timestamp {
         self.0 / 1000
     }
 
+    /// Parses the RFC 3339 form JSON bodies show.
+    pub fn parse_rfc3339(text: &str) -> Option<Self> {
+        humantime::parse_rfc3339(text)
+            .ok()
+            .map(Self::from_system_time)
+    }
+
     /// The same instant as a `SystemTime`.
     pub fn to_system_time(self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.0)

@@ -129,10 +129,18 @@ async fn compaction_loop(state: AppState, interval: Duration) {
         tokio::select! {
             _ = ticker.tick() => {
                 match state.store.compact().await {
-                    Ok(report) if report.versions_removed + report.changes_removed > 0 => {
+                    Ok(report)
+                        if report.versions_removed
+                            + report.changes_removed
+                            + report.conflicts_removed
+                            + report.conflict_events_removed
+                            > 0 =>
+                    {
                         tracing::info!(
                             versions_removed = report.versions_removed,
                             changes_removed = report.changes_removed,
+                            conflicts_removed = report.conflicts_removed,
+                            conflict_events_removed = report.conflict_events_removed,
                             "compaction"
                         );
                     }

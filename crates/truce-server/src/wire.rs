@@ -238,6 +238,11 @@ pub struct CompactionBody {
     pub changes_removed: u64,
     /// The oldest `since` the change feed still answers without 410.
     pub oldest_revision: u64,
+    /// Conflict records removed (older than the record retention, or over a
+    /// collection's cap).
+    pub conflicts_removed: u64,
+    /// Conflict events removed (older than the record retention).
+    pub conflict_events_removed: u64,
 }
 
 /// Health and readiness answers.

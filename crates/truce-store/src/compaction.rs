@@ -14,7 +14,10 @@
 use std::collections::HashMap;
 
 use redb::ReadableTable;
-use truce_engine::{CollectionName, Retention, SideTable, StorageError, StoredSettings, Timestamp};
+use truce_engine::{
+    CollectionName, ConflictRetention, EVENTS_WATERMARK_KEY, ResourceKey, Retention, SideTable,
+    StorageError, StoredSettings, Timestamp, event_at, event_position, record_summary,
+};
 
 use crate::codec::{self, LogPosition};
 use crate::error::storage;
@@ -35,12 +38,21 @@ pub(crate) struct CompactionPlan {
     pub changes_through: Option<u64>,
     /// Change-feed entries the new watermark hides.
     pub changes_hidden: u64,
+    /// Conflict records conflict retention removes.
+    pub conflicts: Vec<Vec<u8>>,
+    /// Conflict events through this position are removed (the newest event is
+    /// always kept, so positions are never reused).
+    pub events_through: Option<u64>,
 }
 
 impl CompactionPlan {
     /// Whether the pass has nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.strip.is_empty() && self.delete.is_empty() && self.changes_through.is_none()
+        self.strip.is_empty()
+            && self.delete.is_empty()
+            && self.changes_through.is_none()
+            && self.conflicts.is_empty()
+            && self.events_through.is_none()
     }
 }
 
@@ -74,9 +86,11 @@ fn collection_retention(
 pub(crate) fn plan(
     snapshot: &Snapshot,
     retention: &Retention,
+    conflicts: &ConflictRetention,
     now: Timestamp,
 ) -> Result<CompactionPlan, StorageError> {
     let mut plan = CompactionPlan::default();
+    plan_conflicts(snapshot, conflicts, now, &mut plan)?;
     let by_collection = collection_retention(snapshot, retention)?;
     if retention.keeps_everything() && by_collection.values().all(Retention::keeps_everything) {
         return Ok(plan);
@@ -125,4 +139,73 @@ pub(crate) fn plan(
         plan.changes_hidden = 0;
     }
     Ok(plan)
+}
+
+/// Selects the conflict records and events that conflict retention removes.
+fn plan_conflicts(
+    snapshot: &Snapshot,
+    rules: &ConflictRetention,
+    now: Timestamp,
+    plan: &mut CompactionPlan,
+) -> Result<(), StorageError> {
+    let code = SideTable::Conflicts.code();
+    let mut records = Vec::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = snapshot.side_range(code, after.as_deref(), 1_000)?;
+        let Some((last, _)) = page.last() else {
+            break;
+        };
+        after = Some(last.clone());
+        for (key, value) in page {
+            let mut failure = None;
+            let mut live = |resource: &ResourceKey| match snapshot.tables.head_record(resource) {
+                Ok(head) => head.is_some_and(|h| !h.tombstone),
+                Err(error) => {
+                    failure = Some(error);
+                    true
+                }
+            };
+            let summary = record_summary(&key, &value, &mut live);
+            if let Some(error) = failure {
+                return Err(error);
+            }
+            records.extend(summary);
+        }
+        if records.len() >= MAX_REMOVALS_PER_PASS {
+            break;
+        }
+    }
+    plan.conflicts = rules.select(&records, now);
+
+    // Events: the prefix older than the age limit, all but the newest.
+    let events = SideTable::ConflictEvents.code();
+    let cutoff = now.saturating_sub(rules.max_age);
+    let mut through: Option<u64> = None;
+    let mut after = Some(EVENTS_WATERMARK_KEY.to_vec());
+    let mut scanned = 0;
+    'scan: while scanned < MAX_REMOVALS_PER_PASS {
+        let page = snapshot.side_range(events, after.as_deref(), 1_000)?;
+        let Some((last, _)) = page.last() else {
+            break;
+        };
+        after = Some(last.clone());
+        scanned += page.len();
+        for (key, value) in &page {
+            let old = event_at(value).is_some_and(|at| at < cutoff);
+            if !old {
+                break 'scan;
+            }
+            through = event_position(key).or(through);
+        }
+    }
+    let newest = snapshot
+        .last_side_key(events)?
+        .and_then(|k| event_position(&k))
+        .unwrap_or(0);
+    // The newest event is always kept: its key is where the next position comes from.
+    plan.events_through = through
+        .map(|p| p.min(newest.saturating_sub(1)))
+        .filter(|p| *p > 0);
+    Ok(())
 }

@@ -13,11 +13,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
-    ChangePage, ChangeQuery, CollectionName, CompactionReport, DocumentLimits, EngineError,
-    HistoryPage, ListPage, ListQuery, Planned, ReadContext, ResolutionCommand, ResolutionOutcome,
-    ResourceKey, Retention, SettingsCommand, SettingsOutcome, SideTable, StateView, StorageError,
-    Store, StoredSettings, Timestamp, Version, VersionLookup, WriteCommand, WriteContext,
-    WriteOutcome, event_position, history_page, lookup_version, plan_write,
+    ChangePage, ChangeQuery, CollectionName, CompactionReport, ConflictRetention, DocumentLimits,
+    EngineError, HistoryPage, ListPage, ListQuery, Planned, ReadContext, ResolutionCommand,
+    ResolutionOutcome, ResourceKey, Retention, SettingsCommand, SettingsOutcome, SideTable,
+    StateView, StorageError, Store, StoredSettings, Timestamp, Version, VersionLookup,
+    WriteCommand, WriteContext, WriteOutcome, event_position, history_page, lookup_version,
+    plan_write,
 };
 
 use crate::compaction;
@@ -44,6 +45,8 @@ pub struct EmbeddedConfig {
     pub limits: DocumentLimits,
     /// History and change-feed retention.
     pub retention: Retention,
+    /// How long conflict records and events are kept.
+    pub conflict_retention: ConflictRetention,
     /// Most writes committed in one fsync; 1 disables group commit.
     pub max_batch: usize,
     /// Writes that may wait for the sequencer before new ones get 503.
@@ -81,6 +84,7 @@ impl EmbeddedConfig {
             data_dir: data_dir.into(),
             limits: DocumentLimits::default(),
             retention: Retention::default(),
+            conflict_retention: ConflictRetention::default(),
             max_batch: 256,
             queue_capacity: 8192,
             cache_bytes: 128 * 1024 * 1024,
@@ -118,6 +122,7 @@ pub struct EmbeddedStore {
     /// The newest conflict event's position, moved after each commit that made one.
     events: watch::Receiver<u64>,
     retention: Retention,
+    conflict_retention: ConflictRetention,
     sequencer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -160,6 +165,7 @@ impl EmbeddedStore {
         let (revisions_tx, revisions_rx) = watch::channel(revision);
         let (events_tx, events_rx) = watch::channel(last_event);
         let retention = config.retention;
+        let conflict_retention = config.conflict_retention;
         let handle = Sequencer::spawn(SequencerStart {
             db,
             wal,
@@ -185,6 +191,7 @@ impl EmbeddedStore {
             revisions: revisions_rx,
             events: events_rx,
             retention,
+            conflict_retention,
             sequencer: Mutex::new(Some(handle)),
         })
     }
@@ -351,9 +358,9 @@ impl Store for EmbeddedStore {
 
     async fn compact(&self) -> Result<CompactionReport, EngineError> {
         let snapshot = self.snapshot()?;
-        let retention = self.retention;
+        let (retention, conflicts) = (self.retention, self.conflict_retention);
         let (plan, oldest_revision) = tokio::task::spawn_blocking(move || {
-            let plan = compaction::plan(&snapshot, &retention, Timestamp::now())?;
+            let plan = compaction::plan(&snapshot, &retention, &conflicts, Timestamp::now())?;
             Ok::<_, StorageError>((plan, snapshot.meta(META_CHANGES_COMPACTED)?))
         })
         .await

@@ -9,8 +9,8 @@
 
 use redb::{ReadableTable, Table, WriteTransaction};
 use truce_engine::{
-    CompactionReport, Effect, SideTable, StorageError, conflict_event, conflict_metric_labels,
-    event_position,
+    CompactionReport, EVENTS_WATERMARK_KEY, Effect, SideTable, StorageError, conflict_event,
+    conflict_metric_labels, decode_watermark, encode_watermark, event_position,
 };
 
 use crate::codec::{self, HeadRecord};
@@ -225,7 +225,7 @@ impl<'t> WriteTables<'t> {
             .transpose()
             .map_err(storage)?
             .and_then(|(key, _)| event_position(&key.value()[1..]));
-        let position = last.unwrap_or(0);
+        let position = last.unwrap_or(0).max(self.events_watermark()?);
         self.last_event = Some(position);
         Ok(position)
     }
@@ -276,6 +276,42 @@ impl<'t> WriteTables<'t> {
                 .map_err(storage)?;
         }
         report.oldest_revision = compacted_through;
+        for key in &plan.conflicts {
+            let code = SideTable::Conflicts.code();
+            if self.get_side(code, key)?.is_some() {
+                self.put_side(code, key, None)?;
+                report.conflicts_removed += 1;
+            }
+        }
+        if let Some(through) = plan.events_through {
+            report.conflict_events_removed = self.remove_events_through(through)?;
+        }
         Ok(report)
+    }
+
+    /// Removes the conflict events at positions up to `through` and moves the
+    /// event log's watermark there; returns how many went.
+    fn remove_events_through(&mut self, through: u64) -> Result<u64, StorageError> {
+        let code = SideTable::ConflictEvents.code();
+        let watermark = self.events_watermark()?;
+        if through <= watermark {
+            return Ok(0);
+        }
+        let mut removed = 0;
+        for position in watermark + 1..=through {
+            if self.get_side(code, &position.to_be_bytes())?.is_some() {
+                self.put_side(code, &position.to_be_bytes(), None)?;
+                removed += 1;
+            }
+        }
+        let mark = encode_watermark(through);
+        self.put_side(code, &EVENTS_WATERMARK_KEY, Some(&mark))?;
+        Ok(removed)
+    }
+
+    /// The highest conflict event position compaction removed (0: none).
+    pub(crate) fn events_watermark(&self) -> Result<u64, StorageError> {
+        let stored = self.get_side(SideTable::ConflictEvents.code(), &EVENTS_WATERMARK_KEY)?;
+        Ok(stored.map_or(0, |v| decode_watermark(&v)))
     }
 }

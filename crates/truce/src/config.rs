@@ -81,6 +81,14 @@ pub struct ServeArgs {
     /// Remove change-feed entries older than this, e.g. 7d (default: never).
     #[arg(long, env = "TRUCE_CHANGES_MAX_AGE", value_parser = parse_duration)]
     pub changes_max_age: Option<Duration>,
+    /// Remove conflict records (and their events) detected longer ago than this
+    /// (default 7d).
+    #[arg(long, env = "TRUCE_CONFLICTS_MAX_AGE", value_parser = parse_duration)]
+    pub conflicts_max_age: Option<Duration>,
+    /// Keep at most this many conflict records per collection, oldest removed first;
+    /// an open record of a live resource stays until its age runs out (default 10000).
+    #[arg(long, env = "TRUCE_CONFLICTS_MAX_PER_COLLECTION")]
+    pub conflicts_max_per_collection: Option<u64>,
     /// How often age-based retention runs (default 60s).
     #[arg(long, env = "TRUCE_COMPACTION_INTERVAL", value_parser = parse_duration)]
     pub compaction_interval: Option<Duration>,
@@ -129,6 +137,8 @@ struct FileConfig {
     history_max_versions: Option<u64>,
     history_max_age: Option<String>,
     changes_max_age: Option<String>,
+    conflicts_max_age: Option<String>,
+    conflicts_max_per_collection: Option<u64>,
     compaction_interval: Option<String>,
     max_batch: Option<usize>,
     checkpoint_interval: Option<String>,
@@ -267,6 +277,19 @@ impl ServeArgs {
         let mut store = EmbeddedConfig::new(data);
         store.limits = limits;
         store.retention = retention;
+        if let Some(age) = duration(
+            self.conflicts_max_age,
+            &file.conflicts_max_age,
+            "conflicts_max_age",
+        )? {
+            store.conflict_retention.max_age = age;
+        }
+        if let Some(cap) = self
+            .conflicts_max_per_collection
+            .or(file.conflicts_max_per_collection)
+        {
+            store.conflict_retention.max_per_collection = cap;
+        }
         store.max_batch = self
             .max_batch
             .or(file.max_batch)

@@ -21,13 +21,14 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use truce_engine::{
-    CollectionName, DocId, EngineError, SideTable, Store, event_matches, event_position,
+    CollectionName, DocId, EVENTS_WATERMARK_KEY, EngineError, SideTable, Store, decode_watermark,
+    event_matches, event_position,
 };
 use utoipa::IntoParams;
 
 use crate::error::ApiError;
 use crate::extract::ApiQuery;
-use crate::openapi::{Malformed, Unavailable};
+use crate::openapi::{Compacted, Malformed, Unavailable};
 use crate::problem::problem_body;
 use crate::state::AppState;
 
@@ -66,11 +67,22 @@ impl ConflictCursor {
     }
 
     /// Reads every event after the cursor that the filters select, and moves the
-    /// cursor past everything read.
+    /// cursor past everything read. A cursor behind what retention removed is a 410
+    /// (events would be missing).
     pub(crate) async fn read(
         &mut self,
         store: &dyn Store,
     ) -> Result<Vec<(u64, Value)>, EngineError> {
+        let watermark = store
+            .side_record(SideTable::ConflictEvents, &EVENTS_WATERMARK_KEY)
+            .await?
+            .map_or(0, |stored| decode_watermark(&stored));
+        if self.after < watermark {
+            return Err(EngineError::HistoryCompacted {
+                what: format!("conflict event position {}", self.after),
+                oldest: watermark,
+            });
+        }
         let mut found = Vec::new();
         loop {
             let after = self.after.to_be_bytes();
@@ -130,7 +142,7 @@ fn last_position(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
         ("Last-Event-ID" = Option<u64>, Header, description = "SSE resume point: the last position received")),
     responses(
         (status = 200, description = "A stream of conflict events; `id:` is the event's position", content_type = "text/event-stream", body = String),
-        Malformed, Unavailable,
+        Malformed, Compacted, Unavailable,
     )
 )]
 pub async fn stream(

@@ -99,5 +99,7 @@ pub async fn compact(State(state): State<AppState>) -> Result<Json<CompactionBod
         versions_removed: report.versions_removed,
         changes_removed: report.changes_removed,
         oldest_revision: report.oldest_revision,
+        conflicts_removed: report.conflicts_removed,
+        conflict_events_removed: report.conflict_events_removed,
     }))
 }

@@ -118,7 +118,8 @@ impl TestServer {
     /// Runs `POST /v1/_compact` until `done` holds for the total of what the passes
     /// removed (retention by age needs the clock to move past the limit first).
     pub async fn compact_until(&self, done: impl Fn(&Value) -> bool) -> Value {
-        let mut total = json!({"versions_removed": 0, "changes_removed": 0, "oldest_revision": 0});
+        let mut total = json!({"versions_removed": 0, "changes_removed": 0, "oldest_revision": 0,
+                               "conflicts_removed": 0, "conflict_events_removed": 0});
         for _ in 0..200 {
             let report: Value = self
                 .client
@@ -129,7 +130,12 @@ impl TestServer {
                 .json()
                 .await
                 .expect("compaction report");
-            for field in ["versions_removed", "changes_removed"] {
+            for field in [
+                "versions_removed",
+                "changes_removed",
+                "conflicts_removed",
+                "conflict_events_removed",
+            ] {
                 total[field] =
                     json!(total[field].as_u64().unwrap_or(0) + report[field].as_u64().unwrap_or(0));
             }

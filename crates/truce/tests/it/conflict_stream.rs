@@ -162,3 +162,110 @@ async fn a_watch_carries_the_resources_conflict_events() {
     )
     .await;
 }
+
+/// The ids of every record, oldest first.
+async fn record_ids(server: &TestServer) -> Vec<String> {
+    let page = server.get_json("/v1/_conflicts?limit=1000").await;
+    page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_cap_removes_the_oldest_records_but_keeps_open_ones_of_live_resources() {
+    let server = TestServer::start_with(|_, store| {
+        store.conflict_retention.max_per_collection = 2;
+    })
+    .await;
+    let v1 = server.create("/v1/c/live", &json!({"n": 1})).await;
+    server.put("/v1/c/live", &json!({"n": 2}), &[]).await;
+    let g1 = server.create("/v1/c/gone", &json!({"n": 1})).await;
+    server.put("/v1/c/gone", &json!({"n": 2}), &[]).await;
+
+    let open_live = refused_write(&server, "/v1/c/live", &v1).await;
+    let open_gone = refused_write(&server, "/v1/c/gone", &g1).await;
+    let mut closed = Vec::new();
+    for _ in 0..2 {
+        let cid = refused_write(&server, "/v1/c/live", &v1).await;
+        server
+            .client
+            .post(server.url(&format!("/v1/_conflicts/{cid}/dismiss")))
+            .send()
+            .await
+            .unwrap();
+        closed.push(cid);
+    }
+    server
+        .client
+        .delete(server.url("/v1/c/gone"))
+        .send()
+        .await
+        .unwrap();
+    // Another collection has its own cap.
+    let o1 = server.create("/v1/other/x", &json!({"n": 1})).await;
+    server.put("/v1/other/x", &json!({"n": 2}), &[]).await;
+    let other = refused_write(&server, "/v1/other/x", &o1).await;
+
+    let report = server
+        .compact_until(|total| total["conflicts_removed"] == 2)
+        .await;
+    assert_eq!(report["conflicts_removed"], 2);
+    // Four in "c" against a cap of 2: the two oldest that are not open records of
+    // live resources go (the deleted resource's, then the first dismissed one).
+    assert_eq!(
+        record_ids(&server).await,
+        vec![open_live, closed[1].clone(), other]
+    );
+    assert!(!record_ids(&server).await.contains(&open_gone));
+}
+
+#[tokio::test]
+async fn records_and_events_age_out_and_an_old_stream_position_is_410() {
+    let server = TestServer::start_with(|_, store| {
+        store.conflict_retention.max_age = Duration::from_millis(300);
+    })
+    .await;
+    let v1 = server.create("/v1/a/doc", &json!({"n": 1})).await;
+    server.put("/v1/a/doc", &json!({"n": 2}), &[]).await;
+    for _ in 0..3 {
+        refused_write(&server, "/v1/a/doc", &v1).await;
+    }
+    let report = server
+        .compact_until(|total| {
+            total["conflicts_removed"] == 3 && total["conflict_events_removed"] == 2
+        })
+        .await;
+    assert_eq!(
+        report["conflict_events_removed"], 2,
+        "the newest event stays"
+    );
+    assert!(record_ids(&server).await.is_empty());
+    let gone = problem(
+        server
+            .client
+            .get(server.url("/v1/_conflicts/stream?since=0"))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .unwrap(),
+        410,
+        "history-compacted",
+    )
+    .await;
+    assert_eq!(gone["oldest"], 2);
+    // From the oldest position still served, the stream carries on; positions go on.
+    let mut events = sse_events(open(&server, "/v1/_conflicts/stream?since=2", &[]).await);
+    let cid = refused_write(&server, "/v1/a/doc", &v1).await;
+    let kept = next_event(&mut events, WAIT).await;
+    assert_eq!(
+        kept.id.as_deref(),
+        Some("3"),
+        "the newest old event is kept"
+    );
+    let event = next_event(&mut events, WAIT).await;
+    assert_eq!(event.id.as_deref(), Some("4"));
+    assert_eq!(data(&event)["conflict_id"], cid.as_str());
+}
