@@ -97,6 +97,44 @@ pub fn conflict_event(stored: &[u8], position: u64) -> Option<SideWrite> {
 /// compaction removed (position 0 is never an event).
 pub const EVENTS_WATERMARK_KEY: [u8; 8] = [0; 8];
 
+/// What the log line of a conflict event says: which record, of which resource,
+/// the rule (the record's type) and the versions it stood between.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventLine {
+    /// The event name.
+    pub event: String,
+    /// The record.
+    pub conflict_id: String,
+    /// The resource's collection.
+    pub collection: String,
+    /// The resource's id.
+    pub id: String,
+    /// The rule: the refusal's slug, or `merged` / `overwritten`.
+    pub kind: String,
+    /// The record's status.
+    pub status: String,
+    /// The version the write was based on.
+    pub base_version: Option<u64>,
+    /// The version current when it was judged.
+    pub current_version: Option<u64>,
+}
+
+/// The log line of a stored event.
+pub fn event_line(stored: &[u8]) -> Option<EventLine> {
+    let event: Value = serde_json::from_slice(stored).ok()?;
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    Some(EventLine {
+        event: text(&event["event"]),
+        conflict_id: text(&event["conflict_id"]),
+        collection: text(&event["resource"]["collection"]),
+        id: text(&event["resource"]["id"]),
+        kind: text(&event["type"]),
+        status: text(&event["status"]),
+        base_version: event["base_version"].as_u64(),
+        current_version: event["current_version"].as_u64(),
+    })
+}
+
 /// The stored watermark: events up to `through` were removed.
 pub fn encode_watermark(through: u64) -> Vec<u8> {
     serde_json::json!({"compacted_through": through})

@@ -51,8 +51,8 @@ pub use document::{Document, DocumentLimits};
 pub use error::{CurrentState, EngineError, Problem, StorageError};
 pub use etag::{ETag, EntityTag, EtagSyntaxError, TagCondition};
 pub use events::{
-    CONFLICT_EVENTS, ConflictEvent, EVENTS_WATERMARK_KEY, conflict_event, decode_watermark,
-    encode_watermark, event_at, event_matches, event_position,
+    CONFLICT_EVENTS, ConflictEvent, EVENTS_WATERMARK_KEY, EventLine, conflict_event,
+    decode_watermark, encode_watermark, event_at, event_line, event_matches, event_position,
 };
 pub use ids::IdGenerator;
 pub use json_errors::describe as describe_json_error;

@@ -420,6 +420,7 @@ impl Sequencer {
         }
         let conflict_metrics = std::mem::take(&mut tables.conflict_metrics);
         let last_event = tables.events_written.then_some(tables.last_event).flatten();
+        let event_lines = std::mem::take(&mut tables.event_lines);
         let overlay = tables.into_overlay();
         let mut frame_start = None;
         if checkpointing {
@@ -452,6 +453,20 @@ impl Sequencer {
         // Conflict streams wake once the batch's events are readable.
         if let Some(position) = last_event {
             self.events.send_replace(position);
+        }
+        // One line per conflict event, once durable: the rule and the versions.
+        for line in event_lines {
+            tracing::info!(
+                event = %line.event,
+                conflict_id = %line.conflict_id,
+                collection = %line.collection,
+                id = %line.id,
+                rule = %line.kind,
+                status = %line.status,
+                base_version = line.base_version,
+                current_version = line.current_version,
+                "conflict"
+            );
         }
         // Counted once durable: conflicts by collection, type and outcome.
         for (collection, kind, outcome) in conflict_metrics {

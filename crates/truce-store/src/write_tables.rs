@@ -9,8 +9,9 @@
 
 use redb::{ReadableTable, Table, WriteTransaction};
 use truce_engine::{
-    CompactionReport, EVENTS_WATERMARK_KEY, Effect, SideTable, StorageError, conflict_event,
-    conflict_metric_labels, decode_watermark, encode_watermark, event_position,
+    CompactionReport, EVENTS_WATERMARK_KEY, Effect, EventLine, SideTable, StorageError,
+    conflict_event, conflict_metric_labels, decode_watermark, encode_watermark, event_line,
+    event_position,
 };
 
 use crate::codec::{self, HeadRecord};
@@ -42,6 +43,9 @@ pub(crate) struct WriteTables<'t> {
     pub last_event: Option<u64>,
     /// Whether this batch appended conflict events.
     pub events_written: bool,
+    /// The log line of each conflict event this batch appended, written once the
+    /// batch is durable.
+    pub event_lines: Vec<EventLine>,
 }
 
 impl<'t> WriteTables<'t> {
@@ -60,6 +64,7 @@ impl<'t> WriteTables<'t> {
             conflict_metrics: Vec::new(),
             last_event: None,
             events_written: false,
+            event_lines: Vec::new(),
         })
     }
 
@@ -203,6 +208,7 @@ impl<'t> WriteTables<'t> {
                     frame.push_side(code, &event.key, bytes);
                     self.last_event = Some(position);
                     self.events_written = true;
+                    self.event_lines.extend(bytes.and_then(event_line));
                 }
             }
         }

@@ -79,6 +79,22 @@ async fn json_logs_carry_the_request_id() {
         .send()
         .await
         .unwrap();
+    // The conflict record it left is logged first (by the writer, before the
+    // answer): the rule and the versions it stood between.
+    let conflict = log_line(&mut server, r#""rule":"precondition-failed""#).await;
+    let entry: Value = serde_json::from_str(&conflict).unwrap();
+    assert_eq!(entry["event"], "conflict.detected", "{entry}");
+    assert_eq!(entry["base_version"], 9, "{entry}");
+    assert_eq!(entry["current_version"], 1, "{entry}");
+    assert_eq!(
+        (entry["collection"].clone(), entry["id"].clone()),
+        (json!("logs"), json!("a"))
+    );
+    assert!(
+        entry["conflict_id"].as_str().is_some_and(|c| c.len() == 26),
+        "{entry}"
+    );
+    // Then the answer, with the state it conflicted with.
     let refused = log_line(&mut server, "write refused").await;
     let entry: Value = serde_json::from_str(&refused).unwrap();
     assert_eq!(entry["request_id"], "conflict-7");
