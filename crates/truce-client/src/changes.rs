@@ -17,13 +17,21 @@ use reqwest::{Method, StatusCode};
 
 use crate::client::{Client, changes_query, full_jitter, problem_of, resource_path};
 use crate::error::{Error, Problem};
-use crate::types::{Change, ChangesOptions};
+use crate::types::{Change, ChangesOptions, ConflictEvent};
 
 /// Where a stream reads from.
 #[derive(Debug, Clone)]
 enum Source {
     Feed(ChangesOptions),
     Resource { path: String, since: Option<u64> },
+    Conflicts { query: Vec<(&'static str, String)> },
+}
+
+/// What a stream yields: changes, or (from the conflict stream) conflict events.
+#[derive(Debug, Clone)]
+enum Item {
+    Change(Change),
+    Conflict(ConflictEvent),
 }
 
 struct Follow {
@@ -41,7 +49,7 @@ struct Follow {
     /// Why the last connection attempt failed.
     last_failure: Option<Error>,
     event: PendingEvent,
-    ready: VecDeque<Result<Change, Error>>,
+    ready: VecDeque<Result<Item, Error>>,
     failures: u32,
     done: bool,
 }
@@ -61,7 +69,35 @@ impl Client {
         options: ChangesOptions,
     ) -> impl Stream<Item = Result<Change, Error>> + Send + 'static {
         let last_id = options.since.map(|s| s.to_string());
-        follow(self.clone(), Source::Feed(options), last_id)
+        changes_only(follow(self.clone(), Source::Feed(options), last_id))
+    }
+
+    /// Follows the conflict stream (SPEC §7): every conflict event after `since`
+    /// (`Some(0)`: from the first one kept; `None`: from when the stream is first
+    /// polled, which is when it connects), of `collection` and `id` when given,
+    /// live, resuming after dropped connections without loss or repeat.
+    pub fn conflict_events(
+        &self,
+        collection: Option<&str>,
+        id: Option<&str>,
+        since: Option<u64>,
+    ) -> impl Stream<Item = Result<ConflictEvent, Error>> + Send + 'static {
+        let query = [("collection", collection), ("id", id)]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v.to_owned())))
+            .collect();
+        follow(
+            self.clone(),
+            Source::Conflicts { query },
+            since.map(|s| s.to_string()),
+        )
+        .filter_map(|item| {
+            std::future::ready(match item {
+                Ok(Item::Conflict(event)) => Some(Ok(event)),
+                Ok(Item::Change(_)) => None,
+                Err(error) => Some(Err(error)),
+            })
+        })
     }
 
     /// Follows one document's changes (from now, or after `since`).
@@ -75,15 +111,29 @@ impl Client {
             path: format!("{}/watch", resource_path(collection, id)),
             since,
         };
-        follow(self.clone(), source, since.map(|s| s.to_string()))
+        changes_only(follow(self.clone(), source, since.map(|s| s.to_string())))
     }
+}
+
+/// The changes of a followed stream (a watch's conflict events only move its
+/// resume position).
+fn changes_only(
+    items: impl Stream<Item = Result<Item, Error>> + Send + 'static,
+) -> impl Stream<Item = Result<Change, Error>> + Send + 'static {
+    items.filter_map(|item| {
+        std::future::ready(match item {
+            Ok(Item::Change(change)) => Some(Ok(change)),
+            Ok(Item::Conflict(_)) => None,
+            Err(error) => Some(Err(error)),
+        })
+    })
 }
 
 fn follow(
     client: Client,
     source: Source,
     last_id: Option<String>,
-) -> impl Stream<Item = Result<Change, Error>> + Send + 'static {
+) -> impl Stream<Item = Result<Item, Error>> + Send + 'static {
     let state = Follow::new(client, source, last_id);
     futures_util::stream::unfold(state, |mut state| async move {
         loop {
@@ -164,6 +214,9 @@ impl Follow {
                 };
                 (path.clone(), query)
             }
+            // Without a position the server starts from now, and its opening `id:`
+            // becomes the position to resume from.
+            Source::Conflicts { query } => ("/v1/_conflicts/stream".to_owned(), query.clone()),
         };
         let mut request = self
             .client
@@ -234,7 +287,7 @@ impl Follow {
             "change" => match serde_json::from_str::<Change>(&event.data) {
                 Ok(change) => {
                     if self.is_new(&change) {
-                        self.ready.push_back(Ok(change));
+                        self.ready.push_back(Ok(Item::Change(change)));
                     }
                     if let Some(id) = event.id {
                         self.last_id = Some(id);
@@ -245,6 +298,20 @@ impl Follow {
                     self.done = true;
                 }
             },
+            name if name.starts_with("conflict.") => {
+                if matches!(self.source, Source::Conflicts { .. }) {
+                    match serde_json::from_str::<ConflictEvent>(&event.data) {
+                        Ok(conflict) => self.ready.push_back(Ok(Item::Conflict(conflict))),
+                        Err(error) => {
+                            self.ready.push_back(Err(Error::Decode(error.to_string())));
+                            self.done = true;
+                        }
+                    }
+                }
+                if let Some(id) = event.id {
+                    self.last_id = Some(id);
+                }
+            }
             "error" => {
                 let problem = Problem::from_answer(0, event.data.as_bytes(), None);
                 let status = problem

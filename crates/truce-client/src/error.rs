@@ -54,6 +54,78 @@ impl Problem {
     }
 }
 
+/// A 409 `merge-conflict` (the `merge` policy found overlapping changes), read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MergeConflict {
+    /// The version the refused write was based on.
+    pub base_version: u64,
+    /// The colliding paths (JSON pointers).
+    pub paths: Vec<String>,
+    /// Each colliding path with its value in the base, on our side and on theirs
+    /// (`None`: absent).
+    pub overlaps: Vec<MergeOverlap>,
+    /// The record that keeps the refused write.
+    pub conflict_id: Option<String>,
+}
+
+/// One colliding path of a [`MergeConflict`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct MergeOverlap {
+    /// The JSON pointer.
+    pub path: String,
+    /// Its value in the base.
+    pub base: Option<Value>,
+    /// Its value in the refused write.
+    pub ours: Option<Value>,
+    /// Its current value.
+    pub theirs: Option<Value>,
+}
+
+impl Problem {
+    /// The conflict record this refusal created (SPEC §7), if any.
+    pub fn conflict_id(&self) -> Option<&str> {
+        self.body.get("conflict_id").and_then(Value::as_str)
+    }
+
+    /// The paths and values of a `merge-conflict`; `None` for any other problem.
+    pub fn merge_conflict(&self) -> Option<MergeConflict> {
+        if self.kind != Some(ProblemKind::MergeConflict) {
+            return None;
+        }
+        let value = |v: &Value| (!v.is_null()).then(|| v.clone());
+        let overlaps = self
+            .body
+            .get("overlaps")
+            .and_then(Value::as_array)
+            .map(|list| {
+                list.iter()
+                    .map(|o| MergeOverlap {
+                        path: o["path"].as_str().unwrap_or_default().to_owned(),
+                        base: value(&o["base"]),
+                        ours: value(&o["ours"]),
+                        theirs: value(&o["theirs"]),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(MergeConflict {
+            base_version: self.body.get("base_version")?.as_u64()?,
+            paths: self
+                .body
+                .get("paths")
+                .and_then(Value::as_array)
+                .map(|p| {
+                    p.iter()
+                        .filter_map(|p| p.as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            overlaps,
+            conflict_id: self.conflict_id().map(str::to_owned),
+        })
+    }
+}
+
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.detail.is_empty() {

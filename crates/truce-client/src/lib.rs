@@ -80,16 +80,18 @@
 
 mod changes;
 mod client;
+mod collections;
 mod conflicts;
 mod error;
 mod types;
 mod update;
 
 pub use client::{Client, ClientBuilder, DEFAULT_URL, RetryPolicy, WriteRequest};
+pub use collections::CollectionSettings;
 pub use conflicts::{ConflictQuery, Resolution};
-pub use error::{Error, Problem};
+pub use error::{Error, MergeConflict, MergeOverlap, Problem};
 pub use truce_engine::ProblemKind;
 pub use types::{
-    Change, ChangesOptions, ChangesPage, Envelope, HistoryEntry, ListOptions, Outcome, Page,
-    Versioned, Written,
+    Change, ChangesOptions, ChangesPage, ConflictEvent, Envelope, HistoryEntry, ListOptions,
+    Outcome, Page, ResourceName, Versioned, Written,
 };

@@ -129,6 +129,44 @@ pub struct Change {
     pub doc: Option<Value>,
 }
 
+/// One conflict event (SPEC §7): a record was written in a new state.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ConflictEvent {
+    /// Its position in the event log (the stream resumes after it).
+    pub position: u64,
+    /// `conflict.detected`, `conflict.resolved` or `conflict.dismissed`.
+    pub event: String,
+    /// The record.
+    pub conflict_id: String,
+    /// Where the record is read.
+    pub href: String,
+    /// The record's type (a problem slug, `merged` or `overwritten`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The record's status after the event.
+    pub status: String,
+    /// The resource.
+    pub resource: ResourceName,
+    /// How a resolved record was resolved.
+    #[serde(default)]
+    pub resolution: Option<String>,
+    /// The version the write was based on.
+    #[serde(default)]
+    pub base_version: Option<u64>,
+    /// The version current when it was judged.
+    #[serde(default)]
+    pub current_version: Option<u64>,
+}
+
+/// A resource named in an event.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ResourceName {
+    /// The collection.
+    pub collection: String,
+    /// The document id.
+    pub id: String,
+}
+
 /// A page of the change feed.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ChangesPage {

@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 
 use crate::command::Principal;
 use crate::error::EngineError;
-use crate::etag::ETag;
+use crate::etag::{ETag, TagCondition};
 use crate::name::CollectionName;
 use crate::precondition::{Evaluation, FailedCondition, Preconditions, Safety, Validators};
 use crate::retention::Retention;
@@ -284,11 +284,18 @@ pub fn plan_settings(
 ) -> Result<(SettingsOutcome, Option<SideWrite>), EngineError> {
     let current = StoredSettings::read(&command.collection, stored)?;
     let etag = current.etag();
-    let validators = (current.version > 0).then_some(Validators {
+    // Version 0 (never configured) has an ETag like any other, so the defaults
+    // read with GET guard a first PUT; but it is "no settings" to
+    // `If-None-Match: *`.
+    let validators = Some(Validators {
         etag: &etag,
         last_modified_secs: current.updated_at.secs(),
     });
-    let failed = match command.preconditions.evaluate(Safety::Unsafe, validators) {
+    let mut preconditions = command.preconditions.clone();
+    if current.version == 0 && preconditions.if_none_match == Some(TagCondition::Any) {
+        preconditions.if_none_match = None;
+    }
+    let failed = match preconditions.evaluate(Safety::Unsafe, validators) {
         Evaluation::Proceed => None,
         Evaluation::Failed(condition) => Some(condition),
         Evaluation::NotModified => Some(FailedCondition::IfNoneMatch),
@@ -341,7 +348,6 @@ pub fn plan_settings(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::etag::TagCondition;
 
     fn name() -> CollectionName {
         CollectionName::parse("notes").unwrap()
@@ -441,6 +447,12 @@ mod tests {
             Some(TagCondition::parse([first.stored.etag().to_header().as_str()]).unwrap());
         let (second, _) = plan_settings(Some(&stored), &guarded, now).unwrap();
         assert_eq!(second.stored.version, 2);
+
+        // The ETag of version 0 guards the first change.
+        let mut first_guarded = command(merge);
+        first_guarded.preconditions.if_match =
+            Some(TagCondition::parse([stale.to_header().as_str()]).unwrap());
+        assert!(plan_settings(None, &first_guarded, now).is_ok());
 
         // If-None-Match: * means "never configured".
         let mut create_only = command(merge);

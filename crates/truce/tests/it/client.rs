@@ -448,3 +448,88 @@ async fn a_stream_gives_up_when_the_server_stays_away() {
     );
     assert!(stream.next().await.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collection_settings_merge_conflicts_and_the_conflict_stream() {
+    let server = TestServer::start().await;
+    let client = client(&server);
+
+    // Settings: read (defaults), set guarded by their ETag, a stale tag refused.
+    let defaults = client.collection_settings("docs").await.unwrap();
+    assert_eq!(defaults.version, 0);
+    assert_eq!(defaults.settings["conflict_policy"], "reject");
+    let merge = client
+        .set_collection_settings(
+            "docs",
+            &json!({"conflict_policy": "merge"}),
+            Some(&defaults.etag),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (merge.version, merge.settings["conflict_policy"].clone()),
+        (1, json!("merge"))
+    );
+    let stale = client
+        .set_collection_settings("docs", &json!({}), Some(&defaults.etag))
+        .await
+        .unwrap_err();
+    assert_eq!(stale.kind(), Some(ProblemKind::PreconditionFailed));
+
+    // The conflict stream, from the first event (a stream connects when first
+    // polled, so "from now" would start after the writes below).
+    let mut events = Box::pin(client.conflict_events(Some("docs"), None, Some(0)));
+    let base = client
+        .put("docs", "a", &json!({"title": "a", "body": "x"}))
+        .send()
+        .await
+        .unwrap();
+    client
+        .put("docs", "a", &json!({"title": "b", "body": "x"}))
+        .send()
+        .await
+        .unwrap();
+    // An overlapping stale write: a typed merge conflict naming its record.
+    let refused = client
+        .put("docs", "a", &json!({"title": "c", "body": "x"}))
+        .if_match(&base.etag)
+        .send()
+        .await
+        .unwrap_err();
+    let merge_conflict = refused.problem().unwrap().merge_conflict().unwrap();
+    assert_eq!(merge_conflict.base_version, 1);
+    assert_eq!(merge_conflict.paths, ["/title"]);
+    assert_eq!(merge_conflict.overlaps[0].ours, Some(json!("c")));
+    assert_eq!(merge_conflict.overlaps[0].theirs, Some(json!("b")));
+    let cid = merge_conflict.conflict_id.unwrap();
+    // A disjoint stale write merges.
+    client
+        .put("docs", "a", &json!({"title": "a", "body": "y"}))
+        .if_match(&base.etag)
+        .send()
+        .await
+        .unwrap();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .unwrap()
+    };
+    let detected = next().await;
+    assert_eq!(
+        (
+            detected.event.as_str(),
+            detected.conflict_id.as_str(),
+            detected.kind.as_str()
+        ),
+        ("conflict.detected", cid.as_str(), "merge-conflict")
+    );
+    let merged = next().await;
+    assert_eq!(
+        (merged.event.as_str(), merged.status.as_str()),
+        ("conflict.resolved", "auto_merged")
+    );
+    assert!(merged.position > detected.position);
+    assert_eq!(merged.resource.id, "a");
+}
