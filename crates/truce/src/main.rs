@@ -51,6 +51,8 @@ enum Command {
     Conflicts(cli::ConflictsArgs),
     /// Resolve a conflict record (--theirs, --ours, --file) or dismiss it.
     Resolve(cli::ResolveArgs),
+    /// Read or change a collection's settings (conflict policy, preconditions, history).
+    Collection(cli::CollectionArgs),
     /// Load-test truce, etcd or the machine's HTTP ceiling; `bench load` fills a server.
     Bench(Box<bench::BenchArgs>),
 }
@@ -114,6 +116,10 @@ fn main() -> ExitCode {
             Command::Resolve(args) => {
                 let settings = args.client.clone();
                 cli::finish(cli::conflicts::resolve(args).await, &settings)
+            }
+            Command::Collection(args) => {
+                let settings = args.client().clone();
+                cli::finish(cli::collection::collection(args).await, &settings)
             }
         }
     })

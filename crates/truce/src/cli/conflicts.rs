@@ -7,11 +7,22 @@ use truce_client::{ConflictQuery, Resolution};
 
 use super::{CliError, ClientArgs, Styles, read_json_input};
 
-/// `truce conflicts [CID]`: list records, or show one three ways.
+/// `truce conflicts [show] [CID]`: list records, follow new ones, or show one
+/// three ways.
 #[derive(Debug, Args)]
 pub struct ConflictsArgs {
-    /// Show this record (base / ours / theirs per differing path) instead of a list.
-    pub cid: Option<String>,
+    /// `show CID` (or just `CID`): show this record (base / ours / theirs per
+    /// differing path) instead of a list.
+    #[arg(num_args = 0..=2, value_names = ["show", "CID"])]
+    pub show: Vec<String>,
+    /// Follow conflict events as they happen (detected, resolved, dismissed) until
+    /// interrupted; with --collection, only that collection's.
+    #[arg(long, conflicts_with_all = ["show", "status", "open"])]
+    pub watch: bool,
+    /// With --watch: start after this event position (0: from the first event
+    /// kept) instead of from now.
+    #[arg(long, requires = "watch")]
+    pub since: Option<u64>,
     /// Only open records.
     #[arg(long)]
     pub open: bool,
@@ -31,7 +42,16 @@ pub struct ConflictsArgs {
 /// Runs `conflicts`.
 pub async fn conflicts(args: ConflictsArgs) -> Result<(), CliError> {
     let client = args.client.client()?;
-    if let Some(cid) = &args.cid {
+    let cid = match args.show.as_slice() {
+        [] => None,
+        [word, cid] if word == "show" => Some(cid),
+        [cid] if cid != "show" => Some(cid),
+        _ => return Err(CliError::Usage("write: truce conflicts show CID".into())),
+    };
+    if args.watch {
+        return watch(&client, &args).await;
+    }
+    if let Some(cid) = cid {
         let record = client.conflict(cid).await?;
         if args.client.json {
             println!("{record}");
@@ -93,6 +113,55 @@ pub async fn conflicts(args: ConflictsArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `conflicts --watch`: one line (or JSON line) per event, until interrupted or
+/// the stream gives up.
+async fn watch(client: &truce_client::Client, args: &ConflictsArgs) -> Result<(), CliError> {
+    use futures_util::StreamExt;
+    let mut events = Box::pin(client.conflict_events(args.collection.as_deref(), None, args.since));
+    let (good, bad, dim) = (Styles::GOOD, Styles::BAD, Styles::DIM);
+    loop {
+        let event = tokio::select! {
+            event = events.next() => event,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        let Some(event) = event else {
+            return Ok(());
+        };
+        let event = event?;
+        if args.client.json {
+            println!(
+                "{}",
+                serde_json::json!({
+                    "position": event.position, "event": event.event,
+                    "conflict_id": event.conflict_id, "type": event.kind,
+                    "status": event.status,
+                    "resource": {"collection": event.resource.collection, "id": event.resource.id},
+                    "base_version": event.base_version, "current_version": event.current_version,
+                })
+            );
+            continue;
+        }
+        let style = if event.event == "conflict.detected" {
+            bad
+        } else {
+            good
+        };
+        let versions = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
+        anstream::println!(
+            "{style}{:<19}{style:#} {}  {}/{}  {} ({}), base v{}, current v{}  {dim}{}{dim:#}",
+            event.event,
+            event.conflict_id,
+            event.resource.collection,
+            event.resource.id,
+            event.kind,
+            event.status,
+            versions(event.base_version),
+            versions(event.current_version),
+            event.href,
+        );
+    }
+}
+
 /// A readable three-way view of one record.
 fn show(record: &Value) {
     let (header, note, dim) = (Styles::HEADER, Styles::NOTE, Styles::DIM);
@@ -120,10 +189,11 @@ fn show(record: &Value) {
                 .pointer(pointer)
                 .map_or("(absent)".to_owned(), Value::to_string)
         };
-        anstream::println!("  {pointer}");
-        anstream::println!("    base:   {}", at("base"));
-        anstream::println!("    ours:   {}", at("ours"));
-        anstream::println!("    theirs: {}", at("theirs"));
+        let (good, bad) = (Styles::GOOD, Styles::BAD);
+        anstream::println!("  {header}{pointer}{header:#}");
+        anstream::println!("    {dim}base:   {}{dim:#}", at("base"));
+        anstream::println!("    {good}ours:   {}{good:#}", at("ours"));
+        anstream::println!("    {bad}theirs: {}{bad:#}", at("theirs"));
     }
 }
 

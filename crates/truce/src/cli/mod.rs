@@ -6,6 +6,7 @@
 //! JSON. Exit codes: 0 ok, 1 error, 2 usage, 3 conflict (409, 412, 423, 428), 4 not
 //! found (404, 410).
 
+pub mod collection;
 pub mod conflicts;
 pub mod edit;
 pub mod read;
@@ -18,6 +19,7 @@ use clap::Args;
 use truce_client::{Client, Error as ClientError};
 use truce_engine::ResourceKey;
 
+pub use collection::CollectionArgs;
 pub use conflicts::{ConflictsArgs, ResolveArgs};
 pub use edit::EditArgs;
 pub use read::{DiffArgs, GetArgs, HistoryArgs, WatchArgs};

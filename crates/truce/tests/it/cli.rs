@@ -577,7 +577,10 @@ async fn conflicts_are_listed_shown_and_resolved() {
     let out = truce(&server, &["conflicts"], "", &[]).await;
     assert!(stdout(&out).contains(&cid), "{}", stdout(&out));
     assert!(stdout(&out).contains("notes/c"), "{}", stdout(&out));
-    // One record, three ways.
+    // One record, three ways (`conflicts show CID`, or `conflicts CID`).
+    let out = truce(&server, &["conflicts", "show", &cid], "", &[]).await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(stdout(&out).contains("theirs: 5"), "{}", stdout(&out));
     let out = truce(&server, &["conflicts", &cid], "", &[]).await;
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     let shown = stdout(&out);
@@ -599,4 +602,121 @@ async fn conflicts_are_listed_shown_and_resolved() {
     assert_eq!(code(&out), 4, "{}", stderr(&out));
     let out = truce(&server, &["resolve", &cid], "", &[]).await;
     assert_eq!(code(&out), 2, "a side is required");
+}
+
+#[tokio::test]
+async fn collection_settings_are_read_and_changed_guarded() {
+    let server = TestServer::start().await;
+    let out = truce(&server, &["collection", "get", "notes", "--json"], "", &[]).await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(json_out(&out)["conflict_policy"], "reject");
+    let out = truce(
+        &server,
+        &[
+            "collection",
+            "set",
+            "notes",
+            "--policy",
+            "merge",
+            "--max-versions",
+            "10",
+            "--json",
+        ],
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        json_out(&out),
+        json!({"conflict_policy": "merge", "require_preconditions": false,
+               "history": {"max_versions": 10}})
+    );
+    // A file replaces the whole document; flags apply on top.
+    let out = truce(
+        &server,
+        &[
+            "collection",
+            "set",
+            "notes",
+            "-",
+            "--require-preconditions",
+            "true",
+            "--json",
+        ],
+        r#"{"conflict_policy": "last_write_wins"}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        json_out(&out),
+        json!({"conflict_policy": "last_write_wins", "require_preconditions": true, "history": {}})
+    );
+    let out = truce(&server, &["collection", "get", "notes"], "", &[]).await;
+    assert!(stdout(&out).contains("version 2"), "{}", stdout(&out));
+    // A key not built yet is refused by name (exit 1), nothing changed.
+    let out = truce(
+        &server,
+        &["collection", "set", "notes", "-"],
+        r#"{"schema": {}}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains("schema"), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn conflicts_watch_prints_each_event() {
+    use tokio::io::AsyncBufReadExt;
+    let server = TestServer::start().await;
+    let base = server.create("/v1/w/doc", &json!({"n": 1})).await;
+    server.put("/v1/w/doc", &json!({"n": 2}), &[]).await;
+    let refused = server
+        .put("/v1/w/doc", &json!({"n": 9}), &[("if-match", &base)])
+        .await;
+    assert_eq!(refused.status(), 412);
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_truce"))
+        .args([
+            "conflicts",
+            "--watch",
+            "--since",
+            "0",
+            "--collection",
+            "w",
+            "--json",
+        ])
+        .env("TRUCE_URL", &server.base)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next_line = async || {
+        tokio::time::timeout(std::time::Duration::from_secs(20), lines.next_line())
+            .await
+            .expect("a watched event in time")
+            .unwrap()
+            .expect("the watch still running")
+    };
+    let line = next_line().await;
+    let event: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["event"], "conflict.detected");
+    assert_eq!(event["resource"], json!({"collection": "w", "id": "doc"}));
+    assert_eq!(event["type"], "precondition-failed");
+    // And it follows live: a dismissal arrives next.
+    let cid = event["conflict_id"].as_str().unwrap().to_owned();
+    server
+        .client
+        .post(server.url(&format!("/v1/_conflicts/{cid}/dismiss")))
+        .send()
+        .await
+        .unwrap();
+    let next: Value = serde_json::from_str(&next_line().await).unwrap();
+    assert_eq!(
+        (next["event"].clone(), next["conflict_id"].clone()),
+        (json!("conflict.dismissed"), json!(cid))
+    );
+    child.kill().await.unwrap();
 }
