@@ -366,9 +366,44 @@ mod tests {
         assert_eq!(state.last_id.as_deref(), Some("0"));
         state.buffer.extend_from_slice(&bytes[split..]);
         state.parse();
-        let change = state.ready.pop_front().unwrap().unwrap();
+        let Item::Change(change) = state.ready.pop_front().unwrap().unwrap() else {
+            panic!("not a change");
+        };
         assert_eq!(change.id, "é");
         assert_eq!(state.last_id.as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn conflict_events_move_a_watch_and_are_yielded_by_the_conflict_stream() {
+        let client = Client::new("http://127.0.0.1:1").unwrap();
+        let event = "event: conflict.detected\nid: 4.2\ndata: {\"position\":2,\"event\":\"conflict.detected\",\"conflict_id\":\"01A\",\"href\":\"/v1/_conflicts/01A\",\"type\":\"precondition-failed\",\"status\":\"open\",\"resource\":{\"collection\":\"c\",\"id\":\"x\"}}\n\n";
+        // A watch only moves its resume position past the event.
+        let mut watch = Follow::new(
+            client.clone(),
+            Source::Resource {
+                path: "/v1/c/x/watch".into(),
+                since: None,
+            },
+            None,
+        );
+        watch.buffer.extend_from_slice(event.as_bytes());
+        watch.parse();
+        assert!(watch.ready.is_empty());
+        assert_eq!(watch.last_id.as_deref(), Some("4.2"));
+        // The conflict stream yields it.
+        let mut stream = Follow::new(client, Source::Conflicts { query: Vec::new() }, None);
+        stream
+            .buffer
+            .extend_from_slice(event.replace("4.2", "2").as_bytes());
+        stream.parse();
+        let Item::Conflict(conflict) = stream.ready.pop_front().unwrap().unwrap() else {
+            panic!("not a conflict event");
+        };
+        assert_eq!(
+            (conflict.position, conflict.conflict_id.as_str()),
+            (2, "01A")
+        );
+        assert_eq!(stream.last_id.as_deref(), Some("2"));
     }
 
     #[test]

@@ -34,6 +34,7 @@ mod store;
 #[cfg(test)]
 mod test_view;
 mod time;
+mod webhook;
 
 pub use change::{Change, ChangePage, ChangeQuery};
 pub use collection::{
@@ -75,3 +76,7 @@ pub use retention::{CompactionReport, ConflictRetention, RecordSummary, Retentio
 pub use rules::{Effect, Planned, SideTable, SideWrite, VersionWrite, WriteContext, plan_write};
 pub use store::{StateView, Store};
 pub use time::Timestamp;
+pub use webhook::{
+    Attempt, Delivery, RetryRule, Subscription, after_attempt, log_key, log_key_at, outbox_key,
+    outbox_rows, read_delivery, sign,
+};

@@ -90,6 +90,12 @@ pub enum SideTable {
     Collections,
     /// Conflict events (SPEC §7), keyed by position (big-endian u64).
     ConflictEvents,
+    /// Webhook subscriptions, keyed by id.
+    Subscriptions,
+    /// Deliveries waiting, keyed by subscription and event position.
+    Outbox,
+    /// The delivery log, keyed by subscription, time and event position.
+    Deliveries,
 }
 
 impl SideTable {
@@ -99,6 +105,9 @@ impl SideTable {
             Self::Conflicts => 1,
             Self::Collections => 2,
             Self::ConflictEvents => 3,
+            Self::Subscriptions => 4,
+            Self::Outbox => 5,
+            Self::Deliveries => 6,
         }
     }
 
@@ -108,6 +117,9 @@ impl SideTable {
             1 => Some(Self::Conflicts),
             2 => Some(Self::Collections),
             3 => Some(Self::ConflictEvents),
+            4 => Some(Self::Subscriptions),
+            5 => Some(Self::Outbox),
+            6 => Some(Self::Deliveries),
             _ => None,
         }
     }

@@ -19,7 +19,7 @@ use crate::read::VersionLookup;
 use crate::record::{HistoryPage, ListPage, ListQuery, Version};
 use crate::resolution::{ResolutionCommand, ResolutionOutcome};
 use crate::retention::CompactionReport;
-use crate::rules::SideTable;
+use crate::rules::{SideTable, SideWrite};
 
 /// The state the rules read: the newest committed data (plus, inside the sequencer,
 /// the earlier writes of the batch being built).
@@ -81,6 +81,10 @@ pub trait Store: Send + Sync + 'static {
     /// Resolves or dismisses a conflict record through the sequencer; returns once
     /// the closed record (and any version it wrote) is durable.
     async fn resolve(&self, command: ResolutionCommand) -> Result<ResolutionOutcome, EngineError>;
+
+    /// Commits side records the rules decided outside a write (a subscription, a
+    /// delivery attempt) through the sequencer, atomically; returns once durable.
+    async fn commit_side(&self, writes: Vec<SideWrite>) -> Result<(), EngineError>;
 
     /// Replaces a collection's settings through the sequencer; returns once they
     /// are durable. Writes queued after it are planned under them.

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use truce_engine::DocumentLimits;
+use truce_engine::{DocumentLimits, RetryRule};
 
 /// How the server listens, what it accepts, and how long it waits.
 #[derive(Debug, Clone)]
@@ -26,6 +26,10 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// How often age-based retention runs; `None` disables it.
     pub compaction_interval: Option<Duration>,
+    /// How failing webhook deliveries are retried.
+    pub webhook_retry: RetryRule,
+    /// Longest a webhook receiver may take to answer one delivery.
+    pub webhook_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -39,6 +43,8 @@ impl Default for ServerConfig {
             longpoll_max: Duration::from_secs(300),
             shutdown_grace: Duration::from_secs(30),
             compaction_interval: Some(Duration::from_secs(60)),
+            webhook_retry: RetryRule::default(),
+            webhook_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -25,6 +25,7 @@ use crate::wire::ProblemBody;
         (name = "history", description = "Past versions, diffs and reverts"),
         (name = "changes", description = "The change feed and watches"),
         (name = "conflicts", description = "Conflict records: refused writes, kept"),
+        (name = "subscriptions", description = "Webhook subscriptions to conflict events, and their delivery logs"),
         (name = "collections", description = "Collection settings: conflict policy, required preconditions, history"),
         (name = "system", description = "Health, metrics, the OpenAPI document and problem pages"),
     ),

@@ -248,7 +248,7 @@ fn constrain_path_parameter(parameter: &mut Value) {
         Some("id") => json!({"type": "string", "pattern": ID_PATTERN}),
         Some("n") => json!({"type": "integer", "minimum": 1}),
         Some("slug") => json!({"type": "string", "pattern": "^[a-z][a-z-]*$"}),
-        Some("cid") => json!({"type": "string", "pattern": CONFLICT_ID_PATTERN}),
+        Some("cid" | "sid") => json!({"type": "string", "pattern": CONFLICT_ID_PATTERN}),
         _ => return,
     };
     parameter["schema"] = schema;

@@ -68,6 +68,7 @@ pub fn serve(
     if let Some(interval) = state.config.compaction_interval {
         tokio::spawn(compaction_loop(state.clone(), interval));
     }
+    tokio::spawn(crate::webhooks::delivery_loop(state.clone()));
     let task = tokio::spawn(accept_loop(listener, state));
     Ok(RunningServer {
         local_addr,

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use redb::ReadableTable;
 use truce_engine::{
     CollectionName, ConflictRetention, EVENTS_WATERMARK_KEY, ResourceKey, Retention, SideTable,
-    StorageError, StoredSettings, Timestamp, event_at, event_position, record_summary,
+    StorageError, StoredSettings, Timestamp, event_at, event_position, log_key_at, record_summary,
 };
 
 use crate::codec::{self, LogPosition};
@@ -40,6 +40,8 @@ pub(crate) struct CompactionPlan {
     pub changes_hidden: u64,
     /// Conflict records conflict retention removes.
     pub conflicts: Vec<Vec<u8>>,
+    /// Webhook delivery log entries older than the conflict retention's age.
+    pub deliveries: Vec<Vec<u8>>,
     /// Conflict events through this position are removed (the newest event is
     /// always kept, so positions are never reused).
     pub events_through: Option<u64>,
@@ -52,6 +54,7 @@ impl CompactionPlan {
             && self.delete.is_empty()
             && self.changes_through.is_none()
             && self.conflicts.is_empty()
+            && self.deliveries.is_empty()
             && self.events_through.is_none()
     }
 }
@@ -177,6 +180,22 @@ fn plan_conflicts(
         }
     }
     plan.conflicts = rules.select(&records, now);
+
+    // The delivery log: entries older than the age limit.
+    let log = SideTable::Deliveries.code();
+    let mut after: Option<Vec<u8>> = None;
+    while plan.deliveries.len() < MAX_REMOVALS_PER_PASS {
+        let page = snapshot.side_range(log, after.as_deref(), 1_000)?;
+        let Some((last, _)) = page.last() else {
+            break;
+        };
+        after = Some(last.clone());
+        for (key, _) in page {
+            if log_key_at(&key).is_some_and(|at| at < now.saturating_sub(rules.max_age)) {
+                plan.deliveries.push(key);
+            }
+        }
+    }
 
     // Events: the prefix older than the age limit, all but the newest.
     let events = SideTable::ConflictEvents.code();

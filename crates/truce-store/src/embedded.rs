@@ -16,7 +16,7 @@ use truce_engine::{
     ChangePage, ChangeQuery, CollectionName, CompactionReport, ConflictRetention, DocumentLimits,
     EngineError, HistoryPage, ListPage, ListQuery, Planned, ReadContext, ResolutionCommand,
     ResolutionOutcome, ResourceKey, Retention, SettingsCommand, SettingsOutcome, SideTable,
-    StateView, StorageError, Store, StoredSettings, Timestamp, Version, VersionLookup,
+    SideWrite, StateView, StorageError, Store, StoredSettings, Timestamp, Version, VersionLookup,
     WriteCommand, WriteContext, WriteOutcome, event_position, history_page, lookup_version,
     plan_write,
 };
@@ -313,6 +313,10 @@ impl Store for EmbeddedStore {
         query.check_retained(snapshot.meta(META_CHANGES_COMPACTED)?)?;
         let log = &snapshot.tables.log;
         Ok(read_changes(log, query, last_revision(log)?)?)
+    }
+
+    async fn commit_side(&self, writes: Vec<SideWrite>) -> Result<(), EngineError> {
+        self.ask(|reply| Job::Side { writes, reply }).await
     }
 
     async fn configure(&self, command: SettingsCommand) -> Result<SettingsOutcome, EngineError> {

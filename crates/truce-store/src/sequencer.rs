@@ -40,8 +40,9 @@ use std::time::Instant;
 use redb::{Database, Durability};
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
-    CompactionReport, EngineError, IdGenerator, ResolutionCommand, ResolutionOutcome,
-    SettingsCommand, SettingsOutcome, StorageError, Timestamp, WriteCommand, WriteOutcome,
+    CompactionReport, Effect, EngineError, IdGenerator, ResolutionCommand, ResolutionOutcome,
+    SettingsCommand, SettingsOutcome, SideWrite, StorageError, Timestamp, WriteCommand,
+    WriteOutcome,
 };
 
 use crate::compaction::CompactionPlan;
@@ -73,6 +74,12 @@ pub(crate) enum Job {
         command: Box<SettingsCommand>,
         reply: oneshot::Sender<Result<SettingsOutcome, EngineError>>,
     },
+    /// Write side records the rules decided outside a write (subscriptions,
+    /// delivery attempts), atomically.
+    Side {
+        writes: Vec<SideWrite>,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
     /// Remove what a compaction scan found.
     Compact {
         plan: CompactionPlan,
@@ -87,6 +94,7 @@ enum Answer {
     Write(Result<WriteOutcome, EngineError>),
     Resolve(Result<ResolutionOutcome, EngineError>),
     Configure(Result<SettingsOutcome, EngineError>),
+    Side(Result<(), EngineError>),
     Compact(Result<CompactionReport, EngineError>),
     Shutdown,
 }
@@ -509,6 +517,14 @@ impl Sequencer {
                 Job::Configure { command, .. } => {
                     Answer::Configure(self.configure_job(tables, command, &mut state, frame)?)
                 }
+                Job::Side { writes, .. } => {
+                    let effect = Effect {
+                        writes: Vec::new(),
+                        side: writes.clone(),
+                    };
+                    state.apply(tables, &effect, frame)?;
+                    Answer::Side(Ok(()))
+                }
                 Job::Compact { plan, .. } => {
                     compacted = true;
                     Answer::Compact(Ok(tables.compact(plan)?))
@@ -577,6 +593,9 @@ fn send(job: Job, answer: Answer) {
         (Job::Configure { reply, .. }, Answer::Configure(result)) => {
             let _ = reply.send(result);
         }
+        (Job::Side { reply, .. }, Answer::Side(result)) => {
+            let _ = reply.send(result);
+        }
         (Job::Shutdown { reply }, _) => {
             let _ = reply.send(());
         }
@@ -601,6 +620,9 @@ fn fail(job: Job, error: StorageError) {
             let _ = reply.send(Err(error));
         }
         Job::Configure { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Job::Side { reply, .. } => {
             let _ = reply.send(Err(error));
         }
         Job::Shutdown { reply } => {

@@ -10,8 +10,8 @@
 use redb::{ReadableTable, Table, WriteTransaction};
 use truce_engine::{
     CompactionReport, EVENTS_WATERMARK_KEY, Effect, EventLine, SideTable, StorageError,
-    conflict_event, conflict_metric_labels, decode_watermark, encode_watermark, event_line,
-    event_position,
+    Subscription, Timestamp, conflict_event, conflict_metric_labels, decode_watermark,
+    encode_watermark, event_line, event_position, outbox_rows,
 };
 
 use crate::codec::{self, HeadRecord};
@@ -46,6 +46,11 @@ pub(crate) struct WriteTables<'t> {
     /// The log line of each conflict event this batch appended, written once the
     /// batch is durable.
     pub event_lines: Vec<EventLine>,
+    /// The webhook subscriptions, read when this batch first appends an event
+    /// (and again after a subscription changes in it).
+    subscriptions: Option<Vec<Subscription>>,
+    /// Whether this batch wrote outbox rows (the delivery worker is woken).
+    pub outbox_written: bool,
 }
 
 impl<'t> WriteTables<'t> {
@@ -65,6 +70,8 @@ impl<'t> WriteTables<'t> {
             last_event: None,
             events_written: false,
             event_lines: Vec::new(),
+            subscriptions: None,
+            outbox_written: false,
         })
     }
 
@@ -195,6 +202,9 @@ impl<'t> WriteTables<'t> {
             let value = side.value.as_deref();
             self.put_side(code, &side.key, value)?;
             frame.push_side(code, &side.key, value);
+            if side.table == SideTable::Subscriptions {
+                self.subscriptions = None;
+            }
             if side.table == SideTable::Conflicts
                 && let Some(value) = value
             {
@@ -209,10 +219,40 @@ impl<'t> WriteTables<'t> {
                     self.last_event = Some(position);
                     self.events_written = true;
                     self.event_lines.extend(bytes.and_then(event_line));
+                    // The event's webhook deliveries wait in the outbox, durable
+                    // with it.
+                    if let Some(bytes) = bytes {
+                        let now = Timestamp::now();
+                        for row in outbox_rows(self.subscriptions()?, bytes, position, now) {
+                            let value = row.value.as_deref();
+                            self.put_side(row.table.code(), &row.key, value)?;
+                            frame.push_side(row.table.code(), &row.key, value);
+                            self.outbox_written = true;
+                        }
+                    }
                 }
             }
         }
         Ok(())
+    }
+
+    /// Every webhook subscription, as this transaction sees them.
+    fn subscriptions(&mut self) -> Result<&[Subscription], StorageError> {
+        if self.subscriptions.is_none() {
+            let code = SideTable::Subscriptions.code();
+            let (start, end) = ([code], [code + 1]);
+            let mut found = Vec::new();
+            for entry in self
+                .side
+                .range::<&[u8]>(&start[..]..&end[..])
+                .map_err(storage)?
+            {
+                let (_, value) = entry.map_err(storage)?;
+                found.extend(Subscription::read(value.value()));
+            }
+            self.subscriptions = Some(found);
+        }
+        Ok(self.subscriptions.as_deref().unwrap_or_default())
     }
 
     /// The newest conflict event's position (0: none yet).
@@ -288,6 +328,9 @@ impl<'t> WriteTables<'t> {
                 self.put_side(code, key, None)?;
                 report.conflicts_removed += 1;
             }
+        }
+        for key in &plan.deliveries {
+            self.put_side(SideTable::Deliveries.code(), key, None)?;
         }
         if let Some(through) = plan.events_through {
             report.conflict_events_removed = self.remove_events_through(through)?;

@@ -89,6 +89,10 @@ pub struct ServeArgs {
     /// an open record of a live resource stays until its age runs out (default 10000).
     #[arg(long, env = "TRUCE_CONFLICTS_MAX_PER_COLLECTION")]
     pub conflicts_max_per_collection: Option<u64>,
+    /// Stop retrying a failing webhook delivery this long after its first attempt
+    /// (default 24h).
+    #[arg(long, env = "TRUCE_WEBHOOK_RETRY_FOR", value_parser = parse_duration)]
+    pub webhook_retry_for: Option<Duration>,
     /// How often age-based retention runs (default 60s).
     #[arg(long, env = "TRUCE_COMPACTION_INTERVAL", value_parser = parse_duration)]
     pub compaction_interval: Option<Duration>,
@@ -139,6 +143,7 @@ struct FileConfig {
     changes_max_age: Option<String>,
     conflicts_max_age: Option<String>,
     conflicts_max_per_collection: Option<u64>,
+    webhook_retry_for: Option<String>,
     compaction_interval: Option<String>,
     max_batch: Option<usize>,
     checkpoint_interval: Option<String>,
@@ -268,6 +273,16 @@ impl ServeArgs {
                 )?
                 .unwrap_or(Duration::from_secs(60)),
             ),
+            webhook_retry: truce_engine::RetryRule {
+                retry_for: duration(
+                    self.webhook_retry_for,
+                    &file.webhook_retry_for,
+                    "webhook_retry_for",
+                )?
+                .unwrap_or(defaults.webhook_retry.retry_for),
+                ..defaults.webhook_retry
+            },
+            webhook_timeout: defaults.webhook_timeout,
         };
         let data = self
             .data

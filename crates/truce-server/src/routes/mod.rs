@@ -23,6 +23,7 @@ pub mod conflict_stream;
 pub mod conflicts;
 pub mod documents;
 pub mod history;
+pub mod subscriptions;
 pub mod system;
 
 /// Every route with its handlers, and the OpenAPI document describing them.
@@ -56,6 +57,13 @@ fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
             collections::get_settings,
             collections::put_settings
         ))
+        .routes(routes!(subscriptions::create, subscriptions::list))
+        .routes(routes!(
+            subscriptions::read,
+            subscriptions::replace,
+            subscriptions::delete
+        ))
+        .routes(routes!(subscriptions::deliveries))
         .with_state(state)
         .split_for_parts();
     (router, api)

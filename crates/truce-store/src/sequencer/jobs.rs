@@ -34,7 +34,7 @@ pub(super) struct BatchState {
 impl BatchState {
     /// Writes what a job decided into the batch (a version moves the revision;
     /// side records alone do not).
-    fn apply(
+    pub(super) fn apply(
         &mut self,
         tables: &mut WriteTables<'_>,
         effect: &Effect,

@@ -19,3 +19,4 @@ mod process;
 mod resources;
 mod retention;
 mod rules;
+mod webhooks;
