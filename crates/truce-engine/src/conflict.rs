@@ -305,21 +305,20 @@ pub fn resolve_by_retry(
     })
 }
 
-/// The labels of the conflict metric for a record as stored: its collection, its
+/// The labels of the conflict metric for a record: its collection, its
 /// type, and its outcome (`open` when created, then `retried`, `superseded`,
 /// `theirs`, `ours`, `doc` or `dismissed`).
-pub fn metric_labels(stored: &[u8]) -> Option<(String, String, String)> {
-    let record: Value = serde_json::from_slice(stored).ok()?;
+pub(crate) fn labels_of(record: &Value) -> (String, String, String) {
     let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     let outcome = match record["status"].as_str() {
         Some("resolved") => text(&record["resolution"]),
         _ => text(&record["status"]),
     };
-    Some((
+    (
         text(&record["resource"]["collection"]),
         text(&record["type"]),
         outcome,
-    ))
+    )
 }
 
 /// Which records a listing shows (SPEC §7 filters); every set field must match.

@@ -53,10 +53,43 @@ pub struct ConflictEvent {
     pub at: Value,
 }
 
-/// The event a conflict record's new state makes, at `position`; `None` for a
-/// value that is not a readable record.
-pub fn conflict_event(stored: &[u8], position: u64) -> Option<SideWrite> {
+/// Everything that follows from writing a conflict record: its event (to store
+/// at `position`), the event as JSON (for the outbox), the log line and the
+/// metric labels. The record is read once for all of them.
+#[derive(Debug, Clone)]
+pub struct RecordWritten {
+    /// The event, as a side record.
+    pub event: SideWrite,
+    /// The same event as JSON.
+    pub event_value: Value,
+    /// Its log line.
+    pub line: EventLine,
+    /// `(collection, type, outcome)` for the conflict metric.
+    pub labels: (String, String, String),
+}
+
+/// What writing the stored record `stored` makes, with its event at `position`;
+/// `None` for a value that is not a readable record.
+pub fn record_written(stored: &[u8], position: u64) -> Option<RecordWritten> {
     let record: Value = serde_json::from_slice(stored).ok()?;
+    let labels = crate::conflict::labels_of(&record);
+    let event = event_of(&record, position)?;
+    let event_value = serde_json::to_value(&event).ok()?;
+    let line = line_of(&event_value);
+    Some(RecordWritten {
+        event: SideWrite {
+            table: SideTable::ConflictEvents,
+            key: position.to_be_bytes().to_vec(),
+            value: Some(serde_json::to_vec(&event_value).ok()?.into()),
+        },
+        event_value,
+        line,
+        labels,
+    })
+}
+
+/// The event of `record`'s state, at `position`.
+fn event_of(record: &Value, position: u64) -> Option<ConflictEvent> {
     let status = record["status"].as_str()?.to_owned();
     let event = match status.as_str() {
         "open" => "conflict.detected",
@@ -86,11 +119,7 @@ pub fn conflict_event(stored: &[u8], position: u64) -> Option<SideWrite> {
             .cloned()
             .unwrap_or(Value::Null),
     };
-    Some(SideWrite {
-        table: SideTable::ConflictEvents,
-        key: position.to_be_bytes().to_vec(),
-        value: Some(serde_json::to_vec(&event).ok()?.into()),
-    })
+    Some(event)
 }
 
 /// The key under which the event log keeps its watermark: the highest position
@@ -119,11 +148,10 @@ pub struct EventLine {
     pub current_version: Option<u64>,
 }
 
-/// The log line of a stored event.
-pub fn event_line(stored: &[u8]) -> Option<EventLine> {
-    let event: Value = serde_json::from_slice(stored).ok()?;
+/// The log line of an event.
+fn line_of(event: &Value) -> EventLine {
     let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-    Some(EventLine {
+    EventLine {
         event: text(&event["event"]),
         conflict_id: text(&event["conflict_id"]),
         collection: text(&event["resource"]["collection"]),
@@ -132,7 +160,7 @@ pub fn event_line(stored: &[u8]) -> Option<EventLine> {
         status: text(&event["status"]),
         base_version: event["base_version"].as_u64(),
         current_version: event["current_version"].as_u64(),
-    })
+    }
 }
 
 /// The stored watermark: events up to `through` were removed.
@@ -173,7 +201,9 @@ mod tests {
     use serde_json::json;
 
     fn event_of(record: Value) -> Value {
-        let side = conflict_event(record.to_string().as_bytes(), 7).unwrap();
+        let side = record_written(record.to_string().as_bytes(), 7)
+            .unwrap()
+            .event;
         assert_eq!(event_position(&side.key), Some(7));
         serde_json::from_slice(side.value.as_ref().unwrap()).unwrap()
     }

@@ -44,16 +44,15 @@ pub use collection::{
 pub use command::{PolicyApplied, Principal, WriteAction, WriteCommand, WriteOutcome, WriteStatus};
 pub use conflict::{
     Attempted, CONFLICT_ID_PATTERN, ConflictFilter, ConflictRecord, Retry, check_conflict_id,
-    metric_labels as conflict_metric_labels, parse_record as parse_conflict_record,
-    record_not_found as conflict_not_found, record_policy, record_refusal, record_summary,
-    resolve_by_retry, with_sides as conflict_with_sides,
+    parse_record as parse_conflict_record, record_not_found as conflict_not_found, record_policy,
+    record_refusal, record_summary, resolve_by_retry, with_sides as conflict_with_sides,
 };
 pub use document::{Document, DocumentLimits};
 pub use error::{CurrentState, EngineError, Problem, StorageError};
 pub use etag::{ETag, EntityTag, EtagSyntaxError, TagCondition};
 pub use events::{
-    CONFLICT_EVENTS, ConflictEvent, EVENTS_WATERMARK_KEY, EventLine, conflict_event,
-    decode_watermark, encode_watermark, event_at, event_line, event_matches, event_position,
+    CONFLICT_EVENTS, ConflictEvent, EVENTS_WATERMARK_KEY, EventLine, RecordWritten,
+    decode_watermark, encode_watermark, event_at, event_matches, event_position, record_written,
 };
 pub use ids::IdGenerator;
 pub use json_errors::describe as describe_json_error;

@@ -238,16 +238,13 @@ pub fn outbox_key(sid: &str, position: u64) -> Vec<u8> {
 /// `subscriptions`) that wants it.
 pub fn outbox_rows(
     subscriptions: &[Subscription],
-    event_stored: &[u8],
+    event: &Value,
     position: u64,
     now: Timestamp,
 ) -> Vec<SideWrite> {
-    let Ok(event) = serde_json::from_slice::<Value>(event_stored) else {
-        return Vec::new();
-    };
     subscriptions
         .iter()
-        .filter(|s| s.wants(&event))
+        .filter(|s| s.wants(event))
         .filter_map(|s| {
             let delivery = Delivery {
                 subscription: s.id.clone(),
@@ -454,13 +451,11 @@ mod tests {
         let sub = subscription(json!({"url": "http://h/", "secret": "s",
             "events": ["conflict.detected"], "collection": "a"}))
         .unwrap();
-        let event = |name: &str, collection: &str| {
-            json!({"event": name, "resource": {"collection": collection, "id": "x"}}).to_string()
-        };
+        let event = |name: &str, collection: &str| json!({"event": name, "resource": {"collection": collection, "id": "x"}});
         let now = Timestamp::from_millis(5);
         let rows = outbox_rows(
             std::slice::from_ref(&sub),
-            event("conflict.detected", "a").as_bytes(),
+            &event("conflict.detected", "a"),
             7,
             now,
         );
@@ -471,13 +466,13 @@ mod tests {
         assert!(
             outbox_rows(
                 std::slice::from_ref(&sub),
-                event("conflict.resolved", "a").as_bytes(),
+                &event("conflict.resolved", "a"),
                 8,
                 now
             )
             .is_empty()
         );
-        assert!(outbox_rows(&[sub], event("conflict.detected", "b").as_bytes(), 9, now).is_empty());
+        assert!(outbox_rows(&[sub], &event("conflict.detected", "b"), 9, now).is_empty());
     }
 
     #[test]

@@ -10,8 +10,8 @@
 use redb::{ReadableTable, Table, WriteTransaction};
 use truce_engine::{
     CompactionReport, EVENTS_WATERMARK_KEY, Effect, EventLine, SideTable, StorageError,
-    Subscription, Timestamp, conflict_event, conflict_metric_labels, decode_watermark,
-    encode_watermark, event_line, event_position, outbox_rows,
+    Subscription, Timestamp, decode_watermark, encode_watermark, event_position, outbox_rows,
+    record_written,
 };
 
 use crate::codec::{self, HeadRecord};
@@ -208,27 +208,27 @@ impl<'t> WriteTables<'t> {
             if side.table == SideTable::Conflicts
                 && let Some(value) = value
             {
-                self.conflict_metrics.extend(conflict_metric_labels(value));
                 // Every state a record is written in is an event, in commit order.
                 let position = self.last_event_position()? + 1;
-                if let Some(event) = conflict_event(value, position) {
-                    let code = event.table.code();
+                if let Some(written) = record_written(value, position) {
+                    self.conflict_metrics.push(written.labels);
+                    let event = written.event;
                     let bytes = event.value.as_deref();
-                    self.put_side(code, &event.key, bytes)?;
-                    frame.push_side(code, &event.key, bytes);
+                    self.put_side(event.table.code(), &event.key, bytes)?;
+                    frame.push_side(event.table.code(), &event.key, bytes);
                     self.last_event = Some(position);
                     self.events_written = true;
-                    self.event_lines.extend(bytes.and_then(event_line));
+                    self.event_lines.push(written.line);
                     // The event's webhook deliveries wait in the outbox, durable
                     // with it.
-                    if let Some(bytes) = bytes {
-                        let now = Timestamp::now();
-                        for row in outbox_rows(self.subscriptions()?, bytes, position, now) {
-                            let value = row.value.as_deref();
-                            self.put_side(row.table.code(), &row.key, value)?;
-                            frame.push_side(row.table.code(), &row.key, value);
-                            self.outbox_written = true;
-                        }
+                    let now = Timestamp::now();
+                    let rows =
+                        outbox_rows(self.subscriptions()?, &written.event_value, position, now);
+                    for row in rows {
+                        let value = row.value.as_deref();
+                        self.put_side(row.table.code(), &row.key, value)?;
+                        frame.push_side(row.table.code(), &row.key, value);
+                        self.outbox_written = true;
                     }
                 }
             }

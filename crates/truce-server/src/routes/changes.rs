@@ -203,15 +203,18 @@ fn page_body(page: ChangePage) -> ChangesBody {
 
 /// `Last-Event-ID`, which must be a revision number.
 fn last_event_id(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    last_event_number(headers, "a revision number")
+}
+
+/// `Last-Event-ID` as a number (`what` says which, for the 400).
+pub(crate) fn last_event_number(headers: &HeaderMap, what: &str) -> Result<Option<u64>, ApiError> {
     headers
         .get("last-event-id")
         .map(|v| {
             v.to_str()
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
-                .ok_or_else(|| {
-                    ApiError::Malformed("Last-Event-ID must be a revision number".into())
-                })
+                .ok_or_else(|| ApiError::Malformed(format!("Last-Event-ID must be {what}")))
         })
         .transpose()
 }

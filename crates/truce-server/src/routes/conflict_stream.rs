@@ -26,6 +26,7 @@ use truce_engine::{
 };
 use utoipa::IntoParams;
 
+use super::changes::last_event_number;
 use crate::error::ApiError;
 use crate::extract::ApiQuery;
 use crate::openapi::{Compacted, Malformed, Unavailable};
@@ -115,23 +116,6 @@ pub(crate) fn sse_event(event: &Value, id: String) -> Event {
     Event::default().event(name).id(id).data(event.to_string())
 }
 
-/// `Last-Event-ID` as a position.
-fn last_position(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    headers
-        .get("last-event-id")
-        .map(|v| {
-            v.to_str()
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-                .ok_or_else(|| {
-                    ApiError::Malformed(
-                        "Last-Event-ID must be the position of a conflict event".into(),
-                    )
-                })
-        })
-        .transpose()
-}
-
 /// Server-Sent Events of conflict events: `conflict.detected`,
 /// `conflict.resolved` and `conflict.dismissed`, each with its position as `id:`.
 #[utoipa::path(
@@ -158,7 +142,9 @@ pub async fn stream(
     }
     let events = state.store.conflict_events();
     let now = *events.borrow();
-    let start = last_position(&headers)?.or(params.since).unwrap_or(now);
+    let start = last_event_number(&headers, "the position of a conflict event")?
+        .or(params.since)
+        .unwrap_or(now);
     let mut cursor = ConflictCursor::new(start, params.collection, params.id);
     let first = cursor.read(state.store.as_ref()).await?;
     let mut pending = VecDeque::new();

@@ -358,6 +358,8 @@ fn workload_name(workload: Workload) -> &'static str {
         Workload::Read => "read",
         Workload::ReadUnchanged => "read-304",
         Workload::Mixed => "mixed",
+        Workload::Stale => "stale",
+        Workload::Merge => "merge",
     }
 }
 

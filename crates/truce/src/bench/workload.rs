@@ -44,6 +44,13 @@ pub enum Workload {
     ReadUnchanged,
     /// 90% reads, 10% updates.
     Mixed,
+    /// Conditional replaces with a stale token: every one refused (truce: 412 with
+    /// a conflict record; etcd: a failed txn). Throughput counts refusals.
+    Stale,
+    /// truce only: stale replaces with a change disjoint from the one made since,
+    /// in a collection with the merge policy (`{collection}-merge`): every one
+    /// merged, once per document (give `--docs` enough for the run).
+    Merge,
 }
 
 /// Documents written earlier by `truce bench load` (ids `doc-{first}` …
@@ -181,6 +188,45 @@ pub async fn prepare(
             "read-304 needs HTTP conditional reads, which this target lacks".into(),
         ));
     }
+    if plan.workload == Workload::Merge && !protocol.has_unchanged_read() {
+        return Err(BenchError::Unsupported(
+            "merge needs truce's merge conflict policy".into(),
+        ));
+    }
+    if matches!(plan.workload, Workload::Stale | Workload::Merge) && plan.preloaded.is_some() {
+        return Err(BenchError::Unsupported(
+            "stale and merge make their own documents; run them without --preloaded".into(),
+        ));
+    }
+    let merge_protocol;
+    let protocol = match (plan.workload, protocol) {
+        (Workload::Merge, Protocol::Truce { collection }) => {
+            let collection = format!("{collection}-merge");
+            let mut conn = Connection::open(addr).await?;
+            let settings = Bytes::from_static(br#"{"conflict_policy":"merge"}"#);
+            let path = format!("/v1/_collections/{collection}");
+            let reply = conn
+                .send(
+                    hyper::Method::PUT,
+                    &path,
+                    &[(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    )],
+                    settings,
+                )
+                .await?;
+            if !reply.status.is_success() {
+                return Err(BenchError::Setup(format!(
+                    "setting the merge policy answered {}",
+                    reply.status
+                )));
+            }
+            merge_protocol = Protocol::Truce { collection };
+            &merge_protocol
+        }
+        _ => protocol,
+    };
     let hot_id = format!("{}-hot", plan.run_id);
     let mut clients = Vec::with_capacity(plan.connections);
     for index in 0..plan.connections.max(1) {
@@ -192,6 +238,12 @@ pub async fn prepare(
         };
         set_up(&mut client, protocol, plan, &hot_id).await?;
         clients.push(client);
+    }
+    // Clients set up one after another; a long set-up (many documents) leaves the
+    // first connections idle past the server's keep-alive limit, so every client
+    // starts the timed part on a fresh connection.
+    for client in &mut clients {
+        client.conn = Connection::open(addr).await?;
     }
     Ok(Prepared {
         addr,
@@ -285,6 +337,22 @@ async fn set_up(
                     .create(&mut client.conn, hot_id, document(0, plan.body_size))
                     .await?;
                 require_done(outcome, hot_id)?;
+            }
+            Ok(())
+        }
+        Workload::Stale | Workload::Merge => {
+            // Each document at version 2, the client keeping version 1's token.
+            for d in 0..plan.docs.max(1) {
+                let id = format!("{}-{}-{d}", plan.run_id, client.index);
+                let outcome = protocol
+                    .create(&mut client.conn, &id, document(0, plan.body_size))
+                    .await?;
+                let first = require_done(outcome, &id)?;
+                let outcome = protocol
+                    .update(&mut client.conn, &id, document(1, plan.body_size), &first)
+                    .await?;
+                require_done(outcome, &id)?;
+                client.docs.push((id, Some(first)));
             }
             Ok(())
         }
@@ -412,6 +480,37 @@ async fn step(
                 let outcome = protocol.read(&mut client.conn, &id).await?;
                 tally.record(started, &outcome);
             }
+        }
+        Workload::Stale => {
+            let slot = (seq as usize) % client.docs.len();
+            let (id, token) = &client.docs[slot];
+            let Some(stale) = token.clone() else {
+                return Err(BenchError::Setup("document without a token".into()));
+            };
+            let outcome = protocol
+                .update(&mut client.conn, id, body(), &stale)
+                .await?;
+            // Here a refusal is the expected answer.
+            let outcome = match outcome {
+                Outcome::Refused => Outcome::Done(()),
+                Outcome::Done(_) => Outcome::Failed("a stale write was accepted".into()),
+                Outcome::Failed(why) => Outcome::Failed(why),
+            };
+            tally.record(started, &outcome);
+        }
+        Workload::Merge => {
+            // Each document once: base version 1 changed `n`; this adds `c`.
+            let slot = (seq as usize - 1) % client.docs.len();
+            let (id, token) = &client.docs[slot];
+            let Some(stale) = token.clone() else {
+                return Err(BenchError::Setup("document without a token".into()));
+            };
+            let mut ours: serde_json::Value =
+                serde_json::from_slice(&document(0, plan.body_size)).unwrap_or_default();
+            ours["c"] = serde_json::Value::from(seq);
+            let ours = Bytes::from(ours.to_string());
+            let outcome = protocol.update(&mut client.conn, id, ours, &stale).await?;
+            tally.record(started, &outcome);
         }
         Workload::Hot => {
             let outcome = match protocol.read(&mut client.conn, hot_id).await? {

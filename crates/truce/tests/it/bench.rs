@@ -1,7 +1,7 @@
 //! Smoke tests of `truce bench`: each workload for a second against a real server,
 //! checking what it reports against what the server holds.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::common::TestServer;
 
@@ -95,6 +95,60 @@ async fn every_workload_reports_what_the_server_holds() {
             _ => {}
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_writes_are_refused_with_records_and_merges_are_merged() {
+    let server = TestServer::start().await;
+    let reports = bench(&[
+        "--url",
+        &server.base,
+        "--workload",
+        "stale,merge",
+        "--connections",
+        "2",
+        "--duration",
+        "200ms",
+        "--docs",
+        "1500",
+    ])
+    .await;
+    let [stale, merge] = reports.as_slice() else {
+        panic!("two reports: {reports:?}");
+    };
+    assert_eq!(stale["errors"], 0, "{stale}");
+    let refused = stale["ops"].as_u64().unwrap();
+    assert!(refused > 0, "{stale}");
+    // Every refusal left its record.
+    let records = server
+        .get_json("/v1/_conflicts?status=open&collection=bench&limit=1000")
+        .await;
+    assert!(!records["items"].as_array().unwrap().is_empty());
+    // Every merge landed as a new version with its auto_merged record.
+    assert_eq!(
+        (merge["errors"].clone(), merge["refused"].clone()),
+        (json!(0), json!(0)),
+        "{merge}"
+    );
+    let merged = merge["ops"].as_u64().unwrap();
+    assert!(merged > 0, "{merge}");
+    let run_id = merge["run_id"].as_str().unwrap();
+    let doc = server
+        .get_json(&format!("/v1/bench-merge/{run_id}-0-0"))
+        .await;
+    assert_eq!(
+        (doc["n"].clone(), doc["c"].is_u64()),
+        (json!(1), true),
+        "{doc}"
+    );
+    let auto = server
+        .get_json("/v1/_conflicts?status=auto_merged&collection=bench-merge&limit=1000")
+        .await;
+    assert_eq!(
+        auto["items"].as_array().unwrap().len() as u64,
+        merged.min(1000),
+        "{merge}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
