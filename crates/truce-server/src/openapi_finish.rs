@@ -8,7 +8,8 @@
 //!   (`X-Request-Id` everywhere; the conditional headers and `Prefer` on the
 //!   document operations);
 //! - the response headers it sends are declared (`X-Request-Id` on every answer;
-//!   `Truce-Outcome` and `Preference-Applied` on write answers), and every
+//!   `Truce-Outcome` and `Preference-Applied` on write answers, `Truce-Merged-From`
+//!   and `Truce-Conflict-Id` on document writes), and every
 //!   operation lists 405 with `Allow`.
 
 use serde_json::{Map, Value, json};
@@ -170,6 +171,14 @@ fn finish_operation(path: &str, method: &str, operation: &mut Map<String, Value>
             headers.entry("Preference-Applied").or_insert_with(|| {
                 json!({"description": "`return=minimal` when that preference was honoured (RFC 7240)", "schema": {"type": "string"}})
             });
+            if path.starts_with("/v1/{collection}/{id}") {
+                headers.entry("Truce-Merged-From").or_insert_with(|| {
+                    json!({"description": "Under the collection's `merge` policy: the version a stale write was based on and merged from", "schema": {"type": "integer", "minimum": 1}})
+                });
+                headers.entry("Truce-Conflict-Id").or_insert_with(|| {
+                    json!({"description": "The record (`auto_merged` or `overwritten`) a conflict policy's automatic outcome left", "schema": {"type": "string", "pattern": CONFLICT_ID_PATTERN}})
+                });
+            }
         }
     }
 }

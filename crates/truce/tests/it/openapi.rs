@@ -351,6 +351,11 @@ async fn the_document_passes_an_openapi_3_1_validator() {
                     ok["headers"].get("Preference-Applied").is_some(),
                     "{method} {path}"
                 );
+                if path.starts_with("/v1/{collection}/{id}") {
+                    for name in ["Truce-Merged-From", "Truce-Conflict-Id"] {
+                        assert!(ok["headers"].get(name).is_some(), "{method} {path}: {name}");
+                    }
+                }
             }
         }
     }
