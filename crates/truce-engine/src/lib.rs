@@ -77,5 +77,5 @@ pub use store::{StateView, Store};
 pub use time::Timestamp;
 pub use webhook::{
     Attempt, Delivery, RetryRule, Subscription, after_attempt, log_key, log_key_at, outbox_key,
-    outbox_rows, read_delivery, sign,
+    outbox_rows, read_delivery, sign, subscription_prefix, subscription_removal,
 };

@@ -228,10 +228,43 @@ pub struct Delivery {
 /// The outbox key of `position` for subscription `sid`: ordered by subscription,
 /// then by position.
 pub fn outbox_key(sid: &str, position: u64) -> Vec<u8> {
-    let mut key = sid.as_bytes().to_vec();
-    key.push(0);
+    let mut key = subscription_prefix(sid);
     key.extend_from_slice(&position.to_be_bytes());
     key
+}
+
+/// The key prefix of everything kept per subscription in the outbox and the
+/// delivery log: its id and a 0 byte (ids are letters and digits).
+pub fn subscription_prefix(sid: &str) -> Vec<u8> {
+    let mut prefix = sid.as_bytes().to_vec();
+    prefix.push(0);
+    prefix
+}
+
+/// What deleting subscription `sid` removes: the subscription, and the given keys
+/// of its waiting deliveries (`Outbox`) and of its delivery log (`Deliveries`).
+pub fn subscription_removal(
+    sid: &str,
+    waiting: impl IntoIterator<Item = Vec<u8>>,
+    logged: impl IntoIterator<Item = Vec<u8>>,
+) -> Vec<SideWrite> {
+    let remove = |table, key| SideWrite {
+        table,
+        key,
+        value: None,
+    };
+    std::iter::once(remove(SideTable::Subscriptions, sid.as_bytes().to_vec()))
+        .chain(
+            waiting
+                .into_iter()
+                .map(|key| remove(SideTable::Outbox, key)),
+        )
+        .chain(
+            logged
+                .into_iter()
+                .map(|key| remove(SideTable::Deliveries, key)),
+        )
+        .collect()
 }
 
 /// The outbox rows a new event makes: one per subscription (stored, in
@@ -323,8 +356,7 @@ pub enum Attempt {
 
 /// The delivery log key of an attempt: by subscription, then time, then event.
 pub fn log_key(sid: &str, at: Timestamp, position: u64, attempt: u32) -> Vec<u8> {
-    let mut key = sid.as_bytes().to_vec();
-    key.push(0);
+    let mut key = subscription_prefix(sid);
     key.extend_from_slice(&at.millis().to_be_bytes());
     key.extend_from_slice(&position.to_be_bytes());
     key.extend_from_slice(&attempt.to_be_bytes());
@@ -473,6 +505,25 @@ mod tests {
             .is_empty()
         );
         assert!(outbox_rows(&[sub], &event("conflict.detected", "b"), 9, now).is_empty());
+    }
+
+    #[test]
+    fn deleting_a_subscription_removes_what_it_keeps() {
+        let writes = subscription_removal("01SUB", [outbox_key("01SUB", 3)], [vec![9]]);
+        let tables: Vec<(SideTable, bool)> = writes
+            .iter()
+            .map(|w| (w.table, w.value.is_none()))
+            .collect();
+        assert_eq!(
+            tables,
+            [
+                (SideTable::Subscriptions, true),
+                (SideTable::Outbox, true),
+                (SideTable::Deliveries, true)
+            ]
+        );
+        assert!(outbox_key("01SUB", 3).starts_with(&subscription_prefix("01SUB")));
+        assert!(!outbox_key("01SUBX", 3).starts_with(&subscription_prefix("01SUB")));
     }
 
     #[test]

@@ -29,6 +29,21 @@ pub fn encode_cursor(position: &str) -> String {
     URL_SAFE_NO_PAD.encode(position)
 }
 
+/// A page of JSON items keyed by their `id` (conflict records, subscriptions):
+/// `{items, next}`, where `next` (when `more` follows) is the cursor after the
+/// last item's id.
+pub fn page_by_id(items: Vec<serde_json::Value>, more: bool) -> serde_json::Value {
+    let next = more
+        .then(|| {
+            items
+                .last()
+                .and_then(|item| item["id"].as_str())
+                .map(encode_cursor)
+        })
+        .flatten();
+    serde_json::json!({"items": items, "next": next})
+}
+
 /// Decodes a cursor made by [`encode_cursor`].
 pub fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
     URL_SAFE_NO_PAD

@@ -32,12 +32,11 @@ use tokio_util::sync::CancellationToken;
 use truce_engine::{ChangePage, ChangeQuery, CollectionName, Store};
 use utoipa::{IntoParams, ToSchema};
 
-use super::conflict_stream::{ConflictCursor, sse_event};
+use super::conflict_stream::{ConflictCursor, error_event, sse_event};
 use crate::error::ApiError;
 use crate::extract::{ApiQuery, ResourcePath};
 use crate::openapi::{Compacted, Malformed, Unavailable};
 use crate::paging::page_limit;
-use crate::problem::problem_body;
 use crate::state::AppState;
 use crate::wire::{ChangeItem, ChangesBody};
 
@@ -356,9 +355,7 @@ impl Feed {
                 }
             }
             Err(error) => {
-                let body = problem_body(&ApiError::from(error).problem(), None);
-                self.pending
-                    .push_back(Event::default().event("error").data(body.to_string()));
+                self.pending.push_back(error_event(error));
                 self.finished = true;
             }
         }
@@ -429,10 +426,7 @@ impl Feed {
             match self.store.changes(&self.query).await {
                 Ok(page) => self.queue(page),
                 Err(error) => {
-                    // The stream outlives its request: no instance or request id.
-                    let body = problem_body(&ApiError::from(error).problem(), None);
-                    self.pending
-                        .push_back(Event::default().event("error").data(body.to_string()));
+                    self.pending.push_back(error_event(error));
                     self.finished = true;
                 }
             }

@@ -110,6 +110,13 @@ impl ConflictCursor {
     }
 }
 
+/// The `error` event that ends a stream: the problem, without instance or request
+/// id (the stream outlives its request).
+pub(crate) fn error_event(error: EngineError) -> Event {
+    let body = problem_body(&ApiError::from(error).problem(), None);
+    Event::default().event("error").data(body.to_string())
+}
+
 /// An SSE event for a stored conflict event, with `id` as its `id:` field.
 pub(crate) fn sse_event(event: &Value, id: String) -> Event {
     let name = event["event"].as_str().unwrap_or("conflict");
@@ -203,9 +210,7 @@ impl ConflictFeed {
                     .pending
                     .extend(found.iter().map(|(p, e)| sse_event(e, p.to_string()))),
                 Err(error) => {
-                    let body = problem_body(&ApiError::from(error).problem(), None);
-                    self.pending
-                        .push_back(Event::default().event("error").data(body.to_string()));
+                    self.pending.push_back(error_event(error));
                     self.finished = true;
                 }
             }

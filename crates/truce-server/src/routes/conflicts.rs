@@ -4,7 +4,7 @@
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Json, Response};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use truce_engine::{
     ConflictFilter, Document, EngineError, Principal, ResolutionAction, ResolutionCommand,
     SideTable, Take, VersionLookup, check_conflict_id, conflict_not_found, conflict_with_sides,
@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 use crate::error::ApiError;
 use crate::extract::{ApiQuery, Conditions, JsonBody};
 use crate::openapi::{Conflict, Malformed, NotFound, PreconditionFailed, Unavailable};
-use crate::paging::{decode_cursor, encode_cursor, page_limit};
+use crate::paging::{decode_cursor, page_by_id, page_limit};
 use crate::render::version_headers;
 use crate::state::AppState;
 
@@ -124,15 +124,7 @@ pub async fn conflicts(
             break;
         }
     }
-    let next = more
-        .then(|| {
-            items
-                .last()
-                .and_then(|r| r["id"].as_str())
-                .map(encode_cursor)
-        })
-        .flatten();
-    Ok(Json(json!({"items": items, "next": next})))
+    Ok(Json(page_by_id(items, more)))
 }
 
 /// One conflict record, with `base` (the version the refused write was based on),

@@ -6,13 +6,15 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use truce_engine::{EngineError, SideTable, SideWrite, Subscription, Timestamp};
+use truce_engine::{
+    EngineError, SideTable, Subscription, Timestamp, subscription_prefix, subscription_removal,
+};
 use utoipa::IntoParams;
 
 use crate::error::ApiError;
 use crate::extract::{ApiQuery, JsonBody};
 use crate::openapi::{Invalid, Malformed, NotFound, Unavailable};
-use crate::paging::{decode_cursor, encode_cursor, page_limit};
+use crate::paging::{decode_cursor, encode_cursor, page_by_id, page_limit};
 use crate::state::AppState;
 
 /// Checks a subscription id's syntax (ids are made as ULIDs).
@@ -120,15 +122,7 @@ pub async fn list(
         .take(limit)
         .filter_map(|(_, stored)| Subscription::read(stored).map(|s| s.view()))
         .collect();
-    let next = more
-        .then(|| {
-            items
-                .last()
-                .and_then(|s| s["id"].as_str())
-                .map(encode_cursor)
-        })
-        .flatten();
-    Ok(Json(json!({"items": items, "next": next})))
+    Ok(Json(page_by_id(items, more)))
 }
 
 /// One subscription (without its secret).
@@ -188,8 +182,7 @@ async fn keys_of(
     after: Option<Vec<u8>>,
     limit: usize,
 ) -> Result<Vec<(Vec<u8>, bytes::Bytes)>, ApiError> {
-    let mut prefix = sid.as_bytes().to_vec();
-    prefix.push(0);
+    let prefix = subscription_prefix(sid);
     let mut found = Vec::new();
     let mut after = after.unwrap_or_else(|| prefix.clone());
     while found.len() < limit {
@@ -227,20 +220,15 @@ pub async fn delete(
     Path(sid): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     load(&state, &sid).await?;
-    let mut writes = vec![SideWrite {
-        table: SideTable::Subscriptions,
-        key: sid.as_bytes().to_vec(),
-        value: None,
-    }];
-    for table in [SideTable::Outbox, SideTable::Deliveries] {
-        for (key, _) in keys_of(&state, table, &sid, None, usize::MAX).await? {
-            writes.push(SideWrite {
-                table,
-                key,
-                value: None,
-            });
-        }
-    }
+    let keys = async |table| -> Result<Vec<Vec<u8>>, ApiError> {
+        let found = keys_of(&state, table, &sid, None, usize::MAX).await?;
+        Ok(found.into_iter().map(|(key, _)| key).collect())
+    };
+    let writes = subscription_removal(
+        &sid,
+        keys(SideTable::Outbox).await?,
+        keys(SideTable::Deliveries).await?,
+    );
     state.store.commit_side(writes).await?;
     Ok(StatusCode::NO_CONTENT)
 }
