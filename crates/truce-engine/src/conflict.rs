@@ -305,22 +305,6 @@ pub fn resolve_by_retry(
     })
 }
 
-/// The labels of the conflict metric for a record: its collection, its
-/// type, and its outcome (`open` when created, then `retried`, `superseded`,
-/// `theirs`, `ours`, `doc` or `dismissed`).
-pub(crate) fn labels_of(record: &Value) -> (String, String, String) {
-    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-    let outcome = match record["status"].as_str() {
-        Some("resolved") => text(&record["resolution"]),
-        _ => text(&record["status"]),
-    };
-    (
-        text(&record["resource"]["collection"]),
-        text(&record["type"]),
-        outcome,
-    )
-}
-
 /// Which records a listing shows (SPEC §7 filters); every set field must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConflictFilter {

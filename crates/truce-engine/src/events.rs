@@ -10,7 +10,9 @@
 //! nothing twice. An event carries a summary of the record; the record itself is
 //! at `href`.
 
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::rules::{SideTable, SideWrite};
@@ -54,72 +56,123 @@ pub struct ConflictEvent {
 }
 
 /// Everything that follows from writing a conflict record: its event (to store
-/// at `position`), the event as JSON (for the outbox), the log line and the
-/// metric labels. The record is read once for all of them.
+/// at `position`), the log line and the metric labels. The record is read once
+/// for all of them, and only for the fields they need: this runs on the writer
+/// thread for every refusal.
 #[derive(Debug, Clone)]
 pub struct RecordWritten {
     /// The event, as a side record.
     pub event: SideWrite,
-    /// The same event as JSON.
-    pub event_value: Value,
     /// Its log line.
     pub line: EventLine,
     /// `(collection, type, outcome)` for the conflict metric.
     pub labels: (String, String, String),
 }
 
+impl RecordWritten {
+    /// The event as JSON, for the outbox rows of the subscriptions that want it
+    /// (made only when there are subscriptions).
+    pub fn event_value(&self) -> Value {
+        self.event
+            .value
+            .as_deref()
+            .and_then(|bytes| serde_json::from_slice(bytes).ok())
+            .unwrap_or(Value::Null)
+    }
+}
+
+/// The fields of a stored record that its event, log line and labels use; the
+/// rest (the attempted body above all) is skipped unparsed.
+#[derive(Deserialize)]
+struct RecordFields<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(rename = "type", borrow, default)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    status: Cow<'a, str>,
+    #[serde(default)]
+    resource: Value,
+    #[serde(borrow, default)]
+    resolution: Option<Cow<'a, str>>,
+    #[serde(default)]
+    base_version: Value,
+    #[serde(default)]
+    current_version: Value,
+    #[serde(default)]
+    by: Value,
+    #[serde(default)]
+    closed_by: Option<Value>,
+    #[serde(borrow, default)]
+    request_id: Option<Cow<'a, str>>,
+    #[serde(default)]
+    resolved_at: Value,
+    #[serde(default)]
+    dismissed_at: Value,
+    #[serde(default)]
+    detected_at: Value,
+}
+
 /// What writing the stored record `stored` makes, with its event at `position`;
 /// `None` for a value that is not a readable record.
 pub fn record_written(stored: &[u8], position: u64) -> Option<RecordWritten> {
-    let record: Value = serde_json::from_slice(stored).ok()?;
-    let labels = crate::conflict::labels_of(&record);
-    let event = event_of(&record, position)?;
-    let event_value = serde_json::to_value(&event).ok()?;
-    let line = line_of(&event_value);
+    let record: RecordFields = serde_json::from_slice(stored).ok()?;
+    let collection = record.resource["collection"].as_str().unwrap_or_default();
+    let outcome = match (&*record.status, &record.resolution) {
+        ("resolved", resolution) => resolution.as_deref().unwrap_or_default(),
+        (status, _) => status,
+    };
+    let labels = (
+        collection.to_owned(),
+        record.kind.clone().into_owned(),
+        outcome.to_owned(),
+    );
+    let request_id = record.request_id.clone().unwrap_or_default().into_owned();
+    let event = event_of(record, position);
+    let mut line = line_of(&event);
+    line.request_id = request_id;
     Some(RecordWritten {
         event: SideWrite {
             table: SideTable::ConflictEvents,
             key: position.to_be_bytes().to_vec(),
-            value: Some(serde_json::to_vec(&event_value).ok()?.into()),
+            value: Some(serde_json::to_vec(&event).ok()?.into()),
         },
-        event_value,
         line,
         labels,
     })
 }
 
 /// The event of `record`'s state, at `position`.
-fn event_of(record: &Value, position: u64) -> Option<ConflictEvent> {
-    let status = record["status"].as_str()?.to_owned();
+fn event_of(record: RecordFields<'_>, position: u64) -> ConflictEvent {
+    let status = record.status.into_owned();
     let event = match status.as_str() {
         "open" => "conflict.detected",
         "dismissed" => "conflict.dismissed",
         _ => "conflict.resolved",
     };
-    let cid = record["id"].as_str()?.to_owned();
-    let by = match record.get("closed_by") {
-        Some(closer) if status != "open" => closer.clone(),
-        _ => record["by"].clone(),
+    let cid = record.id.into_owned();
+    let by = match record.closed_by {
+        Some(closer) if status != "open" => closer,
+        _ => record.by,
     };
-    let event = ConflictEvent {
+    let at = [record.resolved_at, record.dismissed_at, record.detected_at]
+        .into_iter()
+        .find(|v| !v.is_null())
+        .unwrap_or(Value::Null);
+    ConflictEvent {
         position,
         event,
         href: format!("/v1/_conflicts/{cid}"),
         conflict_id: cid,
-        kind: record["type"].as_str().unwrap_or_default().to_owned(),
+        kind: record.kind.into_owned(),
         status,
-        resource: record["resource"].clone(),
-        resolution: record["resolution"].as_str().map(str::to_owned),
-        base_version: record["base_version"].clone(),
-        current_version: record["current_version"].clone(),
+        resource: record.resource,
+        resolution: record.resolution.map(Cow::into_owned),
+        base_version: record.base_version,
+        current_version: record.current_version,
         by,
-        at: ["resolved_at", "dismissed_at", "detected_at"]
-            .iter()
-            .find_map(|field| record.get(*field).filter(|v| !v.is_null()))
-            .cloned()
-            .unwrap_or(Value::Null),
-    };
-    Some(event)
+        at,
+    }
 }
 
 /// The key under which the event log keeps its watermark: the highest position
@@ -146,20 +199,23 @@ pub struct EventLine {
     pub base_version: Option<u64>,
     /// The version current when it was judged.
     pub current_version: Option<u64>,
+    /// The request whose refusal (or policy outcome) made the record.
+    pub request_id: String,
 }
 
 /// The log line of an event.
-fn line_of(event: &Value) -> EventLine {
+fn line_of(event: &ConflictEvent) -> EventLine {
     let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     EventLine {
-        event: text(&event["event"]),
-        conflict_id: text(&event["conflict_id"]),
-        collection: text(&event["resource"]["collection"]),
-        id: text(&event["resource"]["id"]),
-        kind: text(&event["type"]),
-        status: text(&event["status"]),
-        base_version: event["base_version"].as_u64(),
-        current_version: event["current_version"].as_u64(),
+        event: event.event.to_owned(),
+        conflict_id: event.conflict_id.clone(),
+        collection: text(&event.resource["collection"]),
+        id: text(&event.resource["id"]),
+        kind: event.kind.clone(),
+        status: event.status.clone(),
+        base_version: event.base_version.as_u64(),
+        current_version: event.current_version.as_u64(),
+        request_id: String::new(),
     }
 }
 

@@ -39,7 +39,9 @@ pub fn problem_response(problem: Problem) -> Response {
     let info = problem.kind.info();
     let context = RequestContext::current();
     let body = problem_body(&problem, context.as_ref());
-    if matches!(info.status, 409 | 412 | 423) {
+    // A refusal that left a conflict record was logged by the writer with the
+    // record (rule, versions, request id); the others are logged here.
+    if matches!(info.status, 409 | 412 | 423) && !problem.fields.contains_key("conflict_id") {
         tracing::info!(
             request_id = context.as_ref().map_or("", |c| &*c.id),
             slug = info.slug,
@@ -49,7 +51,8 @@ pub fn problem_response(problem: Problem) -> Response {
         );
     }
     let status = StatusCode::from_u16(info.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (status, body.to_string()).into_response();
+    let body = serde_json::to_vec(&body).unwrap_or_default();
+    let mut response = (status, body).into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));

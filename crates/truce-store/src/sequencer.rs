@@ -473,6 +473,7 @@ impl Sequencer {
                 status = %line.status,
                 base_version = line.base_version,
                 current_version = line.current_version,
+                request_id = %line.request_id,
                 "conflict"
             );
         }

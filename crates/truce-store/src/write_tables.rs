@@ -9,9 +9,9 @@
 
 use redb::{ReadableTable, Table, WriteTransaction};
 use truce_engine::{
-    CompactionReport, EVENTS_WATERMARK_KEY, Effect, EventLine, SideTable, StorageError,
-    Subscription, Timestamp, decode_watermark, encode_watermark, event_position, outbox_rows,
-    record_written,
+    CompactionReport, EVENTS_WATERMARK_KEY, Effect, EventLine, RecordWritten, SideTable,
+    StorageError, Subscription, Timestamp, decode_watermark, encode_watermark, event_position,
+    outbox_rows, record_written,
 };
 
 use crate::codec::{self, HeadRecord};
@@ -211,19 +211,25 @@ impl<'t> WriteTables<'t> {
                 // Every state a record is written in is an event, in commit order.
                 let position = self.last_event_position()? + 1;
                 if let Some(written) = record_written(value, position) {
-                    self.conflict_metrics.push(written.labels);
-                    let event = written.event;
+                    let subscriptions = self.subscriptions()?;
+                    let rows = if subscriptions.is_empty() {
+                        Vec::new()
+                    } else {
+                        let now = Timestamp::now();
+                        outbox_rows(subscriptions, &written.event_value(), position, now)
+                    };
+                    let RecordWritten {
+                        event,
+                        line,
+                        labels,
+                    } = written;
+                    self.conflict_metrics.push(labels);
                     let bytes = event.value.as_deref();
                     self.put_side(event.table.code(), &event.key, bytes)?;
                     frame.push_side(event.table.code(), &event.key, bytes);
                     self.last_event = Some(position);
                     self.events_written = true;
-                    self.event_lines.push(written.line);
-                    // The event's webhook deliveries wait in the outbox, durable
-                    // with it.
-                    let now = Timestamp::now();
-                    let rows =
-                        outbox_rows(self.subscriptions()?, &written.event_value, position, now);
+                    self.event_lines.push(line);
                     for row in rows {
                         let value = row.value.as_deref();
                         self.put_side(row.table.code(), &row.key, value)?;

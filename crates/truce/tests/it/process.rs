@@ -90,16 +90,25 @@ async fn json_logs_carry_the_request_id() {
         (entry["collection"].clone(), entry["id"].clone()),
         (json!("logs"), json!("a"))
     );
-    assert!(
-        entry["conflict_id"].as_str().is_some_and(|c| c.len() == 26),
-        "{entry}"
-    );
-    // Then the answer, with the state it conflicted with.
+    assert_eq!(entry["request_id"], "conflict-7", "{entry}");
+    let cid = entry["conflict_id"].as_str().unwrap().to_owned();
+    assert_eq!(cid.len(), 26, "{entry}");
+    // A refusal that leaves no record (dismissing a dismissed record) is logged
+    // with the state it conflicted with.
+    for attempt in ["dismiss-1", "dismiss-2"] {
+        client
+            .post(format!("{}/v1/_conflicts/{cid}/dismiss", server.base))
+            .header("x-request-id", attempt)
+            .send()
+            .await
+            .unwrap();
+    }
     let refused = log_line(&mut server, "write refused").await;
     let entry: Value = serde_json::from_str(&refused).unwrap();
-    assert_eq!(entry["request_id"], "conflict-7");
+    assert_eq!(entry["request_id"], "dismiss-2", "{entry}");
+    assert_eq!(entry["slug"], "state-conflict", "{entry}");
     assert!(
-        entry["state"].as_str().unwrap().contains("current_version"),
+        entry["state"].as_str().unwrap().contains("dismissed"),
         "{entry}"
     );
     server.kill().await;
