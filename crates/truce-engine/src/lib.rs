@@ -9,6 +9,7 @@
 //! storage backends implement [`Store`] and run [`plan_write`] inside their own
 //! transactions, so each rule exists exactly once.
 
+mod batch;
 mod change;
 mod collection;
 mod command;
@@ -36,6 +37,7 @@ mod test_view;
 mod time;
 mod webhook;
 
+pub use batch::{Batch, BatchNotes, BatchRules, BatchTables, Planner};
 pub use change::{Change, ChangePage, ChangeQuery};
 pub use collection::{
     CollectionSettings, ConflictPolicy, HistorySettings, SettingsCommand, SettingsOutcome,

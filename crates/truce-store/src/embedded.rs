@@ -14,11 +14,10 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
     ChangePage, ChangeQuery, CollectionName, CompactionReport, ConflictRetention, DocumentLimits,
-    EngineError, HistoryPage, ListPage, ListQuery, Planned, ReadContext, ResolutionCommand,
+    EngineError, HistoryPage, ListPage, ListQuery, Planner, ReadContext, ResolutionCommand,
     ResolutionOutcome, ResourceKey, Retention, SettingsCommand, SettingsOutcome, SideTable,
     SideWrite, StateView, StorageError, Store, StoredSettings, Timestamp, Version, VersionLookup,
-    WriteCommand, WriteContext, WriteOutcome, event_position, history_page, lookup_version,
-    plan_write,
+    WriteCommand, WriteOutcome, event_position, history_page, lookup_version, plan_write,
 };
 
 use crate::compaction;
@@ -72,10 +71,6 @@ pub struct EmbeddedConfig {
     /// in this crate's tests, which swap in one that panics or waits.
     pub(crate) planner: Planner,
 }
-
-/// How the sequencer plans one write.
-pub(crate) type Planner =
-    fn(&dyn StateView, &WriteCommand, &WriteContext<'_>) -> Result<Planned, EngineError>;
 
 impl EmbeddedConfig {
     /// Defaults for a data directory.

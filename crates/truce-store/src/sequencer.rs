@@ -40,9 +40,9 @@ use std::time::Instant;
 use redb::{Database, Durability};
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
-    CompactionReport, Effect, EngineError, IdGenerator, ResolutionCommand, ResolutionOutcome,
-    SettingsCommand, SettingsOutcome, SideWrite, StorageError, Timestamp, WriteCommand,
-    WriteOutcome,
+    Batch, BatchNotes, BatchRules, CompactionReport, EngineError, IdGenerator, ResolutionCommand,
+    ResolutionOutcome, SettingsCommand, SettingsOutcome, SideWrite, StorageError, Timestamp,
+    WriteCommand, WriteOutcome,
 };
 
 use crate::compaction::CompactionPlan;
@@ -55,7 +55,7 @@ use crate::reserve::Reserve;
 use crate::snapshot::{Published, Snapshot};
 use crate::wal::{FrameBuilder, Wal};
 use crate::write_tables::WriteTables;
-use jobs::BatchState;
+use jobs::FramedTables;
 
 /// A unit of work for the sequencer, with the channel its answer goes to.
 pub(crate) enum Job {
@@ -412,7 +412,7 @@ impl Sequencer {
         frame.clear();
         let mut tables =
             WriteTables::open(&txn, self.overlay.clone()).map_err(Failed::database_error)?;
-        let (answers, revision, changed) = self
+        let (answers, revision, changed, notes) = self
             .apply_jobs(&mut tables, batch, &mut frame)
             .map_err(Failed::database_error)?;
         let checkpointing = checkpoint && (changed || unflushed);
@@ -426,9 +426,6 @@ impl Sequencer {
                 .set_wal_epoch(next_epoch)
                 .map_err(Failed::database_error)?;
         }
-        let conflict_metrics = std::mem::take(&mut tables.conflict_metrics);
-        let last_event = tables.events_written.then_some(tables.last_event).flatten();
-        let event_lines = std::mem::take(&mut tables.event_lines);
         let overlay = tables.into_overlay();
         let mut frame_start = None;
         if checkpointing {
@@ -459,11 +456,11 @@ impl Sequencer {
             self.publish(overlay, revision, frame_start)?;
         }
         // Conflict streams wake once the batch's events are readable.
-        if let Some(position) = last_event {
+        if let Some(position) = notes.last_event {
             self.events.send_replace(position);
         }
         // One line per conflict event, once durable: the rule and the versions.
-        for line in event_lines {
+        for line in notes.event_lines {
             tracing::info!(
                 event = %line.event,
                 conflict_id = %line.conflict_id,
@@ -478,7 +475,7 @@ impl Sequencer {
             );
         }
         // Counted once durable: conflicts by collection, type and outcome.
-        for (collection, kind, outcome) in conflict_metrics {
+        for (collection, kind, outcome) in notes.conflict_metrics {
             metrics::counter!(
                 "truce_conflicts_total",
                 "collection" => collection,
@@ -490,55 +487,59 @@ impl Sequencer {
         Ok((answers, revision, changed))
     }
     /// Plans each job against `tables` and writes its effect there (and into
-    /// `frame`), in order; returns the answers, the revision reached and whether
-    /// anything changed.
+    /// `frame`), in order; returns the answers, the revision reached, whether
+    /// anything changed and what is left to do once the batch is durable.
     fn apply_jobs(
         &self,
         tables: &mut WriteTables<'_>,
         batch: &[Job],
         frame: &mut FrameBuilder,
-    ) -> Result<(Vec<Answer>, u64, bool), StorageError> {
+    ) -> Result<(Vec<Answer>, u64, bool, BatchNotes), StorageError> {
         let start = tables.revision()?;
-        let mut state = BatchState {
-            revision: start,
-            now: Timestamp::now(),
-            side_written: false,
-            settings: Default::default(),
+        let rules = BatchRules {
+            limits: self.settings.limits,
+            retention: &self.settings.retention,
+            planner: self.settings.planner,
+            conflict_ids: &self.conflict_ids,
         };
+        let mut state = Batch::new(rules, start, Timestamp::now());
         let mut compacted = false;
         let mut answers = Vec::with_capacity(batch.len());
         for job in batch {
             let answer = match job {
-                Job::Write { command, .. } => {
-                    Answer::Write(self.write_job(tables, command, &mut state, frame)?)
-                }
-                Job::Resolve { command, .. } => {
-                    Answer::Resolve(self.resolve_job(tables, command, &mut state, frame)?)
-                }
-                Job::Configure { command, .. } => {
-                    Answer::Configure(self.configure_job(tables, command, &mut state, frame)?)
-                }
-                Job::Side { writes, .. } => {
-                    let effect = Effect {
-                        writes: Vec::new(),
-                        side: writes.clone(),
-                    };
-                    state.apply(tables, &effect, frame)?;
-                    Answer::Side(Ok(()))
-                }
                 Job::Compact { plan, .. } => {
                     compacted = true;
                     Answer::Compact(Ok(tables.compact(plan)?))
                 }
                 Job::Shutdown { .. } => Answer::Shutdown,
+                job => {
+                    let mut framed = FramedTables {
+                        tables: &mut *tables,
+                        frame: &mut *frame,
+                    };
+                    match job {
+                        Job::Write { command, .. } => {
+                            Answer::Write(state.write(&mut framed, command)?)
+                        }
+                        Job::Resolve { command, .. } => {
+                            Answer::Resolve(state.resolve(&mut framed, command)?)
+                        }
+                        Job::Configure { command, .. } => {
+                            Answer::Configure(state.configure(&mut framed, command)?)
+                        }
+                        Job::Side { writes, .. } => {
+                            state.side(&mut framed, writes)?;
+                            Answer::Side(Ok(()))
+                        }
+                        Job::Compact { .. } | Job::Shutdown { .. } => Answer::Shutdown,
+                    }
+                }
             };
             answers.push(answer);
         }
-        Ok((
-            answers,
-            state.revision,
-            state.revision != start || compacted || state.side_written,
-        ))
+        let revision = state.revision();
+        let changed = state.changed() || compacted;
+        Ok((answers, revision, changed, state.into_notes()))
     }
 
     /// Makes the state just committed (with `overlay`, its heads since the last

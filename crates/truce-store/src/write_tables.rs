@@ -7,11 +7,11 @@
 //! through it, and a checkpoint flushes the overlay into `heads` with it. Recovery
 //! uses the same type, so a version is written one way whoever writes it.
 
+use bytes::Bytes;
 use redb::{ReadableTable, Table, WriteTransaction};
 use truce_engine::{
-    CompactionReport, EVENTS_WATERMARK_KEY, Effect, EventLine, RecordWritten, SideTable,
-    StorageError, Subscription, Timestamp, decode_watermark, encode_watermark, event_position,
-    outbox_rows, record_written,
+    CompactionReport, EVENTS_WATERMARK_KEY, Effect, SideTable, StorageError, decode_watermark,
+    encode_watermark,
 };
 
 use crate::codec::{self, HeadRecord};
@@ -35,22 +35,6 @@ pub(crate) struct WriteTables<'t> {
     pub view: Tables<HeadsTable<'t>, LogTable<'t>>,
     meta: Table<'t, &'static str, u64>,
     side: Table<'t, &'static [u8], &'static [u8]>,
-    /// `(collection, type, outcome)` of each conflict record this batch wrote, for
-    /// the conflict metric once the batch is durable.
-    pub conflict_metrics: Vec<(String, String, String)>,
-    /// The position of the newest conflict event, once this batch needed it (read
-    /// from the table the first time, then counted on).
-    pub last_event: Option<u64>,
-    /// Whether this batch appended conflict events.
-    pub events_written: bool,
-    /// The log line of each conflict event this batch appended, written once the
-    /// batch is durable.
-    pub event_lines: Vec<EventLine>,
-    /// The webhook subscriptions, read when this batch first appends an event
-    /// (and again after a subscription changes in it).
-    subscriptions: Option<Vec<Subscription>>,
-    /// Whether this batch wrote outbox rows (the delivery worker is woken).
-    pub outbox_written: bool,
 }
 
 impl<'t> WriteTables<'t> {
@@ -66,12 +50,6 @@ impl<'t> WriteTables<'t> {
             },
             meta: txn.open_table(META).map_err(storage)?,
             side: txn.open_table(SIDE).map_err(storage)?,
-            conflict_metrics: Vec::new(),
-            last_event: None,
-            events_written: false,
-            event_lines: Vec::new(),
-            subscriptions: None,
-            outbox_written: false,
         })
     }
 
@@ -202,84 +180,39 @@ impl<'t> WriteTables<'t> {
             let value = side.value.as_deref();
             self.put_side(code, &side.key, value)?;
             frame.push_side(code, &side.key, value);
-            if side.table == SideTable::Subscriptions {
-                self.subscriptions = None;
-            }
-            if side.table == SideTable::Conflicts
-                && let Some(value) = value
-            {
-                // Every state a record is written in is an event, in commit order.
-                let position = self.last_event_position()? + 1;
-                if let Some(written) = record_written(value, position) {
-                    let subscriptions = self.subscriptions()?;
-                    let rows = if subscriptions.is_empty() {
-                        Vec::new()
-                    } else {
-                        let now = Timestamp::now();
-                        outbox_rows(subscriptions, &written.event_value(), position, now)
-                    };
-                    let RecordWritten {
-                        event,
-                        line,
-                        labels,
-                    } = written;
-                    self.conflict_metrics.push(labels);
-                    let bytes = event.value.as_deref();
-                    self.put_side(event.table.code(), &event.key, bytes)?;
-                    frame.push_side(event.table.code(), &event.key, bytes);
-                    self.last_event = Some(position);
-                    self.events_written = true;
-                    self.event_lines.push(line);
-                    for row in rows {
-                        let value = row.value.as_deref();
-                        self.put_side(row.table.code(), &row.key, value)?;
-                        frame.push_side(row.table.code(), &row.key, value);
-                        self.outbox_written = true;
-                    }
-                }
-            }
         }
         Ok(())
     }
 
-    /// Every webhook subscription, as this transaction sees them.
-    fn subscriptions(&mut self) -> Result<&[Subscription], StorageError> {
-        if self.subscriptions.is_none() {
-            let code = SideTable::Subscriptions.code();
-            let (start, end) = ([code], [code + 1]);
-            let mut found = Vec::new();
-            for entry in self
-                .side
-                .range::<&[u8]>(&start[..]..&end[..])
-                .map_err(storage)?
-            {
-                let (_, value) = entry.map_err(storage)?;
-                found.extend(Subscription::read(value.value()));
-            }
-            self.subscriptions = Some(found);
-        }
-        Ok(self.subscriptions.as_deref().unwrap_or_default())
-    }
-
-    /// The newest conflict event's position (0: none yet).
-    pub(crate) fn last_event_position(&mut self) -> Result<u64, StorageError> {
-        if let Some(position) = self.last_event {
-            return Ok(position);
-        }
-        let code = SideTable::ConflictEvents.code();
-        let start = [code];
-        let end = [code + 1];
+    /// The last key (without its table code) of side table `table`.
+    pub(crate) fn last_side_key(&self, table: u8) -> Result<Option<Vec<u8>>, StorageError> {
+        let (start, end) = ([table], [table + 1]);
         let last = self
             .side
             .range::<&[u8]>(&start[..]..&end[..])
             .map_err(storage)?
             .next_back()
             .transpose()
+            .map_err(storage)?;
+        Ok(last.map(|(key, _)| key.value()[1..].to_vec()))
+    }
+
+    /// Every record of side table `table`, keys without the table code.
+    pub(crate) fn side_records(&self, table: u8) -> Result<Vec<(Vec<u8>, Bytes)>, StorageError> {
+        let (start, end) = ([table], [table + 1]);
+        let mut found = Vec::new();
+        for entry in self
+            .side
+            .range::<&[u8]>(&start[..]..&end[..])
             .map_err(storage)?
-            .and_then(|(key, _)| event_position(&key.value()[1..]));
-        let position = last.unwrap_or(0).max(self.events_watermark()?);
-        self.last_event = Some(position);
-        Ok(position)
+        {
+            let (key, value) = entry.map_err(storage)?;
+            found.push((
+                key.value()[1..].to_vec(),
+                Bytes::copy_from_slice(value.value()),
+            ));
+        }
+        Ok(found)
     }
 
     /// Applies what a compaction scan selected: strips the bodies of versions
