@@ -82,6 +82,37 @@ pub struct BatchNotes {
     pub last_event: Option<u64>,
 }
 
+impl BatchNotes {
+    /// Logs one line per conflict event (the rule and the versions it stood
+    /// between) and counts the records by collection, type and outcome; called
+    /// once the batch is durable.
+    pub fn report(&self) {
+        for line in &self.event_lines {
+            tracing::info!(
+                event = %line.event,
+                conflict_id = %line.conflict_id,
+                collection = %line.collection,
+                id = %line.id,
+                rule = %line.kind,
+                status = %line.status,
+                base_version = line.base_version,
+                current_version = line.current_version,
+                request_id = %line.request_id,
+                "conflict"
+            );
+        }
+        for (collection, kind, outcome) in &self.conflict_metrics {
+            metrics::counter!(
+                "truce_conflicts_total",
+                "collection" => collection.clone(),
+                "type" => kind.clone(),
+                "outcome" => outcome.clone()
+            )
+            .increment(1);
+        }
+    }
+}
+
 /// One batch being planned.
 pub struct Batch<'a> {
     rules: BatchRules<'a>,

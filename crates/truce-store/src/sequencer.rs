@@ -459,33 +459,10 @@ impl Sequencer {
         if let Some(position) = notes.last_event {
             self.events.send_replace(position);
         }
-        // One line per conflict event, once durable: the rule and the versions.
-        for line in notes.event_lines {
-            tracing::info!(
-                event = %line.event,
-                conflict_id = %line.conflict_id,
-                collection = %line.collection,
-                id = %line.id,
-                rule = %line.kind,
-                status = %line.status,
-                base_version = line.base_version,
-                current_version = line.current_version,
-                request_id = %line.request_id,
-                "conflict"
-            );
-        }
-        // Counted once durable: conflicts by collection, type and outcome.
-        for (collection, kind, outcome) in notes.conflict_metrics {
-            metrics::counter!(
-                "truce_conflicts_total",
-                "collection" => collection,
-                "type" => kind,
-                "outcome" => outcome
-            )
-            .increment(1);
-        }
+        notes.report();
         Ok((answers, revision, changed))
     }
+
     /// Plans each job against `tables` and writes its effect there (and into
     /// `frame`), in order; returns the answers, the revision reached, whether
     /// anything changed and what is left to do once the batch is durable.

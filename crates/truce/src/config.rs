@@ -11,6 +11,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 use truce_engine::{DocumentLimits, Retention};
+use truce_postgres::PostgresConfig;
 use truce_server::ServerConfig;
 use truce_store::EmbeddedConfig;
 
@@ -60,6 +61,10 @@ pub struct ServeArgs {
     /// Data directory of the embedded store.
     #[arg(long, env = "TRUCE_DATA")]
     pub data: Option<PathBuf>,
+    /// PostgreSQL connection string: serve from this database instead of a data
+    /// directory (several nodes may share it).
+    #[arg(long, env = "TRUCE_DATABASE_URL", conflicts_with = "data")]
+    pub database_url: Option<String>,
     /// Config file (TOML) with any of these settings.
     #[arg(long, env = "TRUCE_CONFIG")]
     pub config: Option<PathBuf>,
@@ -135,6 +140,7 @@ pub struct ServeArgs {
 struct FileConfig {
     listen: Option<String>,
     data: Option<PathBuf>,
+    database_url: Option<String>,
     log_format: Option<LogFormat>,
     max_body_bytes: Option<usize>,
     max_depth: Option<usize>,
@@ -185,8 +191,11 @@ pub enum ConfigError {
 pub struct Settings {
     /// HTTP settings.
     pub server: ServerConfig,
-    /// Store settings.
+    /// Store settings (the embedded store's).
     pub store: EmbeddedConfig,
+    /// The PostgreSQL backend's settings, when a database URL is set: it is
+    /// served instead of the data directory.
+    pub database: Option<PostgresConfig>,
     /// Log format.
     pub log_format: LogFormat,
 }
@@ -284,6 +293,7 @@ impl ServeArgs {
             },
             webhook_timeout: defaults.webhook_timeout,
         };
+        let data_given = self.data.is_some() || file.data.is_some();
         let data = self
             .data
             .clone()
@@ -330,9 +340,24 @@ impl ServeArgs {
             .or(file.reserve_mb)
             .unwrap_or(64)
             .saturating_mul(1024 * 1024);
+        let database_url = self.database_url.clone().or(file.database_url);
+        if database_url.is_some() && data_given {
+            return Err(ConfigError::Invalid(
+                "give a data directory or a database URL, not both".into(),
+            ));
+        }
+        let database = database_url.map(|url| {
+            let mut database = PostgresConfig::new(url);
+            database.limits = store.limits;
+            database.retention = store.retention;
+            database.max_batch = store.max_batch;
+            database.queue_capacity = store.queue_capacity;
+            database
+        });
         Ok(Settings {
             server,
             store,
+            database,
             log_format: self.log_format.or(file.log_format).unwrap_or_default(),
         })
     }

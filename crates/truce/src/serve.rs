@@ -2,11 +2,14 @@
 //! address is logged only once the server can answer on it, so the first line
 //! never names an address that a failed start leaves dead.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use truce_store::EmbeddedStore;
+use truce_engine::Store;
+use truce_postgres::{PostgresConfig, PostgresStore};
+use truce_store::{EmbeddedConfig, EmbeddedStore};
 
 use crate::config::ServeArgs;
 use crate::logging;
@@ -44,21 +47,10 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         }
     };
     truce_server::install_metrics();
-    let data = settings.store.data_dir.clone();
-    let store = match tokio::task::spawn_blocking(move || EmbeddedStore::open(settings.store)).await
-    {
-        Ok(Ok(store)) => store,
-        Ok(Err(error)) => {
-            tracing::error!(%error, data = %data.display(), "cannot open the store");
-            return ExitCode::FAILURE;
-        }
-        Err(error) => {
-            tracing::error!(%error, "store opening task failed");
-            return ExitCode::FAILURE;
-        }
+    let Some((store, opened)) = open_store(settings.store, settings.database).await else {
+        return ExitCode::FAILURE;
     };
-    let opened = store.open_report();
-    let server = match truce_server::serve(listener, Arc::new(store), settings.server) {
+    let server = match truce_server::serve(listener, store, settings.server) {
         Ok(server) => server,
         Err(error) => {
             tracing::error!(%error, "cannot serve");
@@ -66,16 +58,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         }
     };
     tracing::info!(address = %address, "truce listening on http://{address}");
-    tracing::info!(data = %data.display(), revision = opened.revision, "embedded store open");
-    if let Some(problem) = &opened.reserve_problem {
-        tracing::warn!(%problem, "cannot keep the recovery reserve (truce.reserve); on a full disk some reads may fail until space is freed");
-    }
-    if opened.recovered_versions > 0 {
-        tracing::info!(
-            versions = opened.recovered_versions,
-            "recovered from the write-ahead log"
-        );
-    }
+    opened.log();
     let token = server.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;
@@ -84,6 +67,72 @@ pub async fn run(args: ServeArgs) -> ExitCode {
     });
     server.stopped().await;
     ExitCode::SUCCESS
+}
+
+/// What opening the store found, logged once the address is announced (the
+/// first line names the address).
+enum OpenedStore {
+    Embedded(PathBuf, truce_store::OpenReport),
+    Postgres(truce_postgres::Opened),
+}
+
+impl OpenedStore {
+    fn log(&self) {
+        match self {
+            Self::Postgres(opened) => tracing::info!(
+                revision = opened.revision,
+                schema_before = opened.schema_before,
+                schema = truce_postgres::SCHEMA_VERSION,
+                "PostgreSQL store open"
+            ),
+            Self::Embedded(data, opened) => {
+                tracing::info!(data = %data.display(), revision = opened.revision, "embedded store open");
+                if let Some(problem) = &opened.reserve_problem {
+                    tracing::warn!(%problem, "cannot keep the recovery reserve (truce.reserve); on a full disk some reads may fail until space is freed");
+                }
+                if opened.recovered_versions > 0 {
+                    tracing::info!(
+                        versions = opened.recovered_versions,
+                        "recovered from the write-ahead log"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Opens the store the settings name: PostgreSQL when a database URL is set,
+/// else the embedded store in the data directory. Logs why when it cannot.
+async fn open_store(
+    embedded: EmbeddedConfig,
+    database: Option<PostgresConfig>,
+) -> Option<(Arc<dyn Store>, OpenedStore)> {
+    if let Some(database) = database {
+        return match PostgresStore::open(database).await {
+            Ok(store) => {
+                let opened = OpenedStore::Postgres(store.opened());
+                Some((Arc::new(store), opened))
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot open the PostgreSQL store");
+                None
+            }
+        };
+    }
+    let data = embedded.data_dir.clone();
+    let store = match tokio::task::spawn_blocking(move || EmbeddedStore::open(embedded)).await {
+        Ok(Ok(store)) => store,
+        Ok(Err(error)) => {
+            tracing::error!(%error, data = %data.display(), "cannot open the store");
+            return None;
+        }
+        Err(error) => {
+            tracing::error!(%error, "store opening task failed");
+            return None;
+        }
+    };
+    let opened = OpenedStore::Embedded(data, store.open_report());
+    Some((Arc::new(store), opened))
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -13,6 +13,8 @@ mod conflict_stream;
 mod conflicts;
 mod disk_full;
 mod openapi;
+mod pg_cluster;
+mod postgres;
 mod preconditions;
 mod problems;
 mod process;

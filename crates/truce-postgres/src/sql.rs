@@ -1,0 +1,226 @@
+//! The engine's views over SQL: [`SqlView`] is the [`StateView`] the rules read
+//! and the [`BatchTables`] a batch writes through, over one connection (inside the
+//! batch's transaction for the writer, a plain connection for reads).
+//!
+//! The rules are synchronous; each call here blocks its thread on one statement
+//! (the writer's own thread, or a blocking-pool thread for reads), never a
+//! runtime worker.
+
+use bytes::Bytes;
+use deadpool_postgres::ClientWrapper;
+use tokio::runtime::Handle;
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+use truce_engine::{
+    BatchTables, Effect, Op, ResourceKey, SideTable, StateView, StorageError, Timestamp, Version,
+};
+
+use crate::error::storage;
+
+/// A `u64` as PostgreSQL's `bigint` (every counter of truce stays far below 2^63).
+pub(crate) fn big(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A `bigint` read back.
+pub(crate) fn unsigned(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// A version from a row holding `revision, number, at_ms, op, by_principal, body`
+/// from column `at` on.
+pub(crate) fn version_of(row: &Row, at: usize) -> Result<Version, StorageError> {
+    let op: i16 = row.try_get(at + 3).map_err(storage)?;
+    let op = u8::try_from(op)
+        .ok()
+        .and_then(Op::from_code)
+        .ok_or_else(|| StorageError::Corrupt(format!("unknown op code {op}")))?;
+    let body: Option<Vec<u8>> = row.try_get(at + 5).map_err(storage)?;
+    Ok(Version {
+        revision: unsigned(row.try_get(at).map_err(storage)?),
+        number: unsigned(row.try_get(at + 1).map_err(storage)?),
+        at: Timestamp::from_millis(unsigned(row.try_get(at + 2).map_err(storage)?)),
+        op,
+        by: row.try_get(at + 4).map_err(storage)?,
+        body: body.map(Bytes::from),
+    })
+}
+
+/// The head of a resource with its version.
+pub(crate) const HEAD_QUERY: &str = "SELECT v.revision, v.number, v.at_ms, v.op, v.by_principal, v.body \
+     FROM truce_heads h JOIN truce_versions v ON v.revision = h.revision AND v.idx = h.idx \
+     WHERE h.collection = $1 AND h.id = $2";
+
+/// Past versions of a resource below a number, newest first, a page at a time.
+const WALK_QUERY: &str = "SELECT v.revision, v.number, v.at_ms, v.op, v.by_principal, v.body, v.stripped \
+     FROM truce_versions v WHERE v.collection = $1 AND v.id = $2 AND v.number < $3 \
+     ORDER BY v.number DESC LIMIT 64";
+
+/// One connection seen synchronously.
+pub(crate) struct SqlView<'c> {
+    pub handle: Handle,
+    pub client: &'c ClientWrapper,
+}
+
+impl SqlView<'_> {
+    /// Runs one statement (prepared once per connection) and waits for its rows.
+    pub(crate) fn query(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, StorageError> {
+        self.handle.block_on(async {
+            let statement = self.client.prepare_cached(sql).await.map_err(storage)?;
+            self.client.query(&statement, params).await.map_err(storage)
+        })
+    }
+
+    /// Runs one statement for its effect.
+    pub(crate) fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, StorageError> {
+        self.handle.block_on(async {
+            let statement = self.client.prepare_cached(sql).await.map_err(storage)?;
+            self.client
+                .execute(&statement, params)
+                .await
+                .map_err(storage)
+        })
+    }
+}
+
+impl StateView for SqlView<'_> {
+    fn head(&self, key: &ResourceKey) -> Result<Option<Version>, StorageError> {
+        let rows = self.query(HEAD_QUERY, &[&key.collection.as_str(), &key.id.as_str()])?;
+        rows.first().map(|row| version_of(row, 0)).transpose()
+    }
+
+    fn walk_back(
+        &self,
+        key: &ResourceKey,
+        below: u64,
+        visit: &mut dyn FnMut(Version) -> bool,
+    ) -> Result<(), StorageError> {
+        let (collection, id) = (key.collection.as_str(), key.id.as_str());
+        let mut below = below;
+        loop {
+            let rows = self.query(WALK_QUERY, &[&collection, &id, &big(below)])?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            for row in &rows {
+                let version = version_of(row, 0)?;
+                let stripped: bool = row.try_get(6).map_err(storage)?;
+                // Numbers are consecutive per resource: a gap is where compaction
+                // removed the older versions, and a stripped body ends the history
+                // retention keeps.
+                if stripped || version.number + 1 != below {
+                    return Ok(());
+                }
+                below = version.number;
+                if !visit(version) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+impl BatchTables for SqlView<'_> {
+    fn view(&self) -> &dyn StateView {
+        self
+    }
+
+    fn side(&self, table: SideTable, key: &[u8]) -> Result<Option<Bytes>, StorageError> {
+        let rows = self.query(
+            "SELECT value FROM truce_side WHERE tbl = $1 AND key = $2",
+            &[&i16::from(table.code()), &key],
+        )?;
+        rows.first()
+            .map(|row| row.try_get::<_, Vec<u8>>(0).map(Bytes::from))
+            .transpose()
+            .map_err(storage)
+    }
+
+    fn last_side_key(&self, table: SideTable) -> Result<Option<Vec<u8>>, StorageError> {
+        let rows = self.query(
+            "SELECT key FROM truce_side WHERE tbl = $1 ORDER BY key DESC LIMIT 1",
+            &[&i16::from(table.code())],
+        )?;
+        rows.first()
+            .map(|row| row.try_get(0))
+            .transpose()
+            .map_err(storage)
+    }
+
+    fn side_records(&self, table: SideTable) -> Result<Vec<(Vec<u8>, Bytes)>, StorageError> {
+        let rows = self.query(
+            "SELECT key, value FROM truce_side WHERE tbl = $1 ORDER BY key",
+            &[&i16::from(table.code())],
+        )?;
+        rows.iter()
+            .map(|row| {
+                let key: Vec<u8> = row.try_get(0)?;
+                let value: Vec<u8> = row.try_get(1)?;
+                Ok((key, Bytes::from(value)))
+            })
+            .collect::<Result<_, tokio_postgres::Error>>()
+            .map_err(storage)
+    }
+
+    fn store(&mut self, effect: &Effect, revision: u64) -> Result<(), StorageError> {
+        for (index, write) in effect.writes.iter().enumerate() {
+            let idx = i32::try_from(index).unwrap_or(i32::MAX);
+            let version = &write.version;
+            let (collection, id) = (write.key.collection.as_str(), write.key.id.as_str());
+            let body = version.body.as_deref();
+            self.execute(
+                "INSERT INTO truce_versions \
+                 (revision, idx, collection, id, number, at_ms, op, by_principal, body) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                &[
+                    &big(revision),
+                    &idx,
+                    &collection,
+                    &id,
+                    &big(version.number),
+                    &big(version.at.millis()),
+                    &i16::from(version.op.code()),
+                    &version.by.as_str(),
+                    &body,
+                ],
+            )?;
+            self.execute(
+                "INSERT INTO truce_heads (collection, id, revision, idx, number, tombstone) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (collection, id) DO UPDATE SET revision = excluded.revision, \
+                 idx = excluded.idx, number = excluded.number, tombstone = excluded.tombstone",
+                &[
+                    &collection,
+                    &id,
+                    &big(revision),
+                    &idx,
+                    &big(version.number),
+                    &body.is_none(),
+                ],
+            )?;
+        }
+        for side in &effect.side {
+            let table = i16::from(side.table.code());
+            match side.value.as_deref() {
+                Some(value) => self.execute(
+                    "INSERT INTO truce_side (tbl, key, value) VALUES ($1, $2, $3) \
+                     ON CONFLICT (tbl, key) DO UPDATE SET value = excluded.value",
+                    &[&table, &side.key, &value],
+                )?,
+                None => self.execute(
+                    "DELETE FROM truce_side WHERE tbl = $1 AND key = $2",
+                    &[&table, &side.key],
+                )?,
+            };
+        }
+        Ok(())
+    }
+}

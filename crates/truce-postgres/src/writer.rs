@@ -1,0 +1,282 @@
+//! A node's writer: group commit over one SQL transaction per batch.
+//!
+//! One thread per node takes the writes queued on the node, drains up to
+//! `max_batch` of them and runs them as one transaction at READ COMMITTED:
+//!
+//! 1. `SELECT ... FROM truce_commit FOR UPDATE` locks the one commit row. Every
+//!    write transaction of every node takes this lock first, so writers are
+//!    serialised across nodes, each sees everything committed before it (each
+//!    statement at READ COMMITTED reads the newest committed data), and the
+//!    revision it reads is the newest one.
+//! 2. The engine's [`Batch`] plans each job against the transaction
+//!    ([`SqlView`]) and stores its effect in it; a refused job leaves nothing but
+//!    its conflict record.
+//! 3. The commit row gets the batch's revision, `pg_notify('truce', ...)` wakes
+//!    the other nodes' listeners, and the transaction commits. Only then does any
+//!    job get its answer.
+//!
+//! Revisions are therefore gap-free and in commit order across nodes. The cost:
+//! writers of all nodes take turns on one row, so a batch's transaction time
+//! (its round trips to the database) bounds the store's write rate; group commit
+//! makes each turn carry many writes.
+//!
+//! Any failure (the database down, a statement refused, a lost connection) fails
+//! the whole batch: the transaction is rolled back (or dies with its connection),
+//! every job is answered with a storage error (503), and the next batch starts
+//! on a fresh connection.
+
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::runtime::Handle;
+use tokio::sync::{mpsc, oneshot, watch};
+use truce_engine::{
+    Batch, BatchNotes, BatchRules, DocumentLimits, EngineError, IdGenerator, Planner,
+    ResolutionCommand, ResolutionOutcome, Retention, SettingsCommand, SettingsOutcome, SideWrite,
+    StorageError, Timestamp, WriteCommand, WriteOutcome,
+};
+
+use crate::error::storage;
+use crate::sql::{SqlView, big, unsigned};
+
+/// A unit of work for the writer, with the channel its answer goes to.
+pub(crate) enum Job {
+    Write {
+        command: Box<WriteCommand>,
+        reply: oneshot::Sender<Result<WriteOutcome, EngineError>>,
+    },
+    Resolve {
+        command: Box<ResolutionCommand>,
+        reply: oneshot::Sender<Result<ResolutionOutcome, EngineError>>,
+    },
+    Configure {
+        command: Box<SettingsCommand>,
+        reply: oneshot::Sender<Result<SettingsOutcome, EngineError>>,
+    },
+    Side {
+        writes: Vec<SideWrite>,
+        reply: oneshot::Sender<Result<(), EngineError>>,
+    },
+    /// Commit what came before, then stop.
+    Shutdown { reply: oneshot::Sender<()> },
+}
+
+/// The answer a job gets once its batch committed.
+enum Answer {
+    Write(Result<WriteOutcome, EngineError>),
+    Resolve(Result<ResolutionOutcome, EngineError>),
+    Configure(Result<SettingsOutcome, EngineError>),
+    Side(Result<(), EngineError>),
+    Shutdown,
+}
+
+/// What the writer works with.
+pub(crate) struct Writer {
+    pub pool: Pool,
+    pub handle: Handle,
+    pub jobs: mpsc::Receiver<Job>,
+    pub revisions: watch::Sender<u64>,
+    pub events: watch::Sender<u64>,
+    pub limits: DocumentLimits,
+    pub retention: Retention,
+    pub planner: Planner,
+    pub max_batch: usize,
+    /// How long one batch may take before it is given up (and answered 503).
+    pub deadline: Duration,
+    pub conflict_ids: IdGenerator,
+}
+
+impl Writer {
+    /// Runs until a shutdown job or until every sender is gone.
+    pub(crate) fn run(mut self) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        while let Some(first) = self.jobs.blocking_recv() {
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match self.jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let stop = batch.iter().any(|j| matches!(j, Job::Shutdown { .. }));
+            match self.commit(&batch) {
+                Ok(answers) => {
+                    for (job, answer) in batch.drain(..).zip(answers) {
+                        deliver(job, answer);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, jobs = batch.len(), "a batch failed");
+                    for job in batch.drain(..) {
+                        fail(job, &error);
+                    }
+                }
+            }
+            metrics::counter!("truce_batches_total").increment(1);
+            if stop {
+                return;
+            }
+        }
+    }
+
+    /// Plans and commits one batch in one transaction; answers come back only
+    /// once it committed.
+    fn commit(&self, jobs: &[Job]) -> Result<Vec<Answer>, StorageError> {
+        let client = self.handle.block_on(async {
+            tokio::time::timeout(self.deadline, self.pool.get())
+                .await
+                .map_err(|_| unreachable_database())?
+                .map_err(storage)
+        })?;
+        let view = SqlView {
+            handle: self.handle.clone(),
+            client: &client,
+        };
+        let result = self.run_transaction(&view, jobs);
+        if result.is_err() {
+            // The transaction may still be open: take it back. On a dead
+            // connection this fails too, and the transaction died with it.
+            let _ = self.handle.block_on(async {
+                tokio::time::timeout(self.deadline, client.batch_execute("ROLLBACK")).await
+            });
+        }
+        let (answers, notes, revision) = result?;
+        if let Some(revision) = revision {
+            self.revisions
+                .send_if_modified(|seen| raise(seen, revision));
+        }
+        if let Some(position) = notes.last_event {
+            self.events.send_if_modified(|seen| raise(seen, position));
+        }
+        notes.report();
+        Ok(answers)
+    }
+
+    /// The transaction of one batch; returns the answers, what is left to do and
+    /// the revision committed (`None` when nothing changed).
+    fn run_transaction(
+        &self,
+        view: &SqlView<'_>,
+        jobs: &[Job],
+    ) -> Result<(Vec<Answer>, BatchNotes, Option<u64>), StorageError> {
+        let within = |sql: &'static str| {
+            self.handle.block_on(async {
+                tokio::time::timeout(self.deadline, view.client.batch_execute(sql))
+                    .await
+                    .map_err(|_| unreachable_database())?
+                    .map_err(storage)
+            })
+        };
+        within("BEGIN")?;
+        let rows = view.query("SELECT revision FROM truce_commit FOR UPDATE", &[])?;
+        let revision = rows
+            .first()
+            .map(|row| row.try_get::<_, i64>(0))
+            .transpose()
+            .map_err(storage)?
+            .map(unsigned)
+            .ok_or_else(|| StorageError::Corrupt("the commit row is missing".into()))?;
+        let rules = BatchRules {
+            limits: self.limits,
+            retention: &self.retention,
+            planner: self.planner,
+            conflict_ids: &self.conflict_ids,
+        };
+        let mut batch = Batch::new(rules, revision, Timestamp::now());
+        let mut tables = SqlView {
+            handle: self.handle.clone(),
+            client: view.client,
+        };
+        let mut answers = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            answers.push(match job {
+                Job::Write { command, .. } => Answer::Write(batch.write(&mut tables, command)?),
+                Job::Resolve { command, .. } => {
+                    Answer::Resolve(batch.resolve(&mut tables, command)?)
+                }
+                Job::Configure { command, .. } => {
+                    Answer::Configure(batch.configure(&mut tables, command)?)
+                }
+                Job::Side { writes, .. } => {
+                    batch.side(&mut tables, writes)?;
+                    Answer::Side(Ok(()))
+                }
+                Job::Shutdown { .. } => Answer::Shutdown,
+            });
+        }
+        if !batch.changed() {
+            within("ROLLBACK")?;
+            return Ok((answers, batch.into_notes(), None));
+        }
+        let revision = batch.revision();
+        let notes = batch.into_notes();
+        let events = big(notes.last_event.unwrap_or(0));
+        view.execute(
+            "UPDATE truce_commit SET revision = $1, events = greatest(events, $2)",
+            &[&big(revision), &events],
+        )?;
+        view.execute(
+            "SELECT pg_notify('truce', $1)",
+            &[&format!("{revision} {events}")],
+        )?;
+        within("COMMIT")?;
+        Ok((answers, notes, Some(revision)))
+    }
+}
+
+/// Moves a watched counter forward only.
+fn raise(seen: &mut u64, to: u64) -> bool {
+    if to > *seen {
+        *seen = to;
+        true
+    } else {
+        false
+    }
+}
+
+/// The database did not answer within the batch's deadline.
+pub(crate) fn unreachable_database() -> StorageError {
+    StorageError::Io("the database did not answer in time".into())
+}
+
+fn deliver(job: Job, answer: Answer) {
+    match (job, answer) {
+        (Job::Write { reply, .. }, Answer::Write(result)) => {
+            let _ = reply.send(result);
+        }
+        (Job::Resolve { reply, .. }, Answer::Resolve(result)) => {
+            let _ = reply.send(result);
+        }
+        (Job::Configure { reply, .. }, Answer::Configure(result)) => {
+            let _ = reply.send(result);
+        }
+        (Job::Side { reply, .. }, Answer::Side(result)) => {
+            let _ = reply.send(result);
+        }
+        (Job::Shutdown { reply }, _) => {
+            let _ = reply.send(());
+        }
+        (job, _) => fail(job, &StorageError::Corrupt("answer of another job".into())),
+    }
+}
+
+fn fail(job: Job, error: &StorageError) {
+    let error = || EngineError::Storage(error.clone());
+    match job {
+        Job::Write { reply, .. } => {
+            let _ = reply.send(Err(error()));
+        }
+        Job::Resolve { reply, .. } => {
+            let _ = reply.send(Err(error()));
+        }
+        Job::Configure { reply, .. } => {
+            let _ = reply.send(Err(error()));
+        }
+        Job::Side { reply, .. } => {
+            let _ = reply.send(Err(error()));
+        }
+        Job::Shutdown { reply } => {
+            let _ = reply.send(());
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! A throw-away PostgreSQL cluster for the tests: `initdb` and `postgres` from the
+//! machine's PostgreSQL on a temp dir and a free loopback port, one cluster per
+//! test binary, one fresh database per test.
+//!
+//! `initdb` refuses to run as root, so as root the cluster runs as an
+//! unprivileged user (`truce-pg`), created if missing. A watchdog stops the
+//! cluster once the test binary is gone. A machine without PostgreSQL fails the
+//! test that needs it, saying how to get it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The user the cluster runs as when the tests run as root.
+const CLUSTER_USER: &str = "truce-pg";
+
+/// A running cluster: where to connect.
+pub struct Cluster {
+    pub port: u16,
+    /// The watchdog shell running the server (it ends with this binary).
+    _watchdog: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+static DATABASES: AtomicU32 = AtomicU32::new(0);
+
+/// The cluster of this test binary, started on first use.
+pub fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(start)
+}
+
+/// A connection URL to a database of its own for one test.
+pub fn fresh_database() -> String {
+    let cluster = cluster();
+    let name = format!(
+        "t{}_{}",
+        std::process::id(),
+        DATABASES.fetch_add(1, Ordering::Relaxed)
+    );
+    run_as_cluster_user(
+        Command::new(tool("psql"))
+            .args(["-h", "127.0.0.1", "-p", &cluster.port.to_string()])
+            .args(["-U", "postgres", "-d", "postgres", "-q", "-c"])
+            .arg(format!("CREATE DATABASE {name}")),
+    );
+    format!(
+        "postgres://postgres@127.0.0.1:{}/{name}?connect_timeout=5",
+        cluster.port
+    )
+}
+
+/// The path of a PostgreSQL program, or a failure saying how to get it.
+fn tool(name: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|path| path.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "`{name}` is not on the PATH: the PostgreSQL tests need a PostgreSQL 15 server \
+             (Debian: `apt-get install -y postgresql-15 postgresql-client-15`, then put \
+             /usr/lib/postgresql/15/bin on the PATH)"
+        )
+    })
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Runs `command` as the cluster's user (as root) or as ourselves; fails the
+/// test with its output when it fails.
+fn run_as_cluster_user(command: &mut Command) {
+    let mut command = if is_root() {
+        let mut wrapped = Command::new("runuser");
+        wrapped
+            .args(["-u", CLUSTER_USER, "--"])
+            .arg(command.get_program())
+            .args(command.get_args());
+        wrapped
+    } else {
+        std::mem::replace(command, Command::new("true"))
+    };
+    let output = command.output().expect("run a PostgreSQL program");
+    assert!(
+        output.status.success(),
+        "{:?} failed: {}{}",
+        command,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Makes sure the cluster's user exists and owns `dir`.
+fn prepare_user(dir: &Path) {
+    let exists = Command::new("id")
+        .arg(CLUSTER_USER)
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !exists {
+        let status = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+            ])
+            .arg(CLUSTER_USER)
+            .status()
+            .expect("run useradd");
+        assert!(status.success(), "cannot create the user {CLUSTER_USER}");
+    }
+    let status = Command::new("chown")
+        .args(["-R", &format!("{CLUSTER_USER}:")])
+        .arg(dir)
+        .status()
+        .expect("run chown");
+    assert!(
+        status.success(),
+        "cannot give {} to {CLUSTER_USER}",
+        dir.display()
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn start() -> Cluster {
+    let (initdb, postgres) = (tool("initdb"), tool("postgres"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    if is_root() {
+        prepare_user(dir.path());
+    }
+    let data = dir.path().join("data");
+    run_as_cluster_user(
+        Command::new(&initdb)
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data),
+    );
+    let port = free_port();
+    let log = dir.path().join("postgres.log");
+    // The server runs under a watchdog shell that stops it (fast shutdown) once
+    // this test binary is gone.
+    let script = format!(
+        "{postgres} -D {data} -p {port} -k {sock} -c listen_addresses=127.0.0.1 \
+         -c fsync=off -c max_connections=400 > {log} 2>&1 & pg=$!; \
+         while [ -d /proc/{parent} ] && kill -0 $pg 2>/dev/null; do sleep 1; done; \
+         kill -INT $pg 2>/dev/null",
+        postgres = postgres.display(),
+        data = data.display(),
+        sock = dir.path().display(),
+        log = log.display(),
+        parent = std::process::id(),
+    );
+    let mut shell = if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", CLUSTER_USER, "--", "sh", "-c", &script]);
+        c
+    } else {
+        let mut c = Command::new("sh");
+        c.args(["-c", &script]);
+        c
+    };
+    let mut watchdog = shell.spawn().expect("start postgres");
+    // Ready once it accepts a connection (bounded: 30 s).
+    for _ in 0..300 {
+        let ready = Command::new(tool("pg_isready"))
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ready {
+            return Cluster {
+                port,
+                _watchdog: watchdog,
+                _dir: dir,
+            };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = watchdog.kill();
+    let _ = watchdog.wait();
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    panic!("the test cluster did not start:\n{logged}");
+}
