@@ -20,6 +20,10 @@ pub enum StorageError {
     /// The disk or database refused an operation; retrying later may succeed.
     #[error("storage I/O failed: {0}")]
     Io(String),
+    /// The database (of a networked backend) is down, restarting or unreachable,
+    /// or did not answer in time; the node reconnects by itself.
+    #[error("the database is unreachable: {0}")]
+    Unreachable(String),
     /// The disk (or the quota) is full; writes resume once space is freed.
     #[error("the disk is full: {0}")]
     DiskFull(String),
@@ -37,13 +41,14 @@ pub enum StorageError {
 impl StorageError {
     /// The reasons a storage fault (not overload, not shutdown) can have: the
     /// labels of the fault metric.
-    pub const FAULT_REASONS: [&'static str; 2] = ["disk-full", "io-error"];
+    pub const FAULT_REASONS: [&'static str; 3] = ["disk-full", "io-error", "database-unreachable"];
 
     /// The `reason` member of the 503 problem (SPEC §3), and the label of the
     /// storage-fault metrics; `None` for failures that are not a 503.
     pub fn reason(&self) -> Option<&'static str> {
         match self {
             Self::Io(_) => Some("io-error"),
+            Self::Unreachable(_) => Some("database-unreachable"),
             Self::DiskFull(_) => Some("disk-full"),
             Self::Overloaded => Some("overloaded"),
             Self::Closed => Some("shutting-down"),
@@ -441,6 +446,7 @@ impl EngineError {
                 let detail = match error {
                     StorageError::DiskFull(_) => "the disk is full; retry once space is freed",
                     StorageError::Closed => "the store is shutting down",
+                    StorageError::Unreachable(_) => "the database is unreachable; retry shortly",
                     _ => "storage is unavailable; retry shortly",
                 };
                 let mut problem = Problem::new(kind, detail);

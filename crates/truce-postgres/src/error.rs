@@ -39,8 +39,30 @@ impl From<PostgresError> for StorageError {
     fn from(error: PostgresError) -> Self {
         match error {
             PostgresError::Corrupt(what) => StorageError::Corrupt(what),
+            PostgresError::Database(error) if !is_answer(&error) => {
+                StorageError::Unreachable(error.to_string())
+            }
+            PostgresError::Pool(why) => StorageError::Unreachable(why),
             other => StorageError::Io(other.to_string()),
         }
+    }
+}
+
+/// Whether `error` is the database's answer to a statement (as opposed to a
+/// connection that failed, or a server that is shutting down or starting up).
+fn is_answer(error: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    match error.as_db_error() {
+        None => false,
+        Some(db) => ![
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+            SqlState::CONNECTION_FAILURE,
+            SqlState::TOO_MANY_CONNECTIONS,
+        ]
+        .contains(db.code()),
     }
 }
 

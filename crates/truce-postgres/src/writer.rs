@@ -236,7 +236,7 @@ fn raise(seen: &mut u64, to: u64) -> bool {
 
 /// The database did not answer within the batch's deadline.
 pub(crate) fn unreachable_database() -> StorageError {
-    StorageError::Io("the database did not answer in time".into())
+    StorageError::Unreachable("the database did not answer in time".into())
 }
 
 fn deliver(job: Job, answer: Answer) {

@@ -51,6 +51,32 @@ pub fn fresh_database() -> String {
     )
 }
 
+/// Runs `sql` as the cluster's superuser (for what only an operator can do to
+/// a database: refuse its connections, end its sessions).
+pub fn as_superuser(sql: &str) {
+    run_as_cluster_user(
+        Command::new(tool("psql"))
+            .args(["-h", "127.0.0.1", "-p", &cluster().port.to_string()])
+            .args([
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+            ])
+            .arg(sql),
+    );
+}
+
+/// The database name of a URL made by [`fresh_database`].
+pub fn database_of(url: &str) -> &str {
+    let tail = url.rsplit('/').next().unwrap_or_default();
+    tail.split('?').next().unwrap_or_default()
+}
+
 /// The path of a PostgreSQL program, or a failure saying how to get it.
 fn tool(name: &str) -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {

@@ -10,7 +10,7 @@ use truce_postgres::{PostgresConfig, PostgresStore};
 use truce_server::{RunningServer, ServerConfig};
 
 use crate::common::{client, etag};
-use crate::pg_cluster::fresh_database;
+use crate::pg_cluster::{as_superuser, database_of, fresh_database};
 
 /// A node serving `url`.
 async fn node(url: &str) -> (String, RunningServer) {
@@ -186,4 +186,74 @@ async fn no_lost_updates_across_nodes() {
         .unwrap();
     assert_eq!(last["n"], (CLIENTS * EACH) as u64);
     assert!(refused > 0, "16 clients on one document never collided");
+}
+
+/// The database refusing the node's connections (its sessions ended, new ones
+/// refused): writes and /readyz answer 503 `database-unreachable` with
+/// Retry-After, in bounded time and never 500; once it accepts connections again
+/// the node carries on by itself, and nothing acknowledged is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_is_a_503_until_it_is_back() {
+    let url = fresh_database();
+    let name = database_of(&url).to_owned();
+    let (a, _a) = node(&url).await;
+    let client = client();
+    let before = put(&client, format!("{a}/v1/notes/kept"), json!({"v": 1}), None).await;
+    assert_eq!(before.status(), 201);
+
+    as_superuser(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false"));
+    as_superuser(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ));
+    let started = std::time::Instant::now();
+    let refused = put(
+        &client,
+        format!("{a}/v1/notes/during"),
+        json!({"v": 2}),
+        None,
+    )
+    .await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "no bounded answer"
+    );
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().contains_key("retry-after"));
+    let problem: Value = refused.json().await.unwrap();
+    assert_eq!(problem["reason"], "database-unreachable", "{problem}");
+    let ready = client.get(format!("{a}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+
+    as_superuser(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"));
+    // The node reconnects on its own: a client retrying (bounded) gets through.
+    let mut status = 0;
+    for _ in 0..50 {
+        let retried = put(
+            &client,
+            format!("{a}/v1/notes/after"),
+            json!({"v": 3}),
+            None,
+        )
+        .await;
+        status = retried.status().as_u16();
+        if status == 201 {
+            break;
+        }
+        assert_eq!(status, 503, "only 503s while the database comes back");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 201);
+    let kept = client
+        .get(format!("{a}/v1/notes/kept"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.status(), 200);
+    assert_eq!(kept.json::<Value>().await.unwrap(), json!({"v": 1}));
+    let during = client
+        .get(format!("{a}/v1/notes/during"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(during.status(), 404, "a refused write was applied");
 }
