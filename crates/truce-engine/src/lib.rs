@@ -13,6 +13,7 @@ mod batch;
 mod change;
 mod collection;
 mod command;
+mod compaction;
 mod conflict;
 mod document;
 mod error;
@@ -44,6 +45,10 @@ pub use collection::{
     StoredSettings, plan_settings,
 };
 pub use command::{PolicyApplied, Principal, WriteAction, WriteCommand, WriteOutcome, WriteStatus};
+pub use compaction::{
+    CompactionPlan, CompactionSource, MAX_REMOVALS_PER_PASS, Position, StoredHead, StoredVersion,
+    plan_compaction,
+};
 pub use conflict::{
     Attempted, CONFLICT_ID_PATTERN, ConflictFilter, ConflictRecord, Retry, check_conflict_id,
     parse_record as parse_conflict_record, record_not_found as conflict_not_found, record_policy,

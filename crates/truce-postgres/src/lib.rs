@@ -8,6 +8,7 @@
 //! (`store.rs`), and learns of other nodes' commits by `LISTEN`/`NOTIFY` plus a
 //! catch-up read (`listener.rs`). The schema is migrated at start (`schema.rs`).
 
+mod compaction;
 mod error;
 mod listener;
 mod schema;

@@ -19,11 +19,11 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::NoTls;
 use truce_engine::{
-    Change, ChangePage, ChangeQuery, CollectionName, CompactionReport, DocId, DocumentLimits,
-    EngineError, HistoryPage, IdGenerator, ListPage, ListQuery, Planner, ReadContext,
-    ResolutionCommand, ResolutionOutcome, ResourceKey, Retention, SettingsCommand, SettingsOutcome,
-    SideTable, SideWrite, StorageError, Store, StoredSettings, Timestamp, Version, VersionLookup,
-    WriteCommand, WriteOutcome, history_page, lookup_version, plan_write,
+    Change, ChangePage, ChangeQuery, CollectionName, CompactionReport, ConflictRetention, DocId,
+    DocumentLimits, EngineError, HistoryPage, IdGenerator, ListPage, ListQuery, Planner,
+    ReadContext, ResolutionCommand, ResolutionOutcome, ResourceKey, Retention, SettingsCommand,
+    SettingsOutcome, SideTable, SideWrite, StorageError, Store, StoredSettings, Timestamp, Version,
+    VersionLookup, WriteCommand, WriteOutcome, history_page, lookup_version, plan_write,
 };
 
 use crate::error::{PostgresError, storage};
@@ -42,6 +42,8 @@ pub struct PostgresConfig {
     pub limits: DocumentLimits,
     /// History and change-feed retention.
     pub retention: Retention,
+    /// How long conflict records and events are kept.
+    pub conflict_retention: ConflictRetention,
     /// Most writes committed in one transaction.
     pub max_batch: usize,
     /// Writes that may wait for the writer before new ones get 503.
@@ -58,6 +60,7 @@ impl PostgresConfig {
             pool_size: 16,
             limits: DocumentLimits::default(),
             retention: Retention::default(),
+            conflict_retention: ConflictRetention::default(),
             max_batch: 256,
             queue_capacity: 8192,
             deadline: Duration::from_secs(5),
@@ -72,6 +75,7 @@ pub struct PostgresStore {
     revisions: watch::Receiver<u64>,
     events: watch::Receiver<u64>,
     retention: Retention,
+    conflict_retention: ConflictRetention,
     deadline: Duration,
     writer: Mutex<Option<JoinHandle<()>>>,
     listener: tokio::task::JoinHandle<()>,
@@ -155,6 +159,7 @@ impl PostgresStore {
             revisions: revisions_rx,
             events: events_rx,
             retention: config.retention,
+            conflict_retention: config.conflict_retention,
             deadline: config.deadline,
             writer: Mutex::new(Some(writer)),
             listener,
@@ -472,9 +477,28 @@ impl Store for PostgresStore {
         self.events.clone()
     }
 
-    /// Compaction is not built on PostgreSQL yet: nothing is removed.
     async fn compact(&self) -> Result<CompactionReport, EngineError> {
-        Ok(CompactionReport::default())
+        let conflicts = self.conflict_retention;
+        let (plan, oldest_revision) = self
+            .with_view(move |view, retention| {
+                use truce_engine::CompactionSource;
+                let plan =
+                    truce_engine::plan_compaction(view, retention, &conflicts, Timestamp::now())?;
+                Ok((plan, view.changes_compacted_through()?))
+            })
+            .await?;
+        if plan.is_empty() {
+            // Nothing to remove: answer without a transaction.
+            return Ok(CompactionReport {
+                oldest_revision,
+                ..CompactionReport::default()
+            });
+        }
+        self.ask(|reply| Job::Compact {
+            plan: Box::new(plan),
+            reply,
+        })
+        .await
     }
 
     async fn check_ready(&self) -> Result<(), EngineError> {

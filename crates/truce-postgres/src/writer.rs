@@ -31,9 +31,9 @@ use deadpool_postgres::Pool;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
-    Batch, BatchNotes, BatchRules, DocumentLimits, EngineError, IdGenerator, Planner,
-    ResolutionCommand, ResolutionOutcome, Retention, SettingsCommand, SettingsOutcome, SideWrite,
-    StorageError, Timestamp, WriteCommand, WriteOutcome,
+    Batch, BatchNotes, BatchRules, CompactionPlan, CompactionReport, DocumentLimits, EngineError,
+    IdGenerator, Planner, ResolutionCommand, ResolutionOutcome, Retention, SettingsCommand,
+    SettingsOutcome, SideWrite, StorageError, Timestamp, WriteCommand, WriteOutcome,
 };
 
 use crate::error::storage;
@@ -57,6 +57,11 @@ pub(crate) enum Job {
         writes: Vec<SideWrite>,
         reply: oneshot::Sender<Result<(), EngineError>>,
     },
+    /// Remove what a compaction scan selected.
+    Compact {
+        plan: Box<CompactionPlan>,
+        reply: oneshot::Sender<Result<CompactionReport, EngineError>>,
+    },
     /// Commit what came before, then stop.
     Shutdown { reply: oneshot::Sender<()> },
 }
@@ -67,6 +72,7 @@ enum Answer {
     Resolve(Result<ResolutionOutcome, EngineError>),
     Configure(Result<SettingsOutcome, EngineError>),
     Side(Result<(), EngineError>),
+    Compact(Result<CompactionReport, EngineError>),
     Shutdown,
 }
 
@@ -99,20 +105,26 @@ impl Writer {
                 }
             }
             let stop = batch.iter().any(|j| matches!(j, Job::Shutdown { .. }));
+            let started = std::time::Instant::now();
             match self.commit(&batch) {
-                Ok(answers) => {
+                Ok((answers, committed)) => {
+                    if committed {
+                        metrics::histogram!("truce_commit_batch_size").record(batch.len() as f64);
+                        metrics::histogram!("truce_commit_seconds")
+                            .record(started.elapsed().as_secs_f64());
+                    }
                     for (job, answer) in batch.drain(..).zip(answers) {
                         deliver(job, answer);
                     }
                 }
                 Err(error) => {
+                    metrics::counter!("truce_commit_failures_total").increment(1);
                     tracing::warn!(%error, jobs = batch.len(), "a batch failed");
                     for job in batch.drain(..) {
                         fail(job, &error);
                     }
                 }
             }
-            metrics::counter!("truce_batches_total").increment(1);
             if stop {
                 return;
             }
@@ -120,8 +132,8 @@ impl Writer {
     }
 
     /// Plans and commits one batch in one transaction; answers come back only
-    /// once it committed.
-    fn commit(&self, jobs: &[Job]) -> Result<Vec<Answer>, StorageError> {
+    /// once it committed (with whether anything was committed).
+    fn commit(&self, jobs: &[Job]) -> Result<(Vec<Answer>, bool), StorageError> {
         let client = self.handle.block_on(async {
             tokio::time::timeout(self.deadline, self.pool.get())
                 .await
@@ -149,7 +161,7 @@ impl Writer {
             self.events.send_if_modified(|seen| raise(seen, position));
         }
         notes.report();
-        Ok(answers)
+        Ok((answers, revision.is_some()))
     }
 
     /// The transaction of one batch; returns the answers, what is left to do and
@@ -188,6 +200,7 @@ impl Writer {
             client: view.client,
         };
         let mut answers = Vec::with_capacity(jobs.len());
+        let mut compacted = false;
         for job in jobs {
             answers.push(match job {
                 Job::Write { command, .. } => Answer::Write(batch.write(&mut tables, command)?),
@@ -201,10 +214,14 @@ impl Writer {
                     batch.side(&mut tables, writes)?;
                     Answer::Side(Ok(()))
                 }
+                Job::Compact { plan, .. } => {
+                    compacted = true;
+                    Answer::Compact(Ok(crate::compaction::apply(view, plan)?))
+                }
                 Job::Shutdown { .. } => Answer::Shutdown,
             });
         }
-        if !batch.changed() {
+        if !batch.changed() && !compacted {
             within("ROLLBACK")?;
             return Ok((answers, batch.into_notes(), None));
         }
@@ -253,6 +270,9 @@ fn deliver(job: Job, answer: Answer) {
         (Job::Side { reply, .. }, Answer::Side(result)) => {
             let _ = reply.send(result);
         }
+        (Job::Compact { reply, .. }, Answer::Compact(result)) => {
+            let _ = reply.send(result);
+        }
         (Job::Shutdown { reply }, _) => {
             let _ = reply.send(());
         }
@@ -273,6 +293,9 @@ fn fail(job: Job, error: &StorageError) {
             let _ = reply.send(Err(error()));
         }
         Job::Side { reply, .. } => {
+            let _ = reply.send(Err(error()));
+        }
+        Job::Compact { reply, .. } => {
             let _ = reply.send(Err(error()));
         }
         Job::Shutdown { reply } => {

@@ -20,7 +20,6 @@ use truce_engine::{
     WriteCommand, WriteOutcome, event_position, history_page, lookup_version, plan_write,
 };
 
-use crate::compaction;
 use crate::error::OpenError;
 use crate::faults::Faults;
 use crate::heads::Overlay;
@@ -359,7 +358,12 @@ impl Store for EmbeddedStore {
         let snapshot = self.snapshot()?;
         let (retention, conflicts) = (self.retention, self.conflict_retention);
         let (plan, oldest_revision) = tokio::task::spawn_blocking(move || {
-            let plan = compaction::plan(&snapshot, &retention, &conflicts, Timestamp::now())?;
+            let plan = truce_engine::plan_compaction(
+                &*snapshot,
+                &retention,
+                &conflicts,
+                Timestamp::now(),
+            )?;
             Ok::<_, StorageError>((plan, snapshot.meta(META_CHANGES_COMPACTED)?))
         })
         .await

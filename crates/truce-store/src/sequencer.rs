@@ -40,12 +40,11 @@ use std::time::Instant;
 use redb::{Database, Durability};
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
-    Batch, BatchNotes, BatchRules, CompactionReport, EngineError, IdGenerator, ResolutionCommand,
-    ResolutionOutcome, SettingsCommand, SettingsOutcome, SideWrite, StorageError, Timestamp,
-    WriteCommand, WriteOutcome,
+    Batch, BatchNotes, BatchRules, CompactionPlan, CompactionReport, EngineError, IdGenerator,
+    ResolutionCommand, ResolutionOutcome, SettingsCommand, SettingsOutcome, SideWrite,
+    StorageError, Timestamp, WriteCommand, WriteOutcome,
 };
 
-use crate::compaction::CompactionPlan;
 use crate::embedded::EmbeddedConfig;
 use crate::error::{io, storage};
 use crate::heads::Overlay;

@@ -10,12 +10,11 @@
 use bytes::Bytes;
 use redb::{ReadableTable, Table, WriteTransaction};
 use truce_engine::{
-    CompactionReport, EVENTS_WATERMARK_KEY, Effect, SideTable, StorageError, decode_watermark,
-    encode_watermark,
+    CompactionPlan, CompactionReport, EVENTS_WATERMARK_KEY, Effect, SideTable, StorageError,
+    decode_watermark, encode_watermark,
 };
 
 use crate::codec::{self, HeadRecord};
-use crate::compaction::CompactionPlan;
 use crate::error::storage;
 use crate::heads::{Heads, Overlay};
 use crate::recovery::restore_head;

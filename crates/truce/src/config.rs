@@ -350,6 +350,7 @@ impl ServeArgs {
             let mut database = PostgresConfig::new(url);
             database.limits = store.limits;
             database.retention = store.retention;
+            database.conflict_retention = store.conflict_retention;
             database.max_batch = store.max_batch;
             database.queue_capacity = store.queue_capacity;
             database

@@ -3,6 +3,10 @@
 //! [`TestServer`] runs the server in the test's own runtime (fast to start, and the
 //! store can be configured directly); [`ServerProcess`] runs the `truce` binary, for
 //! what only a process can show: the first log line, signals and crashes.
+//!
+//! The suite runs against either backend: the embedded store (the default), or
+//! PostgreSQL when `TRUCE_TEST_BACKEND=postgres`, each [`TestServer`] then on a
+//! fresh database of the test binary's throw-away cluster (see `pg_cluster.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -27,7 +31,27 @@ pub struct TestServer {
     pub client: Client,
     server: Option<RunningServer>,
     settings: (ServerConfig, EmbeddedConfig),
+    /// The database of a server on PostgreSQL (kept across restarts).
+    database: Option<String>,
     _dir: Option<tempfile::TempDir>,
+}
+
+/// Which backend the suite runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    Postgres,
+}
+
+impl Backend {
+    /// The backend `TRUCE_TEST_BACKEND` names (`embedded` when unset).
+    pub fn current() -> Self {
+        match std::env::var("TRUCE_TEST_BACKEND").as_deref() {
+            Ok("postgres") => Self::Postgres,
+            Ok("embedded") | Err(_) => Self::Embedded,
+            Ok(other) => panic!("TRUCE_TEST_BACKEND={other}: use embedded or postgres"),
+        }
+    }
 }
 
 impl TestServer {
@@ -48,12 +72,15 @@ impl TestServer {
         };
         let mut store = EmbeddedConfig::new(dir.path());
         configure(&mut server, &mut store);
-        let (base, running) = launch(server.clone(), store.clone()).await;
+        let database =
+            (Backend::current() == Backend::Postgres).then(crate::pg_cluster::fresh_database);
+        let (base, running) = launch_on(server.clone(), store.clone(), database.as_deref()).await;
         Self {
             base,
             client: client(),
             server: Some(running),
             settings: (server, store),
+            database,
             _dir: Some(dir),
         }
     }
@@ -68,7 +95,7 @@ impl TestServer {
         }
         let (mut server, store) = self.settings.clone();
         server.listen = address;
-        let (base, running) = launch(server, store).await;
+        let (base, running) = launch_on(server, store, self.database.as_deref()).await;
         self.base = base;
         self.server = Some(running);
         self
@@ -157,12 +184,33 @@ impl TestServer {
     }
 }
 
-/// Binds a random port and serves a store opened with `store`.
-pub async fn launch(server: ServerConfig, store: EmbeddedConfig) -> (String, RunningServer) {
+/// Binds a random port and serves the embedded store `store` describes, or,
+/// with `database`, that PostgreSQL database under the same limits, retention
+/// and batching.
+async fn launch_on(
+    server: ServerConfig,
+    store: EmbeddedConfig,
+    database: Option<&str>,
+) -> (String, RunningServer) {
     let listener = TcpListener::bind(server.listen).await.expect("bind");
     truce_server::install_metrics();
-    let store = EmbeddedStore::open(store).expect("open store");
-    let running = truce_server::serve(listener, Arc::new(store), server).expect("serve");
+    let store: Arc<dyn truce_engine::Store> = match database {
+        Some(url) => {
+            let mut config = truce_postgres::PostgresConfig::new(url);
+            config.limits = store.limits;
+            config.retention = store.retention;
+            config.conflict_retention = store.conflict_retention;
+            config.max_batch = store.max_batch;
+            config.queue_capacity = store.queue_capacity;
+            Arc::new(
+                truce_postgres::PostgresStore::open(config)
+                    .await
+                    .expect("open the PostgreSQL store"),
+            )
+        }
+        None => Arc::new(EmbeddedStore::open(store).expect("open store")),
+    };
+    let running = truce_server::serve(listener, store, server).expect("serve");
     (format!("http://{}", running.local_addr()), running)
 }
 

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Every test: the workspace's (unit, property, integration and crash tests, and the
+# PostgreSQL backend's own tests), then the HTTP integration suite once more with
+# every in-process server on PostgreSQL. The PostgreSQL tests start a throw-away
+# cluster themselves (initdb and postgres from the PATH); nothing to install.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo test --workspace
+TRUCE_TEST_BACKEND=postgres cargo test -p truce --test it
