@@ -9,8 +9,11 @@ use tokio::net::TcpListener;
 use truce_postgres::{PostgresConfig, PostgresStore};
 use truce_server::{RunningServer, ServerConfig};
 
-use crate::common::{client, etag};
+use crate::common::{client, etag, next_event, sse_events};
 use crate::pg_cluster::{as_superuser, database_of, fresh_database};
+
+/// How long a stream may take to show a commit of the other node.
+const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A node serving `url`.
 async fn node(url: &str) -> (String, RunningServer) {
@@ -256,4 +259,47 @@ async fn an_unreachable_database_is_a_503_until_it_is_back() {
         .await
         .unwrap();
     assert_eq!(during.status(), 404, "a refused write was applied");
+}
+
+/// Streams on one node see the other node's commits: the change feed in
+/// revision order, and the conflict stream with the refusals made there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_on_one_node_see_the_other_nodes_commits() {
+    let url = fresh_database();
+    let ((a, _a), (b, _b)) = (node(&url).await, node(&url).await);
+    let client = client();
+    let open = |path: String| {
+        client
+            .get(path)
+            .header("accept", "text/event-stream")
+            .send()
+    };
+    let mut changes = sse_events(open(format!("{a}/v1/_changes?since=0")).await.unwrap());
+    let mut conflicts = sse_events(open(format!("{a}/v1/_conflicts/stream")).await.unwrap());
+
+    for n in 1..=3u64 {
+        let created = put(&client, format!("{b}/v1/s/d{n}"), json!({"n": n}), None).await;
+        assert_eq!(created.status(), 201);
+    }
+    for n in 1..=3u64 {
+        let change = next_event(&mut changes, WAIT).await;
+        assert_eq!(change.event, "change");
+        assert_eq!(change.id.as_deref(), Some(n.to_string().as_str()));
+    }
+    let stale = put(
+        &client,
+        format!("{b}/v1/s/d1"),
+        json!({"n": 0}),
+        Some("\"1-0\""),
+    )
+    .await;
+    assert_eq!(stale.status(), 412);
+    let cid = stale.json::<Value>().await.unwrap()["conflict_id"]
+        .as_str()
+        .expect("conflict id")
+        .to_owned();
+    let detected = next_event(&mut conflicts, WAIT).await;
+    assert_eq!(detected.event, "conflict.detected");
+    let event: Value = serde_json::from_str(&detected.data).unwrap();
+    assert_eq!(event["conflict_id"], cid.as_str(), "{event}");
 }
