@@ -29,7 +29,7 @@ use crate::retention::Retention;
 use crate::rules::{Effect, Planned, SideTable, SideWrite, WriteContext};
 use crate::store::StateView;
 use crate::time::Timestamp;
-use crate::webhook::{Subscription, outbox_rows};
+use crate::webhook::{Delivery, Subscription, claim as claim_delivery, outbox_rows};
 
 /// How a write is planned: always [`crate::plan_write`], except in backends' tests,
 /// which swap in one that panics or waits.
@@ -289,6 +289,32 @@ impl<'a> Batch<'a> {
             side: writes.to_vec(),
         };
         self.apply(tables, &effect)
+    }
+
+    /// Claims the due outbox rows under `keys` for `node` until `until` (see
+    /// [`crate::claim_delivery`]); returns the deliveries it got.
+    pub fn claim(
+        &mut self,
+        tables: &mut dyn BatchTables,
+        keys: &[Vec<u8>],
+        node: &str,
+        until: Timestamp,
+    ) -> Result<Vec<Delivery>, StorageError> {
+        let mut writes = Vec::new();
+        let mut claimed = Vec::new();
+        for key in keys {
+            let Some(stored) = tables.side(SideTable::Outbox, key)? else {
+                continue;
+            };
+            if let Some((write, delivery)) = claim_delivery(&stored, node, self.now, until) {
+                writes.push(write);
+                claimed.push(delivery);
+            }
+        }
+        if !writes.is_empty() {
+            self.side(tables, &writes)?;
+        }
+        Ok(claimed)
     }
 
     /// What the rules know of the commit a job would join.

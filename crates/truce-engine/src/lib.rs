@@ -83,6 +83,7 @@ pub use rules::{Effect, Planned, SideTable, SideWrite, VersionWrite, WriteContex
 pub use store::{StateView, Store};
 pub use time::Timestamp;
 pub use webhook::{
-    Attempt, Delivery, RetryRule, Subscription, after_attempt, log_key, log_key_at, outbox_key,
-    outbox_rows, read_delivery, sign, subscription_prefix, subscription_removal,
+    Attempt, Delivery, Lease, RetryRule, Subscription, after_attempt, claim as claim_delivery,
+    log_key, log_key_at, next_look_ms, outbox_key, outbox_rows, read_delivery, sign,
+    subscription_prefix, subscription_removal,
 };

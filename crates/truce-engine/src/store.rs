@@ -86,6 +86,16 @@ pub trait Store: Send + Sync + 'static {
     /// delivery attempt) through the sequencer, atomically; returns once durable.
     async fn commit_side(&self, writes: Vec<SideWrite>) -> Result<(), EngineError>;
 
+    /// Claims the due webhook outbox rows under `keys` for `node` until `until`,
+    /// through the write path, so that of several nodes exactly one attempts a
+    /// row at a time; returns the deliveries this node got.
+    async fn claim_deliveries(
+        &self,
+        keys: Vec<Vec<u8>>,
+        node: String,
+        until: crate::time::Timestamp,
+    ) -> Result<Vec<crate::webhook::Delivery>, EngineError>;
+
     /// Replaces a collection's settings through the sequencer; returns once they
     /// are durable. Writes queued after it are planned under them.
     async fn configure(&self, command: SettingsCommand) -> Result<SettingsOutcome, EngineError>;

@@ -223,6 +223,68 @@ pub struct Delivery {
     pub next_attempt_ms: u64,
     /// The event, as posted.
     pub event: Value,
+    /// The node making the attempt now, set by [`claim`] and cleared by what the
+    /// attempt leaves: while it runs, no other node attempts this row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
+}
+
+/// A node's claim on one outbox row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The claiming node.
+    pub node: String,
+    /// Until when (the node's clock): a node that crashed mid-attempt leaves the
+    /// row to the others once this passes.
+    pub until_ms: u64,
+}
+
+/// Claims the stored outbox row `stored` for `node` until `until`, if it is due
+/// at `now` and no other node holds a live lease on it: the row written back
+/// with the lease, and the delivery to attempt. Claims go through the write
+/// path, so of several nodes looking at one row exactly one gets it; a lease
+/// that runs out (its node crashed) lets another node try, so deliveries stay
+/// at least once.
+pub fn claim(
+    stored: &[u8],
+    node: &str,
+    now: Timestamp,
+    until: Timestamp,
+) -> Option<(SideWrite, Delivery)> {
+    let delivery = read_delivery(stored)?;
+    if delivery.next_attempt_ms > now.millis() {
+        return None;
+    }
+    if let Some(lease) = &delivery.lease
+        && lease.node != node
+        && lease.until_ms > now.millis()
+    {
+        return None;
+    }
+    let claimed = Delivery {
+        lease: Some(Lease {
+            node: node.to_owned(),
+            until_ms: until.millis(),
+        }),
+        ..delivery
+    };
+    let write = SideWrite {
+        table: SideTable::Outbox,
+        key: outbox_key(&claimed.subscription, claimed.position),
+        value: Some(encode(&claimed).ok()?.into()),
+    };
+    Some((write, claimed))
+}
+
+/// When a stored row is next worth a look for `node`: when it is due, or when
+/// another node's lease on it runs out, whichever is later.
+pub fn next_look_ms(delivery: &Delivery, node: &str) -> u64 {
+    let leased = delivery
+        .lease
+        .as_ref()
+        .filter(|l| l.node != node)
+        .map_or(0, |l| l.until_ms);
+    delivery.next_attempt_ms.max(leased)
 }
 
 /// The outbox key of `position` for subscription `sid`: ordered by subscription,
@@ -287,6 +349,7 @@ pub fn outbox_rows(
                 first_attempt_ms: 0,
                 next_attempt_ms: now.millis(),
                 event: event.clone(),
+                lease: None,
             };
             Some(SideWrite {
                 table: SideTable::Outbox,
@@ -422,6 +485,7 @@ pub fn after_attempt(
                 attempts,
                 first_attempt_ms: first,
                 next_attempt_ms: next,
+                lease: None,
                 ..delivery.clone()
             };
             writes.push(SideWrite {
@@ -580,6 +644,7 @@ mod tests {
             first_attempt_ms: 0,
             next_attempt_ms: 0,
             event: json!({"event": "conflict.detected"}),
+            lease: None,
         };
         let failed = Attempt::Failed {
             status: Some(500),
@@ -612,5 +677,45 @@ mod tests {
         .unwrap();
         assert_eq!((outcome, writes[0].value.is_none()), ("delivered", true));
         assert_eq!(log_key_at(&writes[1].key), Some(now));
+    }
+
+    #[test]
+    fn one_node_at_a_time_claims_a_due_row_until_its_lease_runs_out() {
+        let row = Delivery {
+            subscription: "01SUB".into(),
+            position: 7,
+            delivery_id: "01SUB-7".into(),
+            attempts: 0,
+            first_attempt_ms: 0,
+            next_attempt_ms: 1_000,
+            event: json!({"event": "conflict.detected"}),
+            lease: None,
+        };
+        let stored = serde_json::to_vec(&row).unwrap();
+        let at = Timestamp::from_millis;
+        // Not due yet: nobody claims it.
+        assert!(claim(&stored, "a", at(999), at(5_000)).is_none());
+        let (write, claimed) = claim(&stored, "a", at(1_000), at(5_000)).unwrap();
+        assert_eq!(write.key, outbox_key("01SUB", 7));
+        assert_eq!(claimed.lease.as_ref().map(|l| l.until_ms), Some(5_000));
+        let leased = write.value.unwrap();
+        // Node b waits for a's lease; a may claim again (a retry of its own).
+        assert!(claim(&leased, "b", at(4_999), at(9_000)).is_none());
+        assert!(claim(&leased, "a", at(2_000), at(6_000)).is_some());
+        let leased_row = read_delivery(&leased).unwrap();
+        assert_eq!(next_look_ms(&leased_row, "b"), 5_000);
+        assert_eq!(next_look_ms(&leased_row, "a"), 1_000);
+        // a crashed: once the lease ran out, b takes the row over.
+        let (_, taken) = claim(&leased, "b", at(5_000), at(9_000)).unwrap();
+        assert_eq!(taken.lease.unwrap().node, "b");
+        // What an attempt leaves clears the lease.
+        let failed = Attempt::Failed {
+            status: Some(500),
+            error: "HTTP 500".into(),
+        };
+        let (writes, _) =
+            after_attempt(&claimed, &failed, at(1_500), &RetryRule::default(), 0.5).unwrap();
+        let again = read_delivery(writes[0].value.as_deref().unwrap()).unwrap();
+        assert_eq!(again.lease, None);
     }
 }

@@ -411,6 +411,21 @@ impl Store for PostgresStore {
         self.ask(|reply| Job::Side { writes, reply }).await
     }
 
+    async fn claim_deliveries(
+        &self,
+        keys: Vec<Vec<u8>>,
+        node: String,
+        until: Timestamp,
+    ) -> Result<Vec<truce_engine::Delivery>, EngineError> {
+        self.ask(|reply| Job::Claim {
+            keys,
+            node,
+            until,
+            reply,
+        })
+        .await
+    }
+
     async fn configure(&self, command: SettingsCommand) -> Result<SettingsOutcome, EngineError> {
         self.ask(|reply| Job::Configure {
             command: Box::new(command),

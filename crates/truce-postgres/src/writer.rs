@@ -31,9 +31,10 @@ use deadpool_postgres::Pool;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
-    Batch, BatchNotes, BatchRules, CompactionPlan, CompactionReport, DocumentLimits, EngineError,
-    IdGenerator, Planner, ResolutionCommand, ResolutionOutcome, Retention, SettingsCommand,
-    SettingsOutcome, SideWrite, StorageError, Timestamp, WriteCommand, WriteOutcome,
+    Batch, BatchNotes, BatchRules, CompactionPlan, CompactionReport, Delivery, DocumentLimits,
+    EngineError, IdGenerator, Planner, ResolutionCommand, ResolutionOutcome, Retention,
+    SettingsCommand, SettingsOutcome, SideWrite, StorageError, Timestamp, WriteCommand,
+    WriteOutcome,
 };
 
 use crate::error::storage;
@@ -57,6 +58,13 @@ pub(crate) enum Job {
         writes: Vec<SideWrite>,
         reply: oneshot::Sender<Result<(), EngineError>>,
     },
+    /// Claim due webhook outbox rows for a node.
+    Claim {
+        keys: Vec<Vec<u8>>,
+        node: String,
+        until: Timestamp,
+        reply: oneshot::Sender<Result<Vec<Delivery>, EngineError>>,
+    },
     /// Remove what a compaction scan selected.
     Compact {
         plan: Box<CompactionPlan>,
@@ -72,6 +80,7 @@ enum Answer {
     Resolve(Result<ResolutionOutcome, EngineError>),
     Configure(Result<SettingsOutcome, EngineError>),
     Side(Result<(), EngineError>),
+    Claim(Result<Vec<Delivery>, EngineError>),
     Compact(Result<CompactionReport, EngineError>),
     Shutdown,
 }
@@ -214,6 +223,9 @@ impl Writer {
                     batch.side(&mut tables, writes)?;
                     Answer::Side(Ok(()))
                 }
+                Job::Claim {
+                    keys, node, until, ..
+                } => Answer::Claim(Ok(batch.claim(&mut tables, keys, node, *until)?)),
                 Job::Compact { plan, .. } => {
                     compacted = true;
                     Answer::Compact(Ok(crate::compaction::apply(view, plan)?))
@@ -273,6 +285,9 @@ fn deliver(job: Job, answer: Answer) {
         (Job::Compact { reply, .. }, Answer::Compact(result)) => {
             let _ = reply.send(result);
         }
+        (Job::Claim { reply, .. }, Answer::Claim(result)) => {
+            let _ = reply.send(result);
+        }
         (Job::Shutdown { reply }, _) => {
             let _ = reply.send(());
         }
@@ -296,6 +311,9 @@ fn fail(job: Job, error: &StorageError) {
             let _ = reply.send(Err(error()));
         }
         Job::Compact { reply, .. } => {
+            let _ = reply.send(Err(error()));
+        }
+        Job::Claim { reply, .. } => {
             let _ = reply.send(Err(error()));
         }
         Job::Shutdown { reply } => {

@@ -68,7 +68,8 @@ pub fn serve(
     if let Some(interval) = state.config.compaction_interval {
         tokio::spawn(compaction_loop(state.clone(), interval));
     }
-    tokio::spawn(crate::webhooks::delivery_loop(state.clone()));
+    let node = crate::webhooks::node_name(local_addr);
+    tokio::spawn(crate::webhooks::delivery_loop(state.clone(), node));
     let task = tokio::spawn(accept_loop(listener, state));
     Ok(RunningServer {
         local_addr,

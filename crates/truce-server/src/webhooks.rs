@@ -1,10 +1,14 @@
 //! The webhook delivery worker: posts what waits in the outbox, off the
 //! sequencer's thread, and records every attempt through the store.
 //!
-//! The worker reads the outbox from the published state, posts every row that is
-//! due (at most [`PARALLEL`] at a time), and commits what each attempt leaves
+//! The worker reads the outbox from the published state, claims the rows that are
+//! due for this node through the write path ([`Store::claim_deliveries`]: with
+//! several nodes on one database, one node at a time attempts a row), posts what
+//! it got (at most [`PARALLEL`] at a time), and commits what each attempt leaves
 //! ([`truce_engine::after_attempt`]): a delivered row is removed, a failed one
-//! rescheduled, and the attempt logged. It wakes when a conflict event commits
+//! rescheduled, and the attempt logged. A node that crashes mid-attempt leaves
+//! its claim to run out ([`LEASE_MARGIN`] past twice the delivery timeout),
+//! then another node tries; the same node, restarted, takes it over at once. It wakes when a conflict event commits
 //! (only events make outbox rows), when the earliest rescheduled row is due, and
 //! ends with the server. Rows survive restarts, so deliveries are at least once.
 
@@ -15,7 +19,7 @@ use futures_util::StreamExt;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use truce_engine::{
     Attempt, Delivery, SideTable, SideWrite, Store, Subscription, Timestamp, after_attempt,
-    read_delivery, sign,
+    next_look_ms, read_delivery, sign,
 };
 
 use crate::state::AppState;
@@ -26,9 +30,27 @@ const PARALLEL: usize = 16;
 const PAGE: usize = 512;
 /// The longest the worker sleeps without looking (a safety net; it is woken).
 const IDLE: Duration = Duration::from_secs(30);
+/// How much longer than one delivery's time limit a claim lasts.
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
 
-/// Runs until the server shuts down.
-pub async fn delivery_loop(state: AppState) {
+/// This node's name in its claims on outbox rows: its host name and listening
+/// address, the same after a restart, so a restarted node takes over its own
+/// claims at once (a crashed node's claims wait for their lease to run out only
+/// when it does not come back).
+pub fn node_name(listening: std::net::SocketAddr) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    let host = if host.is_empty() {
+        "localhost".to_owned()
+    } else {
+        host
+    };
+    format!("{host}/{listening}")
+}
+
+/// Runs until the server shuts down; `node` names this node in its claims.
+pub async fn delivery_loop(state: AppState, node: String) {
     let Some(http) = http_client(state.config.webhook_timeout) else {
         tracing::error!("no HTTP client for webhook deliveries; none will be made");
         return;
@@ -36,7 +58,7 @@ pub async fn delivery_loop(state: AppState) {
     let mut events = state.store.conflict_events();
     loop {
         events.mark_unchanged();
-        let wait = match deliver_due(&state, &http).await {
+        let wait = match deliver_due(&state, &http, &node).await {
             Ok(next_due) => next_due.unwrap_or(IDLE).min(IDLE),
             Err(error) => {
                 tracing::warn!(%error, "webhook delivery pass failed; retrying");
@@ -74,6 +96,7 @@ fn http_client(timeout: Duration) -> Option<reqwest::Client> {
 async fn deliver_due(
     state: &AppState,
     http: &reqwest::Client,
+    node: &str,
 ) -> Result<Option<Duration>, truce_engine::EngineError> {
     let now = Timestamp::now();
     let mut due = Vec::new();
@@ -92,12 +115,11 @@ async fn deliver_due(
             let Some(delivery) = read_delivery(&stored) else {
                 continue;
             };
-            if delivery.next_attempt_ms <= now.millis() {
-                due.push(delivery);
+            let look = next_look_ms(&delivery, node);
+            if look <= now.millis() {
+                due.push(key_of(&delivery));
             } else {
-                next_due = Some(next_due.map_or(delivery.next_attempt_ms, |n| {
-                    n.min(delivery.next_attempt_ms)
-                }));
+                next_due = Some(next_due.map_or(look, |n| n.min(look)));
             }
         }
         if !full {
@@ -110,6 +132,18 @@ async fn deliver_due(
             next_due.map(|at| Duration::from_millis(at.saturating_sub(Timestamp::now().millis())))
         );
     }
+    let lease = state.config.webhook_timeout.saturating_mul(2) + LEASE_MARGIN;
+    let until =
+        Timestamp::from_millis(now.millis() + u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
+    let due = state
+        .store
+        .claim_deliveries(due, node.to_owned(), until)
+        .await?;
+    if due.is_empty() {
+        // Other nodes claimed them first: look again once their claims could
+        // have run out or been settled.
+        return Ok(Some(Duration::from_secs(1)));
+    }
     let store = Arc::clone(&state.store);
     let attempts = futures_util::stream::iter(due)
         .map(|delivery| attempt(store.as_ref(), http, state, delivery))
@@ -120,6 +154,11 @@ async fn deliver_due(
     }
     // The attempts rescheduled rows: look again at once to learn when next.
     Ok(Some(Duration::ZERO))
+}
+
+/// The outbox key of a delivery.
+fn key_of(delivery: &Delivery) -> Vec<u8> {
+    truce_engine::outbox_key(&delivery.subscription, delivery.position)
 }
 
 /// Makes one delivery attempt and commits what it leaves.

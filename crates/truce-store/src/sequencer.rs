@@ -40,8 +40,8 @@ use std::time::Instant;
 use redb::{Database, Durability};
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
-    Batch, BatchNotes, BatchRules, CompactionPlan, CompactionReport, EngineError, IdGenerator,
-    ResolutionCommand, ResolutionOutcome, SettingsCommand, SettingsOutcome, SideWrite,
+    Batch, BatchNotes, BatchRules, CompactionPlan, CompactionReport, Delivery, EngineError,
+    IdGenerator, ResolutionCommand, ResolutionOutcome, SettingsCommand, SettingsOutcome, SideWrite,
     StorageError, Timestamp, WriteCommand, WriteOutcome,
 };
 
@@ -79,6 +79,13 @@ pub(crate) enum Job {
         writes: Vec<SideWrite>,
         reply: oneshot::Sender<Result<(), EngineError>>,
     },
+    /// Claim due webhook outbox rows for a node.
+    Claim {
+        keys: Vec<Vec<u8>>,
+        node: String,
+        until: Timestamp,
+        reply: oneshot::Sender<Result<Vec<Delivery>, EngineError>>,
+    },
     /// Remove what a compaction scan found.
     Compact {
         plan: CompactionPlan,
@@ -94,6 +101,7 @@ enum Answer {
     Resolve(Result<ResolutionOutcome, EngineError>),
     Configure(Result<SettingsOutcome, EngineError>),
     Side(Result<(), EngineError>),
+    Claim(Result<Vec<Delivery>, EngineError>),
     Compact(Result<CompactionReport, EngineError>),
     Shutdown,
 }
@@ -507,6 +515,9 @@ impl Sequencer {
                             state.side(&mut framed, writes)?;
                             Answer::Side(Ok(()))
                         }
+                        Job::Claim {
+                            keys, node, until, ..
+                        } => Answer::Claim(Ok(state.claim(&mut framed, keys, node, *until)?)),
                         Job::Compact { .. } | Job::Shutdown { .. } => Answer::Shutdown,
                     }
                 }
@@ -574,6 +585,9 @@ fn send(job: Job, answer: Answer) {
         (Job::Side { reply, .. }, Answer::Side(result)) => {
             let _ = reply.send(result);
         }
+        (Job::Claim { reply, .. }, Answer::Claim(result)) => {
+            let _ = reply.send(result);
+        }
         (Job::Shutdown { reply }, _) => {
             let _ = reply.send(());
         }
@@ -601,6 +615,9 @@ fn fail(job: Job, error: StorageError) {
             let _ = reply.send(Err(error));
         }
         Job::Side { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Job::Claim { reply, .. } => {
             let _ = reply.send(Err(error));
         }
         Job::Shutdown { reply } => {

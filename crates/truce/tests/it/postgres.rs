@@ -303,3 +303,69 @@ async fn streams_on_one_node_see_the_other_nodes_commits() {
     let event: Value = serde_json::from_str(&detected.data).unwrap();
     assert_eq!(event["conflict_id"], cid.as_str(), "{event}");
 }
+
+/// Webhook deliveries with two nodes on one database: each event is posted once,
+/// by whichever node claimed its outbox row, and logged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_delivery_is_made_by_one_node() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const EVENTS: usize = 6;
+    let url = fresh_database();
+    let ((a, _a), (b, _b)) = (node(&url).await, node(&url).await);
+    let client = client();
+    let posts = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&posts);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let counter = Arc::clone(&counter);
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let subscribed: Value = client
+        .post(format!("{a}/v1/_subscriptions"))
+        .header("content-type", "application/json")
+        .body(json!({"url": hook, "secret": "k"}).to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sid = subscribed["id"].as_str().expect("subscription id").to_owned();
+    // Refusals on both nodes: one event each.
+    for n in 0..EVENTS {
+        let base = if n % 2 == 0 { &a } else { &b };
+        let stale = put(&client, format!("{base}/v1/w/d{n}"), json!({}), Some("\"9-0\"")).await;
+        assert_eq!(stale.status(), 412);
+    }
+    let log = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            let log: Value = client
+                .get(format!("{b}/v1/_subscriptions/{sid}/deliveries"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let items = log["items"].as_array().map_or(0, Vec::len);
+            if items >= EVENTS && log["pending"] == 0 {
+                return log;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("every event delivered in time");
+    let items = log["items"].as_array().unwrap();
+    assert_eq!(items.len(), EVENTS, "one attempt per event: {log}");
+    assert!(items.iter().all(|i| i["outcome"] == "delivered"), "{log}");
+    assert_eq!(posts.load(Ordering::SeqCst), EVENTS);
+}
