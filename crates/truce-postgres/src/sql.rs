@@ -60,6 +60,9 @@ const WALK_QUERY: &str = "SELECT v.revision, v.number, v.at_ms, v.op, v.by_princ
 pub(crate) struct SqlView<'c> {
     pub handle: Handle,
     pub client: &'c ClientWrapper,
+    /// How long one statement may take before it counts as the database being
+    /// unreachable (a partition must not hang a request).
+    pub deadline: std::time::Duration,
 }
 
 impl SqlView<'_> {
@@ -69,7 +72,7 @@ impl SqlView<'_> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, StorageError> {
-        self.handle.block_on(async {
+        self.within(async {
             let statement = self.client.prepare_cached(sql).await.map_err(storage)?;
             self.client.query(&statement, params).await.map_err(storage)
         })
@@ -81,12 +84,24 @@ impl SqlView<'_> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, StorageError> {
-        self.handle.block_on(async {
+        self.within(async {
             let statement = self.client.prepare_cached(sql).await.map_err(storage)?;
             self.client
                 .execute(&statement, params)
                 .await
                 .map_err(storage)
+        })
+    }
+
+    /// Waits for `work`, at most the deadline.
+    pub(crate) fn within<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, StorageError>>,
+    ) -> Result<T, StorageError> {
+        self.handle.block_on(async {
+            tokio::time::timeout(self.deadline, work)
+                .await
+                .map_err(|_| crate::writer::unreachable_database())?
         })
     }
 }

@@ -226,10 +226,12 @@ impl PostgresStore {
         let client = self.client().await?;
         let handle = tokio::runtime::Handle::current();
         let retention = self.retention;
+        let deadline = self.deadline;
         tokio::task::spawn_blocking(move || {
             let view = SqlView {
                 handle,
                 client: &client,
+                deadline,
             };
             read(&view, &retention)
         })

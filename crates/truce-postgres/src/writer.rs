@@ -152,6 +152,7 @@ impl Writer {
         let view = SqlView {
             handle: self.handle.clone(),
             client: &client,
+            deadline: self.deadline,
         };
         let result = self.run_transaction(&view, jobs);
         if result.is_err() {
@@ -181,12 +182,7 @@ impl Writer {
         jobs: &[Job],
     ) -> Result<(Vec<Answer>, BatchNotes, Option<u64>), StorageError> {
         let within = |sql: &'static str| {
-            self.handle.block_on(async {
-                tokio::time::timeout(self.deadline, view.client.batch_execute(sql))
-                    .await
-                    .map_err(|_| unreachable_database())?
-                    .map_err(storage)
-            })
+            view.within(async { view.client.batch_execute(sql).await.map_err(storage) })
         };
         within("BEGIN")?;
         let rows = view.query("SELECT revision FROM truce_commit FOR UPDATE", &[])?;
@@ -207,6 +203,7 @@ impl Writer {
         let mut tables = SqlView {
             handle: self.handle.clone(),
             client: view.client,
+            deadline: self.deadline,
         };
         let mut answers = Vec::with_capacity(jobs.len());
         let mut compacted = false;

@@ -338,11 +338,20 @@ async fn each_delivery_is_made_by_one_node() {
         .json()
         .await
         .unwrap();
-    let sid = subscribed["id"].as_str().expect("subscription id").to_owned();
+    let sid = subscribed["id"]
+        .as_str()
+        .expect("subscription id")
+        .to_owned();
     // Refusals on both nodes: one event each.
     for n in 0..EVENTS {
         let base = if n % 2 == 0 { &a } else { &b };
-        let stale = put(&client, format!("{base}/v1/w/d{n}"), json!({}), Some("\"9-0\"")).await;
+        let stale = put(
+            &client,
+            format!("{base}/v1/w/d{n}"),
+            json!({}),
+            Some("\"9-0\""),
+        )
+        .await;
         assert_eq!(stale.status(), 412);
     }
     let log = tokio::time::timeout(std::time::Duration::from_secs(30), async {
