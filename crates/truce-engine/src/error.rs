@@ -24,6 +24,11 @@ pub enum StorageError {
     /// or did not answer in time; the node reconnects by itself.
     #[error("the database is unreachable: {0}")]
     Unreachable(String),
+    /// The answer to a COMMIT was lost and the database could not be asked, within
+    /// the deadline, whether it committed: the write may or may not have been
+    /// applied (a retry with `If-Match` then gets 412 if it was).
+    #[error("the outcome of a commit is unknown: {0}")]
+    CommitUnknown(String),
     /// The disk (or the quota) is full; writes resume once space is freed.
     #[error("the disk is full: {0}")]
     DiskFull(String),
@@ -41,7 +46,12 @@ pub enum StorageError {
 impl StorageError {
     /// The reasons a storage fault (not overload, not shutdown) can have: the
     /// labels of the fault metric.
-    pub const FAULT_REASONS: [&'static str; 3] = ["disk-full", "io-error", "database-unreachable"];
+    pub const FAULT_REASONS: [&'static str; 4] = [
+        "disk-full",
+        "io-error",
+        "database-unreachable",
+        "commit-unknown",
+    ];
 
     /// The `reason` member of the 503 problem (SPEC §3), and the label of the
     /// storage-fault metrics; `None` for failures that are not a 503.
@@ -49,6 +59,7 @@ impl StorageError {
         match self {
             Self::Io(_) => Some("io-error"),
             Self::Unreachable(_) => Some("database-unreachable"),
+            Self::CommitUnknown(_) => Some("commit-unknown"),
             Self::DiskFull(_) => Some("disk-full"),
             Self::Overloaded => Some("overloaded"),
             Self::Closed => Some("shutting-down"),
@@ -447,6 +458,11 @@ impl EngineError {
                     StorageError::DiskFull(_) => "the disk is full; retry once space is freed",
                     StorageError::Closed => "the store is shutting down",
                     StorageError::Unreachable(_) => "the database is unreachable; retry shortly",
+                    StorageError::CommitUnknown(_) => {
+                        "the database lost touch before confirming the write, which may or may not \
+                         have been applied; re-read the resource before retrying (a retry with \
+                         If-Match gets 412 if it was applied)"
+                    }
                     _ => "storage is unavailable; retry shortly",
                 };
                 let mut problem = Problem::new(kind, detail);

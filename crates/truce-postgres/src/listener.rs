@@ -25,8 +25,10 @@ pub(crate) async fn follow(
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match config.connect(NoTls).await {
-            Ok((client, mut connection)) => {
+        // Bounded: a database cut off by a partition never answers the handshake.
+        let connected = tokio::time::timeout(CATCH_UP_EVERY * 5, config.connect(NoTls)).await;
+        match connected {
+            Ok(Ok((client, mut connection))) => {
                 backoff = Duration::from_millis(100);
                 let (wake, mut woken) = mpsc::unbounded_channel();
                 let driver = tokio::spawn(async move {
@@ -52,7 +54,8 @@ pub(crate) async fn follow(
                 }
                 driver.abort();
             }
-            Err(error) => tracing::debug!(%error, "change listener cannot connect yet"),
+            Ok(Err(error)) => tracing::debug!(%error, "change listener cannot connect yet"),
+            Err(_) => tracing::debug!("change listener: the database did not answer in time"),
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(2));

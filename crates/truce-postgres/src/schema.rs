@@ -73,7 +73,8 @@ CREATE TABLE truce_meta (
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;
 
 /// Brings the database's schema up to [`SCHEMA_VERSION`]; returns the version it
-/// found. Safe to run from several nodes at once.
+/// found (the caller logs the change, after the server announced its address).
+/// Safe to run from several nodes at once.
 pub async fn migrate(client: &Client) -> Result<i32, PostgresError> {
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
@@ -118,7 +119,6 @@ async fn apply_missing(client: &Client) -> Result<i32, PostgresError> {
             let _ = client.batch_execute("ROLLBACK").await;
             return Err(error.into());
         }
-        tracing::info!(version, "database schema migrated");
     }
     Ok(found)
 }

@@ -28,7 +28,7 @@ use truce_engine::{
 
 use crate::error::{PostgresError, storage};
 use crate::sql::{HEAD_QUERY, SqlView, big, unsigned, version_of};
-use crate::writer::{Job, Writer, unreachable_database};
+use crate::writer::{Job, Writer, discard, unreachable_database};
 
 /// Settings of the PostgreSQL backend.
 #[derive(Debug, Clone)]
@@ -68,6 +68,13 @@ impl PostgresConfig {
     }
 }
 
+/// How long PostgreSQL lets one of a node's transactions sit idle before it ends
+/// the session. A node cut off from the database in the middle of a batch holds
+/// the commit row's lock, and every other node's writes wait for it; this bounds
+/// that wait (a healthy batch is never idle for more than a few milliseconds
+/// between its statements).
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(2);
+
 /// A truce node's store on PostgreSQL.
 pub struct PostgresStore {
     pool: Pool,
@@ -106,6 +113,12 @@ impl PostgresStore {
             .map_err(|e: tokio_postgres::Error| PostgresError::Url(e.to_string()))?;
         let mut pg_for_pool = pg.clone();
         pg_for_pool.connect_timeout(config.deadline);
+        let options = format!(
+            "{} -c idle_in_transaction_session_timeout={}",
+            pg.get_options().unwrap_or_default(),
+            IDLE_IN_TRANSACTION.as_millis()
+        );
+        pg_for_pool.options(options.trim());
         let manager = Manager::from_config(
             pg_for_pool,
             NoTls,
@@ -212,9 +225,14 @@ impl PostgresStore {
             let statement = client.prepare_cached(sql).await.map_err(storage)?;
             client.query(&statement, params).await.map_err(storage)
         };
-        tokio::time::timeout(self.deadline, run)
-            .await
-            .map_err(|_| unreachable_database())?
+        match tokio::time::timeout(self.deadline, run).await {
+            Ok(result) => result,
+            Err(_) => {
+                // A statement may still be in flight on it: never reuse it.
+                discard(client);
+                Err(unreachable_database())
+            }
+        }
     }
 
     /// Runs `read` over a synchronous view of a pooled connection, on a blocking
@@ -233,7 +251,15 @@ impl PostgresStore {
                 client: &client,
                 deadline,
             };
-            read(&view, &retention)
+            let result = read(&view, &retention);
+            if matches!(
+                result,
+                Err(EngineError::Storage(StorageError::Unreachable(_)))
+            ) {
+                // Timed out or failed mid-statement: never reuse it.
+                discard(client);
+            }
+            result
         })
         .await
         .map_err(|e| EngineError::Internal(format!("read task failed: {e}")))?

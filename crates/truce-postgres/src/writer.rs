@@ -128,6 +128,10 @@ impl Writer {
                 }
                 Err(error) => {
                     metrics::counter!("truce_commit_failures_total").increment(1);
+                    if let Some(reason) = error.reason() {
+                        metrics::counter!("truce_storage_faults_total", "reason" => reason)
+                            .increment(1);
+                    }
                     tracing::warn!(%error, jobs = batch.len(), "a batch failed");
                     for job in batch.drain(..) {
                         fail(job, &error);
@@ -154,16 +158,45 @@ impl Writer {
             client: &client,
             deadline: self.deadline,
         };
-        let result = self.run_transaction(&view, jobs);
-        if result.is_err() {
-            // The transaction may still be open: take it back. On a dead
-            // connection this fails too, and the transaction died with it.
-            let _ = self.handle.block_on(async {
-                tokio::time::timeout(self.deadline, client.batch_execute("ROLLBACK")).await
-            });
+        let staged = match self.stage(&view, jobs) {
+            Ok(staged) => staged,
+            Err(error) => {
+                // The connection may be dead or stuck mid-statement: never hand
+                // it out again. Closing it ends the transaction.
+                discard(client);
+                return Err(error);
+            }
+        };
+        let outcome = if staged.changed {
+            view.within(async { view.client.batch_execute("COMMIT").await.map_err(storage) })
+        } else {
+            view.within(async { view.client.batch_execute("ROLLBACK").await.map_err(storage) })
+        };
+        match outcome {
+            Ok(()) => drop(client),
+            // Nothing to commit: the answers stand whatever became of the
+            // ROLLBACK (the transaction ends with its connection).
+            Err(_) if !staged.changed => discard(client),
+            // The COMMIT was sent and its answer is lost: ask.
+            Err(error @ StorageError::Unreachable(_)) => {
+                discard(client);
+                tracing::warn!(%error, xid = staged.xid, "the answer to a COMMIT was lost; asking whether it committed");
+                self.settle(staged.xid)?;
+            }
+            // The database answered: the transaction did not commit.
+            Err(error) => {
+                discard(client);
+                return Err(error);
+            }
         }
-        let (answers, notes, revision) = result?;
-        if let Some(revision) = revision {
+        let Staged {
+            answers,
+            notes,
+            revision,
+            changed,
+            ..
+        } = staged;
+        if changed {
             self.revisions
                 .send_if_modified(|seen| raise(seen, revision));
         }
@@ -171,28 +204,24 @@ impl Writer {
             self.events.send_if_modified(|seen| raise(seen, position));
         }
         notes.report();
-        Ok((answers, revision.is_some()))
+        Ok((answers, changed))
     }
 
-    /// The transaction of one batch; returns the answers, what is left to do and
-    /// the revision committed (`None` when nothing changed).
-    fn run_transaction(
-        &self,
-        view: &SqlView<'_>,
-        jobs: &[Job],
-    ) -> Result<(Vec<Answer>, BatchNotes, Option<u64>), StorageError> {
-        let within = |sql: &'static str| {
-            view.within(async { view.client.batch_execute(sql).await.map_err(storage) })
-        };
-        within("BEGIN")?;
-        let rows = view.query("SELECT revision FROM truce_commit FOR UPDATE", &[])?;
-        let revision = rows
+    /// Everything of one batch's transaction but its end: the answers, what is
+    /// left to do once committed, and whether there is anything to commit.
+    fn stage(&self, view: &SqlView<'_>, jobs: &[Job]) -> Result<Staged, StorageError> {
+        view.within(async { view.client.batch_execute("BEGIN").await.map_err(storage) })?;
+        // The transaction id comes with the lock, in the same round trip: it is
+        // what a lost COMMIT answer is settled by.
+        let rows = view.query(
+            "SELECT revision, txid_current() FROM truce_commit FOR UPDATE",
+            &[],
+        )?;
+        let row = rows
             .first()
-            .map(|row| row.try_get::<_, i64>(0))
-            .transpose()
-            .map_err(storage)?
-            .map(unsigned)
             .ok_or_else(|| StorageError::Corrupt("the commit row is missing".into()))?;
+        let revision = unsigned(row.try_get::<_, i64>(0).map_err(storage)?);
+        let xid: i64 = row.try_get(1).map_err(storage)?;
         let rules = BatchRules {
             limits: self.limits,
             retention: &self.retention,
@@ -230,24 +259,101 @@ impl Writer {
                 Job::Shutdown { .. } => Answer::Shutdown,
             });
         }
-        if !batch.changed() && !compacted {
-            within("ROLLBACK")?;
-            return Ok((answers, batch.into_notes(), None));
-        }
+        let changed = batch.changed() || compacted;
         let revision = batch.revision();
         let notes = batch.into_notes();
-        let events = big(notes.last_event.unwrap_or(0));
-        view.execute(
-            "UPDATE truce_commit SET revision = $1, events = greatest(events, $2)",
-            &[&big(revision), &events],
-        )?;
-        view.execute(
-            "SELECT pg_notify('truce', $1)",
-            &[&format!("{revision} {events}")],
-        )?;
-        within("COMMIT")?;
-        Ok((answers, notes, Some(revision)))
+        if changed {
+            let events = big(notes.last_event.unwrap_or(0));
+            view.execute(
+                "UPDATE truce_commit SET revision = $1, events = greatest(events, $2)",
+                &[&big(revision), &events],
+            )?;
+            view.execute(
+                "SELECT pg_notify('truce', $1)",
+                &[&format!("{revision} {events}")],
+            )?;
+        }
+        Ok(Staged {
+            answers,
+            notes,
+            revision,
+            changed,
+            xid,
+        })
     }
+
+    /// The answer to a batch's COMMIT was lost (the connection failed or went
+    /// silent): asks the database, on fresh connections, whether transaction
+    /// `xid` committed, until the deadline. Committed: the batch is answered
+    /// as committed. Aborted: a 503 (nothing was applied). Still unknown at the
+    /// deadline: 503 `commit-unknown`.
+    fn settle(&self, xid: i64) -> Result<(), StorageError> {
+        let until = std::time::Instant::now() + self.deadline;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match self.handle.block_on(commit_status(&self.pool, xid, until)) {
+                Some(true) => {
+                    tracing::info!(xid, "the batch whose COMMIT answer was lost committed");
+                    return Ok(());
+                }
+                Some(false) => {
+                    return Err(StorageError::Unreachable(
+                        "the connection to the database failed before the batch committed".into(),
+                    ));
+                }
+                None => {}
+            }
+            let now = std::time::Instant::now();
+            if now + pause >= until {
+                return Err(StorageError::CommitUnknown(format!(
+                    "transaction {xid}: the database could not be asked in time"
+                )));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(500));
+        }
+    }
+}
+
+/// A batch's transaction, planned and stored, before its COMMIT.
+struct Staged {
+    answers: Vec<Answer>,
+    notes: BatchNotes,
+    /// The revision the batch commits at (the one it found if nothing moved it).
+    revision: u64,
+    /// Whether there is anything to commit.
+    changed: bool,
+    /// The transaction's id, to ask after a lost COMMIT answer.
+    xid: i64,
+}
+
+/// Whether transaction `xid` committed (`Some(true)`), was rolled back
+/// (`Some(false)`), or cannot be told yet (still in progress, or the database
+/// cannot be reached before `until`).
+async fn commit_status(pool: &Pool, xid: i64, until: std::time::Instant) -> Option<bool> {
+    let left = until.saturating_duration_since(std::time::Instant::now());
+    let client = tokio::time::timeout(left, pool.get()).await.ok()?.ok()?;
+    let left = until.saturating_duration_since(std::time::Instant::now());
+    let asked = tokio::time::timeout(
+        left,
+        client.query_one("SELECT txid_status($1)::text", &[&xid]),
+    )
+    .await;
+    let Ok(Ok(row)) = asked else {
+        discard(client);
+        return None;
+    };
+    match row.try_get::<_, Option<String>>(0).ok()??.as_str() {
+        "committed" => Some(true),
+        "aborted" => Some(false),
+        _ => None,
+    }
+}
+
+/// Takes a connection out of the pool for good (closing it), for one that failed
+/// or may be stuck with a statement in flight.
+pub(crate) fn discard(client: deadpool_postgres::Object) {
+    drop(deadpool_postgres::Object::take(client));
 }
 
 /// Moves a watched counter forward only.

@@ -348,11 +348,21 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `truce serve --listen 127.0.0.1:0 --data DATA` plus `extra` flags.
     pub async fn start(data: &Path, extra: &[&str]) -> Self {
+        let mut store = vec![std::ffi::OsString::from("--data"), data.into()];
+        store.extend(extra.iter().map(std::ffi::OsString::from));
+        Self::start_with_args(&store).await
+    }
+
+    /// Starts `truce serve --listen 127.0.0.1:0 --database-url URL`.
+    pub async fn start_on_database(url: &str) -> Self {
+        Self::start_with_args(&["--database-url".into(), url.into()]).await
+    }
+
+    async fn start_with_args(args: &[std::ffi::OsString]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_truce"))
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .args(extra)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -141,7 +141,15 @@ fn prepare_user(dir: &Path) {
             .arg(CLUSTER_USER)
             .status()
             .expect("run useradd");
-        assert!(status.success(), "cannot create the user {CLUSTER_USER}");
+        // Another test binary may have made it meanwhile.
+        let made = Command::new("id")
+            .arg(CLUSTER_USER)
+            .output()
+            .is_ok_and(|out| out.status.success());
+        assert!(
+            status.success() || made,
+            "cannot create the user {CLUSTER_USER}"
+        );
     }
     let status = Command::new("chown")
         .args(["-R", &format!("{CLUSTER_USER}:")])
@@ -162,15 +170,15 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn start() -> Cluster {
-    let (initdb, postgres) = (tool("initdb"), tool("postgres"));
+/// A new cluster's data directory in a temp dir the cluster's user owns.
+fn init() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("temp dir");
     if is_root() {
         prepare_user(dir.path());
     }
     let data = dir.path().join("data");
     run_as_cluster_user(
-        Command::new(&initdb)
+        Command::new(tool("initdb"))
             .args([
                 "-U",
                 "postgres",
@@ -182,6 +190,12 @@ fn start() -> Cluster {
             ])
             .arg(&data),
     );
+    (dir, data)
+}
+
+fn start() -> Cluster {
+    let postgres = tool("postgres");
+    let (dir, data) = init();
     let port = free_port();
     let log = dir.path().join("postgres.log");
     // The server runs under a watchdog shell that stops it (fast shutdown) once
@@ -226,4 +240,81 @@ fn start() -> Cluster {
     let _ = watchdog.wait();
     let logged = std::fs::read_to_string(&log).unwrap_or_default();
     panic!("the test cluster did not start:\n{logged}");
+}
+
+/// A cluster of one test's own, for what cannot be done to the shared one:
+/// stopping and starting it. Stopped when dropped.
+pub struct PrivateCluster {
+    pub port: u16,
+    data: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateCluster {
+    /// A new cluster, running.
+    pub fn start() -> Self {
+        let (dir, data) = init();
+        let cluster = Self {
+            port: free_port(),
+            data,
+            dir,
+        };
+        cluster.up();
+        cluster
+    }
+
+    /// A connection URL to its `postgres` database.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?connect_timeout=5",
+            self.port
+        )
+    }
+
+    /// Starts the server and waits until it accepts connections.
+    pub fn up(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        run_as_cluster_user(
+            Command::new(tool("pg_ctl"))
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-o", &options, "-l"])
+                .arg(self.dir.path().join("postgres.log"))
+                .args(["-w", "start"]),
+        );
+    }
+
+    /// Stops the server (fast shutdown: sessions are ended) and waits.
+    pub fn down(&self) {
+        run_as_cluster_user(
+            Command::new(tool("pg_ctl"))
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-m", "fast", "-w", "stop"]),
+        );
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let mut stop = Command::new(tool("pg_ctl"));
+        stop.arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"]);
+        let mut stop = if is_root() {
+            let mut wrapped = Command::new("runuser");
+            wrapped
+                .args(["-u", CLUSTER_USER, "--"])
+                .arg(stop.get_program())
+                .args(stop.get_args());
+            wrapped
+        } else {
+            stop
+        };
+        let _ = stop.output();
+    }
 }

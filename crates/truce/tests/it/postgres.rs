@@ -16,10 +16,15 @@ use crate::pg_cluster::{as_superuser, database_of, fresh_database};
 const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A node serving `url`.
-async fn node(url: &str) -> (String, RunningServer) {
+pub(crate) async fn node(url: &str) -> (String, RunningServer) {
+    node_with(PostgresConfig::new(url)).await
+}
+
+/// A node with these settings.
+pub(crate) async fn node_with(config: PostgresConfig) -> (String, RunningServer) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     truce_server::install_metrics();
-    let store = PostgresStore::open(PostgresConfig::new(url))
+    let store = PostgresStore::open(config)
         .await
         .expect("open the PostgreSQL store");
     let config = ServerConfig {
@@ -31,7 +36,7 @@ async fn node(url: &str) -> (String, RunningServer) {
     (format!("http://{}", running.local_addr()), running)
 }
 
-async fn put(
+pub(crate) async fn put(
     client: &Client,
     url: String,
     body: Value,
@@ -377,4 +382,200 @@ async fn each_delivery_is_made_by_one_node() {
     assert_eq!(items.len(), EVENTS, "one attempt per event: {log}");
     assert!(items.iter().all(|i| i["outcome"] == "delivered"), "{log}");
     assert_eq!(posts.load(Ordering::SeqCst), EVENTS);
+}
+
+/// One operation on the register of [`reads_and_conditional_writes_across_nodes_are_linearizable`],
+/// with when it was sent and when its answer had arrived.
+#[derive(Debug, Clone)]
+struct Op {
+    kind: OpKind,
+    started: std::time::Instant,
+    ended: std::time::Instant,
+}
+
+#[derive(Debug, Clone)]
+enum OpKind {
+    /// A read that saw `seq` with this ETag.
+    Read { seq: u64, etag: String },
+    /// A write conditional on the ETag of `seq - 1`, accepted as `seq`.
+    Write { seq: u64, etag: String },
+    /// A write conditional on the ETag of `based_on`, refused with 412 while
+    /// the current ETag was `current`.
+    Refused { based_on: u64, current: String },
+}
+
+/// Checks a history of a single document whose body counts accepted writes
+/// (`seq`): each accepted conditional write made a distinct `seq` (no lost
+/// update), every read and refusal names a state some write made, a refusal's
+/// state is not the one it was conditional on, and the order the states imply
+/// agrees with real time: an operation that ended before another began never
+/// sees a later state. A write takes effect at (`seq`, 0), a read or refusal
+/// at (`seq`, 1); with one `seq` per write these orderings are all that a
+/// linearization must satisfy. Returns what is wrong.
+fn linearizability_violation(history: &[Op], initial_etag: &str) -> Option<String> {
+    let mut made = std::collections::HashMap::from([(initial_etag.to_owned(), 0u64)]);
+    let mut by_seq = std::collections::HashMap::from([(0u64, initial_etag.to_owned())]);
+    for op in history {
+        if let OpKind::Write { seq, etag } = &op.kind {
+            if by_seq.insert(*seq, etag.clone()).is_some() {
+                return Some(format!("two writes were accepted as {seq}: a lost update"));
+            }
+            made.insert(etag.clone(), *seq);
+        }
+    }
+    let mut keyed = Vec::with_capacity(history.len());
+    for op in history {
+        let key = match &op.kind {
+            OpKind::Write { seq, .. } => (*seq, 0),
+            OpKind::Read { seq, etag } => {
+                if by_seq.get(seq) != Some(etag) {
+                    return Some(format!("a read saw {seq} with ETag {etag} no write made"));
+                }
+                (*seq, 1)
+            }
+            OpKind::Refused { based_on, current } => {
+                let Some(seq) = made.get(current) else {
+                    return Some(format!("a refusal named ETag {current} no write made"));
+                };
+                if seq == based_on {
+                    return Some(format!("a write conditional on {seq} was refused at {seq}"));
+                }
+                (*seq, 1)
+            }
+        };
+        keyed.push((key, op));
+    }
+    for (a_key, a) in &keyed {
+        for (b_key, b) in &keyed {
+            if a.ended < b.started && a_key > b_key {
+                return Some(format!(
+                    "{a:?} ended before {b:?} began, yet saw a later state"
+                ));
+            }
+        }
+    }
+    None
+}
+
+/// The checker itself finds what it is there to find.
+#[test]
+fn the_linearizability_check_catches_a_stale_read() {
+    let t = std::time::Instant::now();
+    let at = |ms: u64| t + std::time::Duration::from_millis(ms);
+    let write = Op {
+        kind: OpKind::Write {
+            seq: 1,
+            etag: "\"1\"".into(),
+        },
+        started: at(0),
+        ended: at(10),
+    };
+    let stale = Op {
+        kind: OpKind::Read {
+            seq: 0,
+            etag: "\"0\"".into(),
+        },
+        started: at(20),
+        ended: at(30),
+    };
+    let concurrent = Op {
+        started: at(5),
+        ..stale.clone()
+    };
+    assert!(linearizability_violation(&[write.clone(), concurrent], "\"0\"").is_none());
+    assert!(linearizability_violation(&[write.clone(), stale], "\"0\"").is_some());
+    let lost = Op {
+        kind: OpKind::Write {
+            seq: 1,
+            etag: "\"1b\"".into(),
+        },
+        started: at(0),
+        ended: at(10),
+    };
+    assert!(linearizability_violation(&[write, lost], "\"0\"").is_some());
+}
+
+/// Reads and conditional writes of one document from 8 clients, each switching
+/// node at every step, are linearizable (checked by
+/// [`linearizability_violation`] on what the clients saw: bodies, ETags,
+/// status codes and times).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_and_conditional_writes_across_nodes_are_linearizable() {
+    const CLIENTS: usize = 8;
+    const STEPS: usize = 40;
+    let url = fresh_database();
+    let ((a, _a), (b, _b)) = (node(&url).await, node(&url).await);
+    let client = client();
+    let created = put(&client, format!("{a}/v1/reg/r"), json!({"seq": 0}), None).await;
+    assert_eq!(created.status(), 201);
+    let initial = etag(&created);
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let (client, nodes) = (client.clone(), [a.clone(), b.clone()]);
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for step in 0..STEPS {
+                let base = &nodes[(c + step) % 2];
+                let started = std::time::Instant::now();
+                let read = client.get(format!("{base}/v1/reg/r")).send().await.unwrap();
+                assert_eq!(read.status(), 200);
+                let tag = etag(&read);
+                let seq = read.json::<Value>().await.unwrap()["seq"]
+                    .as_u64()
+                    .expect("seq");
+                seen.push(Op {
+                    kind: OpKind::Read {
+                        seq,
+                        etag: tag.clone(),
+                    },
+                    started,
+                    ended: std::time::Instant::now(),
+                });
+                if (c + step) % 3 == 0 {
+                    continue;
+                }
+                let base = &nodes[(c + step + 1) % 2];
+                let started = std::time::Instant::now();
+                let body = json!({"seq": seq + 1, "by": c});
+                let write = put(&client, format!("{base}/v1/reg/r"), body, Some(&tag)).await;
+                let kind = match write.status().as_u16() {
+                    200 => OpKind::Write {
+                        seq: seq + 1,
+                        etag: etag(&write),
+                    },
+                    412 => OpKind::Refused {
+                        based_on: seq,
+                        current: etag(&write),
+                    },
+                    other => panic!("unexpected {other}"),
+                };
+                let _ = write.bytes().await;
+                seen.push(Op {
+                    kind,
+                    started,
+                    ended: std::time::Instant::now(),
+                });
+            }
+            seen
+        }));
+    }
+    let mut history = Vec::new();
+    for task in tasks {
+        history.extend(task.await.unwrap());
+    }
+    let writes = history
+        .iter()
+        .filter(|op| matches!(op.kind, OpKind::Write { .. }))
+        .count();
+    let refusals = history
+        .iter()
+        .filter(|op| matches!(op.kind, OpKind::Refused { .. }))
+        .count();
+    assert!(
+        writes > 0 && refusals > 0,
+        "{writes} writes, {refusals} refusals"
+    );
+    if let Some(violation) = linearizability_violation(&history, &initial) {
+        panic!("not linearizable: {violation}");
+    }
 }
