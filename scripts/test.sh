@@ -9,4 +9,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace
-TRUCE_TEST_BACKEND=postgres cargo test -p truce --test it -- --skip postgres::
+TRUCE_TEST_BACKEND=postgres cargo test -p truce --test it -- --skip postgres:: --skip postgres_faults::
