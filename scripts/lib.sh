@@ -20,8 +20,18 @@ trap cleanup EXIT
 start_truce() {
     local name=$1
     shift
-    rm -rf "${work:?}/$name" "$work/$name.log"
-    "$BIN" serve --listen 127.0.0.1:0 --data "$work/$name" "$@" > "$work/$name.log" 2>&1 &
+    rm -rf "${work:?}/$name"
+    start_serve "$name" --data "$work/$name" "$@"
+}
+
+# start_serve NAME serve-flags…: `truce serve` on a free loopback port with
+# these flags (e.g. --database-url), logging to $work/NAME.log; sets TRUCE_PID
+# and TRUCE_ADDR (host:port).
+start_serve() {
+    local name=$1
+    shift
+    rm -f "${work:?}/$name.log"
+    "$BIN" serve --listen 127.0.0.1:0 "$@" > "$work/$name.log" 2>&1 &
     TRUCE_PID=$!
     for _ in $(seq 100); do
         grep -q "listening on" "$work/$name.log" 2>/dev/null && break

@@ -6,8 +6,12 @@
 //! (the writer's own thread, or a blocking-pool thread for reads), never a
 //! runtime worker.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use bytes::Bytes;
 use deadpool_postgres::ClientWrapper;
+use futures_util::FutureExt;
 use tokio::runtime::Handle;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
@@ -51,21 +55,96 @@ pub(crate) const HEAD_QUERY: &str = "SELECT v.revision, v.number, v.at_ms, v.op,
      FROM truce_heads h JOIN truce_versions v ON v.revision = h.revision AND v.idx = h.idx \
      WHERE h.collection = $1 AND h.id = $2";
 
+/// The heads of the resources named by two arrays (collections, ids).
+const PREFETCH_QUERY: &str = "SELECT h.collection, h.id, v.revision, v.number, v.at_ms, v.op, v.by_principal, v.body \
+     FROM unnest($1::text[], $2::text[]) AS k(collection, id) \
+     JOIN truce_heads h ON h.collection = k.collection COLLATE \"C\" AND h.id = k.id COLLATE \"C\" \
+     JOIN truce_versions v ON v.revision = h.revision AND v.idx = h.idx";
+
 /// Past versions of a resource below a number, newest first, a page at a time.
 const WALK_QUERY: &str = "SELECT v.revision, v.number, v.at_ms, v.op, v.by_principal, v.body, v.stripped \
      FROM truce_versions v WHERE v.collection = $1 AND v.id = $2 AND v.number < $3 \
      ORDER BY v.number DESC LIMIT 64";
 
 /// One connection seen synchronously.
+///
+/// Writes are pipelined: [`BatchTables::store`] sends its statements without
+/// waiting for their answers, and the connection runs them in order before any
+/// later statement, so every later read of the transaction sees them. A write
+/// that fails aborts the transaction, and every later statement then fails:
+/// the writer awaits the commit row's update before its COMMIT, so a batch with
+/// a failed write never commits.
 pub(crate) struct SqlView<'c> {
     pub handle: Handle,
     pub client: &'c ClientWrapper,
-    /// How long one statement may take before it counts as the database being
-    /// unreachable (a partition must not hang a request).
-    pub deadline: std::time::Duration,
+    /// Heads this view read or wrote, so a batch reads each at most once: only
+    /// the writer holding the commit row's lock writes heads, and it updates
+    /// these as it stores.
+    pub heads: RefCell<HashMap<ResourceKey, Option<Version>>>,
+    /// When the work on this view must be done: a statement still waiting then
+    /// counts as the database being unreachable (a partition must not hang a
+    /// request).
+    pub until: tokio::time::Instant,
 }
 
-impl SqlView<'_> {
+impl<'c> SqlView<'c> {
+    /// A view over `client` whose statements must be done by `until`.
+    pub(crate) fn new(
+        handle: Handle,
+        client: &'c ClientWrapper,
+        until: tokio::time::Instant,
+    ) -> Self {
+        Self {
+            handle,
+            client,
+            until,
+            heads: RefCell::default(),
+        }
+    }
+
+    /// Reads the heads of `keys` in one statement, for the planning to come.
+    pub(crate) fn prefetch_heads(&self, keys: &[&ResourceKey]) -> Result<(), StorageError> {
+        let keys: Vec<&ResourceKey> = {
+            let known = self.heads.borrow();
+            keys.iter()
+                .copied()
+                .filter(|k| !known.contains_key(*k))
+                .collect()
+        };
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let collections: Vec<&str> = keys.iter().map(|k| k.collection.as_str()).collect();
+        let ids: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
+        let rows = self.query(PREFETCH_QUERY, &[&collections, &ids])?;
+        let mut heads = self.heads.borrow_mut();
+        for key in keys {
+            heads.insert(key.clone(), None);
+        }
+        for row in &rows {
+            let (collection, id): (&str, &str) = (
+                row.try_get(0).map_err(storage)?,
+                row.try_get(1).map_err(storage)?,
+            );
+            let key = ResourceKey::parse(collection, id)
+                .map_err(|e| StorageError::Corrupt(format!("stored key {collection}/{id}: {e}")))?;
+            heads.insert(key, Some(version_of(row, 2)?));
+        }
+        Ok(())
+    }
+
+    /// Sends one statement without waiting for its answer (see the type's
+    /// doc for why that is safe).
+    fn send(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<(), StorageError> {
+        self.within(async {
+            let statement = self.client.prepare_cached(sql).await.map_err(storage)?;
+            // tokio-postgres sends a request when its future is first polled;
+            // the answer is then dropped unread.
+            let _ = self.client.execute(&statement, params).now_or_never();
+            Ok(())
+        })
+    }
+
     /// Runs one statement (prepared once per connection) and waits for its rows.
     pub(crate) fn query(
         &self,
@@ -93,13 +172,13 @@ impl SqlView<'_> {
         })
     }
 
-    /// Waits for `work`, at most the deadline.
+    /// Waits for `work`, at most until the view's deadline.
     pub(crate) fn within<T>(
         &self,
         work: impl std::future::Future<Output = Result<T, StorageError>>,
     ) -> Result<T, StorageError> {
         self.handle.block_on(async {
-            tokio::time::timeout(self.deadline, work)
+            tokio::time::timeout_at(self.until, work)
                 .await
                 .map_err(|_| crate::writer::unreachable_database())?
         })
@@ -108,8 +187,13 @@ impl SqlView<'_> {
 
 impl StateView for SqlView<'_> {
     fn head(&self, key: &ResourceKey) -> Result<Option<Version>, StorageError> {
+        if let Some(known) = self.heads.borrow().get(key) {
+            return Ok(known.clone());
+        }
         let rows = self.query(HEAD_QUERY, &[&key.collection.as_str(), &key.id.as_str()])?;
-        rows.first().map(|row| version_of(row, 0)).transpose()
+        let head = rows.first().map(|row| version_of(row, 0)).transpose()?;
+        self.heads.borrow_mut().insert(key.clone(), head.clone());
+        Ok(head)
     }
 
     fn walk_back(
@@ -191,7 +275,7 @@ impl BatchTables for SqlView<'_> {
             let version = &write.version;
             let (collection, id) = (write.key.collection.as_str(), write.key.id.as_str());
             let body = version.body.as_deref();
-            self.execute(
+            self.send(
                 "INSERT INTO truce_versions \
                  (revision, idx, collection, id, number, at_ms, op, by_principal, body) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -207,7 +291,7 @@ impl BatchTables for SqlView<'_> {
                     &body,
                 ],
             )?;
-            self.execute(
+            self.send(
                 "INSERT INTO truce_heads (collection, id, revision, idx, number, tombstone) \
                  VALUES ($1, $2, $3, $4, $5, $6) \
                  ON CONFLICT (collection, id) DO UPDATE SET revision = excluded.revision, \
@@ -221,16 +305,23 @@ impl BatchTables for SqlView<'_> {
                     &body.is_none(),
                 ],
             )?;
+            let head = Version {
+                revision,
+                ..version.clone()
+            };
+            self.heads
+                .borrow_mut()
+                .insert(write.key.clone(), Some(head));
         }
         for side in &effect.side {
             let table = i16::from(side.table.code());
             match side.value.as_deref() {
-                Some(value) => self.execute(
+                Some(value) => self.send(
                     "INSERT INTO truce_side (tbl, key, value) VALUES ($1, $2, $3) \
                      ON CONFLICT (tbl, key) DO UPDATE SET value = excluded.value",
                     &[&table, &side.key, &value],
                 )?,
-                None => self.execute(
+                None => self.send(
                     "DELETE FROM truce_side WHERE tbl = $1 AND key = $2",
                     &[&table, &side.key],
                 )?,

@@ -28,7 +28,7 @@ use truce_engine::{
 
 use crate::error::{PostgresError, storage};
 use crate::sql::{HEAD_QUERY, SqlView, big, unsigned, version_of};
-use crate::writer::{Job, Writer, discard, unreachable_database};
+use crate::writer::{Job, Queued, Writer, discard, unreachable_database};
 
 /// Settings of the PostgreSQL backend.
 #[derive(Debug, Clone)]
@@ -75,10 +75,13 @@ impl PostgresConfig {
 /// between its statements).
 const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(2);
 
+/// How long closing the store waits for the writes queued before it.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
+
 /// A truce node's store on PostgreSQL.
 pub struct PostgresStore {
     pool: Pool,
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Queued>,
     revisions: watch::Receiver<u64>,
     events: watch::Receiver<u64>,
     retention: Retention,
@@ -194,7 +197,11 @@ impl PostgresStore {
         make: impl FnOnce(oneshot::Sender<Result<T, EngineError>>) -> Job,
     ) -> Result<T, EngineError> {
         let (reply, answer) = oneshot::channel();
-        self.jobs.try_send(make(reply)).map_err(|e| match e {
+        let queued = Queued {
+            until: tokio::time::Instant::now() + self.deadline,
+            job: make(reply),
+        };
+        self.jobs.try_send(queued).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 metrics::counter!("truce_write_queue_full_total").increment(1);
                 EngineError::Storage(StorageError::Overloaded)
@@ -206,9 +213,12 @@ impl PostgresStore {
             .map_err(|_| EngineError::Storage(StorageError::Closed))?
     }
 
-    /// A pooled connection, or 503 once the deadline passes.
-    async fn client(&self) -> Result<deadpool_postgres::Object, StorageError> {
-        tokio::time::timeout(self.deadline, self.pool.get())
+    /// A pooled connection, or 503 once `until` passes.
+    async fn client(
+        &self,
+        until: tokio::time::Instant,
+    ) -> Result<deadpool_postgres::Object, StorageError> {
+        tokio::time::timeout_at(until, self.pool.get())
             .await
             .map_err(|_| unreachable_database())?
             .map_err(storage)
@@ -220,12 +230,13 @@ impl PostgresStore {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, StorageError> {
-        let client = self.client().await?;
+        let until = tokio::time::Instant::now() + self.deadline;
+        let client = self.client(until).await?;
         let run = async {
             let statement = client.prepare_cached(sql).await.map_err(storage)?;
             client.query(&statement, params).await.map_err(storage)
         };
-        match tokio::time::timeout(self.deadline, run).await {
+        match tokio::time::timeout_at(until, run).await {
             Ok(result) => result,
             Err(_) => {
                 // A statement may still be in flight on it: never reuse it.
@@ -241,16 +252,12 @@ impl PostgresStore {
         &self,
         read: impl FnOnce(&SqlView<'_>, &Retention) -> Result<T, EngineError> + Send + 'static,
     ) -> Result<T, EngineError> {
-        let client = self.client().await?;
+        let until = tokio::time::Instant::now() + self.deadline;
+        let client = self.client(until).await?;
         let handle = tokio::runtime::Handle::current();
         let retention = self.retention;
-        let deadline = self.deadline;
         tokio::task::spawn_blocking(move || {
-            let view = SqlView {
-                handle,
-                client: &client,
-                deadline,
-            };
+            let view = SqlView::new(handle, &client, until);
             let result = read(&view, &retention);
             if matches!(
                 result,
@@ -554,7 +561,11 @@ impl Store for PostgresStore {
 
     async fn close(&self) {
         let (reply, done) = oneshot::channel();
-        if self.jobs.send(Job::Shutdown { reply }).await.is_ok() {
+        let queued = Queued {
+            until: tokio::time::Instant::now() + SHUTDOWN_WAIT,
+            job: Job::Shutdown { reply },
+        };
+        if self.jobs.send(queued).await.is_ok() {
             let _ = done.await;
         }
         let handle = self

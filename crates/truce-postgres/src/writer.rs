@@ -30,6 +30,7 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use truce_engine::{
     Batch, BatchNotes, BatchRules, CompactionPlan, CompactionReport, Delivery, DocumentLimits,
     EngineError, IdGenerator, Planner, ResolutionCommand, ResolutionOutcome, Retention,
@@ -38,7 +39,7 @@ use truce_engine::{
 };
 
 use crate::error::storage;
-use crate::sql::{SqlView, big, unsigned};
+use crate::sql::{SqlView, big};
 
 /// A unit of work for the writer, with the channel its answer goes to.
 pub(crate) enum Job {
@@ -74,6 +75,12 @@ pub(crate) enum Job {
     Shutdown { reply: oneshot::Sender<()> },
 }
 
+/// A job with the moment its request must have been answered by.
+pub(crate) struct Queued {
+    pub until: Instant,
+    pub job: Job,
+}
+
 /// The answer a job gets once its batch committed.
 enum Answer {
     Write(Result<WriteOutcome, EngineError>),
@@ -89,14 +96,15 @@ enum Answer {
 pub(crate) struct Writer {
     pub pool: Pool,
     pub handle: Handle,
-    pub jobs: mpsc::Receiver<Job>,
+    pub jobs: mpsc::Receiver<Queued>,
     pub revisions: watch::Sender<u64>,
     pub events: watch::Sender<u64>,
     pub limits: DocumentLimits,
     pub retention: Retention,
     pub planner: Planner,
     pub max_batch: usize,
-    /// How long one batch may take before it is given up (and answered 503).
+    /// How long a request may wait for the database (queued, planned,
+    /// committed) before it is answered 503.
     pub deadline: Duration,
     pub conflict_ids: IdGenerator,
 }
@@ -104,25 +112,39 @@ pub(crate) struct Writer {
 impl Writer {
     /// Runs until a shutdown job or until every sender is gone.
     pub(crate) fn run(mut self) {
-        let mut batch = Vec::with_capacity(self.max_batch);
+        let mut queued = Vec::with_capacity(self.max_batch);
         while let Some(first) = self.jobs.blocking_recv() {
-            batch.push(first);
-            while batch.len() < self.max_batch {
+            queued.push(first);
+            while queued.len() < self.max_batch {
                 match self.jobs.try_recv() {
-                    Ok(job) => batch.push(job),
+                    Ok(job) => queued.push(job),
                     Err(_) => break,
                 }
             }
+            // A job whose request ran out of time while it waited (the database
+            // is slow or gone, and earlier batches took their full time) is
+            // answered without trying, so no request waits past its deadline.
+            let now = Instant::now();
+            let (late, batch): (Vec<_>, Vec<_>) = queued
+                .drain(..)
+                .partition(|q| q.until <= now && !matches!(q.job, Job::Shutdown { .. }));
+            for q in late {
+                fail(q.job, &unreachable_database());
+            }
+            let Some(until) = batch.iter().map(|q| q.until).min() else {
+                continue;
+            };
+            let batch: Vec<Job> = batch.into_iter().map(|q| q.job).collect();
             let stop = batch.iter().any(|j| matches!(j, Job::Shutdown { .. }));
-            let started = std::time::Instant::now();
-            match self.commit(&batch) {
+            let started = Instant::now();
+            match self.commit(&batch, until) {
                 Ok((answers, committed)) => {
                     if committed {
                         metrics::histogram!("truce_commit_batch_size").record(batch.len() as f64);
                         metrics::histogram!("truce_commit_seconds")
                             .record(started.elapsed().as_secs_f64());
                     }
-                    for (job, answer) in batch.drain(..).zip(answers) {
+                    for (job, answer) in batch.into_iter().zip(answers) {
                         deliver(job, answer);
                     }
                 }
@@ -133,7 +155,7 @@ impl Writer {
                             .increment(1);
                     }
                     tracing::warn!(%error, jobs = batch.len(), "a batch failed");
-                    for job in batch.drain(..) {
+                    for job in batch {
                         fail(job, &error);
                     }
                 }
@@ -144,20 +166,17 @@ impl Writer {
         }
     }
 
-    /// Plans and commits one batch in one transaction; answers come back only
-    /// once it committed (with whether anything was committed).
-    fn commit(&self, jobs: &[Job]) -> Result<(Vec<Answer>, bool), StorageError> {
+    /// Plans and commits one batch in one transaction, done by `until`;
+    /// answers come back only once it committed (with whether anything was
+    /// committed).
+    fn commit(&self, jobs: &[Job], until: Instant) -> Result<(Vec<Answer>, bool), StorageError> {
         let client = self.handle.block_on(async {
-            tokio::time::timeout(self.deadline, self.pool.get())
+            tokio::time::timeout_at(until, self.pool.get())
                 .await
                 .map_err(|_| unreachable_database())?
                 .map_err(storage)
         })?;
-        let view = SqlView {
-            handle: self.handle.clone(),
-            client: &client,
-            deadline: self.deadline,
-        };
+        let view = SqlView::new(self.handle.clone(), &client, until);
         let staged = match self.stage(&view, jobs) {
             Ok(staged) => staged,
             Err(error) => {
@@ -177,11 +196,13 @@ impl Writer {
             // Nothing to commit: the answers stand whatever became of the
             // ROLLBACK (the transaction ends with its connection).
             Err(_) if !staged.changed => discard(client),
-            // The COMMIT was sent and its answer is lost: ask.
+            // The COMMIT was sent and its answer is lost: ask, within the
+            // requests' time (and at least a quarter of a deadline, so a COMMIT
+            // that failed at the last moment still gets an honest try).
             Err(error @ StorageError::Unreachable(_)) => {
                 discard(client);
                 tracing::warn!(%error, xid = staged.xid, "the answer to a COMMIT was lost; asking whether it committed");
-                self.settle(staged.xid)?;
+                self.settle(staged.xid, until.max(Instant::now() + self.deadline / 4))?;
             }
             // The database answered: the transaction did not commit.
             Err(error) => {
@@ -210,18 +231,33 @@ impl Writer {
     /// Everything of one batch's transaction but its end: the answers, what is
     /// left to do once committed, and whether there is anything to commit.
     fn stage(&self, view: &SqlView<'_>, jobs: &[Job]) -> Result<Staged, StorageError> {
-        view.within(async { view.client.batch_execute("BEGIN").await.map_err(storage) })?;
-        // The transaction id comes with the lock, in the same round trip: it is
-        // what a lost COMMIT answer is settled by.
-        let rows = view.query(
-            "SELECT revision, txid_current() FROM truce_commit FOR UPDATE",
-            &[],
-        )?;
-        let row = rows
-            .first()
-            .ok_or_else(|| StorageError::Corrupt("the commit row is missing".into()))?;
-        let revision = unsigned(row.try_get::<_, i64>(0).map_err(storage)?);
-        let xid: i64 = row.try_get(1).map_err(storage)?;
+        // The transaction starts and takes the lock in one round trip, and the
+        // transaction id (what a lost COMMIT answer is settled by) comes with it.
+        let (revision, xid) = view.within(async {
+            let messages = view
+                .client
+                .simple_query("BEGIN; SELECT revision, txid_current() FROM truce_commit FOR UPDATE")
+                .await
+                .map_err(storage)?;
+            messages
+                .iter()
+                .find_map(|message| match message {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+                    _ => None,
+                })
+                .and_then(|row| {
+                    let revision = row.get(0)?.parse::<u64>().ok()?;
+                    Some((revision, row.get(1)?.parse::<i64>().ok()?))
+                })
+                .ok_or_else(|| StorageError::Corrupt("the commit row is missing".into()))
+        })?;
+        let keys: Vec<&truce_engine::ResourceKey> = jobs
+            .iter()
+            .filter_map(|job| match job {
+                Job::Write { command, .. } => Some(&command.key),
+                _ => None,
+            })
+            .collect();
         let rules = BatchRules {
             limits: self.limits,
             retention: &self.retention,
@@ -229,11 +265,8 @@ impl Writer {
             conflict_ids: &self.conflict_ids,
         };
         let mut batch = Batch::new(rules, revision, Timestamp::now());
-        let mut tables = SqlView {
-            handle: self.handle.clone(),
-            client: view.client,
-            deadline: self.deadline,
-        };
+        let mut tables = SqlView::new(self.handle.clone(), view.client, view.until);
+        tables.prefetch_heads(&keys)?;
         let mut answers = Vec::with_capacity(jobs.len());
         let mut compacted = false;
         for job in jobs {
@@ -264,13 +297,13 @@ impl Writer {
         let notes = batch.into_notes();
         if changed {
             let events = big(notes.last_event.unwrap_or(0));
-            view.execute(
-                "UPDATE truce_commit SET revision = $1, events = greatest(events, $2)",
-                &[&big(revision), &events],
-            )?;
-            view.execute(
-                "SELECT pg_notify('truce', $1)",
-                &[&format!("{revision} {events}")],
+            // One statement: the commit row moves and the other nodes are
+            // woken. Awaited, so a write of the batch that failed (and aborted
+            // the transaction) fails it here, before any COMMIT.
+            view.query(
+                "UPDATE truce_commit SET revision = $1, events = greatest(events, $2) \
+                 RETURNING pg_notify('truce', $3)",
+                &[&big(revision), &events, &format!("{revision} {events}")],
             )?;
         }
         Ok(Staged {
@@ -284,11 +317,10 @@ impl Writer {
 
     /// The answer to a batch's COMMIT was lost (the connection failed or went
     /// silent): asks the database, on fresh connections, whether transaction
-    /// `xid` committed, until the deadline. Committed: the batch is answered
-    /// as committed. Aborted: a 503 (nothing was applied). Still unknown at the
-    /// deadline: 503 `commit-unknown`.
-    fn settle(&self, xid: i64) -> Result<(), StorageError> {
-        let until = std::time::Instant::now() + self.deadline;
+    /// `xid` committed, until `until`. Committed: the batch is answered as
+    /// committed. Aborted: a 503 (nothing was applied). Still unknown then:
+    /// 503 `commit-unknown`.
+    fn settle(&self, xid: i64, until: Instant) -> Result<(), StorageError> {
         let mut pause = Duration::from_millis(20);
         loop {
             match self.handle.block_on(commit_status(&self.pool, xid, until)) {
@@ -303,8 +335,7 @@ impl Writer {
                 }
                 None => {}
             }
-            let now = std::time::Instant::now();
-            if now + pause >= until {
+            if Instant::now() + pause >= until {
                 return Err(StorageError::CommitUnknown(format!(
                     "transaction {xid}: the database could not be asked in time"
                 )));
@@ -330,12 +361,13 @@ struct Staged {
 /// Whether transaction `xid` committed (`Some(true)`), was rolled back
 /// (`Some(false)`), or cannot be told yet (still in progress, or the database
 /// cannot be reached before `until`).
-async fn commit_status(pool: &Pool, xid: i64, until: std::time::Instant) -> Option<bool> {
-    let left = until.saturating_duration_since(std::time::Instant::now());
-    let client = tokio::time::timeout(left, pool.get()).await.ok()?.ok()?;
-    let left = until.saturating_duration_since(std::time::Instant::now());
-    let asked = tokio::time::timeout(
-        left,
+async fn commit_status(pool: &Pool, xid: i64, until: Instant) -> Option<bool> {
+    let client = tokio::time::timeout_at(until, pool.get())
+        .await
+        .ok()?
+        .ok()?;
+    let asked = tokio::time::timeout_at(
+        until,
         client.query_one("SELECT txid_status($1)::text", &[&xid]),
     )
     .await;

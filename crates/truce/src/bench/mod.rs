@@ -81,9 +81,10 @@ struct RunArgs {
     /// What to measure.
     #[arg(long, value_enum, default_value = "truce")]
     target: Target,
-    /// The server (default: truce 127.0.0.1:8409, etcd 127.0.0.1:2379).
-    #[arg(long, env = "TRUCE_URL")]
-    url: Option<String>,
+    /// The server (default: truce 127.0.0.1:8409, etcd 127.0.0.1:2379); several,
+    /// comma-separated, are nodes of one store: clients take them in turn.
+    #[arg(long, env = "TRUCE_URL", value_delimiter = ',')]
+    url: Vec<String>,
     /// Workloads to run (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "update")]
     workload: Vec<Workload>,
@@ -162,11 +163,14 @@ pub async fn run(args: BenchArgs) -> ExitCode {
 
 /// Runs every workload at every connection count; false if a hot check failed.
 async fn run_workloads(args: &RunArgs) -> Result<bool, BenchError> {
-    let addr = match (args.target, &args.url) {
-        (Target::Ceiling, _) => ceiling::start(args.body_size).await?,
-        (Target::Truce, None) => resolve_loopback("http://127.0.0.1:8409")?,
-        (Target::Etcd, None) => resolve_loopback("http://127.0.0.1:2379")?,
-        (_, Some(url)) => resolve_loopback(url)?,
+    let addrs = match (args.target, args.url.as_slice()) {
+        (Target::Ceiling, _) => vec![ceiling::start(args.body_size).await?],
+        (Target::Truce, []) => vec![resolve_loopback("http://127.0.0.1:8409")?],
+        (Target::Etcd, []) => vec![resolve_loopback("http://127.0.0.1:2379")?],
+        (_, urls) => urls
+            .iter()
+            .map(|url| resolve_loopback(url))
+            .collect::<Result<_, _>>()?,
     };
     let protocol = match args.target {
         Target::Truce | Target::Ceiling => Protocol::Truce {
@@ -211,7 +215,7 @@ async fn run_workloads(args: &RunArgs) -> Result<bool, BenchError> {
                 }),
                 verify: args.target != Target::Ceiling,
             };
-            let prepared = match workload::prepare(addr, &protocol, &plan).await {
+            let prepared = match workload::prepare(&addrs, &protocol, &plan).await {
                 Ok(prepared) => prepared,
                 Err(BenchError::Unsupported(why)) => {
                     if !args.json {
@@ -227,7 +231,7 @@ async fn run_workloads(args: &RunArgs) -> Result<bool, BenchError> {
                 }
                 Err(error) => return Err(error),
             };
-            let batches_before = batch_totals(args.target, addr).await;
+            let batches_before = batch_totals(args.target, &addrs).await;
             let ops = Arc::new(AtomicU64::new(0));
             let bar = progress_bar(args.duration.as_millis() as u64, "ms");
             bar.set_message(format!("{workload:?} x{connections}"));
@@ -246,7 +250,7 @@ async fn run_workloads(args: &RunArgs) -> Result<bool, BenchError> {
             ticker.abort();
             bar.finish_and_clear();
             let measured = result?;
-            let batches_after = batch_totals(args.target, addr).await;
+            let batches_after = batch_totals(args.target, &addrs).await;
             let report = report(args.target, &plan, measured, batches_before, batches_after);
             if report.hot_consistent == Some(false) {
                 consistent = false;
@@ -363,11 +367,21 @@ fn workload_name(workload: Workload) -> &'static str {
     }
 }
 
-/// `(sum, count)` of truce's commit batch-size histogram, from `/metrics`.
-async fn batch_totals(target: Target, addr: SocketAddr) -> Option<(f64, f64)> {
+/// `(sum, count)` of truce's commit batch-size histogram, from `/metrics`,
+/// added up over the nodes.
+async fn batch_totals(target: Target, addrs: &[SocketAddr]) -> Option<(f64, f64)> {
     if target != Target::Truce {
         return None;
     }
+    let mut totals = (0.0, 0.0);
+    for &addr in addrs {
+        let (sum, count) = node_batch_totals(addr).await?;
+        totals = (totals.0 + sum, totals.1 + count);
+    }
+    Some(totals)
+}
+
+async fn node_batch_totals(addr: SocketAddr) -> Option<(f64, f64)> {
     let mut conn = Connection::open(addr).await.ok()?;
     let reply = conn
         .send(hyper::Method::GET, "/metrics", &[], bytes::Bytes::new())

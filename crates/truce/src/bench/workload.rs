@@ -163,6 +163,8 @@ fn counter_of(body: &[u8]) -> Option<u64> {
 /// One client: its connection, its documents and their tokens.
 struct Client {
     index: usize,
+    /// The server this client talks to (clients take the servers in turn).
+    addr: SocketAddr,
     conn: Connection,
     docs: Vec<(String, Option<Token>)>,
     rng: fastrand::Rng,
@@ -170,7 +172,7 @@ struct Client {
 
 /// A workload ready to run: connections open, documents created.
 pub struct Prepared {
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     protocol: Protocol,
     plan: Plan,
     hot_id: String,
@@ -179,10 +181,13 @@ pub struct Prepared {
 
 /// Opens the connections and creates what the workload needs (not timed).
 pub async fn prepare(
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     protocol: &Protocol,
     plan: &Plan,
 ) -> Result<Prepared, BenchError> {
+    let Some(&addr) = addrs.first() else {
+        return Err(BenchError::Setup("no server to measure".into()));
+    };
     if plan.workload == Workload::ReadUnchanged && !protocol.has_unchanged_read() {
         return Err(BenchError::Unsupported(
             "read-304 needs HTTP conditional reads, which this target lacks".into(),
@@ -230,8 +235,10 @@ pub async fn prepare(
     let hot_id = format!("{}-hot", plan.run_id);
     let mut clients = Vec::with_capacity(plan.connections);
     for index in 0..plan.connections.max(1) {
+        let addr = addrs[index % addrs.len()];
         let mut client = Client {
             index,
+            addr,
             conn: Connection::open(addr).await?,
             docs: Vec::new(),
             rng: fastrand::Rng::with_seed(index as u64),
@@ -243,10 +250,10 @@ pub async fn prepare(
     // first connections idle past the server's keep-alive limit, so every client
     // starts the timed part on a fresh connection.
     for client in &mut clients {
-        client.conn = Connection::open(addr).await?;
+        client.conn = Connection::open(client.addr).await?;
     }
     Ok(Prepared {
-        addr,
+        addrs: addrs.to_vec(),
         protocol: protocol.clone(),
         plan: plan.clone(),
         hot_id,
@@ -258,7 +265,7 @@ pub async fn prepare(
 /// display).
 pub async fn measure(prepared: Prepared, ops: Arc<AtomicU64>) -> Result<Measured, BenchError> {
     let Prepared {
-        addr,
+        addrs,
         protocol,
         plan,
         hot_id,
@@ -277,7 +284,7 @@ pub async fn measure(prepared: Prepared, ops: Arc<AtomicU64>) -> Result<Measured
         let hot_id = hot_id.clone();
         tasks.push(tokio::spawn(async move {
             start.wait().await;
-            drive(client, &protocol, &plan, &hot_id, &ops, addr).await
+            drive(client, &protocol, &plan, &hot_id, &ops).await
         }));
     }
     start.wait().await;
@@ -309,7 +316,7 @@ pub async fn measure(prepared: Prepared, ops: Arc<AtomicU64>) -> Result<Measured
     measured.seconds = started.elapsed().as_secs_f64();
     if plan.workload == Workload::Hot {
         let final_value = if plan.verify {
-            let mut conn = Connection::open(addr).await?;
+            let mut conn = Connection::open(addrs[0]).await?;
             match protocol.read(&mut conn, &hot_id).await? {
                 Outcome::Done((_, body)) => counter_of(&body),
                 _ => None,
@@ -407,7 +414,6 @@ async fn drive(
     plan: &Plan,
     hot_id: &str,
     ops: &AtomicU64,
-    addr: SocketAddr,
 ) -> Result<Tally, BenchError> {
     let mut tally = Tally::new()?;
     let deadline = Instant::now() + plan.duration;
@@ -428,7 +434,7 @@ async fn drive(
         if let Err(error) = result {
             // The connection is gone: count it, reconnect, go on.
             tally.fail(error.to_string());
-            match Connection::open(addr).await {
+            match Connection::open(client.addr).await {
                 Ok(conn) => client.conn = conn,
                 Err(_) => return Ok(tally),
             }

@@ -54,6 +54,11 @@ pub fn fresh_database() -> String {
 /// Runs `sql` as the cluster's superuser (for what only an operator can do to
 /// a database: refuse its connections, end its sessions).
 pub fn as_superuser(sql: &str) {
+    as_superuser_on("postgres", sql);
+}
+
+/// Runs `sql` as the cluster's superuser in database `name`.
+pub fn as_superuser_on(name: &str, sql: &str) {
     run_as_cluster_user(
         Command::new(tool("psql"))
             .args(["-h", "127.0.0.1", "-p", &cluster().port.to_string()])
@@ -61,7 +66,7 @@ pub fn as_superuser(sql: &str) {
                 "-U",
                 "postgres",
                 "-d",
-                "postgres",
+                name,
                 "-q",
                 "-v",
                 "ON_ERROR_STOP=1",
