@@ -118,7 +118,7 @@ print(f"{'setup':<28}{'workload':<9}{'conns':>6}{'ops/s':>10}{'p50 ms':>8}{'p99 
 for key in sorted(cases, key=lambda k: (order.index(k[0]), k[1], k[2])):
     setup, workload, conns = key
     runs = cases[key]
-    fmt = lambda v, spec: format(v, spec) if v is not None else "-"
+    fmt = lambda v, spec: format(v, spec) if v is not None else format("-", spec[0] + spec[1:].split(".")[0])
     print(f"{names[setup]:<28}{workload:<9}{conns:>6}{fmt(med(runs,'ops_per_second'),'>10.0f')}"
           f"{fmt(med(runs,'p50_ms'),'>8.2f')}{fmt(med(runs,'p99_ms'),'>8.2f')}"
           f"{fmt(med(runs,'mean_batch'),'>7.1f')}{sum(x['errors'] for x in runs):>7}")

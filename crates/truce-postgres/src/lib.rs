@@ -11,6 +11,7 @@
 mod compaction;
 mod error;
 mod listener;
+mod pending;
 mod schema;
 mod sql;
 mod store;

@@ -20,6 +20,7 @@ use truce_engine::{
 };
 
 use crate::error::storage;
+use crate::pending::PendingWrites;
 
 /// A `u64` as PostgreSQL's `bigint` (every counter of truce stays far below 2^63).
 pub(crate) fn big(value: u64) -> i64 {
@@ -68,12 +69,13 @@ const WALK_QUERY: &str = "SELECT v.revision, v.number, v.at_ms, v.op, v.by_princ
 
 /// One connection seen synchronously.
 ///
-/// Writes are pipelined: [`BatchTables::store`] sends its statements without
-/// waiting for their answers, and the connection runs them in order before any
-/// later statement, so every later read of the transaction sees them. A write
-/// that fails aborts the transaction, and every later statement then fails:
-/// the writer awaits the commit row's update before its COMMIT, so a batch with
-/// a failed write never commits.
+/// Writes are gathered ([`PendingWrites`]) and sent as a few multi-row
+/// statements before the next statement of any other kind (or by
+/// [`SqlView::flush`]), without waiting for their answers: the connection runs
+/// them in order before that later statement, so every later read of the
+/// transaction sees them. A write that fails aborts the transaction, and every
+/// later statement then fails: the writer awaits the commit row's update
+/// before its COMMIT, so a batch with a failed write never commits.
 pub(crate) struct SqlView<'c> {
     pub handle: Handle,
     pub client: &'c ClientWrapper,
@@ -81,6 +83,8 @@ pub(crate) struct SqlView<'c> {
     /// the writer holding the commit row's lock writes heads, and it updates
     /// these as it stores.
     pub heads: RefCell<HashMap<ResourceKey, Option<Version>>>,
+    /// Writes not sent yet.
+    pending: RefCell<PendingWrites>,
     /// When the work on this view must be done: a statement still waiting then
     /// counts as the database being unreachable (a partition must not hang a
     /// request).
@@ -99,6 +103,7 @@ impl<'c> SqlView<'c> {
             client,
             until,
             heads: RefCell::default(),
+            pending: RefCell::default(),
         }
     }
 
@@ -133,16 +138,32 @@ impl<'c> SqlView<'c> {
         Ok(())
     }
 
-    /// Sends one statement without waiting for its answer (see the type's
-    /// doc for why that is safe).
-    fn send(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<(), StorageError> {
-        self.within(async {
-            let statement = self.client.prepare_cached(sql).await.map_err(storage)?;
-            // tokio-postgres sends a request when its future is first polled;
-            // the answer is then dropped unread.
-            let _ = self.client.execute(&statement, params).now_or_never();
-            Ok(())
-        })
+    /// Sends the pending writes, without waiting for their answers (see the
+    /// type's doc for why that is safe).
+    pub(crate) fn flush(&self) -> Result<(), StorageError> {
+        if self.pending.borrow().is_empty() {
+            return Ok(());
+        }
+        let statements = self.pending.borrow_mut().take();
+        for flush in statements {
+            let params: Vec<&(dyn ToSql + Sync)> = flush
+                .params
+                .iter()
+                .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            self.within(async {
+                let statement = self
+                    .client
+                    .prepare_cached(flush.sql)
+                    .await
+                    .map_err(storage)?;
+                // tokio-postgres sends a request when its future is first
+                // polled; the answer is then dropped unread.
+                let _ = self.client.execute(&statement, &params).now_or_never();
+                Ok(())
+            })?;
+        }
+        Ok(())
     }
 
     /// Runs one statement (prepared once per connection) and waits for its rows.
@@ -151,6 +172,7 @@ impl<'c> SqlView<'c> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, StorageError> {
+        self.flush()?;
         self.within(async {
             let statement = self.client.prepare_cached(sql).await.map_err(storage)?;
             self.client.query(&statement, params).await.map_err(storage)
@@ -163,6 +185,7 @@ impl<'c> SqlView<'c> {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<u64, StorageError> {
+        self.flush()?;
         self.within(async {
             let statement = self.client.prepare_cached(sql).await.map_err(storage)?;
             self.client
@@ -233,6 +256,9 @@ impl BatchTables for SqlView<'_> {
     }
 
     fn side(&self, table: SideTable, key: &[u8]) -> Result<Option<Bytes>, StorageError> {
+        if let Some(written) = self.pending.borrow().side(table, key) {
+            return Ok(written.map(Bytes::copy_from_slice));
+        }
         let rows = self.query(
             "SELECT value FROM truce_side WHERE tbl = $1 AND key = $2",
             &[&i16::from(table.code()), &key],
@@ -270,62 +296,14 @@ impl BatchTables for SqlView<'_> {
     }
 
     fn store(&mut self, effect: &Effect, revision: u64) -> Result<(), StorageError> {
-        for (index, write) in effect.writes.iter().enumerate() {
-            let idx = i32::try_from(index).unwrap_or(i32::MAX);
-            let version = &write.version;
-            let (collection, id) = (write.key.collection.as_str(), write.key.id.as_str());
-            let body = version.body.as_deref();
-            self.send(
-                "INSERT INTO truce_versions \
-                 (revision, idx, collection, id, number, at_ms, op, by_principal, body) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                &[
-                    &big(revision),
-                    &idx,
-                    &collection,
-                    &id,
-                    &big(version.number),
-                    &big(version.at.millis()),
-                    &i16::from(version.op.code()),
-                    &version.by.as_str(),
-                    &body,
-                ],
-            )?;
-            self.send(
-                "INSERT INTO truce_heads (collection, id, revision, idx, number, tombstone) \
-                 VALUES ($1, $2, $3, $4, $5, $6) \
-                 ON CONFLICT (collection, id) DO UPDATE SET revision = excluded.revision, \
-                 idx = excluded.idx, number = excluded.number, tombstone = excluded.tombstone",
-                &[
-                    &collection,
-                    &id,
-                    &big(revision),
-                    &idx,
-                    &big(version.number),
-                    &body.is_none(),
-                ],
-            )?;
+        self.pending.borrow_mut().add(effect, revision);
+        let mut heads = self.heads.borrow_mut();
+        for write in &effect.writes {
             let head = Version {
                 revision,
-                ..version.clone()
+                ..write.version.clone()
             };
-            self.heads
-                .borrow_mut()
-                .insert(write.key.clone(), Some(head));
-        }
-        for side in &effect.side {
-            let table = i16::from(side.table.code());
-            match side.value.as_deref() {
-                Some(value) => self.send(
-                    "INSERT INTO truce_side (tbl, key, value) VALUES ($1, $2, $3) \
-                     ON CONFLICT (tbl, key) DO UPDATE SET value = excluded.value",
-                    &[&table, &side.key, &value],
-                )?,
-                None => self.send(
-                    "DELETE FROM truce_side WHERE tbl = $1 AND key = $2",
-                    &[&table, &side.key],
-                )?,
-            };
+            heads.insert(write.key.clone(), Some(head));
         }
         Ok(())
     }

@@ -176,8 +176,8 @@ impl Writer {
                 .map_err(|_| unreachable_database())?
                 .map_err(storage)
         })?;
-        let view = SqlView::new(self.handle.clone(), &client, until);
-        let staged = match self.stage(&view, jobs) {
+        let mut view = SqlView::new(self.handle.clone(), &client, until);
+        let staged = match self.stage(&mut view, jobs) {
             Ok(staged) => staged,
             Err(error) => {
                 // The connection may be dead or stuck mid-statement: never hand
@@ -230,7 +230,7 @@ impl Writer {
 
     /// Everything of one batch's transaction but its end: the answers, what is
     /// left to do once committed, and whether there is anything to commit.
-    fn stage(&self, view: &SqlView<'_>, jobs: &[Job]) -> Result<Staged, StorageError> {
+    fn stage(&self, view: &mut SqlView<'_>, jobs: &[Job]) -> Result<Staged, StorageError> {
         // The transaction starts and takes the lock in one round trip, and the
         // transaction id (what a lost COMMIT answer is settled by) comes with it.
         let (revision, xid) = view.within(async {
@@ -265,26 +265,23 @@ impl Writer {
             conflict_ids: &self.conflict_ids,
         };
         let mut batch = Batch::new(rules, revision, Timestamp::now());
-        let mut tables = SqlView::new(self.handle.clone(), view.client, view.until);
-        tables.prefetch_heads(&keys)?;
+        view.prefetch_heads(&keys)?;
         let mut answers = Vec::with_capacity(jobs.len());
         let mut compacted = false;
         for job in jobs {
             answers.push(match job {
-                Job::Write { command, .. } => Answer::Write(batch.write(&mut tables, command)?),
-                Job::Resolve { command, .. } => {
-                    Answer::Resolve(batch.resolve(&mut tables, command)?)
-                }
+                Job::Write { command, .. } => Answer::Write(batch.write(view, command)?),
+                Job::Resolve { command, .. } => Answer::Resolve(batch.resolve(view, command)?),
                 Job::Configure { command, .. } => {
-                    Answer::Configure(batch.configure(&mut tables, command)?)
+                    Answer::Configure(batch.configure(view, command)?)
                 }
                 Job::Side { writes, .. } => {
-                    batch.side(&mut tables, writes)?;
+                    batch.side(view, writes)?;
                     Answer::Side(Ok(()))
                 }
                 Job::Claim {
                     keys, node, until, ..
-                } => Answer::Claim(Ok(batch.claim(&mut tables, keys, node, *until)?)),
+                } => Answer::Claim(Ok(batch.claim(view, keys, node, *until)?)),
                 Job::Compact { plan, .. } => {
                     compacted = true;
                     Answer::Compact(Ok(crate::compaction::apply(view, plan)?))

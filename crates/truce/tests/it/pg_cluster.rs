@@ -76,6 +76,48 @@ pub fn as_superuser_on(name: &str, sql: &str) {
     );
 }
 
+/// A session of the shared cluster holding database `name`'s commit row (the
+/// lock every write transaction takes first) for `seconds`; returns once it
+/// holds it.
+pub fn hold_commit_row(name: &str, seconds: f64) -> LockHolder {
+    let mut command = Command::new(tool("psql"));
+    command
+        .args(["-h", "127.0.0.1", "-p", &cluster().port.to_string()])
+        .args(["-U", "postgres", "-d", name, "-q", "-v", "ON_ERROR_STOP=1", "-c"])
+        .arg(format!(
+            "BEGIN; SELECT 1 FROM truce_commit FOR UPDATE; SELECT pg_sleep({seconds}) AS holding_commit_row; COMMIT;"
+        ))
+        .stdout(std::process::Stdio::null());
+    let child = command.spawn().expect("run psql");
+    // Held once the session is asleep inside its transaction.
+    for _ in 0..300 {
+        let asleep = Command::new(tool("psql"))
+            .args(["-h", "127.0.0.1", "-p", &cluster().port.to_string()])
+            .args(["-U", "postgres", "-d", name, "-tA", "-c"])
+            .arg("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%AS holding_commit_row%' AND wait_event = 'PgSleep'")
+            .output()
+            .expect("run psql");
+        if String::from_utf8_lossy(&asleep.stdout).trim() == "1" {
+            return LockHolder { child };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("the commit row was never held");
+}
+
+/// A session holding a commit row; see [`hold_commit_row`].
+pub struct LockHolder {
+    child: std::process::Child,
+}
+
+impl LockHolder {
+    /// Waits for the session to end (and the lock to go).
+    pub fn wait(mut self) {
+        let status = self.child.wait().expect("wait for psql");
+        assert!(status.success(), "the lock holder failed");
+    }
+}
+
 /// The database name of a URL made by [`fresh_database`].
 pub fn database_of(url: &str) -> &str {
     let tail = url.rsplit('/').next().unwrap_or_default();

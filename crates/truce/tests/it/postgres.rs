@@ -579,3 +579,84 @@ async fn reads_and_conditional_writes_across_nodes_are_linearizable() {
         panic!("not linearizable: {violation}");
     }
 }
+
+/// Writes of one document queued behind a batch that waits for the commit row
+/// (held by another session meanwhile) are planned together in the next batch,
+/// one transaction: each sees the one before it (the batch sends its writes
+/// together, so this is read-your-writes through what it has not sent yet):
+/// every merge patch lands, versions are consecutive, the change feed has one
+/// entry per version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_of_one_batch_see_each_other() {
+    const PATCHES: usize = 24;
+    let url = fresh_database();
+    let (a, _a) = node(&url).await;
+    let client = client();
+    let created = put(
+        &client,
+        format!("{a}/v1/notes/n"),
+        json!({"first": 0}),
+        None,
+    )
+    .await;
+    assert_eq!(created.status(), 201);
+    let holder = crate::pg_cluster::hold_commit_row(database_of(&url), 1.5);
+    let mut patches = Vec::new();
+    for i in 0..PATCHES {
+        let (client, a) = (client.clone(), a.clone());
+        patches.push(tokio::spawn(async move {
+            let path = format!("{a}/v1/notes/n");
+            let request = if i % 5 == 4 {
+                // A JSON Patch whose test sees the earlier members of the batch.
+                client
+                    .patch(path)
+                    .header("content-type", "application/json-patch+json")
+                    .body(
+                        json!([{"op": "test", "path": "/first", "value": 0},
+                                 {"op": "add", "path": format!("/f{i}"), "value": i}])
+                        .to_string(),
+                    )
+            } else {
+                client
+                    .patch(path)
+                    .header("content-type", "application/merge-patch+json")
+                    .body(json!({ format!("f{i}"): i }).to_string())
+            };
+            request.send().await.unwrap().status().as_u16()
+        }));
+    }
+    for patch in patches {
+        assert_eq!(patch.await.unwrap(), 200);
+    }
+    holder.wait();
+    let doc: Value = client
+        .get(format!("{a}/v1/notes/n"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for i in 0..PATCHES {
+        assert_eq!(doc[format!("f{i}")], i, "patch {i} lost: {doc}");
+    }
+    let feed: Value = client
+        .get(format!("{a}/v1/_changes?since=0"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let versions: Vec<u64> = feed["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| c["version"].as_u64().expect("version"))
+        .collect();
+    assert_eq!(
+        versions,
+        (1..=PATCHES as u64 + 1).collect::<Vec<_>>(),
+        "{feed}"
+    );
+}
