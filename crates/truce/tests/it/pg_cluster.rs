@@ -88,7 +88,7 @@ pub fn hold_commit_row(name: &str, seconds: f64) -> LockHolder {
             "BEGIN; SELECT 1 FROM truce_commit FOR UPDATE; SELECT pg_sleep({seconds}) AS holding_commit_row; COMMIT;"
         ))
         .stdout(std::process::Stdio::null());
-    let child = command.spawn().expect("run psql");
+    let mut child = command.spawn().expect("run psql");
     // Held once the session is asleep inside its transaction.
     for _ in 0..300 {
         let asleep = Command::new(tool("psql"))
@@ -102,6 +102,8 @@ pub fn hold_commit_row(name: &str, seconds: f64) -> LockHolder {
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the commit row was never held");
 }
 
