@@ -10,9 +10,19 @@
 
 use std::collections::HashMap;
 
-use truce_engine::{Effect, SideTable, Version};
+use truce_engine::{Effect, ResourceKey, SideTable, Version};
 
 use crate::sql::big;
+
+/// New heads (a speculative insertion costs more than a plain one).
+const HEADS_INSERT: &str = "INSERT INTO truce_heads (collection, id, revision, idx, number, tombstone) \
+     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[], $5::bigint[], $6::bool[])";
+
+/// Heads that may exist.
+const HEADS_UPSERT: &str = "INSERT INTO truce_heads (collection, id, revision, idx, number, tombstone) \
+     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[], $5::bigint[], $6::bool[]) \
+     ON CONFLICT (collection, id) DO UPDATE SET revision = excluded.revision, \
+     idx = excluded.idx, number = excluded.number, tombstone = excluded.tombstone";
 
 /// What a batch wrote that is not sent yet.
 #[derive(Default)]
@@ -34,6 +44,9 @@ struct VersionRow {
 }
 
 struct HeadRow {
+    /// Known to have no row yet (plainly inserted; an upsert otherwise). A
+    /// wrong `true` fails the batch loudly (a duplicate key), never silently.
+    new: bool,
     revision: i64,
     idx: i32,
     number: i64,
@@ -47,15 +60,27 @@ pub(crate) struct Flush {
 }
 
 impl PendingWrites {
-    /// Adds everything `effect` stores at `revision`.
-    pub(crate) fn add(&mut self, effect: &Effect, revision: u64) {
+    /// Adds everything `effect` stores at `revision`; `known` tells, where it
+    /// can, whether a resource had a head before (`Some(false)`: it had none).
+    pub(crate) fn add(
+        &mut self,
+        effect: &Effect,
+        revision: u64,
+        known: impl Fn(&ResourceKey) -> Option<bool>,
+    ) {
         let revision = big(revision);
         for (index, write) in effect.writes.iter().enumerate() {
             let idx = i32::try_from(index).unwrap_or(i32::MAX);
             let (collection, id) = (write.key.collection.as_str(), write.key.id.as_str());
+            let name = (collection.to_owned(), id.to_owned());
+            let new = match self.heads.get(&name) {
+                Some(earlier) => earlier.new,
+                None => known(&write.key) == Some(false),
+            };
             self.heads.insert(
-                (collection.to_owned(), id.to_owned()),
+                name,
                 HeadRow {
+                    new,
                     revision,
                     idx,
                     number: big(write.version.number),
@@ -116,14 +141,15 @@ impl PendingWrites {
                 ],
             });
         }
-        let heads: Vec<_> = std::mem::take(&mut self.heads).into_iter().collect();
-        if !heads.is_empty() {
+        let (created, moved): (Vec<_>, Vec<_>) = std::mem::take(&mut self.heads)
+            .into_iter()
+            .partition(|(_, head)| head.new);
+        for (heads, sql) in [(created, HEADS_INSERT), (moved, HEADS_UPSERT)] {
+            if heads.is_empty() {
+                continue;
+            }
             statements.push(Flush {
-                sql: "INSERT INTO truce_heads (collection, id, revision, idx, number, tombstone) \
-                      SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::int[], \
-                      $5::bigint[], $6::bool[]) \
-                      ON CONFLICT (collection, id) DO UPDATE SET revision = excluded.revision, \
-                      idx = excluded.idx, number = excluded.number, tombstone = excluded.tombstone",
+                sql,
                 params: vec![
                     Box::new(column(&heads, |((c, _), _)| c.clone())),
                     Box::new(column(&heads, |((_, i), _)| i.clone())),
@@ -149,15 +175,16 @@ impl PendingWrites {
                 ],
             });
         }
-        if !removed.is_empty() {
+        // One statement per table, with `= ANY`: always an index probe per key
+        // (a join with the keys, planned once on a small table, would scan).
+        let mut removed_by_table: HashMap<i16, Vec<Vec<u8>>> = HashMap::new();
+        for ((table, key), _) in removed {
+            removed_by_table.entry(table).or_default().push(key);
+        }
+        for (table, keys) in removed_by_table {
             statements.push(Flush {
-                sql: "DELETE FROM truce_side s \
-                      USING unnest($1::smallint[], $2::bytea[]) AS d(tbl, key) \
-                      WHERE s.tbl = d.tbl AND s.key = d.key",
-                params: vec![
-                    Box::new(column(&removed, |((t, _), _)| *t)),
-                    Box::new(column(&removed, |((_, k), _)| k.clone())),
-                ],
+                sql: "DELETE FROM truce_side WHERE tbl = $1 AND key = ANY($2::bytea[])",
+                params: vec![Box::new(table), Box::new(keys)],
             });
         }
         statements

@@ -56,11 +56,16 @@ pub(crate) const HEAD_QUERY: &str = "SELECT v.revision, v.number, v.at_ms, v.op,
      FROM truce_heads h JOIN truce_versions v ON v.revision = h.revision AND v.idx = h.idx \
      WHERE h.collection = $1 AND h.id = $2";
 
-/// The heads of the resources named by two arrays (collections, ids).
-const PREFETCH_QUERY: &str = "SELECT h.collection, h.id, v.revision, v.number, v.at_ms, v.op, v.by_principal, v.body \
-     FROM unnest($1::text[], $2::text[]) AS k(collection, id) \
-     JOIN truce_heads h ON h.collection = k.collection COLLATE \"C\" AND h.id = k.id COLLATE \"C\" \
-     JOIN truce_versions v ON v.revision = h.revision AND v.idx = h.idx";
+/// The heads of the resources named by two arrays (collections, ids). A
+/// lateral lookup per key (its `LIMIT` keeps the planner from turning it into
+/// a join), so the plan is an index probe per key: a connection keeps the
+/// generic plan it made first, and a join planned on a near-empty table is a
+/// sequential scan forever after.
+const PREFETCH_QUERY: &str = "SELECT k.collection, k.id, v.revision, v.number, v.at_ms, v.op, v.by_principal, v.body \
+     FROM unnest($1::text[], $2::text[]) AS k(collection, id), LATERAL ( \
+       SELECT w.revision, w.number, w.at_ms, w.op, w.by_principal, w.body \
+       FROM truce_heads h JOIN truce_versions w ON w.revision = h.revision AND w.idx = h.idx \
+       WHERE h.collection = k.collection COLLATE \"C\" AND h.id = k.id COLLATE \"C\" LIMIT 1) v";
 
 /// Past versions of a resource below a number, newest first, a page at a time.
 const WALK_QUERY: &str = "SELECT v.revision, v.number, v.at_ms, v.op, v.by_principal, v.body, v.stripped \
@@ -296,8 +301,10 @@ impl BatchTables for SqlView<'_> {
     }
 
     fn store(&mut self, effect: &Effect, revision: u64) -> Result<(), StorageError> {
-        self.pending.borrow_mut().add(effect, revision);
         let mut heads = self.heads.borrow_mut();
+        self.pending
+            .borrow_mut()
+            .add(effect, revision, |key| heads.get(key).map(Option::is_some));
         for write in &effect.writes {
             let head = Version {
                 revision,
