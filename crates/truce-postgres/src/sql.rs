@@ -16,7 +16,8 @@ use tokio::runtime::Handle;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use truce_engine::{
-    BatchTables, Effect, Op, ResourceKey, SideTable, StateView, StorageError, Timestamp, Version,
+    BatchTables, CollectionName, Effect, Op, ResourceKey, SideTable, StateView, StorageError,
+    Timestamp, Version,
 };
 
 use crate::error::storage;
@@ -67,10 +68,17 @@ const PREFETCH_QUERY: &str = "SELECT k.collection, k.id, v.revision, v.number, v
        FROM truce_heads h JOIN truce_versions w ON w.revision = h.revision AND w.idx = h.idx \
        WHERE h.collection = k.collection COLLATE \"C\" AND h.id = k.id COLLATE \"C\" LIMIT 1) v";
 
+/// Side records of one table by their keys.
+const SIDES_QUERY: &str =
+    "SELECT key, value FROM truce_side WHERE tbl = $1 AND key = ANY($2::bytea[])";
+
 /// Past versions of a resource below a number, newest first, a page at a time.
 const WALK_QUERY: &str = "SELECT v.revision, v.number, v.at_ms, v.op, v.by_principal, v.body, v.stripped \
      FROM truce_versions v WHERE v.collection = $1 AND v.id = $2 AND v.number < $3 \
      ORDER BY v.number DESC LIMIT 64";
+
+/// A side record's table code and key.
+type SideKey = (i16, Vec<u8>);
 
 /// One connection seen synchronously.
 ///
@@ -90,6 +98,9 @@ pub(crate) struct SqlView<'c> {
     pub heads: RefCell<HashMap<ResourceKey, Option<Version>>>,
     /// Writes not sent yet.
     pending: RefCell<PendingWrites>,
+    /// Side records this view read (`None`: absent), by table code and key;
+    /// the batch's own writes to them are in `pending`, which wins.
+    sides: RefCell<HashMap<SideKey, Option<Bytes>>>,
     /// When the work on this view must be done: a statement still waiting then
     /// counts as the database being unreachable (a partition must not hang a
     /// request).
@@ -109,38 +120,91 @@ impl<'c> SqlView<'c> {
             until,
             heads: RefCell::default(),
             pending: RefCell::default(),
+            sides: RefCell::default(),
         }
     }
 
-    /// Reads the heads of `keys` in one statement, for the planning to come.
-    pub(crate) fn prefetch_heads(&self, keys: &[&ResourceKey]) -> Result<(), StorageError> {
-        let keys: Vec<&ResourceKey> = {
-            let known = self.heads.borrow();
-            keys.iter()
-                .copied()
-                .filter(|k| !known.contains_key(*k))
-                .collect()
-        };
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let collections: Vec<&str> = keys.iter().map(|k| k.collection.as_str()).collect();
+    /// Begins a batch's transaction and takes the commit row's lock, reading
+    /// the heads of `keys` and the settings of `collections` for the planning
+    /// to come, all in one round trip (the statements are pipelined, so the
+    /// reads run after the lock is taken). Returns the revision and the
+    /// transaction's id (what a lost COMMIT answer is settled by).
+    pub(crate) fn begin(
+        &self,
+        keys: &[&ResourceKey],
+        collections: &[&CollectionName],
+    ) -> Result<(u64, i64), StorageError> {
+        let names: Vec<&str> = keys.iter().map(|k| k.collection.as_str()).collect();
         let ids: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
-        let rows = self.query(PREFETCH_QUERY, &[&collections, &ids])?;
-        let mut heads = self.heads.borrow_mut();
+        let settings = i16::from(SideTable::Collections.code());
+        let settings_keys: Vec<&[u8]> = collections.iter().map(|c| c.as_str().as_bytes()).collect();
+        let (lock, heads, sides) = self.within(async {
+            let heads = self
+                .client
+                .prepare_cached(PREFETCH_QUERY)
+                .await
+                .map_err(storage)?;
+            let sides = self
+                .client
+                .prepare_cached(SIDES_QUERY)
+                .await
+                .map_err(storage)?;
+            // Each request is sent when first polled, and `join3` polls in order.
+            let (lock, heads, sides) = futures_util::future::join3(
+                self.client.simple_query(
+                    "BEGIN; SELECT revision, txid_current() FROM truce_commit FOR UPDATE",
+                ),
+                self.client.query(&heads, &[&names, &ids]),
+                self.client.query(&sides, &[&settings, &settings_keys]),
+            )
+            .await;
+            Ok((
+                lock.map_err(storage)?,
+                heads.map_err(storage)?,
+                sides.map_err(storage)?,
+            ))
+        })?;
+        let (revision, xid) = lock
+            .iter()
+            .find_map(|message| match message {
+                tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+                _ => None,
+            })
+            .and_then(|row| {
+                let revision = row.get(0)?.parse::<u64>().ok()?;
+                Some((revision, row.get(1)?.parse::<i64>().ok()?))
+            })
+            .ok_or_else(|| StorageError::Corrupt("the commit row is missing".into()))?;
+        let mut known = self.heads.borrow_mut();
         for key in keys {
-            heads.insert(key.clone(), None);
+            known.insert((*key).clone(), None);
         }
-        for row in &rows {
+        for row in &heads {
             let (collection, id): (&str, &str) = (
                 row.try_get(0).map_err(storage)?,
                 row.try_get(1).map_err(storage)?,
             );
             let key = ResourceKey::parse(collection, id)
                 .map_err(|e| StorageError::Corrupt(format!("stored key {collection}/{id}: {e}")))?;
-            heads.insert(key, Some(version_of(row, 2)?));
+            known.insert(key, Some(version_of(row, 2)?));
         }
-        Ok(())
+        let mut read = self.sides.borrow_mut();
+        for key in &settings_keys {
+            read.insert((settings, key.to_vec()), None);
+        }
+        for row in &sides {
+            let key: Vec<u8> = row.try_get(0).map_err(storage)?;
+            let value: Vec<u8> = row.try_get(1).map_err(storage)?;
+            read.insert((settings, key), Some(Bytes::from(value)));
+        }
+        Ok((revision, xid))
+    }
+
+    /// Forgets what was read, for statements that change rows behind the
+    /// caches' back (compaction).
+    pub(crate) fn forget_reads(&self) {
+        self.heads.borrow_mut().clear();
+        self.sides.borrow_mut().clear();
     }
 
     /// Sends the pending writes, without waiting for their answers (see the
@@ -264,14 +328,23 @@ impl BatchTables for SqlView<'_> {
         if let Some(written) = self.pending.borrow().side(table, key) {
             return Ok(written.map(Bytes::copy_from_slice));
         }
+        let code = i16::from(table.code());
+        if let Some(read) = self.sides.borrow().get(&(code, key.to_vec())) {
+            return Ok(read.clone());
+        }
         let rows = self.query(
             "SELECT value FROM truce_side WHERE tbl = $1 AND key = $2",
-            &[&i16::from(table.code()), &key],
+            &[&code, &key],
         )?;
-        rows.first()
+        let value = rows
+            .first()
             .map(|row| row.try_get::<_, Vec<u8>>(0).map(Bytes::from))
             .transpose()
-            .map_err(storage)
+            .map_err(storage)?;
+        self.sides
+            .borrow_mut()
+            .insert((code, key.to_vec()), value.clone());
+        Ok(value)
     }
 
     fn last_side_key(&self, table: SideTable) -> Result<Option<Vec<u8>>, StorageError> {

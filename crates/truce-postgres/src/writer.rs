@@ -231,26 +231,6 @@ impl Writer {
     /// Everything of one batch's transaction but its end: the answers, what is
     /// left to do once committed, and whether there is anything to commit.
     fn stage(&self, view: &mut SqlView<'_>, jobs: &[Job]) -> Result<Staged, StorageError> {
-        // The transaction starts and takes the lock in one round trip, and the
-        // transaction id (what a lost COMMIT answer is settled by) comes with it.
-        let (revision, xid) = view.within(async {
-            let messages = view
-                .client
-                .simple_query("BEGIN; SELECT revision, txid_current() FROM truce_commit FOR UPDATE")
-                .await
-                .map_err(storage)?;
-            messages
-                .iter()
-                .find_map(|message| match message {
-                    tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
-                    _ => None,
-                })
-                .and_then(|row| {
-                    let revision = row.get(0)?.parse::<u64>().ok()?;
-                    Some((revision, row.get(1)?.parse::<i64>().ok()?))
-                })
-                .ok_or_else(|| StorageError::Corrupt("the commit row is missing".into()))
-        })?;
         let keys: Vec<&truce_engine::ResourceKey> = jobs
             .iter()
             .filter_map(|job| match job {
@@ -258,6 +238,11 @@ impl Writer {
                 _ => None,
             })
             .collect();
+        let mut collections: Vec<&truce_engine::CollectionName> =
+            keys.iter().map(|key| &key.collection).collect();
+        collections.sort_unstable();
+        collections.dedup();
+        let (revision, xid) = view.begin(&keys, &collections)?;
         let rules = BatchRules {
             limits: self.limits,
             retention: &self.retention,
@@ -265,7 +250,6 @@ impl Writer {
             conflict_ids: &self.conflict_ids,
         };
         let mut batch = Batch::new(rules, revision, Timestamp::now());
-        view.prefetch_heads(&keys)?;
         let mut answers = Vec::with_capacity(jobs.len());
         let mut compacted = false;
         for job in jobs {
@@ -284,6 +268,7 @@ impl Writer {
                 } => Answer::Claim(Ok(batch.claim(view, keys, node, *until)?)),
                 Job::Compact { plan, .. } => {
                     compacted = true;
+                    view.forget_reads();
                     Answer::Compact(Ok(crate::compaction::apply(view, plan)?))
                 }
                 Job::Shutdown { .. } => Answer::Shutdown,
