@@ -26,7 +26,7 @@ use crate::ids::IdGenerator;
 use crate::name::CollectionName;
 use crate::resolution::{ResolutionCommand, ResolutionOutcome, plan_resolution};
 use crate::retention::Retention;
-use crate::rules::{Effect, Planned, SideTable, SideWrite, WriteContext};
+use crate::rules::{Effect, Planned, SideCommit, SideTable, SideWrite, WriteContext};
 use crate::store::StateView;
 use crate::time::Timestamp;
 use crate::webhook::{Delivery, Subscription, claim as claim_delivery, outbox_rows};
@@ -278,17 +278,27 @@ impl<'a> Batch<'a> {
     }
 
     /// Stores side records the rules decided outside a write (a subscription, a
-    /// delivery attempt).
+    /// delivery attempt), unless the record they require is gone (then
+    /// not-found, and nothing is stored).
     pub fn side(
         &mut self,
         tables: &mut dyn BatchTables,
-        writes: &[SideWrite],
-    ) -> Result<(), StorageError> {
+        commit: &SideCommit,
+    ) -> Result<Result<(), EngineError>, StorageError> {
+        if let Some((table, key)) = &commit.requires
+            && tables.side(*table, key)?.is_none()
+        {
+            return Ok(Err(EngineError::NotFound {
+                detail: "the record these changes belong to no longer exists".into(),
+                tombstone: None,
+            }));
+        }
         let effect = Effect {
             writes: Vec::new(),
-            side: writes.to_vec(),
+            side: commit.writes.clone(),
         };
-        self.apply(tables, &effect)
+        self.apply(tables, &effect)?;
+        Ok(Ok(()))
     }
 
     /// Claims the due outbox rows under `keys` for `node` until `until` (see
@@ -312,7 +322,11 @@ impl<'a> Batch<'a> {
             }
         }
         if !writes.is_empty() {
-            self.side(tables, &writes)?;
+            let effect = Effect {
+                writes: Vec::new(),
+                side: writes,
+            };
+            self.apply(tables, &effect)?;
         }
         Ok(claimed)
     }

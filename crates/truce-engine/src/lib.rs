@@ -79,7 +79,9 @@ pub use resolution::{
     plan_resolution,
 };
 pub use retention::{CompactionReport, ConflictRetention, RecordSummary, Retention};
-pub use rules::{Effect, Planned, SideTable, SideWrite, VersionWrite, WriteContext, plan_write};
+pub use rules::{
+    Effect, Planned, SideCommit, SideTable, SideWrite, VersionWrite, WriteContext, plan_write,
+};
 pub use store::{StateView, Store};
 pub use time::Timestamp;
 pub use webhook::{

@@ -79,6 +79,36 @@ pub struct SideWrite {
     pub value: Option<bytes::Bytes>,
 }
 
+/// Side records committed outside a write (a subscription, a delivery attempt),
+/// atomically, and, where they belong to another record, only while that
+/// record still exists: a handler reads, decides, then commits, and a record
+/// removed in between must not come back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SideCommit {
+    /// The records stored or removed.
+    pub writes: Vec<SideWrite>,
+    /// `(table, key)` of a record that must exist when the writes commit;
+    /// otherwise nothing is written and the answer is not-found.
+    pub requires: Option<(SideTable, Vec<u8>)>,
+}
+
+impl SideCommit {
+    /// These writes, unconditionally.
+    pub fn new(writes: Vec<SideWrite>) -> Self {
+        Self {
+            writes,
+            requires: None,
+        }
+    }
+
+    /// Only while record `key` of `table` exists.
+    #[must_use]
+    pub fn while_present(mut self, table: SideTable, key: impl Into<Vec<u8>>) -> Self {
+        self.requires = Some((table, key.into()));
+        self
+    }
+}
+
 /// The kinds of side record. A backend keeps each in a table (or key range) of
 /// its own; the code is stable on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

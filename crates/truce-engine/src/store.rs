@@ -19,7 +19,7 @@ use crate::read::VersionLookup;
 use crate::record::{HistoryPage, ListPage, ListQuery, Version};
 use crate::resolution::{ResolutionCommand, ResolutionOutcome};
 use crate::retention::CompactionReport;
-use crate::rules::{SideTable, SideWrite};
+use crate::rules::{SideCommit, SideTable};
 
 /// The state the rules read: the newest committed data (plus, inside the sequencer,
 /// the earlier writes of the batch being built).
@@ -83,8 +83,9 @@ pub trait Store: Send + Sync + 'static {
     async fn resolve(&self, command: ResolutionCommand) -> Result<ResolutionOutcome, EngineError>;
 
     /// Commits side records the rules decided outside a write (a subscription, a
-    /// delivery attempt) through the sequencer, atomically; returns once durable.
-    async fn commit_side(&self, writes: Vec<SideWrite>) -> Result<(), EngineError>;
+    /// delivery attempt) through the sequencer, atomically, if the record they
+    /// require still exists (else not-found); returns once durable.
+    async fn commit_side(&self, commit: SideCommit) -> Result<(), EngineError>;
 
     /// Claims the due webhook outbox rows under `keys` for `node` until `until`,
     /// through the write path, so that of several nodes exactly one attempts a

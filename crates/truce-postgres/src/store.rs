@@ -22,8 +22,8 @@ use truce_engine::{
     Change, ChangePage, ChangeQuery, CollectionName, CompactionReport, ConflictRetention, DocId,
     DocumentLimits, EngineError, HistoryPage, IdGenerator, ListPage, ListQuery, Planner,
     ReadContext, ResolutionCommand, ResolutionOutcome, ResourceKey, Retention, SettingsCommand,
-    SettingsOutcome, SideTable, SideWrite, StorageError, Store, StoredSettings, Timestamp, Version,
-    VersionLookup, WriteCommand, WriteOutcome, history_page, lookup_version, plan_write,
+    SettingsOutcome, SideCommit, SideTable, StorageError, Store, StoredSettings, Timestamp,
+    Version, VersionLookup, WriteCommand, WriteOutcome, history_page, lookup_version, plan_write,
 };
 
 use crate::error::{PostgresError, storage};
@@ -442,8 +442,8 @@ impl Store for PostgresStore {
         }
     }
 
-    async fn commit_side(&self, writes: Vec<SideWrite>) -> Result<(), EngineError> {
-        self.ask(|reply| Job::Side { writes, reply }).await
+    async fn commit_side(&self, commit: SideCommit) -> Result<(), EngineError> {
+        self.ask(|reply| Job::Side { commit, reply }).await
     }
 
     async fn claim_deliveries(

@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use truce_engine::{
     Batch, BatchNotes, BatchRules, CompactionPlan, CompactionReport, Delivery, DocumentLimits,
     EngineError, IdGenerator, Planner, ResolutionCommand, ResolutionOutcome, Retention,
-    SettingsCommand, SettingsOutcome, SideWrite, StorageError, Timestamp, WriteCommand,
+    SettingsCommand, SettingsOutcome, SideCommit, StorageError, Timestamp, WriteCommand,
     WriteOutcome,
 };
 
@@ -56,7 +56,7 @@ pub(crate) enum Job {
         reply: oneshot::Sender<Result<SettingsOutcome, EngineError>>,
     },
     Side {
-        writes: Vec<SideWrite>,
+        commit: SideCommit,
         reply: oneshot::Sender<Result<(), EngineError>>,
     },
     /// Claim due webhook outbox rows for a node.
@@ -259,10 +259,7 @@ impl Writer {
                 Job::Configure { command, .. } => {
                     Answer::Configure(batch.configure(view, command)?)
                 }
-                Job::Side { writes, .. } => {
-                    batch.side(view, writes)?;
-                    Answer::Side(Ok(()))
-                }
+                Job::Side { commit, .. } => Answer::Side(batch.side(view, commit)?),
                 Job::Claim {
                     keys, node, until, ..
                 } => Answer::Claim(Ok(batch.claim(view, keys, node, *until)?)),

@@ -18,8 +18,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use truce_engine::{
-    Attempt, Delivery, SideTable, SideWrite, Store, Subscription, Timestamp, after_attempt,
-    next_look_ms, read_delivery, sign,
+    Attempt, Delivery, SideCommit, SideTable, SideWrite, Store, Subscription, Timestamp,
+    after_attempt, next_look_ms, read_delivery, sign,
 };
 
 use crate::state::AppState;
@@ -176,11 +176,11 @@ async fn attempt(
         // Deleted since the row was written: nothing to deliver to.
         let key = truce_engine::outbox_key(&delivery.subscription, delivery.position);
         return store
-            .commit_side(vec![SideWrite {
+            .commit_side(SideCommit::new(vec![SideWrite {
                 table: SideTable::Outbox,
                 key,
                 value: None,
-            }])
+            }]))
             .await;
     };
     let body = serde_json::to_vec(&delivery.event).unwrap_or_default();
@@ -225,7 +225,14 @@ async fn attempt(
         &state.config.webhook_retry,
         fastrand::f64(),
     )?;
-    store.commit_side(writes).await?;
+    // Only while the subscription exists: one deleted during the attempt took
+    // its waiting rows and log with it, and they must not come back.
+    let commit = SideCommit::new(writes)
+        .while_present(SideTable::Subscriptions, delivery.subscription.as_bytes());
+    match store.commit_side(commit).await {
+        Err(truce_engine::EngineError::NotFound { .. }) => return Ok(()),
+        other => other?,
+    }
     metrics::counter!("truce_webhook_deliveries_total", "outcome" => outcome).increment(1);
     if outcome == "gave_up" {
         tracing::warn!(

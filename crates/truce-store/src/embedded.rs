@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
     ChangePage, ChangeQuery, CollectionName, CompactionReport, ConflictRetention, DocumentLimits,
     EngineError, HistoryPage, ListPage, ListQuery, Planner, ReadContext, ResolutionCommand,
-    ResolutionOutcome, ResourceKey, Retention, SettingsCommand, SettingsOutcome, SideTable,
-    SideWrite, StateView, StorageError, Store, StoredSettings, Timestamp, Version, VersionLookup,
+    ResolutionOutcome, ResourceKey, Retention, SettingsCommand, SettingsOutcome, SideCommit,
+    SideTable, StateView, StorageError, Store, StoredSettings, Timestamp, Version, VersionLookup,
     WriteCommand, WriteOutcome, event_position, history_page, lookup_version, plan_write,
 };
 
@@ -309,8 +309,8 @@ impl Store for EmbeddedStore {
         Ok(read_changes(log, query, last_revision(log)?)?)
     }
 
-    async fn commit_side(&self, writes: Vec<SideWrite>) -> Result<(), EngineError> {
-        self.ask(|reply| Job::Side { writes, reply }).await
+    async fn commit_side(&self, commit: SideCommit) -> Result<(), EngineError> {
+        self.ask(|reply| Job::Side { commit, reply }).await
     }
 
     async fn claim_deliveries(

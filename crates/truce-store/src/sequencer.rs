@@ -41,8 +41,8 @@ use redb::{Database, Durability};
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
     Batch, BatchNotes, BatchRules, CompactionPlan, CompactionReport, Delivery, EngineError,
-    IdGenerator, ResolutionCommand, ResolutionOutcome, SettingsCommand, SettingsOutcome, SideWrite,
-    StorageError, Timestamp, WriteCommand, WriteOutcome,
+    IdGenerator, ResolutionCommand, ResolutionOutcome, SettingsCommand, SettingsOutcome,
+    SideCommit, StorageError, Timestamp, WriteCommand, WriteOutcome,
 };
 
 use crate::embedded::EmbeddedConfig;
@@ -76,7 +76,7 @@ pub(crate) enum Job {
     /// Write side records the rules decided outside a write (subscriptions,
     /// delivery attempts), atomically.
     Side {
-        writes: Vec<SideWrite>,
+        commit: SideCommit,
         reply: oneshot::Sender<Result<(), EngineError>>,
     },
     /// Claim due webhook outbox rows for a node.
@@ -511,10 +511,7 @@ impl Sequencer {
                         Job::Configure { command, .. } => {
                             Answer::Configure(state.configure(&mut framed, command)?)
                         }
-                        Job::Side { writes, .. } => {
-                            state.side(&mut framed, writes)?;
-                            Answer::Side(Ok(()))
-                        }
+                        Job::Side { commit, .. } => Answer::Side(state.side(&mut framed, commit)?),
                         Job::Claim {
                             keys, node, until, ..
                         } => Answer::Claim(Ok(state.claim(&mut framed, keys, node, *until)?)),

@@ -7,7 +7,8 @@ use axum::response::{IntoResponse, Json, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use truce_engine::{
-    EngineError, SideTable, Subscription, Timestamp, subscription_prefix, subscription_removal,
+    EngineError, SideCommit, SideTable, Subscription, Timestamp, subscription_prefix,
+    subscription_removal,
 };
 use utoipa::IntoParams;
 
@@ -30,6 +31,14 @@ fn not_found(sid: &str) -> EngineError {
     EngineError::NotFound {
         detail: format!("there is no subscription {sid}"),
         tombstone: None,
+    }
+}
+
+/// A not-found from a commit that required subscription `sid`, in its words.
+fn gone_as_not_found(error: EngineError, sid: &str) -> EngineError {
+    match error {
+        EngineError::NotFound { .. } => not_found(sid),
+        other => other,
     }
 }
 
@@ -69,7 +78,7 @@ pub async fn create(
     let subscription = Subscription::parse(sid.clone(), &body, Timestamp::now())?;
     state
         .store
-        .commit_side(vec![subscription.record()?])
+        .commit_side(SideCommit::new(vec![subscription.record()?]))
         .await?;
     let mut response = (StatusCode::CREATED, Json(subscription.view())).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/_subscriptions/{sid}")) {
@@ -164,12 +173,16 @@ pub async fn replace(
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Json<Value>, ApiError> {
     let current = load(&state, &sid).await?;
-    let mut subscription = Subscription::parse(sid, &body, Timestamp::now())?;
+    let mut subscription = Subscription::parse(sid.clone(), &body, Timestamp::now())?;
     subscription.created_at_ms = current.created_at_ms;
+    // Only while it still exists: a delete since `load` stays a delete.
+    let commit = SideCommit::new(vec![subscription.record()?])
+        .while_present(SideTable::Subscriptions, sid.as_bytes());
     state
         .store
-        .commit_side(vec![subscription.record()?])
-        .await?;
+        .commit_side(commit)
+        .await
+        .map_err(|e| gone_as_not_found(e, &sid))?;
     Ok(Json(subscription.view()))
 }
 
@@ -229,7 +242,12 @@ pub async fn delete(
         keys(SideTable::Outbox).await?,
         keys(SideTable::Deliveries).await?,
     );
-    state.store.commit_side(writes).await?;
+    let commit = SideCommit::new(writes).while_present(SideTable::Subscriptions, sid.as_bytes());
+    state
+        .store
+        .commit_side(commit)
+        .await
+        .map_err(|e| gone_as_not_found(e, &sid))?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -194,7 +194,29 @@ async fn launch_on(
 ) -> (String, RunningServer) {
     let listener = TcpListener::bind(server.listen).await.expect("bind");
     truce_server::install_metrics();
-    let store: Arc<dyn truce_engine::Store> = match database {
+    let store = open_store(store, database).await;
+    let running = truce_server::serve(listener, store, server).expect("serve");
+    (format!("http://{}", running.local_addr()), running)
+}
+
+/// A store of the backend `TRUCE_TEST_BACKEND` names, on its own temp dir or
+/// fresh database, for tests of the `Store` itself; the dir lives as long as
+/// the value returned with it.
+pub async fn backend_store() -> (Arc<dyn truce_engine::Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let database =
+        (Backend::current() == Backend::Postgres).then(crate::pg_cluster::fresh_database);
+    let store = open_store(EmbeddedConfig::new(dir.path()), database.as_deref()).await;
+    (store, dir)
+}
+
+/// The embedded store `store` describes, or, with `database`, that PostgreSQL
+/// database under the same limits, retention and batching.
+async fn open_store(
+    store: EmbeddedConfig,
+    database: Option<&str>,
+) -> Arc<dyn truce_engine::Store> {
+    match database {
         Some(url) => {
             let mut config = truce_postgres::PostgresConfig::new(url);
             config.limits = store.limits;
@@ -209,9 +231,7 @@ async fn launch_on(
             )
         }
         None => Arc::new(EmbeddedStore::open(store).expect("open store")),
-    };
-    let running = truce_server::serve(listener, store, server).expect("serve");
-    (format!("http://{}", running.local_addr()), running)
+    }
 }
 
 /// A client that never uses a proxy and keeps connections.

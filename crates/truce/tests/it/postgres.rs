@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use truce_postgres::{PostgresConfig, PostgresStore};
 use truce_server::{RunningServer, ServerConfig};
 
-use crate::common::{client, etag, next_event, sse_events};
+use crate::common::{client, etag, fetch_json, next_event, sse_events};
 use crate::pg_cluster::{as_superuser, database_of, fresh_database};
 
 /// How long a stream may take to show a commit of the other node.
@@ -96,14 +96,7 @@ async fn two_nodes_share_one_database() {
         .as_str()
         .expect("a conflict id")
         .to_owned();
-    let record: Value = client
-        .get(format!("{b}/v1/_conflicts/{cid}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let record: Value = fetch_json(&client, format!("{b}/v1/_conflicts/{cid}")).await;
     assert_eq!(record["status"], "open", "{record}");
     assert_eq!(
         record["attempted"]["body"],
@@ -115,14 +108,7 @@ async fn two_nodes_share_one_database() {
     let feed = |base: String| {
         let client = client.clone();
         async move {
-            let page: Value = client
-                .get(format!("{base}/v1/_changes?since=0"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let page: Value = fetch_json(&client, format!("{base}/v1/_changes?since=0")).await;
             page
         }
     };
@@ -184,14 +170,7 @@ async fn no_lost_updates_across_nodes() {
     for task in tasks {
         refused += task.await.unwrap();
     }
-    let last: Value = client
-        .get(format!("{b}/v1/counters/c"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let last: Value = fetch_json(&client, format!("{b}/v1/counters/c")).await;
     assert_eq!(last["n"], (CLIENTS * EACH) as u64);
     assert!(refused > 0, "16 clients on one document never collided");
 }
@@ -361,14 +340,8 @@ async fn each_delivery_is_made_by_one_node() {
     }
     let log = tokio::time::timeout(std::time::Duration::from_secs(30), async {
         loop {
-            let log: Value = client
-                .get(format!("{b}/v1/_subscriptions/{sid}/deliveries"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let log: Value =
+                fetch_json(&client, format!("{b}/v1/_subscriptions/{sid}/deliveries")).await;
             let items = log["items"].as_array().map_or(0, Vec::len);
             if items >= EVENTS && log["pending"] == 0 {
                 return log;
@@ -629,25 +602,11 @@ async fn writes_of_one_batch_see_each_other() {
         assert_eq!(patch.await.unwrap(), 200);
     }
     holder.wait();
-    let doc: Value = client
-        .get(format!("{a}/v1/notes/n"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = fetch_json(&client, format!("{a}/v1/notes/n")).await;
     for i in 0..PATCHES {
         assert_eq!(doc[format!("f{i}")], i, "patch {i} lost: {doc}");
     }
-    let feed: Value = client
-        .get(format!("{a}/v1/_changes?since=0"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let feed: Value = fetch_json(&client, format!("{a}/v1/_changes?since=0")).await;
     let versions: Vec<u64> = feed["changes"]
         .as_array()
         .expect("changes")

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use reqwest::Client;
 use serde_json::{Value, json};
 use truce_postgres::PostgresConfig;
+use truce_server::RunningServer;
 
-use crate::common::{client, etag, problem};
+use crate::common::{client, etag, fetch_json, problem};
 use crate::pg_cluster::{as_superuser_on, cluster, database_of, fresh_database};
 use crate::postgres::{node, node_with, put};
 use crate::tcp_proxy::Proxy;
@@ -79,6 +80,18 @@ fn spawn_writer(
             }
         }
     })
+}
+
+/// A node on `url`'s database whose connections pass through a proxy the
+/// test controls; `deadline` replaces the node's default.
+async fn behind_proxy(url: &str, deadline: Option<Duration>) -> (Proxy, String, RunningServer) {
+    let proxy = Proxy::start(cluster().port).await;
+    let mut config = PostgresConfig::new(proxy.url(database_of(url)));
+    if let Some(deadline) = deadline {
+        config.deadline = deadline;
+    }
+    let (base, running) = node_with(config).await;
+    (proxy, base, running)
 }
 
 /// Polls `done` (bounded by [`WAIT`]).
@@ -201,8 +214,7 @@ async fn a_node_killed_mid_load_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_the_database_answers_503_and_catches_up() {
     let url = fresh_database();
-    let proxy = Proxy::start(cluster().port).await;
-    let (a, _a) = node(&proxy.url(database_of(&url))).await;
+    let (proxy, a, _a) = behind_proxy(&url, None).await;
     let (b, _b) = node(&url).await;
     let client = client();
     let stop = Arc::new(AtomicBool::new(false));
@@ -254,14 +266,7 @@ async fn a_node_cut_off_from_the_database_answers_503_and_catches_up() {
         "the healed node misses a write of the other"
     );
     // Its streams follow the other node's commits again.
-    let head: Value = client
-        .get(format!("{a}/v1/_changes?since=0&collection=wake"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let head: Value = fetch_json(&client, format!("{a}/v1/_changes?since=0&collection=wake")).await;
     let head = head["last_revision"].as_u64().expect("last_revision");
     let poll = tokio::spawn({
         let (client, a) = (client.clone(), a.clone());
@@ -303,8 +308,7 @@ async fn a_node_cut_off_from_the_database_answers_503_and_catches_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_commit_answer_is_settled_by_asking_the_database() {
     let url = fresh_database();
-    let proxy = Proxy::start(cluster().port).await;
-    let (a, _a) = node(&proxy.url(database_of(&url))).await;
+    let (proxy, a, _a) = behind_proxy(&url, None).await;
     let client = client();
     let created = put(&client, format!("{a}/v1/notes/n"), json!({"v": 1}), None).await;
     assert_eq!(created.status(), 201);
@@ -323,14 +327,7 @@ async fn a_lost_commit_answer_is_settled_by_asking_the_database() {
 
     let read = client.get(format!("{a}/v1/notes/n")).send().await.unwrap();
     assert_eq!(read.json::<Value>().await.unwrap(), json!({"v": 2}));
-    let history: Value = client
-        .get(format!("{a}/v1/notes/n/versions"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let history: Value = fetch_json(&client, format!("{a}/v1/notes/n/versions")).await;
     assert_eq!(
         history["items"].as_array().map(Vec::len),
         Some(2),
@@ -346,10 +343,7 @@ async fn a_lost_commit_answer_is_settled_by_asking_the_database() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_nobody_can_confirm_is_503_commit_unknown() {
     let url = fresh_database();
-    let proxy = Proxy::start(cluster().port).await;
-    let mut config = PostgresConfig::new(proxy.url(database_of(&url)));
-    config.deadline = Duration::from_secs(2);
-    let (a, _a) = node_with(config).await;
+    let (proxy, a, _a) = behind_proxy(&url, Some(Duration::from_secs(2))).await;
     let client = client();
     let created = put(&client, format!("{a}/v1/notes/n"), json!({"v": 1}), None).await;
     assert_eq!(created.status(), 201);
@@ -422,14 +416,7 @@ async fn a_statement_the_database_refuses_fails_its_whole_batch() {
     assert_eq!(read.status(), 404, "a refused write was applied");
     let next = put(&client, format!("{a}/v1/notes/next"), json!({}), None).await;
     assert_eq!(next.status(), 201);
-    let feed: Value = client
-        .get(format!("{a}/v1/_changes?since=0"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let feed: Value = fetch_json(&client, format!("{a}/v1/_changes?since=0")).await;
     let seen: Vec<(u64, &str)> = feed["changes"]
         .as_array()
         .expect("changes")

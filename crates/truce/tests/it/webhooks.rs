@@ -321,3 +321,55 @@ async fn the_delivery_log_ages_out_with_conflict_retention() {
     .await
     .expect("the log entry removed in time");
 }
+
+/// Side records committed on condition that another record exists (the
+/// subscription a replace or a delivery attempt belongs to) are not written
+/// once it is gone, so a subscription deleted while a handler or the delivery
+/// worker was between its read and its commit stays deleted; while it
+/// exists they are written. On the store itself, so the race is not needed to
+/// see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn side_records_requiring_a_removed_record_are_not_written() {
+    use truce_engine::{EngineError, SideCommit, SideTable, SideWrite};
+    let (store, _dir) = crate::common::backend_store().await;
+    let write = |table, key: &[u8], value: Option<&'static [u8]>| SideWrite {
+        table,
+        key: key.to_vec(),
+        value: value.map(bytes::Bytes::from_static),
+    };
+    let subscription = write(SideTable::Subscriptions, b"s1", Some(b"v1"));
+    store
+        .commit_side(SideCommit::new(vec![subscription.clone()]))
+        .await
+        .expect("create");
+    store
+        .commit_side(SideCommit::new(vec![write(SideTable::Subscriptions, b"s1", None)]))
+        .await
+        .expect("delete");
+
+    let late = SideCommit::new(vec![
+        write(SideTable::Subscriptions, b"s1", Some(b"v2")),
+        write(SideTable::Deliveries, b"s1\0log", Some(b"attempt")),
+    ])
+    .while_present(SideTable::Subscriptions, b"s1".to_vec());
+    let refused = store.commit_side(late.clone()).await;
+    assert!(matches!(refused, Err(EngineError::NotFound { .. })), "{refused:?}");
+    for (table, key) in [
+        (SideTable::Subscriptions, &b"s1"[..]),
+        (SideTable::Deliveries, &b"s1\0log"[..]),
+    ] {
+        let found = store.side_record(table, key).await.expect("read");
+        assert_eq!(found, None, "{table:?} came back");
+    }
+
+    store
+        .commit_side(SideCommit::new(vec![subscription]))
+        .await
+        .expect("create again");
+    store.commit_side(late).await.expect("written while present");
+    let found = store
+        .side_record(SideTable::Deliveries, b"s1\0log")
+        .await
+        .expect("read");
+    assert_eq!(found.as_deref(), Some(&b"attempt"[..]));
+}
