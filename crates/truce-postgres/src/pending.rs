@@ -4,13 +4,13 @@
 //! has. A statement per row cost the database (and the node) more than the rows
 //! themselves did.
 //!
-//! Reads of the batch still see its own writes: heads through the view's head
-//! cache, side records through [`PendingWrites::side`], and any other read
-//! flushes what is pending first, so the database runs the writes before it.
+//! Reads of the batch still see its own writes: heads and side records through
+//! the view's caches, which the batch's writes go through, and any other read
+//! sends what is pending first, so the database runs the writes before it.
 
 use std::collections::HashMap;
 
-use truce_engine::{Effect, ResourceKey, SideTable, Version};
+use truce_engine::{Effect, ResourceKey, Version};
 
 use crate::sql::big;
 
@@ -101,14 +101,6 @@ impl PendingWrites {
                 side.value.as_deref().map(<[u8]>::to_vec),
             );
         }
-    }
-
-    /// A side record the batch wrote: `Some(None)` when it removed it, `None`
-    /// when the batch did not touch it.
-    pub(crate) fn side(&self, table: SideTable, key: &[u8]) -> Option<Option<&[u8]>> {
-        self.side
-            .get(&(i16::from(table.code()), key.to_vec()))
-            .map(Option::as_deref)
     }
 
     /// Whether nothing is waiting.

@@ -98,8 +98,9 @@ pub(crate) struct SqlView<'c> {
     pub heads: RefCell<HashMap<ResourceKey, Option<Version>>>,
     /// Writes not sent yet.
     pending: RefCell<PendingWrites>,
-    /// Side records this view read (`None`: absent), by table code and key;
-    /// the batch's own writes to them are in `pending`, which wins.
+    /// Side records this view read or wrote (`None`: absent), by table code and
+    /// key: written through by [`BatchTables::store`], so they stay true after
+    /// the pending writes are sent.
     sides: RefCell<HashMap<SideKey, Option<Bytes>>>,
     /// When the work on this view must be done: a statement still waiting then
     /// counts as the database being unreachable (a partition must not hang a
@@ -325,9 +326,6 @@ impl BatchTables for SqlView<'_> {
     }
 
     fn side(&self, table: SideTable, key: &[u8]) -> Result<Option<Bytes>, StorageError> {
-        if let Some(written) = self.pending.borrow().side(table, key) {
-            return Ok(written.map(Bytes::copy_from_slice));
-        }
         let code = i16::from(table.code());
         if let Some(read) = self.sides.borrow().get(&(code, key.to_vec())) {
             return Ok(read.clone());
@@ -384,6 +382,13 @@ impl BatchTables for SqlView<'_> {
                 ..write.version.clone()
             };
             heads.insert(write.key.clone(), Some(head));
+        }
+        let mut sides = self.sides.borrow_mut();
+        for side in &effect.side {
+            sides.insert(
+                (i16::from(side.table.code()), side.key.clone()),
+                side.value.clone(),
+            );
         }
         Ok(())
     }

@@ -212,10 +212,7 @@ pub async fn backend_store() -> (Arc<dyn truce_engine::Store>, tempfile::TempDir
 
 /// The embedded store `store` describes, or, with `database`, that PostgreSQL
 /// database under the same limits, retention and batching.
-async fn open_store(
-    store: EmbeddedConfig,
-    database: Option<&str>,
-) -> Arc<dyn truce_engine::Store> {
+async fn open_store(store: EmbeddedConfig, database: Option<&str>) -> Arc<dyn truce_engine::Store> {
     match database {
         Some(url) => {
             let mut config = truce_postgres::PostgresConfig::new(url);

@@ -98,7 +98,10 @@ pub fn hold_commit_row(name: &str, seconds: f64) -> LockHolder {
             .output()
             .expect("run psql");
         if String::from_utf8_lossy(&asleep.stdout).trim() == "1" {
-            return LockHolder { child };
+            return LockHolder {
+                child,
+                database: name.to_owned(),
+            };
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
@@ -110,9 +113,28 @@ pub fn hold_commit_row(name: &str, seconds: f64) -> LockHolder {
 /// A session holding a commit row; see [`hold_commit_row`].
 pub struct LockHolder {
     child: std::process::Child,
+    database: String,
 }
 
 impl LockHolder {
+    /// Waits until a writer waits for the row (its batch has begun, so what
+    /// is queued from now on goes into the next batch).
+    pub fn wait_for_a_writer(&self) {
+        for _ in 0..300 {
+            let waiting = Command::new(tool("psql"))
+                .args(["-h", "127.0.0.1", "-p", &cluster().port.to_string()])
+                .args(["-U", "postgres", "-d", &self.database, "-tA", "-c"])
+                .arg("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+                .output()
+                .expect("run psql");
+            if String::from_utf8_lossy(&waiting.stdout).trim() != "0" {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("no writer ever waited for the commit row");
+    }
+
     /// Waits for the session to end (and the lock to go).
     pub fn wait(mut self) {
         let status = self.child.wait().expect("wait for psql");

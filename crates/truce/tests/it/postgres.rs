@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use truce_postgres::{PostgresConfig, PostgresStore};
 use truce_server::{RunningServer, ServerConfig};
 
-use crate::common::{client, etag, fetch_json, next_event, sse_events};
+use crate::common::{client, etag, fetch_json, next_event, problem, sse_events};
 use crate::pg_cluster::{as_superuser, database_of, fresh_database};
 
 /// How long a stream may take to show a commit of the other node.
@@ -618,4 +618,78 @@ async fn writes_of_one_batch_see_each_other() {
         (1..=PATCHES as u64 + 1).collect::<Vec<_>>(),
         "{feed}"
     );
+}
+
+/// Two resolutions of one conflict record (taking theirs: no new version, so
+/// only the record's state can refuse the second) planned in the same batch,
+/// queued behind a batch that waits for the commit row: the first closes it,
+/// the second sees it closed (409 state-conflict), even though the batch sent
+/// the first one's writes to the database in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_resolved_twice_in_one_batch_is_closed_once() {
+    let url = fresh_database();
+    let (a, _a) = node(&url).await;
+    let client = client();
+    let created = put(&client, format!("{a}/v1/notes/n"), json!({"v": 1}), None).await;
+    let stale = etag(&created);
+    let moved = put(
+        &client,
+        format!("{a}/v1/notes/n"),
+        json!({"v": 2}),
+        Some(&stale),
+    )
+    .await;
+    assert_eq!(moved.status(), 200);
+    let refused = put(
+        &client,
+        format!("{a}/v1/notes/n"),
+        json!({"v": 3}),
+        Some(&stale),
+    )
+    .await;
+    assert_eq!(refused.status(), 412);
+    let cid = refused.json::<Value>().await.unwrap()["conflict_id"]
+        .as_str()
+        .expect("a conflict id")
+        .to_owned();
+
+    let holder = crate::pg_cluster::hold_commit_row(database_of(&url), 1.5);
+    // A first batch that waits for the row, so both resolutions queue for the next.
+    let first = tokio::spawn({
+        let (client, url) = (client.clone(), format!("{a}/v1/notes/other"));
+        async move { put(&client, url, json!({}), None).await.status() }
+    });
+    let holder = tokio::task::spawn_blocking(move || {
+        holder.wait_for_a_writer();
+        holder
+    })
+    .await
+    .unwrap();
+    let resolutions: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, url) = (client.clone(), format!("{a}/v1/_conflicts/{cid}/resolve"));
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(json!({"take": "theirs"}).to_string())
+                    .send()
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for resolution in resolutions {
+        answers.push(resolution.await.unwrap());
+    }
+    holder.wait();
+    assert_eq!(first.await.unwrap(), 201);
+    answers.sort_by_key(reqwest::Response::status);
+    let mut answers = answers.into_iter();
+    let closed = answers.next().expect("two answers");
+    assert_eq!(closed.status(), 200);
+    problem(answers.next().expect("two answers"), 409, "state-conflict").await;
+    let record = fetch_json(&client, format!("{a}/v1/_conflicts/{cid}")).await;
+    assert_eq!(record["status"], "resolved", "{record}");
 }

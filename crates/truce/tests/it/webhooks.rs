@@ -343,7 +343,11 @@ async fn side_records_requiring_a_removed_record_are_not_written() {
         .await
         .expect("create");
     store
-        .commit_side(SideCommit::new(vec![write(SideTable::Subscriptions, b"s1", None)]))
+        .commit_side(SideCommit::new(vec![write(
+            SideTable::Subscriptions,
+            b"s1",
+            None,
+        )]))
         .await
         .expect("delete");
 
@@ -353,7 +357,10 @@ async fn side_records_requiring_a_removed_record_are_not_written() {
     ])
     .while_present(SideTable::Subscriptions, b"s1".to_vec());
     let refused = store.commit_side(late.clone()).await;
-    assert!(matches!(refused, Err(EngineError::NotFound { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(EngineError::NotFound { .. })),
+        "{refused:?}"
+    );
     for (table, key) in [
         (SideTable::Subscriptions, &b"s1"[..]),
         (SideTable::Deliveries, &b"s1\0log"[..]),
@@ -366,7 +373,10 @@ async fn side_records_requiring_a_removed_record_are_not_written() {
         .commit_side(SideCommit::new(vec![subscription]))
         .await
         .expect("create again");
-    store.commit_side(late).await.expect("written while present");
+    store
+        .commit_side(late)
+        .await
+        .expect("written while present");
     let found = store
         .side_record(SideTable::Deliveries, b"s1\0log")
         .await
