@@ -266,3 +266,31 @@ async fn the_mean_batch_is_the_servers_own() {
     );
     server.kill().await;
 }
+
+/// With several `--url`s the clients take the servers in turn: creates land on
+/// both, and together they are what the report counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_urls_share_the_clients() {
+    let (first, second) = (TestServer::start().await, TestServer::start().await);
+    let urls = format!("{},{}", first.base, second.base);
+    let reports = bench(&[
+        "--url",
+        &urls,
+        "--workload",
+        "create",
+        "--connections",
+        "4",
+        "--duration",
+        "1s",
+    ])
+    .await;
+    let report = &reports[0];
+    assert_eq!(report["errors"], 0, "{report}");
+    let prefix = format!("{}-", report["run_id"].as_str().unwrap());
+    let (on_first, on_second) = (
+        count(&first, "bench", &prefix).await,
+        count(&second, "bench", &prefix).await,
+    );
+    assert!(on_first > 0 && on_second > 0, "{on_first} and {on_second}");
+    assert_eq!(on_first + on_second, report["ops"].as_u64().unwrap());
+}
