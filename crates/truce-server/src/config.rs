@@ -22,6 +22,8 @@ pub struct ServerConfig {
     pub sse_keepalive: Duration,
     /// Longest `feed=longpoll` wait a client may ask for.
     pub longpoll_max: Duration,
+    /// Most SSE streams and long polls open at once; more are refused (503).
+    pub max_streams: usize,
     /// Longest graceful shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
     /// How often age-based retention runs; `None` disables it.
@@ -41,6 +43,7 @@ impl Default for ServerConfig {
             body_timeout: Duration::from_secs(30),
             sse_keepalive: Duration::from_secs(15),
             longpoll_max: Duration::from_secs(300),
+            max_streams: 1024,
             shutdown_grace: Duration::from_secs(30),
             compaction_interval: Some(Duration::from_secs(60)),
             webhook_retry: RetryRule::default(),

@@ -48,6 +48,12 @@ pub enum ApiError {
     /// The route does not accept the method.
     #[error("this path does not accept the request's method")]
     MethodNotAllowed,
+    /// Every stream the server may hold open is open.
+    #[error("the server holds its most streams and long polls open ({limit}); retry shortly")]
+    TooManyStreams {
+        /// The server's cap (`max_streams`).
+        limit: usize,
+    },
     /// A handler panicked (the panic is logged, never shown).
     #[error("a handler panicked")]
     Panic,
@@ -75,6 +81,12 @@ impl ApiError {
             Self::BodyTimeout(_) => Problem::new(ProblemKind::RequestTimeout, self.to_string()),
             Self::NoRoute(_) => Problem::new(ProblemKind::NotFound, self.to_string()),
             Self::MethodNotAllowed => Problem::new(ProblemKind::MethodNotAllowed, self.to_string()),
+            Self::TooManyStreams { .. } => {
+                let mut problem = Problem::new(ProblemKind::Unavailable, self.to_string())
+                    .with("reason", serde_json::json!("too-many-streams"));
+                problem.retry_after_secs = Some(1);
+                problem
+            }
             Self::Panic => EngineError::Internal(String::new()).problem(),
         }
     }

@@ -19,6 +19,7 @@ mod render;
 mod routes;
 mod serve;
 mod state;
+mod streams;
 mod webhooks;
 mod wire;
 

@@ -23,16 +23,20 @@ pub struct Shared {
     pub ids: IdGenerator,
     /// Cancelled when the server starts shutting down: streams and long polls end.
     pub shutdown: CancellationToken,
+    /// One permit per SSE stream or long poll that may be open (`max_streams`).
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
     /// State for a store and settings.
     pub fn new(store: Arc<dyn Store>, config: ServerConfig) -> Self {
+        let streams = Arc::new(tokio::sync::Semaphore::new(config.max_streams));
         Self(Arc::new(Shared {
             store,
             config,
             ids: IdGenerator::new(),
             shutdown: CancellationToken::new(),
+            streams,
         }))
     }
 }

@@ -132,6 +132,9 @@ pub struct ServeArgs {
     /// Longest graceful shutdown waits for in-flight requests (default 30s).
     #[arg(long, env = "TRUCE_SHUTDOWN_GRACE", value_parser = parse_duration)]
     pub shutdown_grace: Option<Duration>,
+    /// Most SSE streams and long polls open at once; more get 503 (default 1024).
+    #[arg(long, env = "TRUCE_MAX_STREAMS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams: Option<u32>,
 }
 
 /// The config file: the same settings, keys in snake_case, durations as strings.
@@ -160,6 +163,7 @@ struct FileConfig {
     body_timeout: Option<String>,
     sse_keepalive: Option<String>,
     shutdown_grace: Option<String>,
+    max_streams: Option<u32>,
 }
 
 /// A setting that cannot be used.
@@ -272,6 +276,15 @@ impl ServeArgs {
             sse_keepalive: duration(self.sse_keepalive, &file.sse_keepalive, "sse_keepalive")?
                 .unwrap_or(defaults.sse_keepalive),
             longpoll_max: defaults.longpoll_max,
+            max_streams: match self.max_streams.or(file.max_streams) {
+                Some(0) => {
+                    return Err(ConfigError::Invalid(
+                        "max_streams must be at least 1".into(),
+                    ));
+                }
+                Some(most) => most as usize,
+                None => defaults.max_streams,
+            },
             shutdown_grace: duration(self.shutdown_grace, &file.shutdown_grace, "shutdown_grace")?
                 .unwrap_or(defaults.shutdown_grace),
             compaction_interval: Some(

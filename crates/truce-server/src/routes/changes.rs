@@ -38,6 +38,7 @@ use crate::extract::{ApiQuery, ResourcePath};
 use crate::openapi::{Compacted, Malformed, Unavailable};
 use crate::paging::page_limit;
 use crate::state::AppState;
+use crate::streams::OpenStream;
 use crate::wire::{ChangeItem, ChangesBody};
 
 /// How long a long poll waits when the client does not say.
@@ -240,7 +241,7 @@ async fn long_poll(
 ) -> Result<ChangePage, ApiError> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut revisions = state.store.revisions();
-    let _open = OpenWaiter::new("longpoll");
+    let _open = OpenStream::open(state, "longpoll")?;
     loop {
         let page = state.store.changes(&query).await?;
         if !page.changes.is_empty() {
@@ -274,10 +275,11 @@ async fn start_stream(
     query: ChangeQuery,
     conflicts: Option<(ConflictCursor, watch::Receiver<u64>)>,
 ) -> Result<Response, ApiError> {
+    let open = OpenStream::open(state, "stream")?;
     let first = state.store.changes(&query).await?;
     let start = query.since;
     let mut feed = Feed {
-        _open: OpenWaiter::new("stream"),
+        _open: open,
         store: Arc::clone(&state.store),
         query,
         revisions: state.store.revisions(),
@@ -299,28 +301,9 @@ async fn start_stream(
         .into_response())
 }
 
-/// Counts an open long poll or stream in the `truce_change_waiters` gauge for as
-/// long as it lives.
-struct OpenWaiter {
-    kind: &'static str,
-}
-
-impl OpenWaiter {
-    fn new(kind: &'static str) -> Self {
-        metrics::gauge!("truce_change_waiters", "kind" => kind).increment(1.0);
-        Self { kind }
-    }
-}
-
-impl Drop for OpenWaiter {
-    fn drop(&mut self) {
-        metrics::gauge!("truce_change_waiters", "kind" => self.kind).decrement(1.0);
-    }
-}
-
 /// The state of one SSE stream.
 struct Feed {
-    _open: OpenWaiter,
+    _open: OpenStream,
     store: Arc<dyn Store>,
     query: ChangeQuery,
     revisions: watch::Receiver<u64>,

@@ -32,6 +32,7 @@ use crate::extract::ApiQuery;
 use crate::openapi::{Compacted, Malformed, Unavailable};
 use crate::problem::problem_body;
 use crate::state::AppState;
+use crate::streams::OpenStream;
 
 /// Events read from the store at a time.
 const PAGE: usize = 256;
@@ -147,6 +148,7 @@ pub async fn stream(
     if let Some(id) = &params.id {
         DocId::parse(id)?;
     }
+    let open = OpenStream::open(&state, "conflicts")?;
     let events = state.store.conflict_events();
     let now = *events.borrow();
     let start = last_event_number(&headers, "the position of a conflict event")?
@@ -160,6 +162,7 @@ pub async fn stream(
     pending.push_back(Event::default().id(start.to_string()));
     pending.extend(first.iter().map(|(p, e)| sse_event(e, p.to_string())));
     let feed = ConflictFeed {
+        _open: open,
         store: Arc::clone(&state.store),
         cursor,
         events,
@@ -175,6 +178,8 @@ pub async fn stream(
 
 /// The state of one conflict stream.
 struct ConflictFeed {
+    /// Its permit (released when the stream ends).
+    _open: OpenStream,
     store: Arc<dyn Store>,
     cursor: ConflictCursor,
     events: watch::Receiver<u64>,

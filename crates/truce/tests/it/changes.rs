@@ -506,3 +506,63 @@ async fn streams_end_when_the_server_stops() {
         assert!(ended.is_ok(), "the stream closed");
     }
 }
+
+/// The server holds at most `max_streams` SSE streams and long polls open: one
+/// more, of any kind, is answered at once with 503 `too-many-streams` and
+/// `Retry-After`; once a stream closes its place is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_beyond_the_cap_are_refused_until_one_closes() {
+    let server = TestServer::start_with(|config, _| {
+        config.max_streams = 2;
+        // Heartbeats are how a server notices that a stream's client left.
+        config.sse_keepalive = std::time::Duration::from_millis(50);
+    })
+    .await;
+    let sse = |path: &str| {
+        server
+            .client
+            .get(server.url(path))
+            .header("accept", "text/event-stream")
+            .send()
+    };
+    let first = sse("/v1/_changes").await.unwrap();
+    assert_eq!(first.status(), 200);
+    let second = sse("/v1/_conflicts/stream").await.unwrap();
+    assert_eq!(second.status(), 200);
+
+    let long_poll = server
+        .client
+        .get(server.url("/v1/_changes?feed=longpoll&timeout_ms=20000"))
+        .send();
+    let started = std::time::Instant::now();
+    for refused in [
+        sse("/v1/_changes").await.unwrap(),
+        sse("/v1/_conflicts/stream").await.unwrap(),
+        sse("/v1/notes/n/watch").await.unwrap(),
+        long_poll.await.unwrap(),
+    ] {
+        assert!(refused.headers().contains_key("retry-after"));
+        let body = problem(refused, 503, "unavailable").await;
+        assert_eq!(body["reason"], "too-many-streams", "{body}");
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "a refusal waited"
+    );
+
+    drop(first);
+    let started = std::time::Instant::now();
+    loop {
+        let again = sse("/v1/_changes").await.unwrap();
+        if again.status() == 200 {
+            break;
+        }
+        assert_eq!(again.status(), 503);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the closed stream's place never came free"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(second);
+}
