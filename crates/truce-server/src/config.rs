@@ -24,6 +24,9 @@ pub struct ServerConfig {
     pub longpoll_max: Duration,
     /// Most SSE streams and long polls open at once; more are refused (503).
     pub max_streams: usize,
+    /// Origins whose pages may call the API from a browser (CORS); empty: none
+    /// (no CORS headers at all). `*` allows every origin.
+    pub cors_origins: Vec<String>,
     /// Longest graceful shutdown waits for in-flight requests.
     pub shutdown_grace: Duration,
     /// How often age-based retention runs; `None` disables it.
@@ -44,6 +47,7 @@ impl Default for ServerConfig {
             sse_keepalive: Duration::from_secs(15),
             longpoll_max: Duration::from_secs(300),
             max_streams: 1024,
+            cors_origins: Vec::new(),
             shutdown_grace: Duration::from_secs(30),
             compaction_interval: Some(Duration::from_secs(60)),
             webhook_retry: RetryRule::default(),

@@ -7,6 +7,7 @@
 
 mod config;
 mod context;
+mod cors;
 mod error;
 mod extract;
 mod metrics;
@@ -24,6 +25,7 @@ mod webhooks;
 mod wire;
 
 pub use config::ServerConfig;
+pub use cors::check_origins as check_cors_origins;
 pub use metrics::install as install_metrics;
 pub use routes::with_envelope;
 pub use serve::{RunningServer, serve};

@@ -132,6 +132,15 @@ pub struct ServeArgs {
     /// Longest graceful shutdown waits for in-flight requests (default 30s).
     #[arg(long, env = "TRUCE_SHUTDOWN_GRACE", value_parser = parse_duration)]
     pub shutdown_grace: Option<Duration>,
+    /// An origin whose pages may call the API from a browser (CORS), e.g.
+    /// `https://app.example`; repeat or separate with commas; `*` for any.
+    /// Default: none (no CORS headers).
+    #[arg(
+        long = "cors-origin",
+        env = "TRUCE_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
     /// Most SSE streams and long polls open at once; more get 503 (default 1024).
     #[arg(long, env = "TRUCE_MAX_STREAMS", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams: Option<u32>,
@@ -164,6 +173,7 @@ struct FileConfig {
     sse_keepalive: Option<String>,
     shutdown_grace: Option<String>,
     max_streams: Option<u32>,
+    cors_origins: Option<Vec<String>>,
 }
 
 /// A setting that cannot be used.
@@ -276,6 +286,16 @@ impl ServeArgs {
             sse_keepalive: duration(self.sse_keepalive, &file.sse_keepalive, "sse_keepalive")?
                 .unwrap_or(defaults.sse_keepalive),
             longpoll_max: defaults.longpoll_max,
+            cors_origins: {
+                let origins = if self.cors_origins.is_empty() {
+                    file.cors_origins.clone().unwrap_or_default()
+                } else {
+                    self.cors_origins.clone()
+                };
+                truce_server::check_cors_origins(&origins)
+                    .map_err(|why| ConfigError::Invalid(format!("cors_origins: {why}")))?;
+                origins
+            },
             max_streams: match self.max_streams.or(file.max_streams) {
                 Some(0) => {
                     return Err(ConfigError::Invalid(
@@ -448,5 +468,43 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(matches!(depth.resolve(), Err(ConfigError::Invalid(_))));
+        let origin = ServeArgs {
+            cors_origins: vec!["https://app.example\n".into()],
+            ..ServeArgs::default()
+        };
+        assert!(matches!(origin.resolve(), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn stream_caps_and_origins_come_from_flags_or_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("truce.toml");
+        std::fs::write(
+            &path,
+            "max_streams = 7\ncors_origins = [\"https://a.example\"]\n",
+        )
+        .unwrap();
+        let from_file = ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(from_file.server.max_streams, 7);
+        assert_eq!(from_file.server.cors_origins, vec!["https://a.example"]);
+        let from_flags = ServeArgs {
+            config: Some(path),
+            max_streams: Some(3),
+            cors_origins: vec!["*".into()],
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(from_flags.server.max_streams, 3);
+        assert_eq!(from_flags.server.cors_origins, vec!["*"]);
+        assert_eq!(
+            ServeArgs::default().resolve().unwrap().server.max_streams,
+            1024
+        );
     }
 }

@@ -72,16 +72,26 @@ fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
 /// The complete application: routes, the OpenAPI document, the fallback, and the
 /// request envelope (request id, panic containment, access log, metrics).
 pub fn app(state: AppState) -> Router {
+    let cors = crate::cors::layer(&state.config.cors_origins);
     let (router, api) = api(state);
     let mut document = serde_json::to_value(&api).unwrap_or_default();
     crate::openapi_finish::finish(&mut document);
     let json = document.to_string();
     crate::query::install(&api);
-    with_envelope(
-        router
-            .layer(Extension(system::OpenApiJson(Arc::new(json))))
-            .fallback(no_route),
-    )
+    let router = router
+        .layer(Extension(system::OpenApiJson(Arc::new(json))))
+        .fallback(no_route);
+    // Inside the envelope, so preflights are logged and counted like any request.
+    let router = match cors {
+        Ok(Some(cors)) => router.layer(cors),
+        Ok(None) => router,
+        Err(why) => {
+            // `truce serve` checks the origins before it gets here.
+            tracing::error!(%why, "CORS stays off");
+            router
+        }
+    };
+    with_envelope(router)
 }
 
 /// Wraps any router in the request envelope. Public so tests can serve extra routes

@@ -11,6 +11,7 @@ mod common;
 mod concurrency;
 mod conflict_stream;
 mod conflicts;
+mod cors;
 mod disk_full;
 mod openapi;
 mod pg_cluster;
