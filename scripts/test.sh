@@ -4,9 +4,10 @@
 # every in-process server on PostgreSQL. The PostgreSQL tests start a throw-away
 # cluster themselves (initdb and postgres from the PATH); nothing to install.
 #
-# The second pass leaves out the `postgres` and `postgres_faults` modules: they
+# The second pass leaves out the `postgres`, `postgres_faults` and `postgres_model`
+# modules: they
 # always run on PostgreSQL (two nodes, faults), so the first pass ran them already.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace
-TRUCE_TEST_BACKEND=postgres cargo test -p truce --test it -- --skip postgres:: --skip postgres_faults::
+TRUCE_TEST_BACKEND=postgres cargo test -p truce --test it -- --skip postgres:: --skip postgres_faults:: --skip postgres_model::

@@ -17,6 +17,7 @@ mod openapi;
 mod pg_cluster;
 mod postgres;
 mod postgres_faults;
+mod postgres_model;
 mod preconditions;
 mod problems;
 mod process;

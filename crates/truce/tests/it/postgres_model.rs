@@ -1,0 +1,177 @@
+//! The PostgreSQL store against the embedded one, as a property: the same
+//! writes, queued in the same order (so that they share batches as they come),
+//! get the same answers, and leave the same history and the same change feed.
+//! The embedded store is the reference here; its own model test
+//! (`truce-store/tests/model.rs`) checks it against a model of the contract.
+//! What this covers on PostgreSQL: the batch's read-your-writes through what it
+//! has not sent yet, version numbering, no-op writes, `?if_version`, 404 before
+//! preconditions, tombstones and re-creation.
+
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use truce_engine::{
+    ChangeQuery, Document, DocumentLimits, EngineError, Preconditions, Principal, ResourceKey,
+    Store, WriteAction, WriteCommand, WriteOutcome,
+};
+use truce_postgres::{PostgresConfig, PostgresStore};
+use truce_store::{EmbeddedConfig, EmbeddedStore};
+
+use crate::pg_cluster::fresh_database;
+
+/// One write of a generated sequence.
+#[derive(Debug, Clone)]
+enum Action {
+    Put(i64),
+    /// A merge patch of one member (`None` removes it).
+    Patch(&'static str, Option<i64>),
+    Delete,
+}
+
+#[derive(Debug, Clone)]
+struct Step {
+    /// Which of three documents.
+    doc: usize,
+    action: Action,
+    if_version: Option<u64>,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let action = prop_oneof![
+        (0i64..4).prop_map(Action::Put),
+        (
+            prop_oneof![Just("a"), Just("b")],
+            proptest::option::of(0i64..3)
+        )
+            .prop_map(|(field, value)| Action::Patch(field, value)),
+        Just(Action::Delete),
+    ];
+    (0usize..3, action, proptest::option::weighted(0.3, 0u64..4)).prop_map(
+        |(doc, action, if_version)| Step {
+            doc,
+            action,
+            if_version,
+        },
+    )
+}
+
+fn command(step: &Step) -> WriteCommand {
+    let action = match &step.action {
+        Action::Put(value) => WriteAction::Put(document(&json!({"a": value}))),
+        Action::Patch(field, value) => {
+            WriteAction::MergePatch(json!({ *field: value.map_or(Value::Null, |v| json!(v)) }))
+        }
+        Action::Delete => WriteAction::Delete,
+    };
+    WriteCommand {
+        key: ResourceKey::parse("things", &format!("d{}", step.doc)).expect("key"),
+        action,
+        preconditions: Preconditions::default(),
+        if_version: step.if_version,
+        by: Principal::anonymous(),
+        request_id: None,
+        resolves: None,
+    }
+}
+
+fn document(value: &Value) -> Document {
+    Document::parse(value.to_string().as_bytes(), DocumentLimits::default()).expect("document")
+}
+
+/// What both backends must agree on in an answer (not ETags, which carry the
+/// commit time, nor conflict ids, which are random).
+fn observed(result: &Result<WriteOutcome, EngineError>) -> String {
+    match result {
+        Ok(outcome) => format!(
+            "{:?} v{} r{} {:?} {:?}",
+            outcome.status,
+            outcome.version.number,
+            outcome.version.revision,
+            outcome.version.op,
+            outcome.version.body
+        ),
+        Err(error) => format!("{:?}", error.kind()),
+    }
+}
+
+/// Everything a store holds of the three documents and its change feed.
+async fn contents(store: &dyn Store) -> Vec<String> {
+    let mut seen = Vec::new();
+    for doc in 0..3 {
+        let key = ResourceKey::parse("things", &format!("d{doc}")).expect("key");
+        let page = store.history(&key, None, 100).await;
+        match page {
+            Ok(page) => seen.extend(
+                page.items
+                    .iter()
+                    .map(|v| format!("{key} v{} r{} {:?} {}", v.version, v.revision, v.op, v.size)),
+            ),
+            Err(error) => seen.push(format!("{key} {:?}", error.kind())),
+        }
+        let head = store.head(&key).await.expect("head");
+        seen.push(format!("{key} head {:?}", head.map(|h| (h.number, h.body))));
+    }
+    let feed = store
+        .changes(&ChangeQuery {
+            since: 0,
+            collection: None,
+            key: None,
+            limit: 1000,
+            include_docs: true,
+        })
+        .await
+        .expect("changes");
+    seen.extend(feed.changes.iter().map(|c| {
+        format!(
+            "change r{} {} v{} {:?} {:?}",
+            c.revision, c.key, c.version, c.op, c.body
+        )
+    }));
+    seen.push(format!("feed through {}", feed.last_revision));
+    seen
+}
+
+/// Applies `groups` to `store`, each group's writes queued together in order.
+async fn apply(store: &dyn Store, groups: &[Vec<Step>]) -> Vec<String> {
+    let mut answers = Vec::new();
+    for group in groups {
+        let results = join_all(group.iter().map(|step| store.write(command(step)))).await;
+        answers.extend(results.iter().map(observed));
+    }
+    answers
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn postgres_answers_and_keeps_what_the_embedded_store_does(
+        groups in proptest::collection::vec(proptest::collection::vec(step(), 1..10), 1..5)
+    ) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let (expected, got) = runtime.block_on(async {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let embedded: Arc<dyn Store> =
+                Arc::new(EmbeddedStore::open(EmbeddedConfig::new(dir.path())).expect("embedded"));
+            let postgres: Arc<dyn Store> = Arc::new(
+                PostgresStore::open(PostgresConfig::new(fresh_database()))
+                    .await
+                    .expect("postgres"),
+            );
+            let mut expected = apply(embedded.as_ref(), &groups).await;
+            expected.extend(contents(embedded.as_ref()).await);
+            let mut got = apply(postgres.as_ref(), &groups).await;
+            got.extend(contents(postgres.as_ref()).await);
+            embedded.close().await;
+            postgres.close().await;
+            (expected, got)
+        });
+        prop_assert_eq!(expected, got);
+    }
+}
