@@ -5,8 +5,8 @@
 # cluster themselves (initdb and postgres from the PATH); nothing to install.
 #
 # The second pass leaves out the `postgres`, `postgres_faults` and `postgres_model`
-# modules: they
-# always run on PostgreSQL (two nodes, faults), so the first pass ran them already.
+# modules: they always run on PostgreSQL (two nodes, faults, the backends side by
+# side), so the first pass ran them already.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo test --workspace
