@@ -175,16 +175,7 @@ fn is_root() -> bool {
 /// Runs `command` as the cluster's user (as root) or as ourselves; fails the
 /// test with its output when it fails.
 fn run_as_cluster_user(command: &mut Command) {
-    let mut command = if is_root() {
-        let mut wrapped = Command::new("runuser");
-        wrapped
-            .args(["-u", CLUSTER_USER, "--"])
-            .arg(command.get_program())
-            .args(command.get_args());
-        wrapped
-    } else {
-        std::mem::replace(command, Command::new("true"))
-    };
+    let mut command = as_cluster_user(command);
     let output = command.output().expect("run a PostgreSQL program");
     assert!(
         output.status.success(),
@@ -193,6 +184,20 @@ fn run_as_cluster_user(command: &mut Command) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// `command` to run as the cluster's user (as root) or as ourselves.
+fn as_cluster_user(command: &mut Command) -> Command {
+    if is_root() {
+        let mut wrapped = Command::new("runuser");
+        wrapped
+            .args(["-u", CLUSTER_USER, "--"])
+            .arg(command.get_program())
+            .args(command.get_args());
+        wrapped
+    } else {
+        std::mem::replace(command, Command::new("true"))
+    }
 }
 
 /// Makes sure the cluster's user exists and owns `dir`.
@@ -376,16 +381,7 @@ impl Drop for PrivateCluster {
         stop.arg("-D")
             .arg(&self.data)
             .args(["-m", "immediate", "-w", "stop"]);
-        let mut stop = if is_root() {
-            let mut wrapped = Command::new("runuser");
-            wrapped
-                .args(["-u", CLUSTER_USER, "--"])
-                .arg(stop.get_program())
-                .args(stop.get_args());
-            wrapped
-        } else {
-            stop
-        };
-        let _ = stop.output();
+        // Not run_as_cluster_user: a failure here must not panic in a drop.
+        let _ = as_cluster_user(&mut stop).output();
     }
 }

@@ -269,19 +269,10 @@ async fn a_node_cut_off_from_the_database_answers_503_and_catches_up() {
     let head: Value = fetch_json(&client, format!("{a}/v1/_changes?since=0&collection=wake")).await;
     let head = head["last_revision"].as_u64().expect("last_revision");
     let poll = tokio::spawn({
-        let (client, a) = (client.clone(), a.clone());
-        async move {
-            client
-                .get(format!(
-                    "{a}/v1/_changes?since={head}&feed=longpoll&timeout_ms=20000&collection=wake"
-                ))
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        }
+        let client = client.clone();
+        let url =
+            format!("{a}/v1/_changes?since={head}&feed=longpoll&timeout_ms=20000&collection=wake");
+        async move { fetch_json(&client, url).await }
     });
     let woke = put(&client, format!("{b}/v1/wake/w"), json!({}), None).await;
     assert_eq!(woke.status(), 201);
