@@ -24,6 +24,10 @@ pub struct ServerConfig {
     pub longpoll_max: Duration,
     /// Most SSE streams and long polls open at once; more are refused (503).
     pub max_streams: usize,
+    /// Quota of reads (`GET`, `HEAD`) per principal; `None`: not limited.
+    pub rate_reads: Option<crate::rate::Rate>,
+    /// Quota of writes (every other method) per principal; `None`: not limited.
+    pub rate_writes: Option<crate::rate::Rate>,
     /// Origins whose pages may call the API from a browser (CORS); empty: none
     /// (no CORS headers at all). `*` allows every origin.
     pub cors_origins: Vec<String>,
@@ -47,6 +51,8 @@ impl Default for ServerConfig {
             sse_keepalive: Duration::from_secs(15),
             longpoll_max: Duration::from_secs(300),
             max_streams: 1024,
+            rate_reads: None,
+            rate_writes: None,
             cors_origins: Vec::new(),
             shutdown_grace: Duration::from_secs(30),
             compaction_interval: Some(Duration::from_secs(60)),

@@ -48,6 +48,16 @@ pub enum ApiError {
     /// The route does not accept the method.
     #[error("this path does not accept the request's method")]
     MethodNotAllowed,
+    /// The principal's quota of its class is used up.
+    #[error("more than {rate} {class}; retry in {retry_after} s")]
+    RateLimited {
+        /// `reads` or `writes`.
+        class: &'static str,
+        /// The quota.
+        rate: crate::rate::Rate,
+        /// Seconds until a request may pass.
+        retry_after: u64,
+    },
     /// Every stream the server may hold open is open.
     #[error("the server holds its most streams and long polls open ({limit}); retry shortly")]
     TooManyStreams {
@@ -81,6 +91,11 @@ impl ApiError {
             Self::BodyTimeout(_) => Problem::new(ProblemKind::RequestTimeout, self.to_string()),
             Self::NoRoute(_) => Problem::new(ProblemKind::NotFound, self.to_string()),
             Self::MethodNotAllowed => Problem::new(ProblemKind::MethodNotAllowed, self.to_string()),
+            Self::RateLimited { retry_after, .. } => {
+                let mut problem = Problem::new(ProblemKind::RateLimited, self.to_string());
+                problem.retry_after_secs = Some(*retry_after);
+                problem
+            }
             Self::TooManyStreams { .. } => {
                 let mut problem = Problem::new(ProblemKind::Unavailable, self.to_string())
                     .with("reason", serde_json::json!("too-many-streams"));

@@ -63,6 +63,9 @@ fn export_zeros() {
     for reason in truce_engine::StorageError::FAULT_REASONS {
         metrics::counter!("truce_storage_faults_total", "reason" => reason).increment(0);
     }
+    for class in ["reads", "writes"] {
+        metrics::counter!("truce_rate_limited_total", "class" => class).increment(0);
+    }
 }
 
 /// How often buffered histogram samples are folded into their buckets.

@@ -9,8 +9,8 @@
 //!   document operations);
 //! - the response headers it sends are declared (`X-Request-Id` on every answer;
 //!   `Truce-Outcome` and `Preference-Applied` on write answers, `Truce-Merged-From`
-//!   and `Truce-Conflict-Id` on document writes), and every
-//!   operation lists 405 with `Allow`.
+//!   and `Truce-Conflict-Id` on document writes), every operation lists 405 with
+//!   `Allow`, and every one that rate limits apply to lists 429.
 
 use serde_json::{Map, Value, json};
 use truce_engine::CONFLICT_ID_PATTERN;
@@ -147,6 +147,23 @@ fn finish_operation(path: &str, method: &str, operation: &mut Map<String, Value>
             "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
         })
     });
+    let limited = !matches!(
+        path,
+        "/healthz" | "/readyz" | "/openapi.json" | "/problems/{slug}"
+    );
+    if limited {
+        responses.entry("429").or_insert_with(|| {
+            json!({
+                "description": "`rate-limited`: the principal's quota of reads or writes is used up (`--rate-reads`, `--rate-writes`); `Retry-After` says when to retry",
+                "headers": {
+                    "Retry-After": {"description": "Seconds until a request may pass", "schema": {"type": "integer", "minimum": 1}},
+                    "RateLimit": {"description": "What is left of the quota (`r`) and the seconds until a request may pass (`t`)", "schema": {"type": "string"}},
+                    "RateLimit-Policy": {"description": "The quota: `q` requests per `w` seconds", "schema": {"type": "string"}}
+                },
+                "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+            })
+        });
+    }
     for (status, response) in responses.iter_mut() {
         let Some(response) = response.as_object_mut() else {
             continue;

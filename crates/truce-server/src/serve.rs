@@ -68,6 +68,7 @@ pub fn serve(
     if let Some(interval) = state.config.compaction_interval {
         tokio::spawn(compaction_loop(state.clone(), interval));
     }
+    tokio::spawn(forget_idle_principals(state.clone()));
     let node = crate::webhooks::node_name(local_addr);
     tokio::spawn(crate::webhooks::delivery_loop(state.clone(), node));
     let task = tokio::spawn(accept_loop(listener, state));
@@ -123,6 +124,20 @@ async fn accept_loop(listener: TcpListener, state: AppState) {
 }
 
 /// Runs age-based retention periodically until shutdown.
+/// How often the rate limiters drop principals whose quota is whole again.
+const FORGET_IDLE_EVERY: Duration = Duration::from_secs(60);
+
+/// Keeps the rate limiters' memory to the principals seen lately.
+async fn forget_idle_principals(state: AppState) {
+    let mut ticker = tokio::time::interval(FORGET_IDLE_EVERY);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => state.rates.forget_idle(),
+            () = state.shutdown.cancelled() => return,
+        }
+    }
+}
+
 async fn compaction_loop(state: AppState, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

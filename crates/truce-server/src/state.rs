@@ -25,18 +25,22 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// One permit per SSE stream or long poll that may be open (`max_streams`).
     pub streams: Arc<tokio::sync::Semaphore>,
+    /// Rate limits per principal and class.
+    pub(crate) rates: crate::rate::RateLimits,
 }
 
 impl AppState {
     /// State for a store and settings.
     pub fn new(store: Arc<dyn Store>, config: ServerConfig) -> Self {
         let streams = Arc::new(tokio::sync::Semaphore::new(config.max_streams));
+        let rates = crate::rate::RateLimits::new(config.rate_reads, config.rate_writes);
         Self(Arc::new(Shared {
             store,
             config,
             ids: IdGenerator::new(),
             shutdown: CancellationToken::new(),
             streams,
+            rates,
         }))
     }
 }

@@ -132,6 +132,14 @@ pub struct ServeArgs {
     /// Longest graceful shutdown waits for in-flight requests (default 30s).
     #[arg(long, env = "TRUCE_SHUTDOWN_GRACE", value_parser = parse_duration)]
     pub shutdown_grace: Option<Duration>,
+    /// Reads (GET, HEAD) each principal may make, e.g. `100/s`, `6000/min`,
+    /// `10/h` (default: not limited); more get 429.
+    #[arg(long, env = "TRUCE_RATE_READS")]
+    pub rate_reads: Option<String>,
+    /// Writes (every other method) each principal may make, as for
+    /// `--rate-reads` (default: not limited).
+    #[arg(long, env = "TRUCE_RATE_WRITES")]
+    pub rate_writes: Option<String>,
     /// An origin whose pages may call the API from a browser (CORS), e.g.
     /// `https://app.example`; repeat or separate with commas; `*` for any.
     /// Default: none (no CORS headers).
@@ -174,6 +182,8 @@ struct FileConfig {
     shutdown_grace: Option<String>,
     max_streams: Option<u32>,
     cors_origins: Option<Vec<String>>,
+    rate_reads: Option<String>,
+    rate_writes: Option<String>,
 }
 
 /// A setting that cannot be used.
@@ -286,6 +296,8 @@ impl ServeArgs {
             sse_keepalive: duration(self.sse_keepalive, &file.sse_keepalive, "sse_keepalive")?
                 .unwrap_or(defaults.sse_keepalive),
             longpoll_max: defaults.longpoll_max,
+            rate_reads: rate(self.rate_reads.as_ref(), &file.rate_reads, "rate_reads")?,
+            rate_writes: rate(self.rate_writes.as_ref(), &file.rate_writes, "rate_writes")?,
             cors_origins: {
                 let origins = if self.cors_origins.is_empty() {
                     file.cors_origins.clone().unwrap_or_default()
@@ -408,6 +420,20 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     })
 }
 
+/// A rate setting from the flag or else the file.
+fn rate(
+    flag: Option<&String>,
+    file: &Option<String>,
+    name: &str,
+) -> Result<Option<truce_server::Rate>, ConfigError> {
+    flag.or(file.as_ref())
+        .map(|text| {
+            text.parse()
+                .map_err(|why| ConfigError::Invalid(format!("{name}: {why}")))
+        })
+        .transpose()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -506,5 +532,37 @@ mod tests {
             ServeArgs::default().resolve().unwrap().server.max_streams,
             1024
         );
+    }
+
+    #[test]
+    fn rates_are_a_count_per_second_minute_or_hour() {
+        let args = ServeArgs {
+            rate_reads: Some("100/s".into()),
+            rate_writes: Some("6000/min".into()),
+            ..ServeArgs::default()
+        };
+        let server = args.resolve().unwrap().server;
+        assert_eq!(
+            server.rate_reads.map(|r| r.to_string()).as_deref(),
+            Some("100/s")
+        );
+        assert_eq!(
+            server.rate_writes.map(|r| r.to_string()).as_deref(),
+            Some("6000/min")
+        );
+        assert_eq!(
+            ServeArgs::default().resolve().unwrap().server.rate_reads,
+            None
+        );
+        for bad in ["100", "0/s", "10/day", "ten/s", "-1/s"] {
+            let args = ServeArgs {
+                rate_writes: Some(bad.into()),
+                ..ServeArgs::default()
+            };
+            assert!(
+                matches!(args.resolve(), Err(ConfigError::Invalid(_))),
+                "{bad}"
+            );
+        }
     }
 }

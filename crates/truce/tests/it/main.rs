@@ -21,6 +21,7 @@ mod postgres_model;
 mod preconditions;
 mod problems;
 mod process;
+mod rate_limits;
 mod resources;
 mod retention;
 mod rules;
