@@ -7,18 +7,23 @@ use crate::common::TestServer;
 
 const APP: &str = "https://app.example";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_cors_headers_unless_origins_are_named() {
-    let server = TestServer::start().await;
-    let created = server
+/// Creates `/v1/notes/n` as a page of `origin` would.
+async fn create_from(server: &TestServer, origin: &str) -> reqwest::Response {
+    server
         .client
         .put(server.url("/v1/notes/n"))
-        .header("origin", APP)
+        .header("origin", origin)
         .header("content-type", "application/json")
         .body(json!({}).to_string())
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_cors_headers_unless_origins_are_named() {
+    let server = TestServer::start().await;
+    let created = create_from(&server, APP).await;
     assert_eq!(created.status(), 201);
     assert!(
         !created
@@ -55,15 +60,7 @@ async fn named_origins_may_call_the_api_from_a_browser() {
     assert!(header(&preflight, "access-control-allow-methods").contains("put"));
     assert!(header(&preflight, "access-control-allow-headers").contains("if-match"));
 
-    let created = server
-        .client
-        .put(server.url("/v1/notes/n"))
-        .header("origin", APP)
-        .header("content-type", "application/json")
-        .body(json!({}).to_string())
-        .send()
-        .await
-        .unwrap();
+    let created = create_from(&server, APP).await;
     assert_eq!(created.status(), 201);
     assert_eq!(header(&created, "access-control-allow-origin"), APP);
     assert!(header(&created, "access-control-expose-headers").contains("etag"));
