@@ -7,8 +7,8 @@
 //! out takes its default again.
 //!
 //! Only the keys this server implements are accepted. The keys SPEC §8 names for
-//! later (`schema`, `immutable`, `unique`, `states`, `limits`) and unknown keys are
-//! refused with 422, each named, so a setting is never silently ignored.
+//! later (`schema`, `immutable`, `unique`, `states`) and unknown keys are refused
+//! with 422, each named, so a setting is never silently ignored.
 
 use std::time::Duration;
 
@@ -20,12 +20,13 @@ use crate::error::EngineError;
 use crate::etag::{ETag, TagCondition};
 use crate::name::CollectionName;
 use crate::precondition::{Evaluation, FailedCondition, Preconditions, Safety, Validators};
+use crate::rate::Rate;
 use crate::retention::Retention;
 use crate::rules::{SideTable, SideWrite};
 use crate::time::Timestamp;
 
 /// SPEC §8 keys that this server does not implement yet: refused by name.
-const NOT_YET: [&str; 5] = ["schema", "immutable", "unique", "states", "limits"];
+const NOT_YET: [&str; 4] = ["schema", "immutable", "unique", "states"];
 
 /// What happens to a write based on a version that is no longer current.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +61,13 @@ pub struct HistorySettings {
     pub max_age: Option<Duration>,
 }
 
+/// A collection's write limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WriteLimits {
+    /// Writes each resource of the collection takes, from all clients together.
+    pub writes_per_resource: Option<Rate>,
+}
+
 /// The settings of one collection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CollectionSettings {
@@ -69,6 +77,8 @@ pub struct CollectionSettings {
     pub require_preconditions: bool,
     /// History limits that replace the server's for this collection.
     pub history: HistorySettings,
+    /// Write limits.
+    pub limits: WriteLimits,
 }
 
 impl CollectionSettings {
@@ -102,6 +112,10 @@ impl CollectionSettings {
                     Ok(history) => settings.history = history,
                     Err(mut more) => errors.append(&mut more),
                 },
+                "limits" => match parse_limits(value) {
+                    Ok(limits) => settings.limits = limits,
+                    Err(mut more) => errors.append(&mut more),
+                },
                 later if NOT_YET.contains(&later) => errors.push((
                     pointer,
                     format!("{later} is not supported by this server yet; remove it"),
@@ -109,7 +123,7 @@ impl CollectionSettings {
                 unknown => errors.push((
                     pointer,
                     format!(
-                        "{unknown} is not a collection setting (known: conflict_policy, require_preconditions, history)"
+                        "{unknown} is not a collection setting (known: conflict_policy, require_preconditions, history, limits)"
                     ),
                 )),
             }
@@ -134,10 +148,15 @@ impl CollectionSettings {
                 json!(humantime::format_duration(age).to_string()),
             );
         }
+        let mut limits = Map::new();
+        if let Some(rate) = self.limits.writes_per_resource {
+            limits.insert("writes_per_resource".into(), json!(rate.to_string()));
+        }
         json!({
             "conflict_policy": self.conflict_policy.as_str(),
             "require_preconditions": self.require_preconditions,
             "history": history,
+            "limits": limits,
         })
     }
 
@@ -184,6 +203,37 @@ fn parse_history(value: &Value) -> Result<HistorySettings, Vec<(String, String)>
     }
     if errors.is_empty() {
         Ok(history)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Parses the `limits` member.
+fn parse_limits(value: &Value) -> Result<WriteLimits, Vec<(String, String)>> {
+    let Some(fields) = value.as_object() else {
+        return Err(vec![("/limits".into(), "limits must be an object".into())]);
+    };
+    let mut limits = WriteLimits::default();
+    let mut errors = Vec::new();
+    for (name, value) in fields {
+        let pointer = format!("/limits/{name}");
+        match name.as_str() {
+            "writes_per_resource" => match value.as_str().map(str::parse::<Rate>) {
+                Some(Ok(rate)) => limits.writes_per_resource = Some(rate),
+                _ => errors.push((
+                    pointer,
+                    "writes_per_resource must be a rate such as \"20/s\", \"600/min\" or \"10/h\""
+                        .into(),
+                )),
+            },
+            unknown => errors.push((
+                pointer,
+                format!("{unknown} is not a limit (known: writes_per_resource)"),
+            )),
+        }
+    }
+    if errors.is_empty() {
+        Ok(limits)
     } else {
         Err(errors)
     }

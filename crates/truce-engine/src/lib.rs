@@ -27,6 +27,7 @@ mod patch;
 mod policy;
 mod precondition;
 mod problem;
+mod rate;
 mod read;
 mod record;
 mod resolution;
@@ -42,7 +43,7 @@ pub use batch::{Batch, BatchNotes, BatchRules, BatchTables, Planner};
 pub use change::{Change, ChangePage, ChangeQuery};
 pub use collection::{
     CollectionSettings, ConflictPolicy, HistorySettings, SettingsCommand, SettingsOutcome,
-    StoredSettings, plan_settings,
+    StoredSettings, WriteLimits, plan_settings,
 };
 pub use command::{PolicyApplied, Principal, WriteAction, WriteCommand, WriteOutcome, WriteStatus};
 pub use compaction::{
@@ -70,6 +71,7 @@ pub use name::{CollectionName, DocId, NameError, ResourceKey};
 pub use patch::{JsonPatch, diff_versions};
 pub use precondition::{Evaluation, FailedCondition, Preconditions, Safety, Validators};
 pub use problem::{ProblemInfo, ProblemKind};
+pub use rate::Rate;
 pub use read::{
     ReadContext, VersionLookup, history_page, lookup_version, require_live, require_live_version,
 };

@@ -25,9 +25,9 @@ pub struct ServerConfig {
     /// Most SSE streams and long polls open at once; more are refused (503).
     pub max_streams: usize,
     /// Quota of reads (`GET`, `HEAD`) per principal; `None`: not limited.
-    pub rate_reads: Option<crate::rate::Rate>,
+    pub rate_reads: Option<truce_engine::Rate>,
     /// Quota of writes (every other method) per principal; `None`: not limited.
-    pub rate_writes: Option<crate::rate::Rate>,
+    pub rate_writes: Option<truce_engine::Rate>,
     /// Origins whose pages may call the API from a browser (CORS); empty: none
     /// (no CORS headers at all). `*` allows every origin.
     pub cors_origins: Vec<String>,

@@ -48,13 +48,16 @@ pub enum ApiError {
     /// The route does not accept the method.
     #[error("this path does not accept the request's method")]
     MethodNotAllowed,
-    /// The principal's quota of its class is used up.
-    #[error("more than {rate} {class}; retry in {retry_after} s")]
+    /// The principal's quota of its class, or the resource's, is used up.
+    #[error(
+        "more than {rate} {}; retry in {retry_after} s",
+        if *class == "resource" { "writes to this resource" } else { class }
+    )]
     RateLimited {
-        /// `reads` or `writes`.
+        /// `reads`, `writes` (per principal) or `resource`.
         class: &'static str,
         /// The quota.
-        rate: crate::rate::Rate,
+        rate: truce_engine::Rate,
         /// Seconds until a request may pass.
         retry_after: u64,
     },

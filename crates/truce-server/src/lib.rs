@@ -28,6 +28,5 @@ mod wire;
 pub use config::ServerConfig;
 pub use cors::check_origins as check_cors_origins;
 pub use metrics::install as install_metrics;
-pub use rate::Rate;
 pub use routes::with_envelope;
 pub use serve::{RunningServer, serve};

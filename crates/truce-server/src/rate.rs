@@ -1,6 +1,8 @@
-//! Rate limits per principal and class (SPEC §9): reads (`GET`, `HEAD`) and
+//! Rate limits (SPEC §9): per principal and class, reads (`GET`, `HEAD`) and
 //! writes (every other method), each a GCRA quota (`governor`) from
-//! `--rate-reads` / `--rate-writes`, none by default.
+//! `--rate-reads` / `--rate-writes`, none by default; and per resource, the
+//! writes each document of a collection takes when its settings say
+//! `limits.writes_per_resource` (read at most once a second per collection).
 //!
 //! A limited class answers with the IETF RateLimit header fields
 //! (draft-ietf-httpapi-ratelimit-headers) on every answer, so clients can slow
@@ -16,9 +18,9 @@
 //! readiness, the OpenAPI document and the problem pages are never limited.
 //! Until API keys exist every request is the same principal, `anonymous`.
 
-use std::num::NonZeroU32;
-use std::str::FromStr;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method};
@@ -27,47 +29,10 @@ use axum::response::{IntoResponse, Response};
 use governor::clock::Clock;
 use governor::middleware::StateInformationMiddleware;
 use governor::{DefaultKeyedRateLimiter, Quota};
+use truce_engine::{CollectionName, Rate, SideTable, StoredSettings};
 
 use crate::error::ApiError;
 use crate::state::AppState;
-
-/// A quota as written in settings: `100/s`, `6000/min`, `10/h`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rate {
-    /// Requests allowed per window (and the burst).
-    pub count: NonZeroU32,
-    /// The window.
-    pub per: Duration,
-}
-
-impl FromStr for Rate {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let wrong = || format!("{text:?} is not a rate: write a count per s, min or h, e.g. 100/s");
-        let (count, unit) = text.trim().split_once('/').ok_or_else(wrong)?;
-        let count: u32 = count.trim().parse().map_err(|_| wrong())?;
-        let count = NonZeroU32::new(count).ok_or_else(wrong)?;
-        let per = match unit.trim() {
-            "s" => Duration::from_secs(1),
-            "min" => Duration::from_secs(60),
-            "h" => Duration::from_secs(3600),
-            _ => return Err(wrong()),
-        };
-        Ok(Self { count, per })
-    }
-}
-
-impl std::fmt::Display for Rate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let unit = match self.per.as_secs() {
-            1 => "s",
-            60 => "min",
-            _ => "h",
-        };
-        write!(f, "{}/{unit}", self.count)
-    }
-}
 
 /// One class's limiter, keyed by principal.
 struct ClassLimit {
@@ -118,11 +83,22 @@ impl ClassLimit {
     }
 }
 
-/// The server's rate limits (a class without a quota is not limited).
+/// The server's rate limits: per principal and class (a class without a
+/// quota is not limited), and per resource where a collection sets
+/// `limits.writes_per_resource`.
 pub(crate) struct RateLimits {
     reads: Option<ClassLimit>,
     writes: Option<ClassLimit>,
+    /// Each limited collection's limiter (keyed by id) with its quota.
+    resources: Mutex<HashMap<String, Arc<ClassLimit>>>,
+    /// Each collection's per-resource quota as last read, and when.
+    quotas: Mutex<HashMap<String, (Instant, Option<Rate>)>>,
 }
+
+/// How long a collection's per-resource quota is used before it is read
+/// again (a change made through another node takes at most this long; one
+/// made through this node applies at once).
+const QUOTA_FRESH_FOR: Duration = Duration::from_secs(1);
 
 impl RateLimits {
     /// Limits from the settings.
@@ -130,14 +106,21 @@ impl RateLimits {
         Self {
             reads: reads.map(|rate| ClassLimit::new("reads", rate)),
             writes: writes.map(|rate| ClassLimit::new("writes", rate)),
+            resources: Mutex::default(),
+            quotas: Mutex::default(),
         }
     }
 
-    /// Forgets principals whose quota is whole again (bounds memory).
+    /// Forgets principals and resources whose quota is whole again, and
+    /// quotas read long ago (bounds memory).
     pub(crate) fn forget_idle(&self) {
         for class in [&self.reads, &self.writes].into_iter().flatten() {
             class.limiter.retain_recent();
         }
+        for limiter in lock(&self.resources).values() {
+            limiter.limiter.retain_recent();
+        }
+        lock(&self.quotas).retain(|_, (read, _)| read.elapsed() < QUOTA_FRESH_FOR);
     }
 
     fn class(&self, method: &Method) -> Option<&ClassLimit> {
@@ -147,6 +130,58 @@ impl RateLimits {
             self.writes.as_ref()
         }
     }
+
+    /// The per-resource limiter of `collection`, if it sets one (read from the
+    /// store at most once per [`QUOTA_FRESH_FOR`]; a store that cannot be read
+    /// limits nothing, and the write then meets the same failure).
+    async fn resource_limiter(
+        &self,
+        state: &AppState,
+        collection: &str,
+    ) -> Option<Arc<ClassLimit>> {
+        let known = lock(&self.quotas)
+            .get(collection)
+            .filter(|(read, _)| read.elapsed() < QUOTA_FRESH_FOR)
+            .map(|(_, rate)| *rate);
+        let rate = match known {
+            Some(rate) => rate,
+            None => {
+                let name = CollectionName::parse(collection).ok()?;
+                let stored = state
+                    .store
+                    .side_record(SideTable::Collections, collection.as_bytes())
+                    .await
+                    .ok()?;
+                let rate = StoredSettings::read(&name, stored.as_deref())
+                    .ok()?
+                    .settings
+                    .limits
+                    .writes_per_resource;
+                lock(&self.quotas).insert(collection.to_owned(), (Instant::now(), rate));
+                rate
+            }
+        }?;
+        let mut limiters = lock(&self.resources);
+        let limiter = limiters
+            .entry(collection.to_owned())
+            .or_insert_with(|| Arc::new(ClassLimit::new("resource", rate)));
+        if limiter.rate != rate {
+            *limiter = Arc::new(ClassLimit::new("resource", rate));
+        }
+        Some(Arc::clone(limiter))
+    }
+
+    /// Reads `collection`'s quota again at its next write (its settings
+    /// changed through this node).
+    fn forget_quota(&self, collection: &str) {
+        lock(&self.quotas).remove(collection);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Paths never limited: what operators and load balancers poll.
@@ -154,34 +189,90 @@ fn exempt(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/openapi.json") || path.starts_with("/problems/")
 }
 
-/// The middleware: refuses a request over its class's quota with 429, and
-/// adds the RateLimit header fields to every answer of a limited class.
+/// The document a write of `path` writes (`/v1/{c}/{id}` and its `revert`).
+fn written_resource(path: &str) -> Option<(&str, &str)> {
+    let mut segments = path.strip_prefix("/v1/")?.split('/');
+    let (collection, id) = (segments.next()?, segments.next()?);
+    let rest: Vec<&str> = segments.collect();
+    let document = rest.is_empty() || rest == ["revert"];
+    (document && !collection.starts_with('_') && !id.is_empty()).then_some((collection, id))
+}
+
+/// The collection whose settings a request replaces, if it does.
+fn configured_collection<'p>(method: &Method, path: &'p str) -> Option<&'p str> {
+    (method == Method::PUT)
+        .then(|| path.strip_prefix("/v1/_collections/"))
+        .flatten()
+}
+
+/// The middleware: refuses a request over its class's quota, or a write over
+/// its resource's, with 429 before anything else is looked at, and adds the
+/// RateLimit header fields of every limit that applied to the answer.
 pub(crate) async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(class) = state.rates.class(request.method()) else {
-        return next.run(request).await;
-    };
-    if request.method() == Method::OPTIONS || exempt(request.uri().path()) {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    if method == Method::OPTIONS || exempt(&path) {
         return next.run(request).await;
     }
-    let policy = class.policy();
+    let mut applied: Vec<(String, String)> = Vec::new();
     let principal = truce_engine::Principal::anonymous();
-    let (mut response, limit) = match class.take(principal.as_str()) {
-        Ok(limit) => (next.run(request).await, limit),
-        Err(wait) => {
-            metrics::counter!("truce_rate_limited_total", "class" => class.name).increment(1);
-            let refused = ApiError::RateLimited {
-                class: class.name,
-                rate: class.rate,
-                retry_after: wait,
-            };
-            (
-                refused.into_response(),
-                format!("\"{}\";r=0;t={wait}", class.name),
-            )
+    let class = state.rates.class(&method);
+    let resource = match written_resource(&path) {
+        Some((collection, id)) if method != Method::GET && method != Method::HEAD => state
+            .rates
+            .resource_limiter(&state, collection)
+            .await
+            .map(|limiter| (limiter, id.to_owned())),
+        _ => None,
+    };
+    let mut checks: Vec<(&ClassLimit, &str)> = Vec::new();
+    if let Some(class) = class {
+        checks.push((class, principal.as_str()));
+    }
+    if let Some((limiter, id)) = &resource {
+        checks.push((limiter.as_ref(), id.as_str()));
+    }
+    for (limit, key) in checks {
+        match limit.take(key) {
+            Ok(left) => applied.push((limit.policy(), left)),
+            Err(wait) => {
+                metrics::counter!("truce_rate_limited_total", "class" => limit.name).increment(1);
+                applied.push((limit.policy(), format!("\"{}\";r=0;t={wait}", limit.name)));
+                let refused = ApiError::RateLimited {
+                    class: limit.name,
+                    rate: limit.rate,
+                    retry_after: wait,
+                };
+                return with_headers(refused.into_response(), &applied);
+            }
         }
+    }
+    let changed = configured_collection(&method, &path).map(str::to_owned);
+    let response = next.run(request).await;
+    if let Some(collection) = changed {
+        state.rates.forget_quota(&collection);
+    }
+    with_headers(response, &applied)
+}
+
+/// Adds `RateLimit-Policy` and `RateLimit` listing every limit applied.
+fn with_headers(mut response: Response, applied: &[(String, String)]) -> Response {
+    if applied.is_empty() {
+        return response;
+    }
+    let join = |pick: fn(&(String, String)) -> &String| {
+        applied
+            .iter()
+            .map(pick)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     let headers = response.headers_mut();
-    for (name, value) in [("ratelimit-policy", policy), ("ratelimit", limit)] {
+    for (name, value) in [
+        ("ratelimit-policy", join(|(policy, _)| policy)),
+        ("ratelimit", join(|(_, left)| left)),
+    ] {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);
         }

@@ -425,7 +425,7 @@ fn rate(
     flag: Option<&String>,
     file: &Option<String>,
     name: &str,
-) -> Result<Option<truce_server::Rate>, ConfigError> {
+) -> Result<Option<truce_engine::Rate>, ConfigError> {
     flag.or(file.as_ref())
         .map(|text| {
             text.parse()

@@ -630,7 +630,7 @@ async fn collection_settings_are_read_and_changed_guarded() {
     assert_eq!(
         json_out(&out),
         json!({"conflict_policy": "merge", "require_preconditions": false,
-               "history": {"max_versions": 10}})
+               "history": {"max_versions": 10}, "limits": {}})
     );
     // A file replaces the whole document; flags apply on top.
     let out = truce(
@@ -651,7 +651,8 @@ async fn collection_settings_are_read_and_changed_guarded() {
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(
         json_out(&out),
-        json!({"conflict_policy": "last_write_wins", "require_preconditions": true, "history": {}})
+        json!({"conflict_policy": "last_write_wins", "require_preconditions": true,
+               "history": {}, "limits": {}})
     );
     let out = truce(&server, &["collection", "get", "notes"], "", &[]).await;
     assert!(stdout(&out).contains("version 2"), "{}", stdout(&out));

@@ -39,7 +39,8 @@ async fn settings_are_versioned_with_an_etag() {
     let never = etag(&defaults);
     assert_eq!(
         defaults.json::<Value>().await.unwrap(),
-        json!({"conflict_policy": "reject", "require_preconditions": false, "history": {}})
+        json!({"conflict_policy": "reject", "require_preconditions": false, "history": {},
+               "limits": {}})
     );
 
     let merge = json!({"conflict_policy": "merge", "history": {"max_versions": 5}});
@@ -89,7 +90,7 @@ async fn settings_are_versioned_with_an_etag() {
     assert_eq!(
         after.json::<Value>().await.unwrap(),
         json!({"conflict_policy": "merge", "require_preconditions": false,
-               "history": {"max_versions": 5}})
+               "history": {"max_versions": 5}, "limits": {}})
     );
 }
 
@@ -100,8 +101,12 @@ async fn keys_not_built_yet_and_unknown_keys_are_refused_by_name() {
         (json!({"schema": {"type": "object"}}), "/schema"),
         (json!({"unique": ["/email"]}), "/unique"),
         (
-            json!({"limits": {"writes_per_resource": "20/s"}}),
-            "/limits",
+            json!({"limits": {"writes_per_resource": "fast"}}),
+            "/limits/writes_per_resource",
+        ),
+        (
+            json!({"limits": {"reads_per_resource": "1/s"}}),
+            "/limits/reads_per_resource",
         ),
         (json!({"colour": "red"}), "/colour"),
         (json!({"conflict_policy": "sometimes"}), "/conflict_policy"),
