@@ -417,10 +417,15 @@ mod tests {
         let body = json!({
             "conflict_policy": "merge",
             "require_preconditions": true,
-            "history": {"max_versions": 10, "max_age": "30days"}
+            "history": {"max_versions": 10, "max_age": "30days"},
+            "limits": {"writes_per_resource": "600/min"}
         });
         let settings = CollectionSettings::parse(&body).unwrap();
         assert_eq!(settings.conflict_policy, ConflictPolicy::Merge);
+        assert_eq!(
+            settings.limits.writes_per_resource.map(|r| r.to_string()),
+            Some("600/min".to_owned())
+        );
         assert_eq!(
             settings.history.max_age,
             Some(Duration::from_secs(30 * 86_400))
