@@ -30,7 +30,7 @@ pub enum CollectionAction {
     Set(SetArgs),
 }
 
-/// `truce collection set C [FILE] [--policy ...]`.
+/// `truce collection set C [FILE] [--policy ...] [--writes-per-resource RATE]`.
 #[derive(Debug, Args)]
 pub struct SetArgs {
     /// The collection.
@@ -50,6 +50,9 @@ pub struct SetArgs {
     /// Remove past versions older than this (e.g. 30d).
     #[arg(long)]
     pub max_age: Option<String>,
+    /// Writes each document may take, from all clients (e.g. 20/s, 600/min).
+    #[arg(long)]
+    pub writes_per_resource: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
 }
@@ -101,6 +104,12 @@ async fn set(args: SetArgs) -> Result<(), CliError> {
             if let Some(age) = &args.max_age {
                 history.insert("max_age".into(), json!(age));
             }
+        }
+    }
+    if let Some(rate) = &args.writes_per_resource {
+        let limits = fields.entry("limits").or_insert_with(|| json!({}));
+        if let Some(limits) = limits.as_object_mut() {
+            limits.insert("writes_per_resource".into(), json!(rate));
         }
     }
     let written = client

@@ -656,6 +656,45 @@ async fn collection_settings_are_read_and_changed_guarded() {
     );
     let out = truce(&server, &["collection", "get", "notes"], "", &[]).await;
     assert!(stdout(&out).contains("version 2"), "{}", stdout(&out));
+    // The per-resource write limit has a flag too; a bad rate is refused (exit 1).
+    let out = truce(
+        &server,
+        &[
+            "collection",
+            "set",
+            "notes",
+            "--writes-per-resource",
+            "20/s",
+            "--json",
+        ],
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        json_out(&out)["limits"],
+        json!({"writes_per_resource": "20/s"})
+    );
+    let out = truce(
+        &server,
+        &[
+            "collection",
+            "set",
+            "notes",
+            "--writes-per-resource",
+            "fast",
+        ],
+        "",
+        &[],
+    )
+    .await;
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("writes_per_resource"),
+        "{}",
+        stderr(&out)
+    );
     // A key not built yet is refused by name (exit 1), nothing changed.
     let out = truce(
         &server,
