@@ -171,72 +171,88 @@ impl CollectionSettings {
     }
 }
 
-/// Parses the `history` member.
-fn parse_history(value: &Value) -> Result<HistorySettings, Vec<(String, String)>> {
+/// A member's problems, each with its JSON pointer.
+type MemberErrors = Vec<(String, String)>;
+
+/// Parses object member `member` of the settings key by key: `read` sets one
+/// key and answers `None` for a key it does not know, `Some(Err(why))` for a
+/// value it cannot take. Every problem is collected, each with its pointer;
+/// unknown keys are named with the `known` list.
+fn parse_object<T: Default>(
+    member: &str,
+    value: &Value,
+    known: &str,
+    mut read: impl FnMut(&mut T, &str, &Value) -> Option<Result<(), String>>,
+) -> Result<T, MemberErrors> {
     let Some(fields) = value.as_object() else {
         return Err(vec![(
-            "/history".into(),
-            "history must be an object".into(),
+            format!("/{member}"),
+            format!("{member} must be an object"),
         )]);
     };
-    let mut history = HistorySettings::default();
+    let mut parsed = T::default();
     let mut errors = Vec::new();
     for (name, value) in fields {
-        let pointer = format!("/history/{name}");
-        match name.as_str() {
-            "max_versions" => match value.as_u64().filter(|n| *n >= 1) {
-                Some(max) => history.max_versions = Some(max),
-                None => errors.push((pointer, "max_versions must be a whole number >= 1".into())),
-            },
-            "max_age" => match value.as_str().map(humantime::parse_duration) {
-                Some(Ok(age)) if !age.is_zero() => history.max_age = Some(age),
-                _ => errors.push((
-                    pointer,
-                    "max_age must be a duration such as \"30d\" or \"12h\"".into(),
-                )),
-            },
-            unknown => errors.push((
-                pointer,
-                format!("{unknown} is not a history setting (known: max_versions, max_age)"),
-            )),
-        }
+        let problem = match read(&mut parsed, name, value) {
+            Some(Ok(())) => continue,
+            Some(Err(why)) => why,
+            None => format!("{name} is not a {member} setting (known: {known})"),
+        };
+        errors.push((format!("/{member}/{name}"), problem));
     }
     if errors.is_empty() {
-        Ok(history)
+        Ok(parsed)
     } else {
         Err(errors)
     }
 }
 
+/// Parses the `history` member.
+fn parse_history(value: &Value) -> Result<HistorySettings, MemberErrors> {
+    parse_object(
+        "history",
+        value,
+        "max_versions, max_age",
+        |history: &mut HistorySettings, name, value| match name {
+            "max_versions" => Some(match value.as_u64().filter(|n| *n >= 1) {
+                Some(max) => {
+                    history.max_versions = Some(max);
+                    Ok(())
+                }
+                None => Err("max_versions must be a whole number >= 1".into()),
+            }),
+            "max_age" => Some(match value.as_str().map(humantime::parse_duration) {
+                Some(Ok(age)) if !age.is_zero() => {
+                    history.max_age = Some(age);
+                    Ok(())
+                }
+                _ => Err("max_age must be a duration such as \"30d\" or \"12h\"".into()),
+            }),
+            _ => None,
+        },
+    )
+}
+
 /// Parses the `limits` member.
-fn parse_limits(value: &Value) -> Result<WriteLimits, Vec<(String, String)>> {
-    let Some(fields) = value.as_object() else {
-        return Err(vec![("/limits".into(), "limits must be an object".into())]);
-    };
-    let mut limits = WriteLimits::default();
-    let mut errors = Vec::new();
-    for (name, value) in fields {
-        let pointer = format!("/limits/{name}");
-        match name.as_str() {
-            "writes_per_resource" => match value.as_str().map(str::parse::<Rate>) {
-                Some(Ok(rate)) => limits.writes_per_resource = Some(rate),
-                _ => errors.push((
-                    pointer,
+fn parse_limits(value: &Value) -> Result<WriteLimits, MemberErrors> {
+    parse_object(
+        "limits",
+        value,
+        "writes_per_resource",
+        |limits: &mut WriteLimits, name, value| match name {
+            "writes_per_resource" => Some(match value.as_str().map(str::parse::<Rate>) {
+                Some(Ok(rate)) => {
+                    limits.writes_per_resource = Some(rate);
+                    Ok(())
+                }
+                _ => Err(
                     "writes_per_resource must be a rate such as \"20/s\", \"600/min\" or \"10/h\""
                         .into(),
-                )),
-            },
-            unknown => errors.push((
-                pointer,
-                format!("{unknown} is not a limit (known: writes_per_resource)"),
-            )),
-        }
-    }
-    if errors.is_empty() {
-        Ok(limits)
-    } else {
-        Err(errors)
-    }
+                ),
+            }),
+            _ => None,
+        },
+    )
 }
 
 /// A collection's settings as stored: the settings and their version.
