@@ -1,14 +1,19 @@
 //! The client: connection settings, sending with retries, reads and write builders.
 //!
-//! Every unsafe request carries an `Idempotency-Key`, kept across its retries, so a
-//! request retried after a lost answer is never applied twice once the server
-//! honours keys. A request answered 429 or 503 is retried after `Retry-After`. One
-//! that could not be connected is retried with exponential back-off and full jitter.
-//! One that failed after it may have reached the server (reset, time-out) is retried
-//! only when it is a read: a write whose answer was lost may have been applied, and
-//! repeating it would either apply it twice or (with `If-Match`) be refused with 412
-//! although it landed, so the transport error is returned and the caller decides.
-//! (Once the server replays idempotency keys, such retries become safe.)
+//! Every write carries an `Idempotency-Key`, the same across its retries, so a
+//! write retried after a lost answer is never applied twice: the server replays
+//! the first answer (SPEC §9). A request answered 429 or 503 is retried after
+//! `Retry-After`, and so is a write answered 409 idempotency-in-flight (its
+//! first attempt is still running; the retry gets its answer). One that could
+//! not be connected is retried with exponential back-off and full jitter. One
+//! that failed after it may have reached the server (reset, time-out) is retried
+//! when it is a read or a keyed write (replayed if it landed); other unsafe
+//! requests return the transport error and the caller decides.
+//!
+//! The RateLimit header fields pace the client: once an answer says a class's
+//! quota is used up (`r=0`), the next request of that class (reads: `GET`,
+//! `HEAD`; writes: the rest) waits the `t` seconds it names instead of being
+//! refused.
 
 use std::sync::Once;
 
@@ -66,6 +71,16 @@ impl RetryPolicy {
     }
 }
 
+/// `Idempotency-Key`.
+pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// A fresh idempotency key for one request (and all its retries): a ULID as a
+/// structured-field string, as the Idempotency-Key draft writes it.
+pub(crate) fn new_idempotency_key() -> HeaderValue {
+    HeaderValue::from_str(&format!("\"{}\"", ulid::Ulid::generate()))
+        .unwrap_or_else(|_| HeaderValue::from_static("\"\""))
+}
+
 /// Full jitter: a uniformly random wait between zero and `delay`.
 pub(crate) fn full_jitter(delay: Duration) -> Duration {
     delay.mul_f64(fastrand::f64())
@@ -78,6 +93,55 @@ pub struct Client {
     base: String,
     key: Option<String>,
     retry: RetryPolicy,
+    pace: std::sync::Arc<Pace>,
+}
+
+/// When each rate-limit class may send again, as the server's `RateLimit`
+/// fields last said.
+#[derive(Debug, Default)]
+struct Pace(std::sync::Mutex<[Option<tokio::time::Instant>; 2]>);
+
+impl Pace {
+    /// The slot of the class a request of `method` counts against.
+    fn class(method: &Method) -> usize {
+        usize::from(!(method == Method::GET || method == Method::HEAD))
+    }
+
+    /// Waits until requests of `class` may be sent.
+    async fn wait(&self, class: usize) {
+        let until = self.0.lock().map(|slots| slots[class]).unwrap_or(None);
+        if let Some(until) = until {
+            tokio::time::sleep_until(until).await;
+        }
+    }
+
+    /// Notes what an answer's `RateLimit` field says of `class`.
+    fn note(&self, class: usize, headers: &HeaderMap) {
+        let name = ["\"reads\"", "\"writes\""][class];
+        let Some(field) = headers.get("ratelimit").and_then(|v| v.to_str().ok()) else {
+            return;
+        };
+        let exhausted_for = field.split(',').find_map(|item| {
+            let mut params = item.trim().split(';');
+            if params.next()? != name {
+                return None;
+            }
+            let (mut left, mut reset) = (None, None);
+            for param in params {
+                match param.trim().split_once('=') {
+                    Some(("r", value)) => left = value.parse::<u64>().ok(),
+                    Some(("t", value)) => reset = value.parse::<u64>().ok(),
+                    _ => {}
+                }
+            }
+            (left == Some(0)).then_some(reset?)
+        });
+        if let Ok(mut slots) = self.0.lock() {
+            slots[class] = exhausted_for
+                .filter(|secs| *secs > 0)
+                .map(|secs| tokio::time::Instant::now() + Duration::from_secs(secs));
+        }
+    }
 }
 
 /// Settings for a [`Client`].
@@ -129,6 +193,7 @@ impl ClientBuilder {
             base,
             key: self.key,
             retry: self.retry,
+            pace: std::sync::Arc::default(),
         })
     }
 }
@@ -198,16 +263,24 @@ impl Client {
     ) -> Result<Response, Error> {
         let mut delays = self.retry.schedule();
         let mut attempt = 1;
+        let class = build()
+            .build()
+            .map_or(1, |request| Pace::class(request.method()));
         loop {
+            self.pace.wait(class).await;
             let failure = match build().send().await {
                 Ok(response) => {
+                    self.pace.note(class, response.headers());
                     let status = response.status();
+                    let retry_after = retry_after(response.headers());
+                    // Of the 409s only idempotency-in-flight carries Retry-After.
+                    let in_flight = status == StatusCode::CONFLICT && retry_after.is_some();
                     if status != StatusCode::TOO_MANY_REQUESTS
                         && status != StatusCode::SERVICE_UNAVAILABLE
+                        && !in_flight
                     {
                         return Ok(response);
                     }
-                    let retry_after = retry_after(response.headers());
                     let problem = problem_of(response).await;
                     let wait = retry_after
                         .filter(|w| *w <= self.retry.max_retry_after)
@@ -461,12 +534,9 @@ impl<'a> WriteRequest<'a> {
     /// Sends the write (retrying under one idempotency key) and reads its result.
     pub async fn send(self) -> Result<Written, Error> {
         let body = self.body.map_err(Error::Invalid)?;
-        let key = ulid::Ulid::generate().to_string();
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
-        if let Ok(value) = HeaderValue::from_str(&key) {
-            headers.insert("idempotency-key", value);
-        }
+        headers.insert(IDEMPOTENCY_KEY, new_idempotency_key());
         if let Some(etag) = &self.conditions.if_match {
             let value = HeaderValue::from_str(etag)
                 .map_err(|_| Error::Invalid(format!("{etag:?} is not a valid ETag")))?;
@@ -500,7 +570,8 @@ impl<'a> WriteRequest<'a> {
                         None => request,
                     }
                 },
-                false,
+                // Keyed: a retry of a write that landed is replayed, not applied again.
+                true,
             )
             .await?;
         read_written(response).await

@@ -76,11 +76,13 @@ impl Client {
                     .map_err(|_| Error::Invalid(format!("{tag:?} is not a valid ETag")))
             })
             .transpose()?;
+        let key = crate::client::new_idempotency_key();
         let response = self
             .execute(
                 || {
                     let request = self
                         .request(Method::PUT, &path)
+                        .header(crate::client::IDEMPOTENCY_KEY, key.clone())
                         .header(CONTENT_TYPE, "application/json")
                         .body(body.clone());
                     match &if_match {
@@ -88,7 +90,7 @@ impl Client {
                         None => request,
                     }
                 },
-                // Replacing settings with the same document twice is harmless.
+                // Keyed: a retry of a change that landed is replayed.
                 true,
             )
             .await?;

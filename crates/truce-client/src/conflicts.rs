@@ -88,10 +88,12 @@ impl Client {
             ),
             None => None,
         };
+        let key = crate::client::new_idempotency_key();
         self.json_with(
             || {
                 let request = self
                     .request(Method::POST, &path)
+                    .header(crate::client::IDEMPOTENCY_KEY, key.clone())
                     .header(CONTENT_TYPE, "application/json")
                     .body(body.clone());
                 match &if_match {
@@ -99,7 +101,8 @@ impl Client {
                     None => request,
                 }
             },
-            false,
+            // Keyed: a retry of a resolution that landed is replayed.
+            true,
         )
         .await
     }
@@ -107,7 +110,12 @@ impl Client {
     /// Dismisses a record (closed without a change). Returns the closed record.
     pub async fn dismiss(&self, cid: &str) -> Result<Value, Error> {
         let path = format!("/v1/_conflicts/{cid}/dismiss");
-        self.json_with(|| self.request(Method::POST, &path), false)
-            .await
+        let key = crate::client::new_idempotency_key();
+        let build = || {
+            self.request(Method::POST, &path)
+                .header(crate::client::IDEMPOTENCY_KEY, key.clone())
+        };
+        // Keyed: a retry of a dismissal that landed is replayed.
+        self.json_with(build, true).await
     }
 }

@@ -22,6 +22,7 @@ use crate::document::DocumentLimits;
 use crate::error::{EngineError, StorageError};
 use crate::events::{EVENTS_WATERMARK_KEY, EventLine, RecordWritten, decode_watermark};
 use crate::events::{event_position, record_written};
+use crate::idempotency::{Idempotent, keep_answer, refusal_for};
 use crate::ids::IdGenerator;
 use crate::name::CollectionName;
 use crate::resolution::{ResolutionCommand, ResolutionOutcome, plan_resolution};
@@ -179,6 +180,21 @@ impl<'a> Batch<'a> {
         tables: &mut dyn BatchTables,
         command: &WriteCommand,
     ) -> Result<Result<WriteOutcome, EngineError>, StorageError> {
+        let request = command.idempotency.as_ref();
+        if let Some(refusal) = idempotency_refusal(tables, request)? {
+            return Ok(Err(refusal));
+        }
+        let result = self.plan_and_store(tables, command)?;
+        self.keep_answer(tables, request, &result)?;
+        Ok(result)
+    }
+
+    /// [`Batch::write`] without its idempotency record.
+    fn plan_and_store(
+        &mut self,
+        tables: &mut dyn BatchTables,
+        command: &WriteCommand,
+    ) -> Result<Result<WriteOutcome, EngineError>, StorageError> {
         let settings = self.collection_settings(tables, &command.key.collection)?;
         let retention = settings.retention(self.rules.retention);
         let ctx = self.context(settings, &retention);
@@ -234,6 +250,10 @@ impl<'a> Batch<'a> {
         tables: &mut dyn BatchTables,
         command: &ResolutionCommand,
     ) -> Result<Result<ResolutionOutcome, EngineError>, StorageError> {
+        let request = command.idempotency.as_ref();
+        if let Some(refusal) = idempotency_refusal(tables, request)? {
+            return Ok(Err(refusal));
+        }
         let stored = tables.side(SideTable::Conflicts, command.cid.as_bytes())?;
         // The record's collection decides the retention its base is read under.
         let settings = match stored.as_deref().map(|s| parse_record(&command.cid, s)) {
@@ -242,18 +262,35 @@ impl<'a> Batch<'a> {
         };
         let retention = settings.retention(self.rules.retention);
         let ctx = self.context(settings, &retention);
-        match plan_resolution(tables.view(), stored.as_deref(), command, &ctx) {
+        let result = match plan_resolution(tables.view(), stored.as_deref(), command, &ctx) {
             Ok(planned) => {
                 self.apply(tables, &planned.effect)?;
-                Ok(Ok(planned.outcome))
+                Ok(planned.outcome)
             }
-            Err(refusal) => Ok(Err(refusal)),
-        }
+            Err(refusal) => Err(refusal),
+        };
+        self.keep_answer(tables, request, &result)?;
+        Ok(result)
     }
 
     /// Plans one change of a collection's settings and stores it; later jobs of
     /// the batch are planned under the new settings.
     pub fn configure(
+        &mut self,
+        tables: &mut dyn BatchTables,
+        command: &SettingsCommand,
+    ) -> Result<Result<SettingsOutcome, EngineError>, StorageError> {
+        let request = command.idempotency.as_ref();
+        if let Some(refusal) = idempotency_refusal(tables, request)? {
+            return Ok(Err(refusal));
+        }
+        let result = self.plan_settings(tables, command)?;
+        self.keep_answer(tables, request, &result)?;
+        Ok(result)
+    }
+
+    /// [`Batch::configure`] without its idempotency record.
+    fn plan_settings(
         &mut self,
         tables: &mut dyn BatchTables,
         command: &SettingsCommand,
@@ -329,6 +366,34 @@ impl<'a> Batch<'a> {
             self.apply(tables, &effect)?;
         }
         Ok(claimed)
+    }
+
+    /// Keeps the answer of an idempotent job that committed something (an
+    /// accepted write, a recorded refusal, a resolution, a settings change) in
+    /// the same commit. A refusal that committed nothing keeps nothing: its
+    /// retry runs again.
+    fn keep_answer<T>(
+        &mut self,
+        tables: &mut dyn BatchTables,
+        request: Option<&Idempotent<T>>,
+        result: &Result<T, EngineError>,
+    ) -> Result<(), StorageError> {
+        let Some(request) = request else {
+            return Ok(());
+        };
+        if matches!(result, Err(error) if !matches!(error, EngineError::Recorded { .. })) {
+            return Ok(());
+        }
+        let rendered = catch_unwind(AssertUnwindSafe(|| (request.answer)(result)));
+        let Ok(Some(answer)) = rendered else {
+            tracing::error!("an idempotent request's answer could not be rendered for keeping");
+            return Ok(());
+        };
+        let effect = Effect {
+            writes: Vec::new(),
+            side: keep_answer(request, answer, self.now),
+        };
+        self.apply(tables, &effect)
     }
 
     /// What the rules know of the commit a job would join.
@@ -490,4 +555,17 @@ impl<'a> Batch<'a> {
         self.last_event = Some(position);
         Ok(position)
     }
+}
+
+/// The refusal for an idempotent job whose key already has a record in this
+/// transaction (see [`crate::idempotency`]).
+fn idempotency_refusal<T>(
+    tables: &dyn BatchTables,
+    request: Option<&Idempotent<T>>,
+) -> Result<Option<EngineError>, StorageError> {
+    let Some(request) = request else {
+        return Ok(None);
+    };
+    let stored = tables.side(SideTable::Idempotency, &request.scope)?;
+    Ok(stored.map(|stored| refusal_for(&stored, &request.fingerprint)))
 }

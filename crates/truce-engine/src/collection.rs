@@ -328,6 +328,8 @@ pub struct SettingsCommand {
     pub preconditions: Preconditions,
     /// Who changes them.
     pub by: Principal,
+    /// `Idempotency-Key`: the answer is kept with the change (SPEC §9).
+    pub idempotency: Option<crate::idempotency::Idempotent<SettingsOutcome>>,
 }
 
 /// How a settings change ended.
@@ -425,6 +427,7 @@ mod tests {
             settings,
             preconditions: Preconditions::default(),
             by: Principal::anonymous(),
+            idempotency: None,
         }
     }
 

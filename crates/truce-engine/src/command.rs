@@ -3,6 +3,7 @@
 use serde_json::Value;
 
 use crate::document::Document;
+use crate::idempotency::Idempotent;
 use crate::name::ResourceKey;
 use crate::patch::JsonPatch;
 use crate::precondition::Preconditions;
@@ -16,6 +17,11 @@ impl Principal {
     /// The principal of requests made without an API key.
     pub fn anonymous() -> Self {
         Self("anonymous".into())
+    }
+
+    /// The principal of an API key: its name.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self(name.into())
     }
 
     /// The name as recorded in history.
@@ -73,6 +79,8 @@ pub struct WriteCommand {
     /// `Truce-Resolves`: the conflict record this write retries; if the write
     /// succeeds, the record is marked resolved in the same commit.
     pub resolves: Option<String>,
+    /// `Idempotency-Key`: the answer is kept with the write (SPEC §9).
+    pub idempotency: Option<Idempotent<WriteOutcome>>,
 }
 
 /// How a write ended.

@@ -21,6 +21,7 @@ use crate::collection::StoredSettings;
 use crate::conflict::record_summary;
 use crate::error::StorageError;
 use crate::events::{EVENTS_WATERMARK_KEY, event_at, event_position};
+use crate::idempotency::read_expiry_key;
 use crate::name::{CollectionName, ResourceKey};
 use crate::retention::{ConflictRetention, Retention};
 use crate::rules::SideTable;
@@ -105,6 +106,9 @@ pub struct CompactionPlan {
     /// Conflict events through this position are removed (the newest event is
     /// always kept, so positions are never reused).
     pub events_through: Option<u64>,
+    /// Other side records whose time is up: expired idempotency records and
+    /// their expiry index entries.
+    pub expired: Vec<(SideTable, Vec<u8>)>,
 }
 
 impl CompactionPlan {
@@ -116,6 +120,7 @@ impl CompactionPlan {
             && self.conflicts.is_empty()
             && self.deliveries.is_empty()
             && self.events_through.is_none()
+            && self.expired.is_empty()
     }
 }
 
@@ -157,6 +162,7 @@ pub fn plan_compaction(
 ) -> Result<CompactionPlan, StorageError> {
     let mut plan = CompactionPlan::default();
     plan_conflicts(source, conflicts, now, &mut plan)?;
+    plan_expired_idempotency(source, now, &mut plan)?;
     let by_collection = collection_retention(source, retention)?;
     if retention.keeps_everything() && by_collection.values().all(Retention::keeps_everything) {
         return Ok(plan);
@@ -212,6 +218,34 @@ pub fn plan_compaction(
         plan.changes_hidden = 0;
     }
     Ok(plan)
+}
+
+/// Selects the idempotency records whose keeping time ran out (a prefix of the
+/// expiry index, which sorts by time), with their index entries.
+fn plan_expired_idempotency(
+    source: &dyn CompactionSource,
+    now: Timestamp,
+    plan: &mut CompactionPlan,
+) -> Result<(), StorageError> {
+    let mut after: Option<Vec<u8>> = None;
+    'scan: while plan.expired.len() < MAX_REMOVALS_PER_PASS {
+        let page = source.side_page(SideTable::IdempotencyExpiry, after.as_deref(), PAGE)?;
+        let Some((last, _)) = page.last() else {
+            break;
+        };
+        after = Some(last.clone());
+        for (key, _) in page {
+            let Some((expires, scope)) = read_expiry_key(&key) else {
+                continue;
+            };
+            if expires > now {
+                break 'scan;
+            }
+            plan.expired.push((SideTable::Idempotency, scope.to_vec()));
+            plan.expired.push((SideTable::IdempotencyExpiry, key));
+        }
+    }
+    Ok(())
 }
 
 /// Selects the conflict records, events and delivery-log entries that conflict

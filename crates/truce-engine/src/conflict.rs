@@ -451,6 +451,7 @@ mod tests {
             by: Principal::anonymous(),
             request_id: Some("req-1".into()),
             resolves: None,
+            idempotency: None,
         };
         let refusal = EngineError::PreconditionFailed {
             condition: FailedCondition::IfMatch,
@@ -499,6 +500,7 @@ mod tests {
             by: Principal::anonymous(),
             request_id: None,
             resolves: None,
+            idempotency: None,
         };
         let missing = EngineError::NotFound {
             detail: "gone".into(),

@@ -205,6 +205,15 @@ pub enum EngineError {
         /// The record it created.
         conflict_id: String,
     },
+    /// A request with the same idempotency key committed while this one waited
+    /// (its retry replays that answer).
+    #[error("a request with this Idempotency-Key was being processed; retry to get its answer")]
+    IdempotencyInFlight,
+    /// The idempotency key was used for another request.
+    #[error(
+        "this Idempotency-Key was used for a different request (method, target or body); use a fresh key for a new request"
+    )]
+    IdempotencyKeyReused,
     /// The storage backend failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -299,6 +308,8 @@ impl EngineError {
             Self::Invalid { .. } => ProblemKind::ValidationFailed,
             Self::HistoryCompacted { .. } => ProblemKind::HistoryCompacted,
             Self::PreconditionRequired => ProblemKind::PreconditionRequired,
+            Self::IdempotencyInFlight => ProblemKind::IdempotencyInFlight,
+            Self::IdempotencyKeyReused => ProblemKind::IdempotencyKeyReused,
             Self::StateConflict { .. } => ProblemKind::StateConflict,
             Self::Storage(StorageError::Corrupt(_)) | Self::Internal(_) => ProblemKind::Internal,
             Self::Storage(_) => ProblemKind::Unavailable,
@@ -442,6 +453,12 @@ impl EngineError {
                 .with("allowed", json!(allowed)),
             Self::HistoryCompacted { oldest, .. } => {
                 Problem::new(kind, self.to_string()).with("oldest", json!(oldest))
+            }
+            Self::IdempotencyKeyReused => Problem::new(kind, self.to_string()),
+            Self::IdempotencyInFlight => {
+                let mut problem = Problem::new(kind, self.to_string());
+                problem.retry_after_secs = Some(1);
+                problem
             }
             Self::Storage(StorageError::Overloaded) => {
                 let mut problem = Problem::new(kind, "too many writes are queued; retry shortly")

@@ -19,6 +19,7 @@ mod document;
 mod error;
 mod etag;
 mod events;
+mod idempotency;
 mod ids;
 mod json_errors;
 mod merge;
@@ -61,6 +62,10 @@ pub use etag::{ETag, EntityTag, EtagSyntaxError, TagCondition};
 pub use events::{
     CONFLICT_EVENTS, ConflictEvent, EVENTS_WATERMARK_KEY, EventLine, RecordWritten,
     decode_watermark, encode_watermark, event_at, event_matches, event_position, record_written,
+};
+pub use idempotency::{
+    AnswerFn, Fingerprint, Idempotent, Replay, StoredAnswer, idempotency_scope, read_expiry_key,
+    replay_of,
 };
 pub use ids::IdGenerator;
 pub use json_errors::describe as describe_json_error;

@@ -52,6 +52,8 @@ pub struct ResolutionCommand {
     pub preconditions: Preconditions,
     /// Who resolves.
     pub by: Principal,
+    /// `Idempotency-Key`: the answer is kept with the resolution (SPEC §9).
+    pub idempotency: Option<crate::idempotency::Idempotent<ResolutionOutcome>>,
 }
 
 /// How a resolution ended.

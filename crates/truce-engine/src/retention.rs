@@ -119,6 +119,8 @@ pub struct CompactionReport {
     pub conflicts_removed: u64,
     /// Conflict events removed.
     pub conflict_events_removed: u64,
+    /// Expired idempotency records removed.
+    pub idempotency_removed: u64,
 }
 
 #[cfg(test)]

@@ -126,6 +126,10 @@ pub enum SideTable {
     Outbox,
     /// The delivery log, keyed by subscription, time and event position.
     Deliveries,
+    /// Idempotency records (SPEC §9), keyed by principal and key.
+    Idempotency,
+    /// Idempotency records by expiry time (the key says which; no value).
+    IdempotencyExpiry,
 }
 
 impl SideTable {
@@ -138,6 +142,8 @@ impl SideTable {
             Self::Subscriptions => 4,
             Self::Outbox => 5,
             Self::Deliveries => 6,
+            Self::Idempotency => 7,
+            Self::IdempotencyExpiry => 8,
         }
     }
 
@@ -150,6 +156,8 @@ impl SideTable {
             4 => Some(Self::Subscriptions),
             5 => Some(Self::Outbox),
             6 => Some(Self::Deliveries),
+            7 => Some(Self::Idempotency),
+            8 => Some(Self::IdempotencyExpiry),
             _ => None,
         }
     }

@@ -94,6 +94,7 @@ pub(crate) fn command(action: WriteAction) -> WriteCommand {
         by: Principal::anonymous(),
         request_id: None,
         resolves: None,
+        idempotency: None,
     }
 }
 

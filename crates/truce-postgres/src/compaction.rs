@@ -165,6 +165,18 @@ pub(crate) fn apply(
     };
     report.conflicts_removed = remove(SideTable::Conflicts, &plan.conflicts)?;
     remove(SideTable::Deliveries, &plan.deliveries)?;
+    for table in [SideTable::Idempotency, SideTable::IdempotencyExpiry] {
+        let keys: Vec<Vec<u8>> = plan
+            .expired
+            .iter()
+            .filter(|(t, _)| *t == table)
+            .map(|(_, key)| key.clone())
+            .collect();
+        let removed = remove(table, &keys)?;
+        if table == SideTable::Idempotency {
+            report.idempotency_removed = removed;
+        }
+    }
     if let Some(to) = plan.events_through {
         let events = SideTable::ConflictEvents;
         let watermark = view

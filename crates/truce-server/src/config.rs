@@ -39,6 +39,8 @@ pub struct ServerConfig {
     pub webhook_retry: RetryRule,
     /// Longest a webhook receiver may take to answer one delivery.
     pub webhook_timeout: Duration,
+    /// How long an idempotency record is kept (then compaction removes it).
+    pub idempotency_keep: Duration,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +60,7 @@ impl Default for ServerConfig {
             compaction_interval: Some(Duration::from_secs(60)),
             webhook_retry: RetryRule::default(),
             webhook_timeout: Duration::from_secs(10),
+            idempotency_keep: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -43,6 +43,12 @@ impl RequestContext {
     pub fn current() -> Option<Self> {
         CURRENT.try_with(Clone::clone).ok()
     }
+
+    /// Runs `f` as this request (on another thread, say), so what it renders
+    /// names the request as a handler would.
+    pub fn enter<R>(self, f: impl FnOnce() -> R) -> R {
+        CURRENT.sync_scope(self, f)
+    }
 }
 
 /// Middleware: request id, panic containment, access log and metrics.

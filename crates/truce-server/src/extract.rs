@@ -192,10 +192,47 @@ fn media_type(headers: &HeaderMap) -> Option<String> {
     Some(essence)
 }
 
+/// What a document write reads from its head besides the target: its
+/// preconditions, `Truce-Resolves`, `Prefer` and its idempotency ticket.
+pub struct WriteHeaders {
+    /// RFC 9110 conditional headers.
+    pub preconditions: Preconditions,
+    /// `Truce-Resolves`.
+    pub resolves: Option<String>,
+    /// `Prefer: return=minimal`.
+    pub prefer: Prefer,
+    /// The `Idempotency-Key` ticket, if keyed.
+    pub keyed: crate::idempotency::Keyed,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for WriteHeaders {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Conditions(preconditions) = Conditions::from_request_parts(parts, state).await?;
+        let Resolves(resolves) = Resolves::from_request_parts(parts, state).await?;
+        Ok(Self {
+            preconditions,
+            resolves,
+            prefer: Prefer::from_request_parts(parts, state).await?,
+            keyed: crate::idempotency::Keyed::from_request_parts(parts, state).await?,
+        })
+    }
+}
+
 /// Reads the body within the size limit and the body timeout.
-async fn read_body(request: Request, state: &AppState) -> Result<Bytes, ApiError> {
+async fn read_request_body(request: Request, state: &AppState) -> Result<Bytes, ApiError> {
+    let (parts, body) = request.into_parts();
+    read_body(&parts.headers, body, state).await
+}
+
+/// Reads a body within the size limit and the body timeout.
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    state: &AppState,
+) -> Result<Bytes, ApiError> {
     let limit = state.config.limits.max_body_bytes;
-    let headers = request.headers();
     if let Some(coding) = headers.get(CONTENT_ENCODING)
         && !coding.as_bytes().eq_ignore_ascii_case(b"identity")
     {
@@ -211,7 +248,6 @@ async fn read_body(request: Request, state: &AppState) -> Result<Bytes, ApiError
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    let body: Body = request.into_body();
     match tokio::time::timeout(state.config.body_timeout, axum::body::to_bytes(body, limit)).await {
         Err(_) => Err(ApiError::BodyTimeout(state.config.body_timeout)),
         Ok(Ok(bytes)) => Ok(bytes),
@@ -254,7 +290,7 @@ impl FromRequest<AppState> for DocumentBody {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         require_json(request.headers())?;
-        let bytes = read_body(request, state).await?;
+        let bytes = read_request_body(request, state).await?;
         Ok(Self(Document::parse(&bytes, state.config.limits)?))
     }
 }
@@ -280,7 +316,7 @@ impl FromRequest<AppState> for PatchBody {
                 });
             }
         };
-        let bytes = read_body(request, state).await?;
+        let bytes = read_request_body(request, state).await?;
         if is_merge {
             let patch: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
                 ApiError::Malformed(describe_json_error(
@@ -304,7 +340,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, ApiError> {
         require_json(request.headers())?;
-        let bytes = read_body(request, state).await?;
+        let bytes = read_request_body(request, state).await?;
         serde_json::from_slice(&bytes).map(Self).map_err(|e| {
             ApiError::Malformed(describe_json_error(
                 "the body",

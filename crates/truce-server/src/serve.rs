@@ -151,6 +151,7 @@ async fn compaction_loop(state: AppState, interval: Duration) {
                             + report.changes_removed
                             + report.conflicts_removed
                             + report.conflict_events_removed
+                            + report.idempotency_removed
                             > 0 =>
                     {
                         tracing::info!(
@@ -158,6 +159,7 @@ async fn compaction_loop(state: AppState, interval: Duration) {
                             changes_removed = report.changes_removed,
                             conflicts_removed = report.conflicts_removed,
                             conflict_events_removed = report.conflict_events_removed,
+                            idempotency_removed = report.idempotency_removed,
                             "compaction"
                         );
                     }

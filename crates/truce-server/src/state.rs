@@ -27,6 +27,8 @@ pub struct Shared {
     pub streams: Arc<tokio::sync::Semaphore>,
     /// Rate limits per principal and class.
     pub(crate) rates: crate::rate::RateLimits,
+    /// Idempotency keys of requests being handled on this node.
+    pub(crate) in_flight: crate::idempotency::InFlight,
 }
 
 impl AppState {
@@ -41,6 +43,7 @@ impl AppState {
             shutdown: CancellationToken::new(),
             streams,
             rates,
+            in_flight: crate::idempotency::InFlight::default(),
         }))
     }
 }

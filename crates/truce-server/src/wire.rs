@@ -243,6 +243,8 @@ pub struct CompactionBody {
     pub conflicts_removed: u64,
     /// Conflict events removed (older than the record retention).
     pub conflict_events_removed: u64,
+    /// Idempotency records removed (kept longer than `idempotency_keep`).
+    pub idempotency_removed: u64,
 }
 
 /// Health and readiness answers.

@@ -68,6 +68,7 @@ fn main() {
                         by: Principal::anonymous(),
                         request_id: None,
                         resolves: None,
+                        idempotency: None,
                     };
                     let outcome = store.write(command).await.expect("write");
                     etag = Some(outcome.version.etag(&key).to_header());

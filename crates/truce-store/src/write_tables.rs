@@ -270,6 +270,12 @@ impl<'t> WriteTables<'t> {
         for key in &plan.deliveries {
             self.put_side(SideTable::Deliveries.code(), key, None)?;
         }
+        for (table, key) in &plan.expired {
+            if *table == SideTable::Idempotency && self.get_side(table.code(), key)?.is_some() {
+                report.idempotency_removed += 1;
+            }
+            self.put_side(table.code(), key, None)?;
+        }
         if let Some(through) = plan.events_through {
             report.conflict_events_removed = self.remove_events_through(through)?;
         }

@@ -34,6 +34,7 @@ async fn a_closed_store_reopens_without_repair() {
                 by: Principal::anonymous(),
                 request_id: None,
                 resolves: None,
+                idempotency: None,
             })
             .await
             .unwrap();

@@ -48,6 +48,7 @@ fn put(id: &str, value: u64) -> WriteCommand {
         by: Principal::anonymous(),
         request_id: None,
         resolves: None,
+        idempotency: None,
     }
 }
 

@@ -379,6 +379,7 @@ fn command(
         by: Principal::anonymous(),
         request_id: None,
         resolves: None,
+        idempotency: None,
     }
 }
 
@@ -466,6 +467,7 @@ async fn run_group(
                     by: Principal::anonymous(),
                     request_id: None,
                     resolves: None,
+                    idempotency: None,
                 };
                 (id, expected, command)
             }

@@ -149,6 +149,9 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub cors_origins: Vec<String>,
+    /// How long an `Idempotency-Key`'s answer is kept for replays (default 24h).
+    #[arg(long, env = "TRUCE_IDEMPOTENCY_KEEP", value_parser = parse_duration)]
+    pub idempotency_keep: Option<Duration>,
     /// Most SSE streams and long polls open at once; more get 503 (default 1024).
     #[arg(long, env = "TRUCE_MAX_STREAMS", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams: Option<u32>,
@@ -184,6 +187,7 @@ struct FileConfig {
     cors_origins: Option<Vec<String>>,
     rate_reads: Option<String>,
     rate_writes: Option<String>,
+    idempotency_keep: Option<String>,
 }
 
 /// A setting that cannot be used.
@@ -337,6 +341,19 @@ impl ServeArgs {
                 ..defaults.webhook_retry
             },
             webhook_timeout: defaults.webhook_timeout,
+            idempotency_keep: match duration(
+                self.idempotency_keep,
+                &file.idempotency_keep,
+                "idempotency_keep",
+            )? {
+                Some(keep) if keep.is_zero() => {
+                    return Err(ConfigError::Invalid(
+                        "idempotency_keep must be positive".into(),
+                    ));
+                }
+                Some(keep) => keep,
+                None => defaults.idempotency_keep,
+            },
         };
         let data_given = self.data.is_some() || file.data.is_some();
         let data = self

@@ -10,6 +10,7 @@ use truce_engine::{CollectionSettings, Principal, SettingsCommand, SideTable, St
 
 use crate::error::ApiError;
 use crate::extract::{CollectionPath, Conditions, JsonBody, Prefer};
+use crate::idempotency::Keyed;
 use crate::openapi::{Invalid, Malformed, PreconditionFailed, Unavailable};
 use crate::render::{PREFERENCE_APPLIED, TRUCE_OUTCOME, TRUCE_VERSION};
 use crate::state::AppState;
@@ -76,6 +77,7 @@ pub async fn put_settings(
     CollectionPath(collection): CollectionPath,
     Conditions(preconditions): Conditions,
     prefer: Prefer,
+    keyed: Keyed,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     let settings = CollectionSettings::parse(&body)?;
@@ -86,8 +88,14 @@ pub async fn put_settings(
             settings,
             preconditions,
             by: Principal::anonymous(),
+            idempotency: keyed.attach(move |outcome| configured_response(outcome, prefer)),
         })
         .await?;
+    Ok(configured_response(&outcome, prefer))
+}
+
+/// The settings now in force, with `Truce-Outcome` (`updated` or `unchanged`).
+fn configured_response(outcome: &truce_engine::SettingsOutcome, prefer: Prefer) -> Response {
     let mut response = settings_response(&outcome.stored);
     let word = if outcome.changed {
         "updated"
@@ -105,7 +113,7 @@ pub async fn put_settings(
             PREFERENCE_APPLIED,
             HeaderValue::from_static("return=minimal"),
         );
-        return Ok(minimal);
+        return minimal;
     }
-    Ok(response)
+    response
 }

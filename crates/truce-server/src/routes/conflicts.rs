@@ -14,6 +14,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
 use crate::extract::{ApiQuery, Conditions, JsonBody};
+use crate::idempotency::Keyed;
 use crate::openapi::{Conflict, Malformed, NotFound, PreconditionFailed, Unavailable};
 use crate::paging::{decode_cursor, page_by_id, page_limit};
 use crate::render::version_headers;
@@ -195,6 +196,7 @@ async fn close(
     cid: String,
     action: ResolutionAction,
     preconditions: truce_engine::Preconditions,
+    keyed: Keyed,
 ) -> Result<Response, ApiError> {
     let outcome = state
         .store
@@ -203,15 +205,21 @@ async fn close(
             action,
             preconditions,
             by: Principal::anonymous(),
+            idempotency: keyed.attach(closed_response),
         })
         .await?;
-    let mut response = Json(outcome.record).into_response();
+    Ok(closed_response(&outcome))
+}
+
+/// The closed record, with the version headers when a version was written.
+fn closed_response(outcome: &truce_engine::ResolutionOutcome) -> Response {
+    let mut response = Json(&outcome.record).into_response();
     if let Some(write) = &outcome.write {
         response
             .headers_mut()
             .extend(version_headers(&write.key, &write.version));
     }
-    Ok(response)
+    response
 }
 
 /// Resolves a record by taking a side. Conflict-protected: refused (409) if the
@@ -232,6 +240,7 @@ pub async fn resolve(
     State(state): State<AppState>,
     Path(cid): Path<String>,
     Conditions(preconditions): Conditions,
+    keyed: Keyed,
     JsonBody(request): JsonBody<ResolveRequest>,
 ) -> Result<Response, ApiError> {
     check_conflict_id(&cid)?;
@@ -253,7 +262,14 @@ pub async fn resolve(
             ));
         }
     };
-    close(&state, cid, ResolutionAction::Resolve(take), preconditions).await
+    close(
+        &state,
+        cid,
+        ResolutionAction::Resolve(take),
+        preconditions,
+        keyed,
+    )
+    .await
 }
 
 /// Dismisses a record: closed without a change.
@@ -270,6 +286,7 @@ pub async fn resolve(
 pub async fn dismiss(
     State(state): State<AppState>,
     Path(cid): Path<String>,
+    keyed: Keyed,
 ) -> Result<Response, ApiError> {
     check_conflict_id(&cid)?;
     close(
@@ -277,6 +294,7 @@ pub async fn dismiss(
         cid,
         ResolutionAction::Dismiss,
         truce_engine::Preconditions::default(),
+        keyed,
     )
     .await
 }

@@ -3,7 +3,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Json, Response};
+use axum::response::{Json, Response};
 use serde::Deserialize;
 use truce_engine::{
     CurrentState, DocId, EngineError, Evaluation, ListQuery, Principal, ResourceKey, Safety,
@@ -13,8 +13,10 @@ use utoipa::IntoParams;
 
 use crate::error::ApiError;
 use crate::extract::{
-    ApiQuery, CollectionPath, Conditions, DocumentBody, PatchBody, Prefer, Resolves, ResourcePath,
+    ApiQuery, CollectionPath, Conditions, DocumentBody, PatchBody, Prefer, ResourcePath,
+    WriteHeaders,
 };
+use crate::idempotency::Keyed;
 use crate::openapi::{
     BodyProblems, Compacted, Conflict, Invalid, Malformed, NotFound, PreconditionFailed,
     PreconditionRequired, Unavailable,
@@ -110,6 +112,7 @@ pub async fn create(
     CollectionPath(collection): CollectionPath,
     Conditions(preconditions): Conditions,
     prefer: Prefer,
+    keyed: Keyed,
     DocumentBody(doc): DocumentBody,
 ) -> Result<Response, ApiError> {
     let key = ResourceKey {
@@ -124,8 +127,9 @@ pub async fn create(
         by: Principal::anonymous(),
         request_id: crate::context::RequestContext::current().map(|c| c.id.to_string()),
         resolves: None,
+        idempotency: None,
     };
-    run_write(&state, command, prefer).await
+    run_write(&state, command, prefer, keyed).await
 }
 
 /// Reads the current document (or a past version with `?version=`).
@@ -203,13 +207,11 @@ pub async fn put(
     State(state): State<AppState>,
     ResourcePath(key): ResourcePath,
     ApiQuery(params): ApiQuery<WriteParams>,
-    Conditions(preconditions): Conditions,
-    Resolves(resolves): Resolves,
-    prefer: Prefer,
+    headers: WriteHeaders,
     DocumentBody(doc): DocumentBody,
 ) -> Result<Response, ApiError> {
-    let command = write_command(key, WriteAction::Put(doc), preconditions, params, resolves);
-    run_write(&state, command, prefer).await
+    let command = write_command(key, WriteAction::Put(doc), params, &headers);
+    run_write(&state, command, headers.prefer, headers.keyed).await
 }
 
 /// Applies a merge patch (RFC 7396) or a JSON Patch (RFC 6902).
@@ -234,13 +236,11 @@ pub async fn patch(
     State(state): State<AppState>,
     ResourcePath(key): ResourcePath,
     ApiQuery(params): ApiQuery<WriteParams>,
-    Conditions(preconditions): Conditions,
-    Resolves(resolves): Resolves,
-    prefer: Prefer,
+    headers: WriteHeaders,
     PatchBody(action): PatchBody,
 ) -> Result<Response, ApiError> {
-    let command = write_command(key, action, preconditions, params, resolves);
-    run_write(&state, command, prefer).await
+    let command = write_command(key, action, params, &headers);
+    run_write(&state, command, headers.prefer, headers.keyed).await
 }
 
 /// Deletes a document: writes a tombstone version.
@@ -260,39 +260,40 @@ pub async fn delete(
     State(state): State<AppState>,
     ResourcePath(key): ResourcePath,
     ApiQuery(params): ApiQuery<WriteParams>,
-    Conditions(preconditions): Conditions,
-    Resolves(resolves): Resolves,
-    prefer: Prefer,
+    headers: WriteHeaders,
 ) -> Result<Response, ApiError> {
-    let command = write_command(key, WriteAction::Delete, preconditions, params, resolves);
-    run_write(&state, command, prefer).await
+    let command = write_command(key, WriteAction::Delete, params, &headers);
+    run_write(&state, command, headers.prefer, headers.keyed).await
 }
 
 /// A write command from its parsed parts.
 pub(crate) fn write_command(
     key: ResourceKey,
     action: WriteAction,
-    preconditions: truce_engine::Preconditions,
     params: WriteParams,
-    resolves: Option<String>,
+    headers: &WriteHeaders,
 ) -> WriteCommand {
     WriteCommand {
         key,
         action,
-        preconditions,
+        preconditions: headers.preconditions.clone(),
         if_version: params.if_version,
         by: Principal::anonymous(),
         request_id: crate::context::RequestContext::current().map(|c| c.id.to_string()),
-        resolves,
+        resolves: headers.resolves.clone(),
+        idempotency: None,
     }
 }
 
 /// Sends a write through the store and renders its outcome.
+/// Under an `Idempotency-Key` the answer is kept with the write.
 pub(crate) async fn run_write(
     state: &AppState,
-    command: WriteCommand,
+    mut command: WriteCommand,
     prefer: Prefer,
+    keyed: Keyed,
 ) -> Result<Response, ApiError> {
+    command.idempotency = keyed.attach(move |outcome| write_response(outcome, prefer));
     let outcome = state.store.write(command).await?;
-    Ok(write_response(&outcome, prefer).into_response())
+    Ok(write_response(&outcome, prefer))
 }

@@ -12,7 +12,7 @@ use truce_engine::{
 use utoipa::IntoParams;
 
 use crate::error::ApiError;
-use crate::extract::{ApiQuery, Conditions, JsonBody, Prefer, Resolves, ResourcePath, VersionPath};
+use crate::extract::{ApiQuery, Conditions, JsonBody, ResourcePath, VersionPath, WriteHeaders};
 use crate::openapi::{
     BodyProblems, Compacted, Conflict, Malformed, NotFound, PreconditionFailed,
     PreconditionRequired, Unavailable,
@@ -165,12 +165,10 @@ pub async fn revert(
     State(state): State<AppState>,
     ResourcePath(key): ResourcePath,
     ApiQuery(params): ApiQuery<WriteParams>,
-    Conditions(preconditions): Conditions,
-    Resolves(resolves): Resolves,
-    prefer: Prefer,
+    headers: WriteHeaders,
     JsonBody(request): JsonBody<RevertRequest>,
 ) -> Result<Response, ApiError> {
     let action = WriteAction::Revert { to: request.to };
-    let command = write_command(key, action, preconditions, params, resolves);
-    run_write(&state, command, prefer).await
+    let command = write_command(key, action, params, &headers);
+    run_write(&state, command, headers.prefer, headers.keyed).await
 }

@@ -74,6 +74,7 @@ fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
 pub fn app(state: AppState) -> Router {
     let cors = crate::cors::layer(&state.config.cors_origins);
     let limits = state.clone();
+    let keyed = state.clone();
     let (router, api) = api(state);
     let mut document = serde_json::to_value(&api).unwrap_or_default();
     crate::openapi_finish::finish(&mut document);
@@ -82,6 +83,10 @@ pub fn app(state: AppState) -> Router {
     let router = router
         .layer(Extension(system::OpenApiJson(Arc::new(json))))
         .fallback(no_route)
+        .layer(middleware::from_fn_with_state(
+            keyed,
+            crate::idempotency::middleware,
+        ))
         .layer(middleware::from_fn_with_state(limits, crate::rate::limit));
     // Inside the envelope, so preflights are logged and counted like any request.
     let router = match cors {

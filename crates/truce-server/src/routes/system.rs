@@ -101,5 +101,6 @@ pub async fn compact(State(state): State<AppState>) -> Result<Json<CompactionBod
         oldest_revision: report.oldest_revision,
         conflicts_removed: report.conflicts_removed,
         conflict_events_removed: report.conflict_events_removed,
+        idempotency_removed: report.idempotency_removed,
     }))
 }

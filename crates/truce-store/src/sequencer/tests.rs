@@ -33,6 +33,7 @@ async fn a_full_overlay_brings_a_checkpoint() {
                 by: Principal::anonymous(),
                 request_id: None,
                 resolves: None,
+                idempotency: None,
             })
             .await
             .unwrap();
@@ -104,6 +105,7 @@ async fn a_panic_while_planning_fails_only_that_write() {
                     by: Principal::anonymous(),
                     request_id: None,
                     resolves: None,
+                    idempotency: None,
                 })
                 .await
         })
@@ -214,6 +216,7 @@ async fn side_records_are_durable_and_move_no_revision() {
             by: Principal::anonymous(),
             request_id: None,
             resolves: None,
+            idempotency: None,
         };
         let first = store
             .write(put(serde_json::json!({"side": "k1", "value": "v1"})))

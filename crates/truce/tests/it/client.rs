@@ -533,3 +533,107 @@ async fn collection_settings_merge_conflicts_and_the_conflict_stream() {
     assert!(merged.position > detected.position);
     assert_eq!(merged.resource.id, "a");
 }
+
+/// A front for `upstream` that passes every request on but, for the first
+/// write, answers only after `delay` (longer than the client waits): the write
+/// lands, its answer is lost to the client.
+async fn slow_first_answer(upstream: String, delay: Duration) -> (String, Arc<AtomicUsize>) {
+    let writes = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&writes);
+    let http = crate::common::client();
+    let app = Router::new().fallback(move |request: axum::extract::Request| {
+        let (http, upstream, seen) = (http.clone(), upstream.clone(), Arc::clone(&seen));
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = axum::body::to_bytes(body, 1 << 20)
+                .await
+                .unwrap_or_default();
+            let url = format!("{upstream}{}", parts.uri);
+            let mut forward = http.request(parts.method.clone(), url).body(body);
+            for (name, value) in &parts.headers {
+                if name != "host" {
+                    forward = forward.header(name, value);
+                }
+            }
+            let answer = forward.send().await.expect("upstream");
+            let first_write =
+                parts.method != axum::http::Method::GET && seen.fetch_add(1, Ordering::SeqCst) == 0;
+            let status = answer.status().as_u16();
+            let headers: Vec<(String, String)> = answer
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_owned()))
+                .collect();
+            let bytes = answer.bytes().await.unwrap_or_default();
+            if first_write {
+                tokio::time::sleep(delay).await;
+            }
+            let mut response = (StatusCode::from_u16(status).unwrap(), bytes).into_response();
+            for (name, value) in headers {
+                if let (Ok(n), Ok(v)) = (
+                    axum::http::HeaderName::from_bytes(name.as_bytes()),
+                    axum::http::HeaderValue::from_str(&value),
+                ) {
+                    response.headers_mut().insert(n, v);
+                }
+            }
+            response
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, writes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_answer_was_lost_is_retried_and_replayed_not_applied_twice() {
+    let server = TestServer::start().await;
+    let (front, writes) = slow_first_answer(server.base.clone(), Duration::from_secs(3)).await;
+    let client = Client::builder(&front)
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let written = client
+        .create("orders", &json!({"item": "tea"}))
+        .send()
+        .await
+        .expect("the retry gets the first attempt's answer");
+    assert_eq!(written.outcome, Outcome::Created);
+    assert!(
+        writes.load(Ordering::SeqCst) >= 2,
+        "the write was sent again"
+    );
+    let page: Value = server.get_json("/v1/orders").await;
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(1), "{page}");
+    assert_eq!(written.version, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ratelimit_fields_pace_the_client_before_it_is_refused() {
+    let server = TestServer::start_with(|config, _| {
+        config.rate_writes = Some("3/s".parse().expect("rate"));
+    })
+    .await;
+    // No retries: a 429 would be an error.
+    let client = Client::builder(&server.base)
+        .retry(RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        })
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    for n in 0..7 {
+        client
+            .put("notes", &format!("n{n}"), &json!({"n": n}))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("write {n} was refused: {e}"));
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "7 writes at 3/s took {:?}",
+        started.elapsed()
+    );
+}

@@ -146,7 +146,8 @@ impl TestServer {
     /// removed (retention by age needs the clock to move past the limit first).
     pub async fn compact_until(&self, done: impl Fn(&Value) -> bool) -> Value {
         let mut total = json!({"versions_removed": 0, "changes_removed": 0, "oldest_revision": 0,
-                               "conflicts_removed": 0, "conflict_events_removed": 0});
+                               "conflicts_removed": 0, "conflict_events_removed": 0,
+                               "idempotency_removed": 0});
         for _ in 0..200 {
             let report: Value = self
                 .client
@@ -162,6 +163,7 @@ impl TestServer {
                 "changes_removed",
                 "conflicts_removed",
                 "conflict_events_removed",
+                "idempotency_removed",
             ] {
                 total[field] =
                     json!(total[field].as_u64().unwrap_or(0) + report[field].as_u64().unwrap_or(0));

@@ -13,6 +13,7 @@ mod conflict_stream;
 mod conflicts;
 mod cors;
 mod disk_full;
+mod idempotency;
 mod openapi;
 mod pg_cluster;
 mod postgres;

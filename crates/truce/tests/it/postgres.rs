@@ -693,3 +693,35 @@ async fn a_record_resolved_twice_in_one_batch_is_closed_once() {
     let record = fetch_json(&client, format!("{a}/v1/_conflicts/{cid}")).await;
     assert_eq!(record["status"], "resolved", "{record}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_hold_across_nodes() {
+    use crate::idempotency::{answer, count_documents, duplicates_until_answered, keyed};
+    use reqwest::Method;
+    let url = fresh_database();
+    let ((a, _a), (b, _b)) = (node(&url).await, node(&url).await);
+    let client = client();
+
+    // Duplicates split over both nodes, each retried until answered: one ran,
+    // every other got its answer replayed, one order exists.
+    let urls = [format!("{a}/v1/orders"), format!("{b}/v1/orders")];
+    let (fresh, locations) = duplicates_until_answered(&client, &urls, 16).await;
+    assert_eq!(fresh, 1, "exactly one request ran");
+    assert_eq!(locations.len(), 1, "{locations:?}");
+    assert_eq!(count_documents(&client, &urls[1]).await, 1);
+
+    // A retry on the other node replays; another request under the key is 422.
+    let json = "application/json";
+    let body = json!({"v": 1});
+    let (doc_a, doc_b) = (format!("{a}/v1/notes/n1"), format!("{b}/v1/notes/n1"));
+    let on_a = keyed(&client, Method::PUT, &doc_a, "\"k\"", json, &body, &[]);
+    let first = answer(on_a.await).await;
+    assert_eq!(first.status, 201);
+    let on_b = keyed(&client, Method::PUT, &doc_b, "\"k\"", json, &body, &[]);
+    let again = answer(on_b.await).await;
+    assert!(again.replayed);
+    assert_eq!((again.headers, again.body), (first.headers, first.body));
+    let other = json!({"v": 2});
+    let reused = keyed(&client, Method::PUT, &doc_b, "\"k\"", json, &other, &[]);
+    problem(reused.await, 422, "idempotency-key-reused").await;
+}

@@ -73,6 +73,7 @@ fn command(step: &Step) -> WriteCommand {
         by: Principal::anonymous(),
         request_id: None,
         resolves: None,
+        idempotency: None,
     }
 }
 
