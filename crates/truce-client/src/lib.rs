@@ -83,6 +83,7 @@ mod client;
 mod collections;
 mod conflicts;
 mod error;
+mod keys;
 mod types;
 mod update;
 
@@ -90,6 +91,7 @@ pub use client::{Client, ClientBuilder, DEFAULT_URL, RetryPolicy, WriteRequest};
 pub use collections::CollectionSettings;
 pub use conflicts::{ConflictQuery, Resolution};
 pub use error::{Error, MergeConflict, MergeOverlap, Problem};
+pub use keys::{KeyInfo, NewKey};
 pub use truce_engine::ProblemKind;
 pub use types::{
     Change, ChangesOptions, ChangesPage, ConflictEvent, Envelope, HistoryEntry, ListOptions,

@@ -22,6 +22,7 @@ mod events;
 mod idempotency;
 mod ids;
 mod json_errors;
+mod keys;
 mod merge;
 mod name;
 mod patch;
@@ -69,6 +70,10 @@ pub use idempotency::{
 };
 pub use ids::IdGenerator;
 pub use json_errors::describe as describe_json_error;
+pub use keys::{
+    ApiKey, KEY_HASH_ROUNDS, KEY_NAME_RULE, NewKey, Role, key_removal, new_key, read_key,
+    roles_grant, split_token, verify_key,
+};
 pub use merge::{
     FieldChange, FieldPath, MergeOutcome, Overlap, pointer as json_pointer, three_way,
 };

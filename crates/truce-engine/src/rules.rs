@@ -130,6 +130,8 @@ pub enum SideTable {
     Idempotency,
     /// Idempotency records by expiry time (the key says which; no value).
     IdempotencyExpiry,
+    /// API keys (SPEC §9), keyed by id: name, roles, salted hash.
+    Keys,
 }
 
 impl SideTable {
@@ -144,6 +146,7 @@ impl SideTable {
             Self::Deliveries => 6,
             Self::Idempotency => 7,
             Self::IdempotencyExpiry => 8,
+            Self::Keys => 9,
         }
     }
 
@@ -158,6 +161,7 @@ impl SideTable {
             6 => Some(Self::Deliveries),
             7 => Some(Self::Idempotency),
             8 => Some(Self::IdempotencyExpiry),
+            9 => Some(Self::Keys),
             _ => None,
         }
     }

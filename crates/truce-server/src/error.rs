@@ -67,6 +67,17 @@ pub enum ApiError {
         /// The server's cap (`max_streams`).
         limit: usize,
     },
+    /// No key, or one that is not valid.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The key's roles do not allow the request.
+    #[error("this request needs the {needed} role; the key has {}", held.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", "))]
+    Forbidden {
+        /// The role the endpoint needs.
+        needed: truce_engine::Role,
+        /// The roles the key has.
+        held: Vec<truce_engine::Role>,
+    },
     /// A handler panicked (the panic is logged, never shown).
     #[error("a handler panicked")]
     Panic,
@@ -104,6 +115,14 @@ impl ApiError {
                     .with("reason", serde_json::json!("too-many-streams"));
                 problem.retry_after_secs = Some(1);
                 problem
+            }
+            Self::Unauthenticated(detail) => {
+                Problem::new(ProblemKind::Unauthenticated, detail.clone())
+            }
+            Self::Forbidden { needed, held } => {
+                Problem::new(ProblemKind::Forbidden, self.to_string())
+                    .with("required_role", serde_json::json!(needed.as_str()))
+                    .with("roles", serde_json::json!(held))
             }
             Self::Panic => EngineError::Internal(String::new()).problem(),
         }

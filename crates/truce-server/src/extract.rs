@@ -14,8 +14,8 @@ use axum::http::{HeaderMap, HeaderName};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use truce_engine::{
-    CollectionName, Document, JsonPatch, Preconditions, ResourceKey, TagCondition, Timestamp,
-    WriteAction, describe_json_error,
+    CollectionName, Document, JsonPatch, Preconditions, Principal, ResourceKey, TagCondition,
+    Timestamp, WriteAction, describe_json_error,
 };
 
 use crate::error::ApiError;
@@ -192,9 +192,25 @@ fn media_type(headers: &HeaderMap) -> Option<String> {
     Some(essence)
 }
 
+/// Who sends the request (the key's name; `anonymous` without keys), as the
+/// authentication middleware found it.
+pub struct By(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for By {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let principal = parts.extensions.get::<Principal>().cloned();
+        Ok(Self(principal.unwrap_or_else(Principal::anonymous)))
+    }
+}
+
 /// What a document write reads from its head besides the target: its
-/// preconditions, `Truce-Resolves`, `Prefer` and its idempotency ticket.
+/// preconditions, `Truce-Resolves`, `Prefer`, its idempotency ticket and who
+/// sends it.
 pub struct WriteHeaders {
+    /// Who sends it.
+    pub by: Principal,
     /// RFC 9110 conditional headers.
     pub preconditions: Preconditions,
     /// `Truce-Resolves`.
@@ -211,7 +227,9 @@ impl<S: Send + Sync> FromRequestParts<S> for WriteHeaders {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Conditions(preconditions) = Conditions::from_request_parts(parts, state).await?;
         let Resolves(resolves) = Resolves::from_request_parts(parts, state).await?;
+        let By(by) = By::from_request_parts(parts, state).await?;
         Ok(Self {
+            by,
             preconditions,
             resolves,
             prefer: Prefer::from_request_parts(parts, state).await?,

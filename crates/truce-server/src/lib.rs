@@ -5,6 +5,7 @@
 //! errors. No rule lives here: status codes come from the engine's problem table and
 //! every decision about a resource is the engine's.
 
+mod auth;
 mod config;
 mod context;
 mod cors;

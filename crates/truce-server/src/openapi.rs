@@ -27,6 +27,7 @@ use crate::wire::ProblemBody;
         (name = "conflicts", description = "Conflict records: refused writes, kept"),
         (name = "subscriptions", description = "Webhook subscriptions to conflict events, and their delivery logs"),
         (name = "collections", description = "Collection settings: conflict policy, required preconditions, history"),
+        (name = "keys", description = "API keys and their roles (admin)"),
         (name = "system", description = "Health, metrics, the OpenAPI document and problem pages"),
     ),
     components(schemas(crate::wire::ProblemBody, crate::wire::FieldError, crate::wire::ResourceRef))

@@ -46,7 +46,50 @@ pub fn finish(doc: &mut Value) {
             {
                 operation.insert("operationId".into(), json!(format!("{get_id}_head")));
             }
+            secure_operation(path, method, operation);
             finish_operation(path, method, operation);
+        }
+    }
+    doc["components"]["securitySchemes"] = json!({
+        "bearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key (`truce_{id}_{secret}`, SPEC §9). Each operation lists the role it needs: `write` and `resolve` imply `read`, `admin` implies all. A server without keys, bound to loopback, serves every request as `anonymous` with all roles."
+        }
+    });
+}
+
+/// The operation's security requirement and its 401/403 answers, from the
+/// one access table (`auth::ACCESS`).
+fn secure_operation(path: &str, method: &str, operation: &mut Map<String, Value>) {
+    let Ok(method) = axum::http::Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else {
+        return;
+    };
+    match crate::auth::access_for(&method, Some(path)) {
+        crate::auth::Access::Public => {
+            operation.insert("security".into(), json!([]));
+        }
+        crate::auth::Access::Needs(role) => {
+            operation.insert("security".into(), json!([{ "bearer": [role.as_str()] }]));
+            let problem = |description: String| {
+                json!({
+                    "description": description,
+                    "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+                })
+            };
+            if let Some(responses) = operation
+                .get_mut("responses")
+                .and_then(Value::as_object_mut)
+            {
+                responses.entry("401").or_insert_with(|| {
+                    problem("`unauthenticated`: no API key, or one that is unknown or revoked; with `WWW-Authenticate: Bearer`".into())
+                });
+                responses.entry("403").or_insert_with(|| {
+                    problem(format!(
+                        "`forbidden`: the key lacks the `{role}` role; `required_role` names it"
+                    ))
+                });
+            }
         }
     }
 }
@@ -116,6 +159,17 @@ fn finish_operation(path: &str, method: &str, operation: &mut Map<String, Value>
             add(
                 "Truce-Resolves",
                 "SPEC §7: the conflict record this write retries; marked resolved (`retried`) in the same commit if the write succeeds",
+            );
+        }
+        let keyed = writes
+            || settings_write
+            || (path == "/v1/{collection}" && method == "post")
+            || path.ends_with("/resolve")
+            || path.ends_with("/dismiss");
+        if keyed {
+            add(
+                "Idempotency-Key",
+                "SPEC §9: a repeat with the same key and request replays the first answer (`Idempotent-Replayed: true`); 409 `idempotency-in-flight` while the first runs; 422 `idempotency-key-reused` for another request",
             );
         }
         if writes || settings_write || (path == "/v1/{collection}" && method == "post") {
@@ -275,6 +329,7 @@ fn constrain_path_parameter(parameter: &mut Value) {
         Some("n") => json!({"type": "integer", "minimum": 1}),
         Some("slug") => json!({"type": "string", "pattern": "^[a-z][a-z-]*$"}),
         Some("cid" | "sid") => json!({"type": "string", "pattern": CONFLICT_ID_PATTERN}),
+        Some("kid") => json!({"type": "string", "pattern": "^[0-9a-f]{16}$"}),
         _ => return,
     };
     parameter["schema"] = schema;

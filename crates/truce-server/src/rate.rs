@@ -16,7 +16,7 @@
 //! Limits are kept in this node's memory: with N nodes behind a load balancer
 //! a principal gets up to N times the quota (docs/DEPLOYMENT.md). Health,
 //! readiness, the OpenAPI document and the problem pages are never limited.
-//! Until API keys exist every request is the same principal, `anonymous`.
+//! The principal is the API key's name (`anonymous` on a server without keys).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -215,7 +215,11 @@ pub(crate) async fn limit(State(state): State<AppState>, request: Request, next:
         return next.run(request).await;
     }
     let mut applied: Vec<(String, String)> = Vec::new();
-    let principal = truce_engine::Principal::anonymous();
+    let principal = request
+        .extensions()
+        .get::<truce_engine::Principal>()
+        .cloned()
+        .unwrap_or_else(truce_engine::Principal::anonymous);
     let class = state.rates.class(&method);
     let resource = match written_resource(&path) {
         Some((collection, id)) if method != Method::GET && method != Method::HEAD => state

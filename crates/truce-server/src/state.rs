@@ -27,6 +27,8 @@ pub struct Shared {
     pub streams: Arc<tokio::sync::Semaphore>,
     /// Rate limits per principal and class.
     pub(crate) rates: crate::rate::RateLimits,
+    /// The API keys this node verified.
+    pub(crate) keys: crate::auth::KeyCache,
     /// Idempotency keys of requests being handled on this node.
     pub(crate) in_flight: crate::idempotency::InFlight,
 }
@@ -44,6 +46,7 @@ impl AppState {
             streams,
             rates,
             in_flight: crate::idempotency::InFlight::default(),
+            keys: crate::auth::KeyCache::default(),
         }))
     }
 }

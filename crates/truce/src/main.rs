@@ -53,6 +53,8 @@ enum Command {
     Resolve(cli::ResolveArgs),
     /// Read or change a collection's settings (conflict policy, preconditions, history).
     Collection(cli::CollectionArgs),
+    /// Make, list or revoke API keys (`--data DIR` / `--database-url` with the server stopped).
+    Keys(cli::KeysArgs),
     /// Load-test truce, etcd or the machine's HTTP ceiling; `bench load` fills a server.
     Bench(Box<bench::BenchArgs>),
 }
@@ -116,6 +118,10 @@ fn main() -> ExitCode {
             Command::Resolve(args) => {
                 let settings = args.client.clone();
                 cli::finish(cli::conflicts::resolve(args).await, &settings)
+            }
+            Command::Keys(args) => {
+                let settings = args.target().client.clone();
+                cli::finish(cli::keys::keys(args).await, &settings)
             }
             Command::Collection(args) => {
                 let settings = args.client().clone();

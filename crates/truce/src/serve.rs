@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use truce_engine::Store;
+use truce_engine::{SideTable, Store};
 use truce_postgres::{PostgresConfig, PostgresStore};
 use truce_store::{EmbeddedConfig, EmbeddedStore};
 
@@ -25,13 +25,6 @@ pub async fn run(args: ServeArgs) -> ExitCode {
     };
     let _log_writer = logging::init(settings.log_format);
     let listen = settings.server.listen;
-    if !listen.ip().is_loopback() {
-        tracing::error!(
-            %listen,
-            "no API keys are configured, so truce only binds a loopback address; use --listen 127.0.0.1:PORT"
-        );
-        return ExitCode::from(2);
-    }
     let listener = match TcpListener::bind(listen).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -47,9 +40,34 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         }
     };
     truce_server::install_metrics();
+    let data = settings.store.data_dir.clone();
+    let on_database = settings.database.is_some();
     let Some((store, opened)) = open_store(settings.store, settings.database).await else {
         return ExitCode::FAILURE;
     };
+    if !listen.ip().is_loopback() {
+        match store.side_records(SideTable::Keys, None, 1).await {
+            Ok(keys) if !keys.is_empty() => {}
+            Ok(_) => {
+                let place = if on_database {
+                    "--database-url URL".to_owned()
+                } else {
+                    format!("--data {}", data.display())
+                };
+                tracing::error!(
+                    %listen,
+                    "no API keys exist, so truce only binds a loopback address; make the first key with the server stopped (truce keys create --name admin --role admin {place}), then start it again, or use --listen 127.0.0.1:PORT"
+                );
+                store.close().await;
+                return ExitCode::from(2);
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot read the API keys");
+                store.close().await;
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let server = match truce_server::serve(listener, store, settings.server) {
         Ok(server) => server,
         Err(error) => {

@@ -6,9 +6,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use serde_json::Value;
-use truce_engine::{CollectionSettings, Principal, SettingsCommand, SideTable, StoredSettings};
+use truce_engine::{CollectionSettings, SettingsCommand, SideTable, StoredSettings};
 
 use crate::error::ApiError;
+use crate::extract::By;
 use crate::extract::{CollectionPath, Conditions, JsonBody, Prefer};
 use crate::idempotency::Keyed;
 use crate::openapi::{Invalid, Malformed, PreconditionFailed, Unavailable};
@@ -77,7 +78,7 @@ pub async fn put_settings(
     CollectionPath(collection): CollectionPath,
     Conditions(preconditions): Conditions,
     prefer: Prefer,
-    keyed: Keyed,
+    (keyed, By(by)): (Keyed, By),
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     let settings = CollectionSettings::parse(&body)?;
@@ -87,7 +88,7 @@ pub async fn put_settings(
             collection,
             settings,
             preconditions,
-            by: Principal::anonymous(),
+            by,
             idempotency: keyed.attach(move |outcome| configured_response(outcome, prefer)),
         })
         .await?;

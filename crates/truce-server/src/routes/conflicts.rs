@@ -13,6 +13,7 @@ use truce_engine::{
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
+use crate::extract::By;
 use crate::extract::{ApiQuery, Conditions, JsonBody};
 use crate::idempotency::Keyed;
 use crate::openapi::{Conflict, Malformed, NotFound, PreconditionFailed, Unavailable};
@@ -196,7 +197,7 @@ async fn close(
     cid: String,
     action: ResolutionAction,
     preconditions: truce_engine::Preconditions,
-    keyed: Keyed,
+    (keyed, by): (Keyed, Principal),
 ) -> Result<Response, ApiError> {
     let outcome = state
         .store
@@ -204,7 +205,7 @@ async fn close(
             cid,
             action,
             preconditions,
-            by: Principal::anonymous(),
+            by,
             idempotency: keyed.attach(closed_response),
         })
         .await?;
@@ -241,6 +242,7 @@ pub async fn resolve(
     Path(cid): Path<String>,
     Conditions(preconditions): Conditions,
     keyed: Keyed,
+    By(by): By,
     JsonBody(request): JsonBody<ResolveRequest>,
 ) -> Result<Response, ApiError> {
     check_conflict_id(&cid)?;
@@ -267,7 +269,7 @@ pub async fn resolve(
         cid,
         ResolutionAction::Resolve(take),
         preconditions,
-        keyed,
+        (keyed, by),
     )
     .await
 }
@@ -287,6 +289,7 @@ pub async fn dismiss(
     State(state): State<AppState>,
     Path(cid): Path<String>,
     keyed: Keyed,
+    By(by): By,
 ) -> Result<Response, ApiError> {
     check_conflict_id(&cid)?;
     close(
@@ -294,7 +297,7 @@ pub async fn dismiss(
         cid,
         ResolutionAction::Dismiss,
         truce_engine::Preconditions::default(),
-        keyed,
+        (keyed, by),
     )
     .await
 }

@@ -6,14 +6,14 @@ use axum::http::StatusCode;
 use axum::response::{Json, Response};
 use serde::Deserialize;
 use truce_engine::{
-    CurrentState, DocId, EngineError, Evaluation, ListQuery, Principal, ResourceKey, Safety,
-    Validators, Version, WriteAction, WriteCommand, require_live, require_live_version,
+    CurrentState, DocId, EngineError, Evaluation, ListQuery, ResourceKey, Safety, Validators,
+    Version, WriteAction, WriteCommand, require_live, require_live_version,
 };
 use utoipa::IntoParams;
 
 use crate::error::ApiError;
 use crate::extract::{
-    ApiQuery, CollectionPath, Conditions, DocumentBody, PatchBody, Prefer, ResourcePath,
+    ApiQuery, By, CollectionPath, Conditions, DocumentBody, PatchBody, Prefer, ResourcePath,
     WriteHeaders,
 };
 use crate::idempotency::Keyed;
@@ -113,6 +113,7 @@ pub async fn create(
     Conditions(preconditions): Conditions,
     prefer: Prefer,
     keyed: Keyed,
+    By(by): By,
     DocumentBody(doc): DocumentBody,
 ) -> Result<Response, ApiError> {
     let key = ResourceKey {
@@ -124,7 +125,7 @@ pub async fn create(
         action: WriteAction::Create(doc),
         preconditions,
         if_version: None,
-        by: Principal::anonymous(),
+        by,
         request_id: crate::context::RequestContext::current().map(|c| c.id.to_string()),
         resolves: None,
         idempotency: None,
@@ -278,7 +279,7 @@ pub(crate) fn write_command(
         action,
         preconditions: headers.preconditions.clone(),
         if_version: params.if_version,
-        by: Principal::anonymous(),
+        by: headers.by.clone(),
         request_id: crate::context::RequestContext::current().map(|c| c.id.to_string()),
         resolves: headers.resolves.clone(),
         idempotency: None,

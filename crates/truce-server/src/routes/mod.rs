@@ -23,6 +23,7 @@ pub mod conflict_stream;
 pub mod conflicts;
 pub mod documents;
 pub mod history;
+pub mod keys;
 pub mod subscriptions;
 pub mod system;
 
@@ -64,6 +65,8 @@ fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
             subscriptions::delete
         ))
         .routes(routes!(subscriptions::deliveries))
+        .routes(routes!(keys::create, keys::list))
+        .routes(routes!(keys::revoke))
         .with_state(state)
         .split_for_parts();
     (router, api)
@@ -75,6 +78,7 @@ pub fn app(state: AppState) -> Router {
     let cors = crate::cors::layer(&state.config.cors_origins);
     let limits = state.clone();
     let keyed = state.clone();
+    let auth = state.clone();
     let (router, api) = api(state);
     let mut document = serde_json::to_value(&api).unwrap_or_default();
     crate::openapi_finish::finish(&mut document);
@@ -87,7 +91,11 @@ pub fn app(state: AppState) -> Router {
             keyed,
             crate::idempotency::middleware,
         ))
-        .layer(middleware::from_fn_with_state(limits, crate::rate::limit));
+        .layer(middleware::from_fn_with_state(limits, crate::rate::limit))
+        .layer(middleware::from_fn_with_state(
+            auth,
+            crate::auth::authenticate,
+        ));
     // Inside the envelope, so preflights are logged and counted like any request.
     let router = match cors {
         Ok(Some(cors)) => router.layer(cors),

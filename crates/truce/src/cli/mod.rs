@@ -9,6 +9,7 @@
 pub mod collection;
 pub mod conflicts;
 pub mod edit;
+pub mod keys;
 pub mod read;
 pub mod write;
 
@@ -22,6 +23,7 @@ use truce_engine::ResourceKey;
 pub use collection::CollectionArgs;
 pub use conflicts::{ConflictsArgs, ResolveArgs};
 pub use edit::EditArgs;
+pub use keys::KeysArgs;
 pub use read::{DiffArgs, GetArgs, HistoryArgs, WatchArgs};
 pub use write::{DeleteArgs, PatchArgs, PutArgs, RevertArgs};
 

@@ -378,9 +378,15 @@ impl ServerProcess {
     }
 
     async fn start_with_args(args: &[std::ffi::OsString]) -> Self {
+        // Loopback unless the test names another address.
+        let listen = if args.iter().any(|a| a == "--listen") {
+            vec![]
+        } else {
+            vec!["--listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_truce"))
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
+            .args(listen)
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -432,15 +438,20 @@ impl ServerProcess {
 }
 
 /// Finds `127.0.0.1:PORT` in a log line.
+/// A server bound to every interface (`0.0.0.0:PORT`) is spoken to on
+/// loopback.
 pub fn address_in(line: &str) -> Option<String> {
-    let start = line.find("127.0.0.1:")?;
+    let (start, skip) = match line.find("127.0.0.1:") {
+        Some(start) => (start, "127.0.0.1:".len()),
+        None => (line.find("0.0.0.0:")?, "0.0.0.0:".len()),
+    };
     let rest = &line[start..];
     let end = rest
         .char_indices()
-        .skip("127.0.0.1:".len())
+        .skip(skip)
         .find(|(_, c)| !c.is_ascii_digit())
         .map_or(rest.len(), |(i, _)| i);
-    Some(rest[..end].to_owned())
+    Some(rest[..end].replacen("0.0.0.0:", "127.0.0.1:", 1))
 }
 
 /// A fresh temporary directory that outlives the processes using it.

@@ -2,6 +2,7 @@
 //!
 //! One test binary with a module per part of the contract keeps link times low.
 
+mod auth;
 mod bench;
 mod changes;
 mod cli;

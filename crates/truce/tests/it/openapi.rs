@@ -42,6 +42,9 @@ const EXPECTED: &[(&str, &str)] = &[
     ("get", "/v1/_subscriptions/{sid}"),
     ("put", "/v1/_subscriptions/{sid}"),
     ("delete", "/v1/_subscriptions/{sid}"),
+    ("get", "/v1/_keys"),
+    ("post", "/v1/_keys"),
+    ("delete", "/v1/_keys/{kid}"),
     ("get", "/v1/_subscriptions/{sid}/deliveries"),
 ];
 

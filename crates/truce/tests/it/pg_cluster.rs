@@ -76,6 +76,22 @@ pub fn as_superuser_on(name: &str, sql: &str) {
     );
 }
 
+/// Database `name` as `pg_dump` writes it out (data included), to search
+/// for what must never be stored.
+pub fn dump(name: &str) -> Vec<u8> {
+    let mut command = Command::new(tool("pg_dump"));
+    command
+        .args(["-h", "127.0.0.1", "-p", &cluster().port.to_string()])
+        .args(["-U", "postgres", "-d", name]);
+    let output = as_cluster_user(&mut command).output().expect("run pg_dump");
+    assert!(
+        output.status.success(),
+        "pg_dump failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
+
 /// A session of the shared cluster holding database `name`'s commit row (the
 /// lock every write transaction takes first) for `seconds`; returns once it
 /// holds it.

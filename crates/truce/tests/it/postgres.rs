@@ -725,3 +725,82 @@ async fn idempotency_keys_hold_across_nodes() {
     let reused = keyed(&client, Method::PUT, &doc_b, "\"k\"", json, &other, &[]);
     problem(reused.await, 422, "idempotency-key-reused").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_are_shared_and_revoked_at_once_on_every_node() {
+    use crate::auth::make_key;
+    let url = fresh_database();
+    let ((a, _a), (b, _b)) = (node(&url).await, node(&url).await);
+    let client = client();
+    let admin = make_key(&client, &a, None, "root", &["admin"]).await;
+    let writer = make_key(&client, &a, Some(&admin), "carol", &["write"]).await;
+
+    // Made on A, accepted on B (which verifies and remembers it), recorded as `by`.
+    let written = client
+        .put(format!("{b}/v1/notes/n1"))
+        .bearer_auth(&writer)
+        .json(&json!({"v": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(written.status(), 201);
+    let history = client
+        .get(format!("{a}/v1/notes/n1/versions"))
+        .bearer_auth(&writer)
+        .send()
+        .await
+        .unwrap();
+    let history: Value = history.json().await.unwrap();
+    assert_eq!(history["items"][0]["by"], "carol");
+    // Keys exist now: B refuses requests without one.
+    let anonymous = client.get(format!("{b}/v1/notes/n1")).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    // Revoked on A: B refuses it on the very next request.
+    let listed: Value = client
+        .get(format!("{b}/v1/_keys"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == "carol")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let revoked = client
+        .delete(format!("{a}/v1/_keys/{id}"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 204);
+    let refused = client
+        .get(format!("{b}/v1/notes/n1"))
+        .bearer_auth(&writer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+
+    // No key's secret is anywhere in the database.
+    let dumped = crate::pg_cluster::dump(database_of(&url));
+    assert!(
+        dumped.windows(8).any(|w| w == b"truce_si"),
+        "the dump has the tables"
+    );
+    for key in [&admin, &writer] {
+        let secret = key.rsplit('_').next().unwrap().as_bytes();
+        assert!(
+            !dumped.windows(secret.len()).any(|w| w == secret),
+            "a secret is stored"
+        );
+    }
+}

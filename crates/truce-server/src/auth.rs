@@ -1,0 +1,319 @@
+//! Who is asking, and whether they may (SPEC §9).
+//!
+//! [`ACCESS`] is the one table of what every endpoint needs; the middleware
+//! enforces it and the OpenAPI document is generated from it, so no handler
+//! decides on its own. A request shows a key with `Authorization: Bearer
+//! truce_{id}_{secret}`. Every request reads the key's record from the store
+//! (a snapshot read on the embedded store, one statement on PostgreSQL), so a
+//! revoked key is refused at once on every node; the slow hash is checked once
+//! per key and node, after which the node remembers the key it verified
+//! (in memory only) for as long as its record is unchanged.
+//!
+//! Without any key, a server bound to loopback serves everyone as `anonymous`
+//! with every role; a server bound elsewhere does not start without keys, and if
+//! its keys are all revoked later it refuses every request until one is made.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::{HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use truce_engine::{ApiKey, Principal, Role, SideTable, roles_grant, split_token, verify_key};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// What an endpoint needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, with or without a key.
+    Public,
+    /// A key holding (or implying) this role.
+    Needs(Role),
+}
+
+use Access::{Needs, Public};
+use Role::{Admin, Read, Resolve, Write};
+
+/// Every endpoint's access: `(method, route, access)`. `HEAD` is `GET`'s;
+/// a method or path not listed needs `read` (so that only key holders learn
+/// what exists). `OPTIONS` (CORS preflights, which carry no key) is public.
+pub const ACCESS: &[(&str, &str, Access)] = &[
+    ("GET", "/healthz", Public),
+    ("GET", "/readyz", Public),
+    ("GET", "/openapi.json", Public),
+    ("GET", "/problems/{slug}", Public),
+    ("GET", "/metrics", Needs(Admin)),
+    ("POST", "/v1/_compact", Needs(Admin)),
+    ("GET", "/v1/_changes", Needs(Read)),
+    ("GET", "/v1/{collection}", Needs(Read)),
+    ("POST", "/v1/{collection}", Needs(Write)),
+    ("GET", "/v1/{collection}/{id}", Needs(Read)),
+    ("PUT", "/v1/{collection}/{id}", Needs(Write)),
+    ("PATCH", "/v1/{collection}/{id}", Needs(Write)),
+    ("DELETE", "/v1/{collection}/{id}", Needs(Write)),
+    ("GET", "/v1/{collection}/{id}/versions", Needs(Read)),
+    ("GET", "/v1/{collection}/{id}/versions/{n}", Needs(Read)),
+    ("GET", "/v1/{collection}/{id}/diff", Needs(Read)),
+    ("POST", "/v1/{collection}/{id}/revert", Needs(Write)),
+    ("GET", "/v1/{collection}/{id}/watch", Needs(Read)),
+    ("GET", "/v1/_conflicts", Needs(Read)),
+    ("GET", "/v1/_conflicts/stream", Needs(Read)),
+    ("GET", "/v1/_conflicts/{cid}", Needs(Read)),
+    ("POST", "/v1/_conflicts/{cid}/resolve", Needs(Resolve)),
+    ("POST", "/v1/_conflicts/{cid}/dismiss", Needs(Resolve)),
+    ("GET", "/v1/_collections/{collection}", Needs(Read)),
+    ("PUT", "/v1/_collections/{collection}", Needs(Admin)),
+    ("GET", "/v1/_subscriptions", Needs(Admin)),
+    ("POST", "/v1/_subscriptions", Needs(Admin)),
+    ("GET", "/v1/_subscriptions/{sid}", Needs(Admin)),
+    ("PUT", "/v1/_subscriptions/{sid}", Needs(Admin)),
+    ("DELETE", "/v1/_subscriptions/{sid}", Needs(Admin)),
+    ("GET", "/v1/_subscriptions/{sid}/deliveries", Needs(Admin)),
+    ("GET", "/v1/_keys", Needs(Admin)),
+    ("POST", "/v1/_keys", Needs(Admin)),
+    ("DELETE", "/v1/_keys/{kid}", Needs(Admin)),
+];
+
+/// The access `method` on `route` (a route template; `None`: no route) needs.
+pub fn access_for(method: &Method, route: Option<&str>) -> Access {
+    if method == Method::OPTIONS {
+        return Public;
+    }
+    let method = if method == Method::HEAD {
+        "GET"
+    } else {
+        method.as_str()
+    };
+    route
+        .and_then(|route| {
+            ACCESS
+                .iter()
+                .find(|(m, r, _)| *m == method && *r == route)
+                .map(|(_, _, access)| *access)
+        })
+        .unwrap_or(Needs(Read))
+}
+
+/// The keys this node verified, by a hash of the presented key and of the
+/// record it was checked against (a changed record is checked again).
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    verified: Mutex<HashMap<Digest32, (Digest32, ApiKey)>>,
+    /// Once any key was seen, requests without one are refused (until restart).
+    keys_seen: AtomicBool,
+}
+
+/// A SHA-256 digest.
+type Digest32 = [u8; 32];
+
+/// Most keys a node remembers; past it the memory starts over.
+const MAX_REMEMBERED: usize = 10_000;
+
+/// At most this many slow hashes run at once, so keys that fail cannot take
+/// every core.
+static SLOW_CHECKS: Semaphore = Semaphore::const_new(2);
+
+/// The caller of a request: who and with which roles (set by [`authenticate`]).
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// `by` in history and conflict records; the rate limits' key.
+    pub principal: Principal,
+    /// What it may do.
+    pub roles: Arc<[Role]>,
+}
+
+impl Caller {
+    /// The caller of a server without keys.
+    pub fn anonymous() -> Self {
+        Self {
+            principal: Principal::anonymous(),
+            roles: Arc::from(Role::ALL.as_slice()),
+        }
+    }
+}
+
+/// Middleware: finds the caller and refuses what its roles do not allow.
+pub async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    let access = access_for(request.method(), route.as_deref());
+    let presented = request
+        .headers()
+        .get(AUTHORIZATION)
+        .map(|value| bearer(value).map(str::to_owned));
+    let caller = match (access, presented) {
+        (Public, _) => Caller::anonymous(),
+        (Needs(_), None) => match open_to_anonymous(&state).await {
+            Ok(true) => Caller::anonymous(),
+            Ok(false) => {
+                return unauthenticated(
+                    "this request needs an API key: send Authorization: Bearer <key>",
+                    false,
+                );
+            }
+            Err(error) => return error.into_response(),
+        },
+        (Needs(_), Some(None)) => {
+            return unauthenticated("the Authorization header must be Bearer <key>", true);
+        }
+        (Needs(_), Some(Some(token))) => match verified(&state, &token).await {
+            Ok(Some(key)) => Caller {
+                principal: Principal::named(key.name),
+                roles: Arc::from(key.roles.as_slice()),
+            },
+            Ok(None) => {
+                return unauthenticated(
+                    "the API key is not valid (unknown, revoked or mistyped)",
+                    true,
+                );
+            }
+            Err(error) => return error.into_response(),
+        },
+    };
+    if let Needs(role) = access
+        && !roles_grant(&caller.roles, role)
+    {
+        return ApiError::Forbidden {
+            needed: role,
+            held: caller.roles.to_vec(),
+        }
+        .into_response();
+    }
+    request.extensions_mut().insert(caller.principal.clone());
+    request.extensions_mut().insert(caller);
+    next.run(request).await
+}
+
+/// The key of `Authorization: Bearer <key>` (`None` inside: another scheme or
+/// no key).
+fn bearer(value: &HeaderValue) -> Option<&str> {
+    let text = value.to_str().ok()?.trim();
+    let (scheme, key) = text.split_once(' ')?;
+    let key = key.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then_some(key)
+}
+
+/// Whether requests without a key are served: only on loopback, and only while
+/// no key exists.
+async fn open_to_anonymous(state: &AppState) -> Result<bool, ApiError> {
+    if !state.config.listen.ip().is_loopback() || state.keys.keys_seen.load(Ordering::Relaxed) {
+        return Ok(false);
+    }
+    let any = state.store.side_records(SideTable::Keys, None, 1).await?;
+    if any.is_empty() {
+        return Ok(true);
+    }
+    state.keys.keys_seen.store(true, Ordering::Relaxed);
+    Ok(false)
+}
+
+/// The key `token` names, if it is valid now.
+async fn verified(state: &AppState, token: &str) -> Result<Option<ApiKey>, ApiError> {
+    let Some((id, secret)) = split_token(token) else {
+        return Ok(None);
+    };
+    let Some(stored) = state
+        .store
+        .side_record(SideTable::Keys, id.as_bytes())
+        .await?
+    else {
+        return Ok(None);
+    };
+    state.keys.keys_seen.store(true, Ordering::Relaxed);
+    let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    let record: [u8; 32] = Sha256::digest(&stored).into();
+    {
+        let cache = state
+            .keys
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some((checked, key)) = cache.get(&presented)
+            && *checked == record
+        {
+            return Ok(Some(key.clone()));
+        }
+    }
+    let permit = SLOW_CHECKS.acquire().await.map_err(|_| {
+        ApiError::Engine(truce_engine::EngineError::Internal(
+            "key checks closed".into(),
+        ))
+    })?;
+    let secret = secret.to_owned();
+    let checked = tokio::task::spawn_blocking(move || verify_key(&stored, &secret))
+        .await
+        .map_err(|_| ApiError::Panic)?;
+    drop(permit);
+    let Some(key) = checked else {
+        return Ok(None);
+    };
+    let mut cache = state
+        .keys
+        .verified
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if cache.len() >= MAX_REMEMBERED {
+        cache.clear();
+    }
+    cache.insert(presented, (record, key.clone()));
+    Ok(Some(key))
+}
+
+/// 401 with `WWW-Authenticate: Bearer` (RFC 6750 §3; `invalid_token` when a
+/// key was presented).
+fn unauthenticated(detail: &str, presented: bool) -> Response {
+    let mut response = ApiError::Unauthenticated(detail.to_owned()).into_response();
+    let challenge = if presented {
+        "Bearer realm=\"truce\", error=\"invalid_token\""
+    } else {
+        "Bearer realm=\"truce\""
+    };
+    response
+        .headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unlisted_methods_and_paths_need_read_and_preflights_are_public() {
+        assert_eq!(
+            access_for(&Method::HEAD, Some("/v1/{collection}/{id}")),
+            Needs(Read)
+        );
+        assert_eq!(access_for(&Method::POST, Some("/healthz")), Needs(Read));
+        assert_eq!(access_for(&Method::GET, None), Needs(Read));
+        assert_eq!(access_for(&Method::OPTIONS, Some("/v1/_keys")), Public);
+        assert_eq!(
+            access_for(&Method::DELETE, Some("/v1/_keys/{kid}")),
+            Needs(Admin)
+        );
+    }
+
+    #[test]
+    fn only_bearer_keys_are_read() {
+        assert_eq!(bearer(&HeaderValue::from_static("Bearer abc")), Some("abc"));
+        assert_eq!(
+            bearer(&HeaderValue::from_static("bearer  abc ")),
+            Some("abc")
+        );
+        assert_eq!(bearer(&HeaderValue::from_static("Basic abc")), None);
+        assert_eq!(bearer(&HeaderValue::from_static("Bearer")), None);
+    }
+}
