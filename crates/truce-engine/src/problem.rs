@@ -44,6 +44,10 @@ pub enum ProblemKind {
     PreconditionFailed,
     /// The body is larger than the configured limit.
     PayloadTooLarge,
+    /// The request target is longer than the server reads.
+    UriTooLong,
+    /// The request's header fields are too large or too many.
+    HeaderFieldsTooLarge,
     /// The body's media type is not accepted here.
     UnsupportedMediaType,
     /// The document is well-formed but not acceptable (schema, shape).
@@ -77,7 +81,7 @@ pub struct ProblemInfo {
 
 impl ProblemKind {
     /// Every kind, in the order of the table.
-    pub const ALL: [ProblemKind; 26] = [
+    pub const ALL: [ProblemKind; 28] = [
         Self::MalformedRequest,
         Self::Unauthenticated,
         Self::Forbidden,
@@ -96,6 +100,8 @@ impl ProblemKind {
         Self::HistoryCompacted,
         Self::PreconditionFailed,
         Self::PayloadTooLarge,
+        Self::UriTooLong,
+        Self::HeaderFieldsTooLarge,
         Self::UnsupportedMediaType,
         Self::ValidationFailed,
         Self::IdempotencyKeyReused,
@@ -231,6 +237,20 @@ impl ProblemKind {
                 "Payload too large",
                 "The body is larger than the configured limit (1 MiB by default).",
             ),
+            Self::UriTooLong => (
+                414,
+                "uri-too-long",
+                "Request target too long",
+                "The request's path and query are longer than the server reads (about 64 KiB). Shorten \
+                 them: send long selections in a body instead.",
+            ),
+            Self::HeaderFieldsTooLarge => (
+                431,
+                "header-fields-too-large",
+                "Request header fields too large",
+                "The request's header fields are too many (more than 100) or too large (about 400 KiB \
+                 in all). The connection is closed after this answer. Send fewer or smaller headers.",
+            ),
             Self::UnsupportedMediaType => (
                 415,
                 "unsupported-media-type",
@@ -360,6 +380,8 @@ mod tests {
             ("method-not-allowed", 405),
             ("request-timeout", 408),
             ("patch-conflict", 409),
+            ("uri-too-long", 414),
+            ("header-fields-too-large", 431),
             ("internal-error", 500),
         ];
         let expected: HashSet<(&str, u16)> = SPEC.iter().chain(ADDED).copied().collect();

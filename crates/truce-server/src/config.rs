@@ -24,6 +24,9 @@ pub struct ServerConfig {
     pub longpoll_max: Duration,
     /// Most SSE streams and long polls open at once; more are refused (503).
     pub max_streams: usize,
+    /// Most SSE streams and long polls one principal holds open; more are
+    /// refused (503).
+    pub max_streams_per_principal: usize,
     /// Quota of reads (`GET`, `HEAD`) per principal; `None`: not limited.
     pub rate_reads: Option<truce_engine::Rate>,
     /// Quota of writes (every other method) per principal; `None`: not limited.
@@ -53,6 +56,7 @@ impl Default for ServerConfig {
             sse_keepalive: Duration::from_secs(15),
             longpoll_max: Duration::from_secs(300),
             max_streams: 1024,
+            max_streams_per_principal: 256,
             rate_reads: None,
             rate_writes: None,
             cors_origins: Vec::new(),

@@ -61,11 +61,17 @@ pub enum ApiError {
         /// Seconds until a request may pass.
         retry_after: u64,
     },
-    /// Every stream the server may hold open is open.
-    #[error("the server holds its most streams and long polls open ({limit}); retry shortly")]
+    /// Every stream the server (or this principal) may hold open is open.
+    #[error(
+        "{} its most streams and long polls open ({limit}); {}",
+        if *per_principal { "this principal holds" } else { "the server holds" },
+        if *per_principal { "close one or retry shortly" } else { "retry shortly" }
+    )]
     TooManyStreams {
-        /// The server's cap (`max_streams`).
+        /// The cap that was reached.
         limit: usize,
+        /// `max_streams_per_principal` (else the server's `max_streams`).
+        per_principal: bool,
     },
     /// No key, or one that is not valid.
     #[error("{0}")]

@@ -6,6 +6,7 @@
 //! every decision about a resource is the engine's.
 
 mod auth;
+mod bare_answers;
 mod config;
 mod context;
 mod cors;

@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
+
+use crate::bare_answers::ProblemIo;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -101,7 +103,7 @@ async fn accept_loop(listener: TcpListener, state: AppState) {
                 };
                 let _ = stream.set_nodelay(true);
                 let service = TowerToHyperService::new(app.clone());
-                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                let connection = graceful.watch(builder.serve_connection(TokioIo::new(ProblemIo::new(stream)), service));
                 tokio::spawn(async move {
                     if let Err(error) = connection.await {
                         tracing::debug!(%error, "connection ended with an error");

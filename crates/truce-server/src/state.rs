@@ -27,6 +27,8 @@ pub struct Shared {
     pub streams: Arc<tokio::sync::Semaphore>,
     /// Rate limits per principal and class.
     pub(crate) rates: crate::rate::RateLimits,
+    /// Open streams per principal (`max_streams_per_principal`).
+    pub(crate) stream_counts: Arc<crate::streams::StreamCounts>,
     /// The API keys this node verified.
     pub(crate) keys: crate::auth::KeyCache,
     /// Idempotency keys of requests being handled on this node.
@@ -47,6 +49,7 @@ impl AppState {
             rates,
             in_flight: crate::idempotency::InFlight::default(),
             keys: crate::auth::KeyCache::default(),
+            stream_counts: Arc::default(),
         }))
     }
 }

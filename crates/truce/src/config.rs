@@ -155,6 +155,10 @@ pub struct ServeArgs {
     /// Most SSE streams and long polls open at once; more get 503 (default 1024).
     #[arg(long, env = "TRUCE_MAX_STREAMS", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams: Option<u32>,
+    /// Most SSE streams and long polls one principal (API key name) holds open;
+    /// more get 503 (default 256).
+    #[arg(long, env = "TRUCE_MAX_STREAMS_PER_PRINCIPAL", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_principal: Option<u32>,
 }
 
 /// The config file: the same settings, keys in snake_case, durations as strings.
@@ -184,6 +188,7 @@ struct FileConfig {
     sse_keepalive: Option<String>,
     shutdown_grace: Option<String>,
     max_streams: Option<u32>,
+    max_streams_per_principal: Option<u32>,
     cors_origins: Option<Vec<String>>,
     rate_reads: Option<String>,
     rate_writes: Option<String>,
@@ -320,6 +325,18 @@ impl ServeArgs {
                 }
                 Some(most) => most as usize,
                 None => defaults.max_streams,
+            },
+            max_streams_per_principal: match self
+                .max_streams_per_principal
+                .or(file.max_streams_per_principal)
+            {
+                Some(0) => {
+                    return Err(ConfigError::Invalid(
+                        "max_streams_per_principal must be at least 1".into(),
+                    ));
+                }
+                Some(most) => most as usize,
+                None => defaults.max_streams_per_principal,
             },
             shutdown_grace: duration(self.shutdown_grace, &file.shutdown_grace, "shutdown_grace")?
                 .unwrap_or(defaults.shutdown_grace),

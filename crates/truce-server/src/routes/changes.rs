@@ -34,6 +34,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::conflict_stream::{ConflictCursor, error_event, sse_event};
 use crate::error::ApiError;
+use crate::extract::By;
 use crate::extract::{ApiQuery, ResourcePath};
 use crate::openapi::{Compacted, Malformed, Unavailable};
 use crate::paging::page_limit;
@@ -102,6 +103,7 @@ pub struct WatchParams {
 pub async fn changes(
     State(state): State<AppState>,
     headers: HeaderMap,
+    By(by): By,
     ApiQuery(params): ApiQuery<ChangesParams>,
 ) -> Result<Response, ApiError> {
     let collection = params
@@ -117,7 +119,8 @@ pub async fn changes(
         include_docs: params.include_docs.unwrap_or(false),
     };
     if wants_event_stream(&headers) {
-        return event_stream(&state, query).await;
+        let open = OpenStream::open(&state, "stream", &by)?;
+        return start_stream(&state, query, None, open).await;
     }
     let page = match params.feed.unwrap_or_default() {
         FeedMode::Normal => state.store.changes(&query).await?,
@@ -126,7 +129,8 @@ pub async fn changes(
                 .timeout_ms
                 .map_or(DEFAULT_LONGPOLL, Duration::from_millis)
                 .min(state.config.longpoll_max);
-            long_poll(&state, query, wait).await?
+            let open = OpenStream::open(&state, "longpoll", &by)?;
+            long_poll(&state, query, wait, open).await?
         }
     };
     Ok(Json(page_body(page)).into_response())
@@ -147,6 +151,7 @@ pub async fn changes(
 pub async fn watch(
     State(state): State<AppState>,
     headers: HeaderMap,
+    By(by): By,
     ResourcePath(key): ResourcePath,
     ApiQuery(params): ApiQuery<WatchParams>,
 ) -> Result<Response, ApiError> {
@@ -169,7 +174,8 @@ pub async fn watch(
         limit: page_limit(None)?,
         include_docs: false,
     };
-    start_stream(&state, query, Some((cursor, events))).await
+    let open = OpenStream::open(&state, "stream", &by)?;
+    start_stream(&state, query, Some((cursor, events)), open).await
 }
 
 /// A watch's `Last-Event-ID`: `{revision}.{conflict event position}`, or a
@@ -238,10 +244,10 @@ async fn long_poll(
     state: &AppState,
     mut query: ChangeQuery,
     wait: Duration,
+    _open: OpenStream,
 ) -> Result<ChangePage, ApiError> {
     let deadline = tokio::time::Instant::now() + wait;
     let mut revisions = state.store.revisions();
-    let _open = OpenStream::open(state, "longpoll")?;
     loop {
         let page = state.store.changes(&query).await?;
         if !page.changes.is_empty() {
@@ -261,21 +267,16 @@ async fn long_poll(
     }
 }
 
-/// Starts an SSE stream. The first page is read before answering, so a `since` in
+/// Starts an SSE stream of changes, and of conflict events when `conflicts` is
+/// given (a watch). The first page is read before answering, so a `since` in
 /// compacted history is a 410 problem rather than a stream that ends at once, and
 /// every change committed after the response headers arrive is in the stream.
-async fn event_stream(state: &AppState, query: ChangeQuery) -> Result<Response, ApiError> {
-    start_stream(state, query, None).await
-}
-
-/// Starts an SSE stream of changes, and of conflict events when `conflicts` is
-/// given (a watch).
 async fn start_stream(
     state: &AppState,
     query: ChangeQuery,
     conflicts: Option<(ConflictCursor, watch::Receiver<u64>)>,
+    open: OpenStream,
 ) -> Result<Response, ApiError> {
-    let open = OpenStream::open(state, "stream")?;
     let first = state.store.changes(&query).await?;
     let start = query.since;
     let mut feed = Feed {

@@ -140,6 +140,7 @@ pub(crate) fn sse_event(event: &Value, id: String) -> Event {
 pub async fn stream(
     State(state): State<AppState>,
     headers: HeaderMap,
+    crate::extract::By(by): crate::extract::By,
     ApiQuery(params): ApiQuery<ConflictStreamParams>,
 ) -> Result<Response, ApiError> {
     if let Some(collection) = &params.collection {
@@ -148,7 +149,7 @@ pub async fn stream(
     if let Some(id) = &params.id {
         DocId::parse(id)?;
     }
-    let open = OpenStream::open(&state, "conflicts")?;
+    let open = OpenStream::open(&state, "conflicts", &by)?;
     let events = state.store.conflict_events();
     let now = *events.borrow();
     let start = last_event_number(&headers, "the position of a conflict event")?

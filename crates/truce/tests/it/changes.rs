@@ -566,3 +566,38 @@ async fn streams_beyond_the_cap_are_refused_until_one_closes() {
     }
     drop(second);
 }
+
+/// Each principal holds at most `max_streams_per_principal` streams open, so
+/// one client cannot take every place: another principal still gets one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_principal_cannot_take_every_stream() {
+    let server = TestServer::start_with(|config, _| {
+        config.max_streams_per_principal = 2;
+    })
+    .await;
+    let client = &server.client;
+    let admin = crate::auth::make_key(client, &server.base, None, "root", &["admin"]).await;
+    let alice = crate::auth::make_key(client, &server.base, Some(&admin), "alice", &["read"]).await;
+    let bob = crate::auth::make_key(client, &server.base, Some(&admin), "bob", &["read"]).await;
+    let sse = |key: &str| {
+        client
+            .get(server.url("/v1/_changes"))
+            .header("accept", "text/event-stream")
+            .bearer_auth(key)
+            .send()
+    };
+    let held = [sse(&alice).await.unwrap(), sse(&alice).await.unwrap()];
+    assert!(held.iter().all(|r| r.status() == 200));
+    let refused = sse(&alice).await.unwrap();
+    assert!(refused.headers().contains_key("retry-after"));
+    let body = problem(refused, 503, "unavailable").await;
+    assert_eq!(body["reason"], "too-many-streams", "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("principal")),
+        "{body}"
+    );
+    let other = sse(&bob).await.unwrap();
+    assert_eq!(other.status(), 200, "another principal is still served");
+}

@@ -735,3 +735,82 @@ async fn a_stalled_request_head_is_disconnected() {
     // Everyone else is still served.
     assert_eq!(server.get("/healthz", &[]).await.status(), 200);
 }
+
+/// Sends `head` (and nothing more) on a fresh connection, reading the answer
+/// while it is still being sent; returns the answer's bytes.
+async fn raw_answer(server: &TestServer, head: Vec<u8>) -> String {
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let stream = TcpStream::connect(&address).await.unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let sending = tokio::spawn(async move {
+        // The server may stop reading (and close) before all of it is sent.
+        let _ = writer.write_all(&head).await;
+        writer
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut answer))
+        .await
+        .expect("the server answers and closes");
+    drop(sending.await);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The answer's problem body, checked against its status line.
+fn raw_problem(answer: &str, status: u16, slug: &str) -> Value {
+    assert!(
+        answer.starts_with(&format!("HTTP/1.1 {status} ")),
+        "{answer}"
+    );
+    let (head, body) = answer.split_once("\r\n\r\n").expect("head and body");
+    assert!(
+        head.contains("content-type: application/problem+json"),
+        "{head}"
+    );
+    let body: Value = serde_json::from_str(body).expect("a JSON problem");
+    assert_eq!(body["type"], format!("/problems/{slug}"));
+    assert_eq!(body["status"], status);
+    assert!(body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heads_hyper_refuses_still_get_problem_answers() {
+    let server = TestServer::start().await;
+    let big = format!(
+        "GET /v1/notes HTTP/1.1\r\nhost: x\r\nx-big: {}\r\n\r\n",
+        "a".repeat(2 << 20)
+    );
+    raw_problem(
+        &raw_answer(&server, big.into_bytes()).await,
+        431,
+        "header-fields-too-large",
+    );
+
+    let mut many = String::from("GET /v1/notes HTTP/1.1\r\nhost: x\r\n");
+    for n in 0..120 {
+        many.push_str(&format!("x-h{n}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    raw_problem(
+        &raw_answer(&server, many.into_bytes()).await,
+        431,
+        "header-fields-too-large",
+    );
+
+    let garbage = b"GET /v1/notes HTTP/1.1\r\nbad header line\r\n\r\n".to_vec();
+    raw_problem(
+        &raw_answer(&server, garbage).await,
+        400,
+        "malformed-request",
+    );
+
+    let long = format!("GET /v1/{} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(70_000));
+    raw_problem(
+        &raw_answer(&server, long.into_bytes()).await,
+        414,
+        "uri-too-long",
+    );
+
+    // Nothing else is touched: the server still answers as before.
+    assert_eq!(server.get("/healthz", &[]).await.status(), 200);
+}
