@@ -24,3 +24,4 @@ mod write_tables;
 pub use embedded::{DATABASE_FILE, EmbeddedConfig, EmbeddedStore, OpenReport};
 pub use error::OpenError;
 pub use faults::{Fault, Faults, FileKind, IoOp, PowerLoss};
+pub use wal::{WalScan, scan_wal};

@@ -288,6 +288,28 @@ fn frame_crc(epoch: u64, payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
+/// What the log's reader finds in a file's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalScan {
+    /// Intact frames, from the start.
+    pub frames: usize,
+    /// Their version entries.
+    pub versions: usize,
+    /// Their side-record entries.
+    pub side_records: usize,
+}
+
+/// Reads `bytes` as recovery reads the log file: for fuzzing the decoder, and
+/// for tools that inspect a log.
+pub fn scan_wal(bytes: &[u8]) -> WalScan {
+    let frames = parse(bytes);
+    WalScan {
+        frames: frames.len(),
+        versions: frames.iter().map(|f| f.entries.len()).sum(),
+        side_records: frames.iter().map(|f| f.side.len()).sum(),
+    }
+}
+
 /// Reads intact frames from the start of the log until the first torn, corrupt or
 /// zero-filled one.
 fn parse(bytes: &[u8]) -> Vec<Frame> {

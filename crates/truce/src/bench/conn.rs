@@ -31,6 +31,18 @@ impl Reply {
     }
 }
 
+/// `Authorization: Bearer <key>` for every request of this run, when the
+/// server has API keys (`truce bench --key`).
+static AUTHORIZATION_VALUE: std::sync::OnceLock<HeaderValue> = std::sync::OnceLock::new();
+
+/// Sends `key` as a bearer token on every request from now on.
+pub fn use_key(key: &str) -> Result<(), BenchError> {
+    let value = HeaderValue::from_str(&format!("Bearer {key}"))
+        .map_err(|_| BenchError::Setup("--key is not a valid header value".into()))?;
+    let _ = AUTHORIZATION_VALUE.set(value);
+    Ok(())
+}
+
 /// A client connection to one server.
 pub struct Connection {
     sender: SendRequest<Full<Bytes>>,
@@ -64,6 +76,9 @@ impl Connection {
             .method(method)
             .uri(path)
             .header(HOST, self.host.clone());
+        if let Some(value) = AUTHORIZATION_VALUE.get() {
+            request = request.header(hyper::header::AUTHORIZATION, value.clone());
+        }
         for (name, value) in headers {
             request = request.header(name, value);
         }

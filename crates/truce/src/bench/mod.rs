@@ -113,6 +113,9 @@ struct RunArgs {
     /// Collection (truce) for the documents.
     #[arg(long, default_value = "bench")]
     collection: String,
+    /// API key sent with every request (a server with keys).
+    #[arg(long, env = "TRUCE_KEY", hide_env_values = true)]
+    key: Option<String>,
     /// Print one JSON object per run instead of a table.
     #[arg(long)]
     json: bool,
@@ -163,6 +166,9 @@ pub async fn run(args: BenchArgs) -> ExitCode {
 
 /// Runs every workload at every connection count; false if a hot check failed.
 async fn run_workloads(args: &RunArgs) -> Result<bool, BenchError> {
+    if let Some(key) = &args.key {
+        conn::use_key(key)?;
+    }
     let addrs = match (args.target, args.url.as_slice()) {
         (Target::Ceiling, _) => vec![ceiling::start(args.body_size).await?],
         (Target::Truce, []) => vec![resolve_loopback("http://127.0.0.1:8409")?],

@@ -34,6 +34,13 @@ pub(crate) async fn make_key(
     body["key"].as_str().expect("the key").to_owned()
 }
 
+/// The secret part of a key (`truce_{id}_{secret}`; the secret may hold `_`).
+pub(crate) fn secret_of(key: &str) -> &str {
+    let secret = key.splitn(3, '_').nth(2).expect("a key's secret");
+    assert!(secret.len() >= 40, "{key}");
+    secret
+}
+
 /// What each endpoint needs, written from SPEC §9 (not from the server's
 /// table): `None` is public.
 const ROLES: &[(&str, &str, Option<&str>)] = &[
@@ -367,7 +374,7 @@ async fn the_first_key_is_made_offline_and_no_secret_reaches_the_disk() {
     );
     let made: Value = serde_json::from_slice(&made.stdout).expect("JSON");
     let admin = made["key"].as_str().expect("key").to_owned();
-    let secret = admin.rsplit('_').next().expect("secret").to_owned();
+    let secret = crate::auth::secret_of(&admin).to_owned();
 
     // Now it may bind every interface (the test still speaks to loopback).
     let server = ServerProcess::start(&data, &["--listen", "0.0.0.0:0"]).await;
@@ -395,7 +402,7 @@ async fn the_first_key_is_made_offline_and_no_secret_reaches_the_disk() {
     files_under(&data, &mut files);
     assert!(!files.is_empty());
     for key in [&admin, &writer] {
-        let secret_part = key.rsplit('_').next().expect("secret");
+        let secret_part = crate::auth::secret_of(key);
         for (path, bytes) in &files {
             assert!(
                 !contains(bytes, secret_part.as_bytes()),

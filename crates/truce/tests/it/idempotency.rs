@@ -72,6 +72,17 @@ pub(crate) async fn keyed(
     request.send().await.expect("send")
 }
 
+/// [`keyed`] with a JSON body and no other header.
+pub(crate) async fn send_json(
+    client: &Client,
+    method: Method,
+    url: &str,
+    key: &str,
+    body: &Value,
+) -> Response {
+    keyed(client, method, url, key, "application/json", body, &[]).await
+}
+
 pub(crate) async fn count_documents(client: &Client, url: &str) -> usize {
     let page: Value = client
         .get(url)
@@ -90,30 +101,12 @@ async fn a_repeat_replays_the_first_answer_exactly_and_applies_nothing() {
     let client = &server.client;
     let url = server.url("/v1/notes");
     let json = "application/json";
-    let first = keyed(
-        client,
-        Method::POST,
-        &url,
-        "\"k-1\"",
-        json,
-        &json!({"a": 1}),
-        &[],
-    )
-    .await;
+    let first = send_json(client, Method::POST, &url, "\"k-1\"", &json!({"a": 1})).await;
     let first = answer(first).await;
     assert_eq!(first.status, 201);
     assert!(!first.replayed);
     for _ in 0..2 {
-        let again = keyed(
-            client,
-            Method::POST,
-            &url,
-            "\"k-1\"",
-            json,
-            &json!({"a": 1}),
-            &[],
-        )
-        .await;
+        let again = send_json(client, Method::POST, &url, "\"k-1\"", &json!({"a": 1})).await;
         let again = answer(again).await;
         assert!(again.replayed, "a repeat is marked as a replay");
         assert_eq!(again.status, first.status);
@@ -123,16 +116,7 @@ async fn a_repeat_replays_the_first_answer_exactly_and_applies_nothing() {
     assert_eq!(count_documents(client, &url).await, 1, "created once");
 
     // The bare form of the same key is the same key.
-    let bare = keyed(
-        client,
-        Method::POST,
-        &url,
-        "k-1",
-        json,
-        &json!({"a": 1}),
-        &[],
-    )
-    .await;
+    let bare = send_json(client, Method::POST, &url, "k-1", &json!({"a": 1})).await;
     assert!(answer(bare).await.replayed);
 
     // A refusal that left a conflict record replays too: the same record, not a
@@ -175,28 +159,10 @@ async fn a_used_key_with_another_request_is_refused() {
     let client = &server.client;
     let doc = server.url("/v1/notes/n1");
     let json = "application/json";
-    let first = keyed(
-        client,
-        Method::PUT,
-        &doc,
-        "\"k\"",
-        json,
-        &json!({"v": 1}),
-        &[],
-    )
-    .await;
+    let first = send_json(client, Method::PUT, &doc, "\"k\"", &json!({"v": 1})).await;
     assert_eq!(first.status(), 201);
     // Another body, another method, another target: each 422, nothing applied.
-    let other_body = keyed(
-        client,
-        Method::PUT,
-        &doc,
-        "\"k\"",
-        json,
-        &json!({"v": 2}),
-        &[],
-    )
-    .await;
+    let other_body = send_json(client, Method::PUT, &doc, "\"k\"", &json!({"v": 2})).await;
     problem(other_body, 422, "idempotency-key-reused").await;
     let merge = "application/merge-patch+json";
     let other_method = keyed(
@@ -211,14 +177,12 @@ async fn a_used_key_with_another_request_is_refused() {
     .await;
     problem(other_method, 422, "idempotency-key-reused").await;
     let other_target = server.url("/v1/notes/n2");
-    let elsewhere = keyed(
+    let elsewhere = send_json(
         client,
         Method::PUT,
         &other_target,
         "\"k\"",
-        json,
         &json!({"v": 1}),
-        &[],
     )
     .await;
     problem(elsewhere, 422, "idempotency-key-reused").await;
@@ -341,14 +305,11 @@ async fn refusals_that_commit_nothing_keep_nothing() {
 async fn resolutions_and_settings_replay_too() {
     let server = TestServer::start().await;
     let client = &server.client;
-    let json = "application/json";
     let settings = server.url("/v1/_collections/notes");
     let body = json!({"conflict_policy": "reject"});
-    let first =
-        answer(keyed(client, Method::PUT, &settings, "\"s\"", json, &body, &[]).await).await;
+    let first = answer(send_json(client, Method::PUT, &settings, "\"s\"", &body).await).await;
     assert_eq!(first.status, 200);
-    let again =
-        answer(keyed(client, Method::PUT, &settings, "\"s\"", json, &body, &[]).await).await;
+    let again = answer(send_json(client, Method::PUT, &settings, "\"s\"", &body).await).await;
     assert!(again.replayed);
     assert_eq!((again.headers, again.body), (first.headers, first.body));
 
@@ -364,16 +325,14 @@ async fn resolutions_and_settings_replay_too() {
         .to_owned();
     let resolve = server.url(&format!("/v1/_conflicts/{cid}/resolve"));
     let take = json!({"take": "ours"});
-    let first =
-        answer(keyed(client, Method::POST, &resolve, "\"r\"", json, &take, &[]).await).await;
+    let first = answer(send_json(client, Method::POST, &resolve, "\"r\"", &take).await).await;
     assert_eq!(
         first.status,
         200,
         "{:?}",
         String::from_utf8_lossy(&first.body)
     );
-    let again =
-        answer(keyed(client, Method::POST, &resolve, "\"r\"", json, &take, &[]).await).await;
+    let again = answer(send_json(client, Method::POST, &resolve, "\"r\"", &take).await).await;
     assert!(again.replayed, "a resolved record's retry replays, not 409");
     assert_eq!((again.status, again.body), (200, first.body));
     let history: Value = server.get_json("/v1/notes/n1/versions").await;
@@ -392,16 +351,15 @@ async fn answers_expire_and_compaction_removes_them() {
     .await;
     let client = &server.client;
     let url = server.url("/v1/notes");
-    let json = "application/json";
-    let sent = keyed(client, Method::POST, &url, "\"e\"", json, &json!({}), &[]).await;
+    let sent = send_json(client, Method::POST, &url, "\"e\"", &json!({})).await;
     assert_eq!(sent.status(), 201);
-    let kept = keyed(client, Method::POST, &url, "\"e\"", json, &json!({}), &[]).await;
+    let kept = send_json(client, Method::POST, &url, "\"e\"", &json!({})).await;
     assert!(kept.headers().contains_key("idempotent-replayed"));
     let report = server
         .compact_until(|total| total["idempotency_removed"] == 1)
         .await;
     assert_eq!(report["idempotency_removed"], 1);
-    let anew = keyed(client, Method::POST, &url, "\"e\"", json, &json!({}), &[]).await;
+    let anew = send_json(client, Method::POST, &url, "\"e\"", &json!({})).await;
     assert_eq!(anew.status(), 201);
     assert!(!anew.headers().contains_key("idempotent-replayed"));
     assert_eq!(count_documents(client, &url).await, 2);
@@ -414,17 +372,7 @@ async fn a_keyed_write_acknowledged_before_a_crash_replays_after_it() {
     let server = ServerProcess::start(&data, &[]).await;
     server.ready(&client).await;
     let url = format!("{}/v1/orders", server.base);
-    let json = "application/json";
-    let first = keyed(
-        &client,
-        Method::POST,
-        &url,
-        "\"crash\"",
-        json,
-        &json!({"n": 1}),
-        &[],
-    )
-    .await;
+    let first = send_json(&client, Method::POST, &url, "\"crash\"", &json!({"n": 1})).await;
     let first = answer(first).await;
     assert_eq!(first.status, 201);
     server.kill().await;
@@ -432,16 +380,7 @@ async fn a_keyed_write_acknowledged_before_a_crash_replays_after_it() {
     let server = ServerProcess::start(&data, &[]).await;
     server.ready(&client).await;
     let url = format!("{}/v1/orders", server.base);
-    let again = keyed(
-        &client,
-        Method::POST,
-        &url,
-        "\"crash\"",
-        json,
-        &json!({"n": 1}),
-        &[],
-    )
-    .await;
+    let again = send_json(&client, Method::POST, &url, "\"crash\"", &json!({"n": 1})).await;
     let again = answer(again).await;
     assert!(again.replayed, "the retry after the crash replays");
     assert_eq!(

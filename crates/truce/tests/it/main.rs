@@ -14,6 +14,7 @@ mod conflict_stream;
 mod conflicts;
 mod cors;
 mod disk_full;
+mod fuzz_corpus;
 mod idempotency;
 mod openapi;
 mod pg_cluster;

@@ -696,7 +696,7 @@ async fn a_record_resolved_twice_in_one_batch_is_closed_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_hold_across_nodes() {
-    use crate::idempotency::{answer, count_documents, duplicates_until_answered, keyed};
+    use crate::idempotency::{answer, count_documents, duplicates_until_answered, send_json};
     use reqwest::Method;
     let url = fresh_database();
     let ((a, _a), (b, _b)) = (node(&url).await, node(&url).await);
@@ -711,18 +711,17 @@ async fn idempotency_keys_hold_across_nodes() {
     assert_eq!(count_documents(&client, &urls[1]).await, 1);
 
     // A retry on the other node replays; another request under the key is 422.
-    let json = "application/json";
     let body = json!({"v": 1});
     let (doc_a, doc_b) = (format!("{a}/v1/notes/n1"), format!("{b}/v1/notes/n1"));
-    let on_a = keyed(&client, Method::PUT, &doc_a, "\"k\"", json, &body, &[]);
+    let on_a = send_json(&client, Method::PUT, &doc_a, "\"k\"", &body);
     let first = answer(on_a.await).await;
     assert_eq!(first.status, 201);
-    let on_b = keyed(&client, Method::PUT, &doc_b, "\"k\"", json, &body, &[]);
+    let on_b = send_json(&client, Method::PUT, &doc_b, "\"k\"", &body);
     let again = answer(on_b.await).await;
     assert!(again.replayed);
     assert_eq!((again.headers, again.body), (first.headers, first.body));
     let other = json!({"v": 2});
-    let reused = keyed(&client, Method::PUT, &doc_b, "\"k\"", json, &other, &[]);
+    let reused = send_json(&client, Method::PUT, &doc_b, "\"k\"", &other);
     problem(reused.await, 422, "idempotency-key-reused").await;
 }
 
@@ -797,10 +796,72 @@ async fn api_keys_are_shared_and_revoked_at_once_on_every_node() {
         "the dump has the tables"
     );
     for key in [&admin, &writer] {
-        let secret = key.rsplit('_').next().unwrap().as_bytes();
+        let secret = crate::auth::secret_of(key).as_bytes();
         assert!(
             !dumped.windows(secret.len()).any(|w| w == secret),
             "a secret is stored"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_write_acknowledged_before_a_node_is_killed_replays_on_its_restart() {
+    use crate::common::ServerProcess;
+    use crate::idempotency::{answer, count_documents, send_json};
+    use reqwest::Method;
+    let url = fresh_database();
+    let client = client();
+    let node = ServerProcess::start_on_database(&url).await;
+    node.ready(&client).await;
+    let orders = format!("{}/v1/orders", node.base);
+    let body = json!({"n": 1});
+    let first = answer(send_json(&client, Method::POST, &orders, "\"kill\"", &body).await).await;
+    assert_eq!(first.status, 201);
+    node.kill().await;
+
+    let node = ServerProcess::start_on_database(&url).await;
+    node.ready(&client).await;
+    let orders = format!("{}/v1/orders", node.base);
+    let again = answer(send_json(&client, Method::POST, &orders, "\"kill\"", &body).await).await;
+    assert!(again.replayed, "the retry after the kill replays");
+    assert_eq!((again.headers, again.body), (first.headers, first.body));
+    assert_eq!(count_documents(&client, &orders).await, 1);
+    node.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_key_is_made_on_the_database_with_no_node_running() {
+    let url = fresh_database();
+    let made = tokio::process::Command::new(env!("CARGO_BIN_EXE_truce"))
+        .args([
+            "keys", "create", "--name", "ops", "--role", "admin", "--json",
+        ])
+        .args(["--database-url", &url])
+        .output()
+        .await
+        .expect("run truce keys create");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let made: Value = serde_json::from_slice(&made.stdout).expect("JSON");
+    let admin = made["key"].as_str().expect("the key");
+    let (a, _a) = node(&url).await;
+    let client = client();
+    let anonymous = client.get(format!("{a}/v1/_keys")).send().await.unwrap();
+    assert_eq!(
+        anonymous.status(),
+        401,
+        "the key exists: no anonymous access"
+    );
+    let listed = client
+        .get(format!("{a}/v1/_keys"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    let listed: Value = listed.json().await.unwrap();
+    assert_eq!(listed["items"][0]["name"], "ops");
 }
