@@ -124,6 +124,7 @@ pub fn patch(data: &[u8]) {
         limits,
         retention: &retention,
         settings: CollectionSettings::default(),
+        locked: None,
     };
     for action in actions {
         let command = WriteCommand {
@@ -135,6 +136,7 @@ pub fn patch(data: &[u8]) {
             request_id: None,
             resolves: None,
             idempotency: None,
+            lock_token: None,
         };
         if let Ok(planned) = plan_write(&view, &command, &ctx) {
             let body = planned.outcome.version.body.unwrap_or_else(Bytes::new);

@@ -24,6 +24,9 @@ use crate::events::{EVENTS_WATERMARK_KEY, EventLine, RecordWritten, decode_water
 use crate::events::{event_position, record_written};
 use crate::idempotency::{Idempotent, keep_answer, refusal_for};
 use crate::ids::IdGenerator;
+use crate::locks::{
+    LockEvent, LockJob, LockOutcome, LockState, MAX_WAITERS, due_locks, lock_key, waiters_prefix,
+};
 use crate::name::CollectionName;
 use crate::resolution::{ResolutionCommand, ResolutionOutcome, plan_resolution};
 use crate::retention::Retention;
@@ -31,6 +34,9 @@ use crate::rules::{Effect, Planned, SideCommit, SideTable, SideWrite, WriteConte
 use crate::store::StateView;
 use crate::time::Timestamp;
 use crate::webhook::{Delivery, Subscription, claim as claim_delivery, outbox_rows};
+
+/// Most leases one expiry pass reads; more due ones are left to the next pass.
+const EXPIRY_PASS: usize = 256;
 
 /// How a write is planned: always [`crate::plan_write`], except in backends' tests,
 /// which swap in one that panics or waits.
@@ -48,9 +54,15 @@ pub trait BatchTables {
     /// The last key of side table `table`, if it holds any record.
     fn last_side_key(&self, table: SideTable) -> Result<Option<Vec<u8>>, StorageError>;
 
-    /// Every record of side table `table`, in key order (for small tables only:
-    /// the webhook subscriptions).
-    fn side_records(&self, table: SideTable) -> Result<Vec<(Vec<u8>, Bytes)>, StorageError>;
+    /// The first `limit` records of side table `table` whose keys start with
+    /// `prefix` (empty: the whole table), in key order, as the transaction sees
+    /// them (the batch's own earlier writes included).
+    fn side_records(
+        &self,
+        table: SideTable,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>, StorageError>;
 
     /// Stores one job's effect: each version of `effect.writes` at `revision`
     /// (the index within it is its position in the revision) as its resource's
@@ -81,6 +93,10 @@ pub struct BatchNotes {
     /// The newest conflict event's position, when the batch appended any (the
     /// conflict streams wake up).
     pub last_event: Option<u64>,
+    /// Whether any lock changed (waiters wake up, the expiry keeper looks again).
+    pub locks_changed: bool,
+    /// The lock events of the batch, for the log and the metrics.
+    pub lock_events: Vec<LockEvent>,
 }
 
 impl BatchNotes {
@@ -101,6 +117,19 @@ impl BatchNotes {
                 request_id = %line.request_id,
                 "conflict"
             );
+        }
+        for event in &self.lock_events {
+            tracing::info!(
+                event = event.event,
+                collection = %event.resource.collection,
+                id = %event.resource.id,
+                fence = event.fence,
+                "lock"
+            );
+            metrics::counter!("truce_lock_events_total", "event" => event.event).increment(1);
+            if let Some(waited) = event.waited_ms {
+                metrics::histogram!("truce_lock_wait_seconds").record(waited as f64 / 1000.0);
+            }
         }
         for (collection, kind, outcome) in &self.conflict_metrics {
             metrics::counter!(
@@ -197,7 +226,11 @@ impl<'a> Batch<'a> {
     ) -> Result<Result<WriteOutcome, EngineError>, StorageError> {
         let settings = self.collection_settings(tables, &command.key.collection)?;
         let retention = settings.retention(self.rules.retention);
-        let ctx = self.context(settings, &retention);
+        let locked = self.lock_refusal(tables, &command.key, command.lock_token.as_deref())?;
+        let ctx = WriteContext {
+            locked: locked.as_ref(),
+            ..self.context(settings, &retention)
+        };
         let planner = self.rules.planner;
         let planned = catch_unwind(AssertUnwindSafe(|| planner(tables.view(), command, &ctx)));
         match planned {
@@ -261,7 +294,14 @@ impl<'a> Batch<'a> {
             _ => CollectionSettings::default(),
         };
         let retention = settings.retention(self.rules.retention);
-        let ctx = self.context(settings, &retention);
+        let locked = match stored.as_deref().map(|s| parse_record(&command.cid, s)) {
+            Some(Ok((_, key))) => self.lock_refusal(tables, &key, command.lock_token.as_deref())?,
+            _ => None,
+        };
+        let ctx = WriteContext {
+            locked: locked.as_ref(),
+            ..self.context(settings, &retention)
+        };
         let result = match plan_resolution(tables.view(), stored.as_deref(), command, &ctx) {
             Ok(planned) => {
                 self.apply(tables, &planned.effect)?;
@@ -396,6 +436,144 @@ impl<'a> Batch<'a> {
         self.apply(tables, &effect)
     }
 
+    /// The refusal `key`'s lock gives a write carrying `token` (none when the
+    /// resource was never locked and the write carries no token).
+    fn lock_refusal(
+        &self,
+        tables: &dyn BatchTables,
+        key: &crate::name::ResourceKey,
+        token: Option<&str>,
+    ) -> Result<Option<EngineError>, StorageError> {
+        let stored = tables.side(SideTable::Locks, &lock_key(key))?;
+        if stored.is_none() && token.is_none() {
+            return Ok(None);
+        }
+        Ok(
+            match LockState::load(key, stored.as_deref(), &[], self.now) {
+                Ok(state) => state.admits(token).err(),
+                Err(error) => Some(error),
+            },
+        )
+    }
+
+    /// Runs one lock job: a resource's lock changed (and handed on), or every
+    /// lease that ran out expired.
+    pub fn lock(
+        &mut self,
+        tables: &mut dyn BatchTables,
+        job: &LockJob,
+    ) -> Result<Result<LockOutcome, EngineError>, StorageError> {
+        match job {
+            LockJob::On {
+                key,
+                action,
+                by,
+                idempotency,
+            } => {
+                let request = idempotency.as_deref();
+                if let Some(refusal) = idempotency_refusal(tables, request)? {
+                    return Ok(Err(refusal));
+                }
+                let mut state = match self.lock_state(tables, key)? {
+                    Ok(state) => state,
+                    Err(error) => return Ok(Err(error)),
+                };
+                let outcome = state.apply(action, by);
+                // What time decided (a lease ran out, the lock was handed on) is
+                // kept even when the action itself was refused.
+                if let Err(error) = self.store_lock(tables, state)? {
+                    return Ok(Err(error));
+                }
+                let answered = matches!(
+                    outcome,
+                    Ok(LockOutcome::Granted(_)
+                        | LockOutcome::Renewed(_)
+                        | LockOutcome::Released
+                        | LockOutcome::Broken(_))
+                );
+                if answered {
+                    self.keep_answer(tables, request, &outcome)?;
+                }
+                Ok(outcome)
+            }
+            LockJob::ExpireDue => {
+                let keys: Vec<Vec<u8>> = tables
+                    .side_records(SideTable::LockExpiries, &[], EXPIRY_PASS)?
+                    .into_iter()
+                    .map(|(key, _)| key)
+                    .collect();
+                let mut expired = 0;
+                for key in due_locks(&keys, self.now) {
+                    let mut state = match self.lock_state(tables, &key)? {
+                        Ok(state) => state,
+                        Err(error) => return Ok(Err(error)),
+                    };
+                    match state.settle() {
+                        Ok(true) => expired += 1,
+                        Ok(false) => {}
+                        Err(error) => return Ok(Err(error)),
+                    }
+                    if let Err(error) = self.store_lock(tables, state)? {
+                        return Ok(Err(error));
+                    }
+                }
+                Ok(Ok(LockOutcome::Expired(expired)))
+            }
+        }
+    }
+
+    /// `key`'s lock state as this transaction sees it.
+    fn lock_state(
+        &self,
+        tables: &dyn BatchTables,
+        key: &crate::name::ResourceKey,
+    ) -> Result<Result<LockState, EngineError>, StorageError> {
+        let stored = tables.side(SideTable::Locks, &lock_key(key))?;
+        let waiters = tables.side_records(
+            SideTable::LockWaiters,
+            &waiters_prefix(&lock_key(key)),
+            MAX_WAITERS + 1,
+        )?;
+        Ok(LockState::load(key, stored.as_deref(), &waiters, self.now))
+    }
+
+    /// Stores what a lock state's changes wrote, and notes its events.
+    fn store_lock(
+        &mut self,
+        tables: &mut dyn BatchTables,
+        state: LockState,
+    ) -> Result<Result<(), EngineError>, StorageError> {
+        let (writes, events) = match state.finish() {
+            Ok(finished) => finished,
+            Err(error) => return Ok(Err(error)),
+        };
+        if writes.is_empty() {
+            return Ok(Ok(()));
+        }
+        self.notes.locks_changed = true;
+        let mut side = writes;
+        // Lock events join the event log, so that the resource's watch stream
+        // carries them in commit order with its conflict events.
+        for event in &events {
+            let position = self.last_event_position(tables)? + 1;
+            let value = event.to_json(position).to_string();
+            side.push(SideWrite {
+                table: SideTable::ConflictEvents,
+                key: position.to_be_bytes().to_vec(),
+                value: Some(Bytes::from(value)),
+            });
+            self.last_event = Some(position);
+            self.notes.last_event = Some(position);
+        }
+        self.notes.lock_events.extend(events);
+        let effect = Effect {
+            writes: Vec::new(),
+            side,
+        };
+        self.apply(tables, &effect)?;
+        Ok(Ok(()))
+    }
+
     /// What the rules know of the commit a job would join.
     fn context<'r>(
         &self,
@@ -408,6 +586,7 @@ impl<'a> Batch<'a> {
             limits: self.rules.limits,
             retention,
             settings,
+            locked: None,
         }
     }
 
@@ -529,7 +708,7 @@ impl<'a> Batch<'a> {
     fn subscriptions(&mut self, tables: &dyn BatchTables) -> Result<&[Subscription], StorageError> {
         if self.subscriptions.is_none() {
             let found = tables
-                .side_records(SideTable::Subscriptions)?
+                .side_records(SideTable::Subscriptions, &[], usize::MAX)?
                 .iter()
                 .filter_map(|(_, value)| Subscription::read(value))
                 .collect();

@@ -81,6 +81,8 @@ pub struct WriteCommand {
     pub resolves: Option<String>,
     /// `Idempotency-Key`: the answer is kept with the write (SPEC §9).
     pub idempotency: Option<Idempotent<WriteOutcome>>,
+    /// `Lock-Token`: the lease this write is made under (SPEC §4).
+    pub lock_token: Option<String>,
 }
 
 /// How a write ended.

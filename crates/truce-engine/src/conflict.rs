@@ -111,6 +111,7 @@ fn recorded_state(error: &EngineError) -> Option<Option<&CurrentState>> {
         | EngineError::PatchConflict { current, .. }
         | EngineError::MergeConflict { current, .. } => Some(Some(current)),
         EngineError::Unmergeable { source, .. } => recorded_state(source),
+        EngineError::Locked { .. } => Some(None),
         _ => None,
     }
 }
@@ -452,6 +453,7 @@ mod tests {
             request_id: Some("req-1".into()),
             resolves: None,
             idempotency: None,
+            lock_token: None,
         };
         let refusal = EngineError::PreconditionFailed {
             condition: FailedCondition::IfMatch,
@@ -501,6 +503,7 @@ mod tests {
             request_id: None,
             resolves: None,
             idempotency: None,
+            lock_token: None,
         };
         let missing = EngineError::NotFound {
             detail: "gone".into(),

@@ -214,6 +214,22 @@ pub enum EngineError {
         "this Idempotency-Key was used for a different request (method, target or body); use a fresh key for a new request"
     )]
     IdempotencyKeyReused,
+    /// The resource is locked by another holder, or the request's lease is gone.
+    #[error("{detail}")]
+    Locked {
+        /// What was wrong.
+        detail: String,
+        /// The live holder, when there is one.
+        holder: Option<Box<crate::locks::LockView>>,
+        /// Seconds until the holder's lease runs out.
+        retry_after_secs: Option<u64>,
+    },
+    /// A resource's lock queue is full.
+    #[error("{limit} requests already wait for this lock; retry later")]
+    LockQueueFull {
+        /// The queue's bound.
+        limit: usize,
+    },
     /// The storage backend failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -309,6 +325,8 @@ impl EngineError {
             Self::HistoryCompacted { .. } => ProblemKind::HistoryCompacted,
             Self::PreconditionRequired => ProblemKind::PreconditionRequired,
             Self::IdempotencyInFlight => ProblemKind::IdempotencyInFlight,
+            Self::Locked { .. } => ProblemKind::Locked,
+            Self::LockQueueFull { .. } => ProblemKind::Unavailable,
             Self::IdempotencyKeyReused => ProblemKind::IdempotencyKeyReused,
             Self::StateConflict { .. } => ProblemKind::StateConflict,
             Self::Storage(StorageError::Corrupt(_)) | Self::Internal(_) => ProblemKind::Internal,
@@ -455,6 +473,34 @@ impl EngineError {
                 Problem::new(kind, self.to_string()).with("oldest", json!(oldest))
             }
             Self::IdempotencyKeyReused => Problem::new(kind, self.to_string()),
+            Self::Locked {
+                holder,
+                retry_after_secs,
+                ..
+            } => {
+                let mut problem = Problem::new(kind, self.to_string());
+                if let Some(holder) = holder {
+                    problem = problem
+                        .with(
+                            "resource",
+                            json!({"collection": holder.resource.collection, "id": holder.resource.id}),
+                        )
+                        .with(
+                            "holder",
+                            json!({"owner": holder.owner, "by": holder.by, "fence": holder.fence}),
+                        )
+                        .with("expires_at", json!(holder.expires_at.rfc3339()));
+                }
+                problem.retry_after_secs = *retry_after_secs;
+                problem
+            }
+            Self::LockQueueFull { limit } => {
+                let mut problem = Problem::new(kind, self.to_string())
+                    .with("reason", json!("lock-queue-full"))
+                    .with("limit", json!(limit));
+                problem.retry_after_secs = Some(1);
+                problem
+            }
             Self::IdempotencyInFlight => {
                 let mut problem = Problem::new(kind, self.to_string());
                 problem.retry_after_secs = Some(1);

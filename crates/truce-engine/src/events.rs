@@ -9,6 +9,10 @@
 //! never reused): a reader that resumes after position P misses nothing and sees
 //! nothing twice. An event carries a summary of the record; the record itself is
 //! at `href`.
+//!
+//! The same log, with the same positions, holds lock events (`lock.*`, made by
+//! `locks`): the resource's watch stream carries both kinds in commit order, the
+//! conflict stream and webhooks only conflict events.
 
 use std::borrow::Cow;
 

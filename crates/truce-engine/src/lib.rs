@@ -23,6 +23,7 @@ mod idempotency;
 mod ids;
 mod json_errors;
 mod keys;
+mod locks;
 mod merge;
 mod name;
 mod patch;
@@ -74,6 +75,11 @@ pub use keys::{
     ApiKey, KEY_HASH_ROUNDS, KEY_NAME_RULE, NewKey, Role, key_removal, new_key, read_key,
     roles_grant, split_token, verify_key,
 };
+pub use locks::{
+    LOCK_EVENTS, LockAction, LockEvent, LockJob, LockOutcome, LockState, LockView, MAX_TTL_MS,
+    MAX_WAIT_MS, MAX_WAITERS, MIN_TTL_MS, check_lock_token, check_ttl, check_wait, lock_key,
+    next_lock_expiry, waiters_prefix,
+};
 pub use merge::{
     FieldChange, FieldPath, MergeOutcome, Overlap, pointer as json_pointer, three_way,
 };
@@ -93,6 +99,7 @@ pub use resolution::{
 pub use retention::{CompactionReport, ConflictRetention, RecordSummary, Retention};
 pub use rules::{
     Effect, Planned, SideCommit, SideTable, SideWrite, VersionWrite, WriteContext, plan_write,
+    prefix_end,
 };
 pub use store::{StateView, Store};
 pub use time::Timestamp;

@@ -54,6 +54,8 @@ pub struct ResolutionCommand {
     pub by: Principal,
     /// `Idempotency-Key`: the answer is kept with the resolution (SPEC §9).
     pub idempotency: Option<crate::idempotency::Idempotent<ResolutionOutcome>>,
+    /// `Lock-Token`: the lease the resolution's write is made under (SPEC §4).
+    pub lock_token: Option<String>,
 }
 
 /// How a resolution ended.

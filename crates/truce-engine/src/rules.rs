@@ -45,6 +45,10 @@ pub struct WriteContext<'a> {
     pub retention: &'a Retention,
     /// The settings of the written collection (428, conflict policy).
     pub settings: CollectionSettings,
+    /// The refusal the resource's lock gives this write (SPEC §4: a live lock
+    /// without its token, or a token whose lease is gone), checked after the
+    /// write's preconditions.
+    pub locked: Option<&'a EngineError>,
 }
 
 /// One version to store as the new head of a resource.
@@ -109,6 +113,19 @@ impl SideCommit {
     }
 }
 
+/// The first key after every key that starts with `prefix` (none: no key is
+/// after them all), so that a backend can read a prefix as a key range.
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
 /// The kinds of side record. A backend keeps each in a table (or key range) of
 /// its own; the code is stable on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -132,6 +149,12 @@ pub enum SideTable {
     IdempotencyExpiry,
     /// API keys (SPEC §9), keyed by id: name, roles, salted hash.
     Keys,
+    /// Lock records (SPEC §4), keyed by resource: last fence, live holder.
+    Locks,
+    /// Queued lock waiters, keyed by resource and sequence number.
+    LockWaiters,
+    /// Live leases by expiry time (the key says which; no value).
+    LockExpiries,
 }
 
 impl SideTable {
@@ -147,6 +170,9 @@ impl SideTable {
             Self::Idempotency => 7,
             Self::IdempotencyExpiry => 8,
             Self::Keys => 9,
+            Self::Locks => 10,
+            Self::LockWaiters => 11,
+            Self::LockExpiries => 12,
         }
     }
 
@@ -162,6 +188,9 @@ impl SideTable {
             7 => Some(Self::Idempotency),
             8 => Some(Self::IdempotencyExpiry),
             9 => Some(Self::Keys),
+            10 => Some(Self::Locks),
+            11 => Some(Self::LockWaiters),
+            12 => Some(Self::LockExpiries),
             _ => None,
         }
     }
@@ -267,6 +296,10 @@ pub fn plan_write(
         && command.if_version.is_none()
     {
         return Err(EngineError::PreconditionRequired);
+    }
+
+    if let Some(refusal) = ctx.locked {
+        return Err(refusal.clone());
     }
 
     let (next, policy_applied) = match (stale, live) {

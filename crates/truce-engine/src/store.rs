@@ -97,6 +97,17 @@ pub trait Store: Send + Sync + 'static {
         until: crate::time::Timestamp,
     ) -> Result<Vec<crate::webhook::Delivery>, EngineError>;
 
+    /// Runs a lock job through the sequencer (acquire, renew, release, break,
+    /// leave the queue, or expire what ran out); returns once durable.
+    async fn lock(
+        &self,
+        job: crate::locks::LockJob,
+    ) -> Result<crate::locks::LockOutcome, EngineError>;
+
+    /// A counter moved after every commit that changed a lock (on any node):
+    /// lock waiters and the expiry keeper wait on it instead of polling.
+    fn lock_changes(&self) -> watch::Receiver<u64>;
+
     /// Replaces a collection's settings through the sequencer; returns once they
     /// are durable. Writes queued after it are planned under them.
     async fn configure(&self, command: SettingsCommand) -> Result<SettingsOutcome, EngineError>;

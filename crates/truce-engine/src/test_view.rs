@@ -67,6 +67,7 @@ impl MemoryView {
             limits: DocumentLimits::default(),
             retention: &retention,
             settings,
+            locked: None,
         };
         let planned = plan_write(self, &command, &ctx)?;
         if let Some(effect) = planned.effect {
@@ -95,6 +96,7 @@ pub(crate) fn command(action: WriteAction) -> WriteCommand {
         request_id: None,
         resolves: None,
         idempotency: None,
+        lock_token: None,
     }
 }
 

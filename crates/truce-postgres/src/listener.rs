@@ -1,5 +1,5 @@
 //! How a node learns of every node's commits: `LISTEN truce` as a wake-up, and a
-//! catch-up read of the commit row (the newest revision and event position) on
+//! catch-up read of the commit row (the newest revision, event position and lock counter) on
 //! every wake-up, after every reconnect, and once a second regardless. A lost
 //! notification therefore delays a stream by at most a second and loses nothing:
 //! readers page the change feed and the event log from the last position they
@@ -22,6 +22,7 @@ pub(crate) async fn follow(
     config: tokio_postgres::Config,
     revisions: watch::Sender<u64>,
     events: watch::Sender<u64>,
+    locks: watch::Sender<u64>,
 ) {
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -45,7 +46,7 @@ pub(crate) async fn follow(
                     }
                 });
                 if client.batch_execute("LISTEN truce").await.is_ok() {
-                    while catch_up(&client, &revisions, &events).await {
+                    while catch_up(&client, &revisions, &events, &locks).await {
                         tokio::select! {
                             woke = woken.recv() => if woke.is_none() { break },
                             () = tokio::time::sleep(CATCH_UP_EVERY) => {}
@@ -68,13 +69,15 @@ async fn catch_up(
     client: &Client,
     revisions: &watch::Sender<u64>,
     events: &watch::Sender<u64>,
+    locks: &watch::Sender<u64>,
 ) -> bool {
-    let read = client.query_one("SELECT revision, events FROM truce_commit", &[]);
+    let read = client.query_one("SELECT revision, events, locks FROM truce_commit", &[]);
     match tokio::time::timeout(CATCH_UP_EVERY * 5, read).await {
         Ok(Ok(row)) => {
             let (revision, event): (i64, i64) = (row.get(0), row.get(1));
             raise(revisions, unsigned(revision));
             raise(events, unsigned(event));
+            raise(locks, unsigned(row.get::<_, i64>(2)));
             true
         }
         _ => false,

@@ -27,7 +27,8 @@ use crate::error::PostgresError;
 const MIGRATION_LOCK: i64 = 0x0074_7275_6365;
 
 /// The migrations, in order; a migration's number is its index plus one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE truce_commit (
     one boolean PRIMARY KEY DEFAULT true CHECK (one),
     revision bigint NOT NULL,
@@ -67,7 +68,11 @@ CREATE TABLE truce_meta (
     name text PRIMARY KEY,
     value bigint NOT NULL
 );
-"#];
+"#,
+    r#"
+ALTER TABLE truce_commit ADD COLUMN locks bigint NOT NULL DEFAULT 0
+"#,
+];
 
 /// The newest schema this binary knows.
 pub const SCHEMA_VERSION: i32 = MIGRATIONS.len() as i32;

@@ -7,7 +7,7 @@
 //! runtime worker.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use bytes::Bytes;
 use deadpool_postgres::ClientWrapper;
@@ -134,12 +134,14 @@ impl<'c> SqlView<'c> {
         &self,
         keys: &[&ResourceKey],
         collections: &[&CollectionName],
-    ) -> Result<(u64, i64), StorageError> {
+    ) -> Result<(u64, i64, Timestamp), StorageError> {
         let names: Vec<&str> = keys.iter().map(|k| k.collection.as_str()).collect();
         let ids: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
         let settings = i16::from(SideTable::Collections.code());
         let settings_keys: Vec<&[u8]> = collections.iter().map(|c| c.as_str().as_bytes()).collect();
-        let (lock, heads, sides) = self.within(async {
+        let locks = i16::from(SideTable::Locks.code());
+        let lock_keys: Vec<Vec<u8>> = keys.iter().map(|k| truce_engine::lock_key(k)).collect();
+        let (lock, heads, sides, lock_rows) = self.within(async {
             let heads = self
                 .client
                 .prepare_cached(PREFETCH_QUERY)
@@ -150,22 +152,26 @@ impl<'c> SqlView<'c> {
                 .prepare_cached(SIDES_QUERY)
                 .await
                 .map_err(storage)?;
-            // Each request is sent when first polled, and `join3` polls in order.
-            let (lock, heads, sides) = futures_util::future::join3(
+            // Each request is sent when first polled, and `join4` polls in order.
+            let (lock, heads, sides, lock_rows) = futures_util::future::join4(
                 self.client.simple_query(
-                    "BEGIN; SELECT revision, txid_current() FROM truce_commit FOR UPDATE",
+                    "BEGIN; SELECT revision, txid_current(), \
+                     (extract(epoch from clock_timestamp()) * 1000)::bigint \
+                     FROM truce_commit FOR UPDATE",
                 ),
                 self.client.query(&heads, &[&names, &ids]),
                 self.client.query(&sides, &[&settings, &settings_keys]),
+                self.client.query(&sides, &[&locks, &lock_keys]),
             )
             .await;
             Ok((
                 lock.map_err(storage)?,
                 heads.map_err(storage)?,
                 sides.map_err(storage)?,
+                lock_rows.map_err(storage)?,
             ))
         })?;
-        let (revision, xid) = lock
+        let (revision, xid, now) = lock
             .iter()
             .find_map(|message| match message {
                 tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
@@ -173,7 +179,8 @@ impl<'c> SqlView<'c> {
             })
             .and_then(|row| {
                 let revision = row.get(0)?.parse::<u64>().ok()?;
-                Some((revision, row.get(1)?.parse::<i64>().ok()?))
+                let now = Timestamp::from_millis(row.get(2)?.parse::<u64>().ok()?);
+                Some((revision, row.get(1)?.parse::<i64>().ok()?, now))
             })
             .ok_or_else(|| StorageError::Corrupt("the commit row is missing".into()))?;
         let mut known = self.heads.borrow_mut();
@@ -198,7 +205,15 @@ impl<'c> SqlView<'c> {
             let value: Vec<u8> = row.try_get(1).map_err(storage)?;
             read.insert((settings, key), Some(Bytes::from(value)));
         }
-        Ok((revision, xid))
+        for key in &lock_keys {
+            read.insert((locks, key.clone()), None);
+        }
+        for row in &lock_rows {
+            let key: Vec<u8> = row.try_get(0).map_err(storage)?;
+            let value: Vec<u8> = row.try_get(1).map_err(storage)?;
+            read.insert((locks, key), Some(Bytes::from(value)));
+        }
+        Ok((revision, xid, now))
     }
 
     /// Forgets what was read, for statements that change rows behind the
@@ -356,19 +371,43 @@ impl BatchTables for SqlView<'_> {
             .map_err(storage)
     }
 
-    fn side_records(&self, table: SideTable) -> Result<Vec<(Vec<u8>, Bytes)>, StorageError> {
+    fn side_records(
+        &self,
+        table: SideTable,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>, StorageError> {
+        let code = i16::from(table.code());
+        let end = truce_engine::prefix_end(prefix);
+        // The batch's own writes (and deletions) under the prefix overlay what
+        // is committed; read enough committed rows that deletions cannot hide
+        // records inside the limit.
+        let overlay: BTreeMap<Vec<u8>, Option<Bytes>> = self
+            .sides
+            .borrow()
+            .iter()
+            .filter(|((t, key), _)| *t == code && key.starts_with(prefix))
+            .map(|((_, key), value)| (key.clone(), value.clone()))
+            .collect();
+        let fetch = i64::try_from(limit.saturating_add(overlay.len())).unwrap_or(i64::MAX);
         let rows = self.query(
-            "SELECT key, value FROM truce_side WHERE tbl = $1 ORDER BY key",
-            &[&i16::from(table.code())],
+            "SELECT key, value FROM truce_side WHERE tbl = $1 AND key >= $2 \
+             AND ($3::bytea IS NULL OR key < $3) ORDER BY key LIMIT $4",
+            &[&code, &prefix, &end, &fetch],
         )?;
-        rows.iter()
-            .map(|row| {
-                let key: Vec<u8> = row.try_get(0)?;
-                let value: Vec<u8> = row.try_get(1)?;
-                Ok((key, Bytes::from(value)))
-            })
-            .collect::<Result<_, tokio_postgres::Error>>()
-            .map_err(storage)
+        let mut found = BTreeMap::new();
+        for row in &rows {
+            let key: Vec<u8> = row.try_get(0).map_err(storage)?;
+            let value: Vec<u8> = row.try_get(1).map_err(storage)?;
+            found.insert(key, Bytes::from(value));
+        }
+        for (key, value) in overlay {
+            match value {
+                Some(value) => found.insert(key, value),
+                None => found.remove(&key),
+            };
+        }
+        Ok(found.into_iter().take(limit).collect())
     }
 
     fn store(&mut self, effect: &Effect, revision: u64) -> Result<(), StorageError> {

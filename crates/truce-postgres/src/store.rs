@@ -20,10 +20,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::NoTls;
 use truce_engine::{
     Change, ChangePage, ChangeQuery, CollectionName, CompactionReport, ConflictRetention, DocId,
-    DocumentLimits, EngineError, HistoryPage, IdGenerator, ListPage, ListQuery, Planner,
-    ReadContext, ResolutionCommand, ResolutionOutcome, ResourceKey, Retention, SettingsCommand,
-    SettingsOutcome, SideCommit, SideTable, StorageError, Store, StoredSettings, Timestamp,
-    Version, VersionLookup, WriteCommand, WriteOutcome, history_page, lookup_version, plan_write,
+    DocumentLimits, EngineError, HistoryPage, IdGenerator, ListPage, ListQuery, LockJob,
+    LockOutcome, Planner, ReadContext, ResolutionCommand, ResolutionOutcome, ResourceKey,
+    Retention, SettingsCommand, SettingsOutcome, SideCommit, SideTable, StorageError, Store,
+    StoredSettings, Timestamp, Version, VersionLookup, WriteCommand, WriteOutcome, history_page,
+    lookup_version, plan_write,
 };
 
 use crate::error::{PostgresError, storage};
@@ -84,6 +85,8 @@ pub struct PostgresStore {
     jobs: mpsc::Sender<Queued>,
     revisions: watch::Receiver<u64>,
     events: watch::Receiver<u64>,
+    /// The commit row's lock counter, moved by every commit that changed a lock.
+    locks: watch::Receiver<u64>,
     retention: Retention,
     conflict_retention: ConflictRetention,
     deadline: Duration,
@@ -140,16 +143,18 @@ impl PostgresStore {
         let client = pool.get().await?;
         let schema_before = crate::schema::migrate(&client).await?;
         let row = client
-            .query_one("SELECT revision, events FROM truce_commit", &[])
+            .query_one("SELECT revision, events, locks FROM truce_commit", &[])
             .await?;
-        let (revision, events): (i64, i64) = (row.get(0), row.get(1));
+        let (revision, events, locks): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
         drop(client);
         let (revisions_tx, revisions_rx) = watch::channel(unsigned(revision));
         let (events_tx, events_rx) = watch::channel(unsigned(events));
+        let (locks_tx, locks_rx) = watch::channel(unsigned(locks));
         let listener = tokio::spawn(crate::listener::follow(
             pg,
             revisions_tx.clone(),
             events_tx.clone(),
+            locks_tx.clone(),
         ));
         let (jobs_tx, jobs_rx) = mpsc::channel(config.queue_capacity.max(1));
         let writer = Writer {
@@ -158,6 +163,7 @@ impl PostgresStore {
             jobs: jobs_rx,
             revisions: revisions_tx,
             events: events_tx,
+            locks: locks_tx,
             limits: config.limits,
             retention: config.retention,
             planner,
@@ -174,6 +180,7 @@ impl PostgresStore {
             jobs: jobs_tx,
             revisions: revisions_rx,
             events: events_rx,
+            locks: locks_rx,
             retention: config.retention,
             conflict_retention: config.conflict_retention,
             deadline: config.deadline,
@@ -525,6 +532,18 @@ impl Store for PostgresStore {
 
     fn conflict_events(&self) -> watch::Receiver<u64> {
         self.events.clone()
+    }
+
+    fn lock_changes(&self) -> watch::Receiver<u64> {
+        self.locks.clone()
+    }
+
+    async fn lock(&self, job: LockJob) -> Result<LockOutcome, EngineError> {
+        self.ask(|reply| Job::Lock {
+            job: Box::new(job),
+            reply,
+        })
+        .await
     }
 
     async fn compact(&self) -> Result<CompactionReport, EngineError> {

@@ -33,8 +33,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use truce_engine::{
     Batch, BatchNotes, BatchRules, CompactionPlan, CompactionReport, Delivery, DocumentLimits,
-    EngineError, IdGenerator, Planner, ResolutionCommand, ResolutionOutcome, Retention,
-    SettingsCommand, SettingsOutcome, SideCommit, StorageError, Timestamp, WriteCommand,
+    EngineError, IdGenerator, LockJob, LockOutcome, Planner, ResolutionCommand, ResolutionOutcome,
+    Retention, SettingsCommand, SettingsOutcome, SideCommit, StorageError, Timestamp, WriteCommand,
     WriteOutcome,
 };
 
@@ -54,6 +54,10 @@ pub(crate) enum Job {
     Configure {
         command: Box<SettingsCommand>,
         reply: oneshot::Sender<Result<SettingsOutcome, EngineError>>,
+    },
+    Lock {
+        job: Box<LockJob>,
+        reply: oneshot::Sender<Result<LockOutcome, EngineError>>,
     },
     Side {
         commit: SideCommit,
@@ -86,6 +90,7 @@ enum Answer {
     Write(Result<WriteOutcome, EngineError>),
     Resolve(Result<ResolutionOutcome, EngineError>),
     Configure(Result<SettingsOutcome, EngineError>),
+    Lock(Result<LockOutcome, EngineError>),
     Side(Result<(), EngineError>),
     Claim(Result<Vec<Delivery>, EngineError>),
     Compact(Result<CompactionReport, EngineError>),
@@ -99,6 +104,8 @@ pub(crate) struct Writer {
     pub jobs: mpsc::Receiver<Queued>,
     pub revisions: watch::Sender<u64>,
     pub events: watch::Sender<u64>,
+    /// Moved after each commit that changed a lock.
+    pub locks: watch::Sender<u64>,
     pub limits: DocumentLimits,
     pub retention: Retention,
     pub planner: Planner,
@@ -215,8 +222,12 @@ impl Writer {
             notes,
             revision,
             changed,
+            lock_count,
             ..
         } = staged;
+        if let Some(count) = lock_count.filter(|_| notes.locks_changed) {
+            self.locks.send_if_modified(|seen| raise(seen, count));
+        }
         if changed {
             self.revisions
                 .send_if_modified(|seen| raise(seen, revision));
@@ -242,14 +253,15 @@ impl Writer {
             keys.iter().map(|key| &key.collection).collect();
         collections.sort_unstable();
         collections.dedup();
-        let (revision, xid) = view.begin(&keys, &collections)?;
+        let (revision, xid, now) = view.begin(&keys, &collections)?;
         let rules = BatchRules {
             limits: self.limits,
             retention: &self.retention,
             planner: self.planner,
             conflict_ids: &self.conflict_ids,
         };
-        let mut batch = Batch::new(rules, revision, Timestamp::now());
+        // The database's clock: leases expire on one clock across nodes.
+        let mut batch = Batch::new(rules, revision, now);
         let mut answers = Vec::with_capacity(jobs.len());
         let mut compacted = false;
         for job in jobs {
@@ -259,6 +271,7 @@ impl Writer {
                 Job::Configure { command, .. } => {
                     Answer::Configure(batch.configure(view, command)?)
                 }
+                Job::Lock { job, .. } => Answer::Lock(batch.lock(view, job)?),
                 Job::Side { commit, .. } => Answer::Side(batch.side(view, commit)?),
                 Job::Claim {
                     keys, node, until, ..
@@ -274,16 +287,27 @@ impl Writer {
         let changed = batch.changed() || compacted;
         let revision = batch.revision();
         let notes = batch.into_notes();
+        let mut lock_count = None;
         if changed {
             let events = big(notes.last_event.unwrap_or(0));
             // One statement: the commit row moves and the other nodes are
             // woken. Awaited, so a write of the batch that failed (and aborted
             // the transaction) fails it here, before any COMMIT.
-            view.query(
-                "UPDATE truce_commit SET revision = $1, events = greatest(events, $2) \
-                 RETURNING pg_notify('truce', $3)",
-                &[&big(revision), &events, &format!("{revision} {events}")],
+            let locks = i64::from(notes.locks_changed);
+            let rows = view.query(
+                "UPDATE truce_commit SET revision = $1, events = greatest(events, $2), \
+                 locks = locks + $4 RETURNING pg_notify('truce', $3), locks",
+                &[
+                    &big(revision),
+                    &events,
+                    &format!("{revision} {events}"),
+                    &locks,
+                ],
             )?;
+            if let Some(row) = rows.first() {
+                let count: i64 = row.try_get(1).map_err(storage)?;
+                lock_count = Some(u64::try_from(count).unwrap_or(0));
+            }
         }
         Ok(Staged {
             answers,
@@ -291,6 +315,7 @@ impl Writer {
             revision,
             changed,
             xid,
+            lock_count,
         })
     }
 
@@ -335,6 +360,8 @@ struct Staged {
     changed: bool,
     /// The transaction's id, to ask after a lost COMMIT answer.
     xid: i64,
+    /// The commit row's lock counter after the batch, when it changed a lock.
+    lock_count: Option<u64>,
 }
 
 /// Whether transaction `xid` committed (`Some(true)`), was rolled back
@@ -393,6 +420,9 @@ fn deliver(job: Job, answer: Answer) {
         (Job::Configure { reply, .. }, Answer::Configure(result)) => {
             let _ = reply.send(result);
         }
+        (Job::Lock { reply, .. }, Answer::Lock(result)) => {
+            let _ = reply.send(result);
+        }
         (Job::Side { reply, .. }, Answer::Side(result)) => {
             let _ = reply.send(result);
         }
@@ -419,6 +449,9 @@ fn fail(job: Job, error: &StorageError) {
             let _ = reply.send(Err(error()));
         }
         Job::Configure { reply, .. } => {
+            let _ = reply.send(Err(error()));
+        }
+        Job::Lock { reply, .. } => {
             let _ = reply.send(Err(error()));
         }
         Job::Side { reply, .. } => {

@@ -63,6 +63,12 @@ pub const ACCESS: &[(&str, &str, Access)] = &[
     ("GET", "/v1/{collection}/{id}/diff", Needs(Read)),
     ("POST", "/v1/{collection}/{id}/revert", Needs(Write)),
     ("GET", "/v1/{collection}/{id}/watch", Needs(Read)),
+    // Breaking a lock (`?force=true`) needs admin besides: checked by the
+    // handler, the one rule that depends on a parameter.
+    ("POST", "/v1/{collection}/{id}/lock", Needs(Write)),
+    ("PUT", "/v1/{collection}/{id}/lock", Needs(Write)),
+    ("DELETE", "/v1/{collection}/{id}/lock", Needs(Write)),
+    ("GET", "/v1/{collection}/{id}/lock", Needs(Read)),
     ("GET", "/v1/_conflicts", Needs(Read)),
     ("GET", "/v1/_conflicts/stream", Needs(Read)),
     ("GET", "/v1/_conflicts/{cid}", Needs(Read)),

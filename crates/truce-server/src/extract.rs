@@ -112,6 +112,22 @@ impl<S: Send + Sync> FromRequestParts<S> for Resolves {
     }
 }
 
+/// `Lock-Token` (SPEC §4): the lease a request acts under.
+pub struct LockToken(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for LockToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get(HeaderName::from_static("lock-token")) else {
+            return Ok(Self(None));
+        };
+        let token = String::from_utf8_lossy(value.as_bytes()).trim().to_owned();
+        truce_engine::check_lock_token(&token)?;
+        Ok(Self(Some(token)))
+    }
+}
+
 /// The RFC 9110 conditional headers of the request.
 pub struct Conditions(pub Preconditions);
 
@@ -219,6 +235,8 @@ pub struct WriteHeaders {
     pub prefer: Prefer,
     /// The `Idempotency-Key` ticket, if keyed.
     pub keyed: crate::idempotency::Keyed,
+    /// `Lock-Token`.
+    pub lock_token: Option<String>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for WriteHeaders {
@@ -234,6 +252,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WriteHeaders {
             resolves,
             prefer: Prefer::from_request_parts(parts, state).await?,
             keyed: crate::idempotency::Keyed::from_request_parts(parts, state).await?,
+            lock_token: LockToken::from_request_parts(parts, state).await?.0,
         })
     }
 }

@@ -27,6 +27,7 @@ use crate::wire::ProblemBody;
         (name = "conflicts", description = "Conflict records: refused writes, kept"),
         (name = "subscriptions", description = "Webhook subscriptions to conflict events, and their delivery logs"),
         (name = "collections", description = "Collection settings: conflict policy, required preconditions, history"),
+        (name = "locks", description = "Pessimistic locks: leases with FIFO waiting and fencing tokens"),
         (name = "keys", description = "API keys and their roles (admin)"),
         (name = "system", description = "Health, metrics, the OpenAPI document and problem pages"),
     ),
@@ -96,6 +97,16 @@ pub struct Invalid(ProblemBody);
     content_type = "application/problem+json"
 )]
 pub struct PreconditionRequired(ProblemBody);
+
+/// 423 `locked`.
+#[derive(IntoResponses)]
+#[response(
+    status = 423,
+    description = "`locked`: the resource is locked by another holder (`holder` with its `fence`, `owner`, `by`, `expires_at`; `expires_at` and `Retry-After` say when its lease runs out), or the request's Lock-Token no longer holds the lock (its lease ran out, was broken or released); a refused write carries `conflict_id`",
+    content_type = "application/problem+json",
+    headers(("Retry-After" = u64, description = "Seconds until the holder's lease runs out"))
+)]
+pub struct Locked(ProblemBody);
 
 /// 503 `unavailable`.
 #[derive(IntoResponses)]

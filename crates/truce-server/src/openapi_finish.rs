@@ -122,7 +122,8 @@ fn finish_operation(path: &str, method: &str, operation: &mut Map<String, Value>
             "Correlates logs; 1 to 128 visible ASCII characters, echoed back (made when absent or invalid)",
         );
         let document = path.starts_with("/v1/{collection}/{id}");
-        let writes = document && matches!(method, "put" | "patch" | "delete" | "post");
+        let lock = path.ends_with("/lock");
+        let writes = document && !lock && matches!(method, "put" | "patch" | "delete" | "post");
         let reads = document && matches!(method, "get" | "head") && !path.ends_with("/watch");
         if reads || writes {
             add(
@@ -155,6 +156,18 @@ fn finish_operation(path: &str, method: &str, operation: &mut Map<String, Value>
                 "The current ETag: resolve although the resource moved past the record's current_version",
             );
         }
+        if writes || path.ends_with("/resolve") {
+            add(
+                "Lock-Token",
+                "SPEC §4: while the resource is locked, the holder's token (else 423 `locked`); a token whose lease ran out or was broken is refused with 423",
+            );
+        }
+        if lock && matches!(method, "put" | "delete") {
+            add(
+                "Lock-Token",
+                "The token the lock was granted with (`DELETE ...?force=true` breaks the lock without it: admin)",
+            );
+        }
         if writes {
             add(
                 "Truce-Resolves",
@@ -163,6 +176,7 @@ fn finish_operation(path: &str, method: &str, operation: &mut Map<String, Value>
         }
         let keyed = writes
             || settings_write
+            || (lock && method != "get")
             || (path == "/v1/{collection}" && method == "post")
             || path.ends_with("/resolve")
             || path.ends_with("/dismiss");
@@ -201,6 +215,16 @@ fn finish_operation(path: &str, method: &str, operation: &mut Map<String, Value>
             "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
         })
     });
+    let fenced = is_write && path.starts_with("/v1/{collection}/{id}") && !path.ends_with("/lock");
+    if fenced || path.ends_with("/resolve") {
+        responses.entry("423").or_insert_with(|| {
+            json!({
+                "description": "`locked`: the resource is locked and the request carries no Lock-Token, another holder's, or one whose lease is gone; the refusal is kept as a conflict record (`conflict_id`); `Retry-After` says when the holder's lease runs out",
+                "headers": {"Retry-After": {"description": "Seconds until the holder's lease runs out", "schema": {"type": "integer", "minimum": 1}}},
+                "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+            })
+        });
+    }
     let limited = !matches!(
         path,
         "/healthz" | "/readyz" | "/openapi.json" | "/problems/{slug}"
@@ -264,6 +288,7 @@ fn header_schema(name: &str) -> Value {
             "pattern": ENTITY_TAGS_PATTERN,
         }),
         "Truce-Resolves" => json!({"type": "string", "pattern": CONFLICT_ID_PATTERN}),
+        "Lock-Token" => json!({"type": "string", "pattern": "^[0-9a-f]{32}$"}),
         _ => json!({"type": "string"}),
     }
 }
@@ -303,12 +328,20 @@ fn json_patch_schema() -> Value {
 }
 
 /// Server-Sent Events, as clients parse them: one object per event.
+/// Every `event:` name a stream sends.
+fn event_names() -> Vec<&'static str> {
+    let mut names = vec!["change", "error"];
+    names.extend(truce_engine::CONFLICT_EVENTS);
+    names.extend(truce_engine::LOCK_EVENTS);
+    names
+}
+
 fn event_schema() -> Value {
     json!({
         "type": "object",
         "description": "One Server-Sent Event: `event` names it, `id` is the position to resume from (`Last-Event-ID`), `data` is its JSON payload",
         "properties": {
-            "event": {"type": "string"},
+            "event": {"type": "string", "enum": event_names()},
             "id": {"type": "string"},
             "data": {"type": "string"},
             "retry": {"type": "integer"}

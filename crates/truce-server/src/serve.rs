@@ -71,6 +71,7 @@ pub fn serve(
         tokio::spawn(compaction_loop(state.clone(), interval));
     }
     tokio::spawn(forget_idle_principals(state.clone()));
+    tokio::spawn(crate::routes::locks::keeper(state.clone()));
     let node = crate::webhooks::node_name(local_addr);
     tokio::spawn(crate::webhooks::delivery_loop(state.clone(), node));
     let task = tokio::spawn(accept_loop(listener, state));

@@ -69,6 +69,7 @@ fn main() {
                         request_id: None,
                         resolves: None,
                         idempotency: None,
+                        lock_token: None,
                     };
                     let outcome = store.write(command).await.expect("write");
                     etag = Some(outcome.version.etag(&key).to_header());

@@ -14,10 +14,11 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
     ChangePage, ChangeQuery, CollectionName, CompactionReport, ConflictRetention, DocumentLimits,
-    EngineError, HistoryPage, ListPage, ListQuery, Planner, ReadContext, ResolutionCommand,
-    ResolutionOutcome, ResourceKey, Retention, SettingsCommand, SettingsOutcome, SideCommit,
-    SideTable, StateView, StorageError, Store, StoredSettings, Timestamp, Version, VersionLookup,
-    WriteCommand, WriteOutcome, event_position, history_page, lookup_version, plan_write,
+    EngineError, HistoryPage, ListPage, ListQuery, LockJob, LockOutcome, Planner, ReadContext,
+    ResolutionCommand, ResolutionOutcome, ResourceKey, Retention, SettingsCommand, SettingsOutcome,
+    SideCommit, SideTable, StateView, StorageError, Store, StoredSettings, Timestamp, Version,
+    VersionLookup, WriteCommand, WriteOutcome, event_position, history_page, lookup_version,
+    plan_write,
 };
 
 use crate::error::OpenError;
@@ -115,6 +116,8 @@ pub struct EmbeddedStore {
     revisions: watch::Receiver<u64>,
     /// The newest conflict event's position, moved after each commit that made one.
     events: watch::Receiver<u64>,
+    /// Moved after each commit that changed a lock.
+    locks: watch::Receiver<u64>,
     retention: Retention,
     conflict_retention: ConflictRetention,
     sequencer: Mutex<Option<JoinHandle<()>>>,
@@ -158,6 +161,7 @@ impl EmbeddedStore {
         let (jobs_tx, jobs_rx) = mpsc::channel(config.queue_capacity.max(1));
         let (revisions_tx, revisions_rx) = watch::channel(revision);
         let (events_tx, events_rx) = watch::channel(last_event);
+        let (locks_tx, locks_rx) = watch::channel(0);
         let retention = config.retention;
         let conflict_retention = config.conflict_retention;
         let handle = Sequencer::spawn(SequencerStart {
@@ -170,6 +174,7 @@ impl EmbeddedStore {
             jobs: jobs_rx,
             revisions: revisions_tx,
             events: events_tx,
+            locks: locks_tx,
             settings: config,
         })
         .map_err(OpenError::Thread)?;
@@ -184,6 +189,7 @@ impl EmbeddedStore {
             jobs: jobs_tx,
             revisions: revisions_rx,
             events: events_rx,
+            locks: locks_rx,
             retention,
             conflict_retention,
             sequencer: Mutex::new(Some(handle)),
@@ -334,6 +340,18 @@ impl Store for EmbeddedStore {
             reply,
         })
         .await
+    }
+
+    async fn lock(&self, job: LockJob) -> Result<LockOutcome, EngineError> {
+        self.ask(|reply| Job::Lock {
+            job: Box::new(job),
+            reply,
+        })
+        .await
+    }
+
+    fn lock_changes(&self) -> watch::Receiver<u64> {
+        self.locks.clone()
     }
 
     async fn resolve(&self, command: ResolutionCommand) -> Result<ResolutionOutcome, EngineError> {

@@ -41,8 +41,8 @@ use redb::{Database, Durability};
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
     Batch, BatchNotes, BatchRules, CompactionPlan, CompactionReport, Delivery, EngineError,
-    IdGenerator, ResolutionCommand, ResolutionOutcome, SettingsCommand, SettingsOutcome,
-    SideCommit, StorageError, Timestamp, WriteCommand, WriteOutcome,
+    IdGenerator, LockJob, LockOutcome, ResolutionCommand, ResolutionOutcome, SettingsCommand,
+    SettingsOutcome, SideCommit, StorageError, Timestamp, WriteCommand, WriteOutcome,
 };
 
 use crate::embedded::EmbeddedConfig;
@@ -73,6 +73,11 @@ pub(crate) enum Job {
         command: Box<SettingsCommand>,
         reply: oneshot::Sender<Result<SettingsOutcome, EngineError>>,
     },
+    /// Change a lock, or expire the leases that ran out.
+    Lock {
+        job: Box<LockJob>,
+        reply: oneshot::Sender<Result<LockOutcome, EngineError>>,
+    },
     /// Write side records the rules decided outside a write (subscriptions,
     /// delivery attempts), atomically.
     Side {
@@ -100,6 +105,7 @@ enum Answer {
     Write(Result<WriteOutcome, EngineError>),
     Resolve(Result<ResolutionOutcome, EngineError>),
     Configure(Result<SettingsOutcome, EngineError>),
+    Lock(Result<LockOutcome, EngineError>),
     Side(Result<(), EngineError>),
     Claim(Result<Vec<Delivery>, EngineError>),
     Compact(Result<CompactionReport, EngineError>),
@@ -161,6 +167,8 @@ pub(crate) struct Sequencer {
     revisions: watch::Sender<u64>,
     /// The newest conflict event's position.
     events: watch::Sender<u64>,
+    /// Moved after each commit that changed a lock.
+    locks: watch::Sender<u64>,
     settings: EmbeddedConfig,
 }
 
@@ -179,6 +187,7 @@ pub(crate) struct SequencerStart {
     pub jobs: mpsc::Receiver<Job>,
     pub revisions: watch::Sender<u64>,
     pub events: watch::Sender<u64>,
+    pub locks: watch::Sender<u64>,
     pub settings: EmbeddedConfig,
 }
 
@@ -200,6 +209,7 @@ impl Sequencer {
             jobs: start.jobs,
             revisions: start.revisions,
             events: start.events,
+            locks: start.locks,
             settings: start.settings,
         };
         std::thread::Builder::new()
@@ -466,6 +476,9 @@ impl Sequencer {
         if let Some(position) = notes.last_event {
             self.events.send_replace(position);
         }
+        if notes.locks_changed {
+            self.locks.send_modify(|n| *n += 1);
+        }
         notes.report();
         Ok((answers, revision, changed))
     }
@@ -511,6 +524,7 @@ impl Sequencer {
                         Job::Configure { command, .. } => {
                             Answer::Configure(state.configure(&mut framed, command)?)
                         }
+                        Job::Lock { job, .. } => Answer::Lock(state.lock(&mut framed, job)?),
                         Job::Side { commit, .. } => Answer::Side(state.side(&mut framed, commit)?),
                         Job::Claim {
                             keys, node, until, ..
@@ -579,6 +593,9 @@ fn send(job: Job, answer: Answer) {
         (Job::Configure { reply, .. }, Answer::Configure(result)) => {
             let _ = reply.send(result);
         }
+        (Job::Lock { reply, .. }, Answer::Lock(result)) => {
+            let _ = reply.send(result);
+        }
         (Job::Side { reply, .. }, Answer::Side(result)) => {
             let _ = reply.send(result);
         }
@@ -609,6 +626,9 @@ fn fail(job: Job, error: StorageError) {
             let _ = reply.send(Err(error));
         }
         Job::Configure { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Job::Lock { reply, .. } => {
             let _ = reply.send(Err(error));
         }
         Job::Side { reply, .. } => {

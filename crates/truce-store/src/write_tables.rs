@@ -196,14 +196,24 @@ impl<'t> WriteTables<'t> {
         Ok(last.map(|(key, _)| key.value()[1..].to_vec()))
     }
 
-    /// Every record of side table `table`, keys without the table code.
-    pub(crate) fn side_records(&self, table: u8) -> Result<Vec<(Vec<u8>, Bytes)>, StorageError> {
-        let (start, end) = ([table], [table + 1]);
+    /// The first `limit` records of side table `table` whose keys start with
+    /// `prefix`, keys without the table code.
+    pub(crate) fn side_records(
+        &self,
+        table: u8,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>, StorageError> {
+        let mut start = vec![table];
+        start.extend_from_slice(prefix);
+        let end =
+            truce_engine::prefix_end(&start).unwrap_or_else(|| vec![u8::MAX; start.len() + 1]);
         let mut found = Vec::new();
         for entry in self
             .side
             .range::<&[u8]>(&start[..]..&end[..])
             .map_err(storage)?
+            .take(limit)
         {
             let (key, value) = entry.map_err(storage)?;
             found.push((

@@ -35,6 +35,7 @@ async fn a_closed_store_reopens_without_repair() {
                 request_id: None,
                 resolves: None,
                 idempotency: None,
+                lock_token: None,
             })
             .await
             .unwrap();

@@ -49,6 +49,7 @@ fn put(id: &str, value: u64) -> WriteCommand {
         request_id: None,
         resolves: None,
         idempotency: None,
+        lock_token: None,
     }
 }
 

@@ -380,6 +380,7 @@ fn command(
         request_id: None,
         resolves: None,
         idempotency: None,
+        lock_token: None,
     }
 }
 
@@ -468,6 +469,7 @@ async fn run_group(
                     request_id: None,
                     resolves: None,
                     idempotency: None,
+                    lock_token: None,
                 };
                 (id, expected, command)
             }

@@ -144,7 +144,7 @@ pub async fn changes(
     params(("collection" = String, Path), ("id" = String, Path), WatchParams,
         ("Last-Event-ID" = Option<String>, Header, description = "SSE resume point: `REVISION.POSITION` as received (or a revision)")),
     responses(
-        (status = 200, description = "A stream of `change` events for this resource, and of its conflict events (`conflict.detected`, `conflict.resolved`, `conflict.dismissed`); `id:` is `REVISION.POSITION`", content_type = "text/event-stream", body = String),
+        (status = 200, description = "A stream of `change` events for this resource, of its conflict events (`conflict.detected`, `conflict.resolved`, `conflict.dismissed`) and of its lock events (`lock.acquired`, `lock.renewed`, `lock.released`, `lock.expired`, `lock.broken`); `id:` is `REVISION.POSITION`", content_type = "text/event-stream", body = String),
         Malformed, Compacted, Unavailable,
     )
 )]
@@ -166,7 +166,8 @@ pub async fn watch(
         after,
         Some(key.collection.as_str().to_owned()),
         Some(key.id.as_str().to_owned()),
-    );
+    )
+    .with_lock_events();
     let query = ChangeQuery {
         since,
         collection: None,

@@ -4,8 +4,9 @@
 //! Events are read from the store's event log after a position and the stream
 //! waits on the store's event signal between reads, so every event is delivered
 //! once and in order; the `id:` of each is its position. Without `since` or
-//! `Last-Event-ID` the stream starts from now. The per-resource watch uses the
-//! same cursor for the resource's conflict events.
+//! `Last-Event-ID` the stream starts from now. The event log also holds lock
+//! events, which only the per-resource watch takes: it uses the same cursor for
+//! the resource's conflict and lock events.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -50,12 +51,14 @@ pub struct ConflictStreamParams {
     id: Option<String>,
 }
 
-/// Where a reader of conflict events stands, and which events it wants.
+/// Where a reader of the event log stands, and which events it wants.
 pub(crate) struct ConflictCursor {
     /// The last position read (delivered or skipped by the filter).
     pub after: u64,
     collection: Option<String>,
     id: Option<String>,
+    /// Lock events too (the watch stream), not only conflict events.
+    with_locks: bool,
 }
 
 impl ConflictCursor {
@@ -65,6 +68,15 @@ impl ConflictCursor {
             after,
             collection,
             id,
+            with_locks: false,
+        }
+    }
+
+    /// The same cursor, taking the resource's lock events too.
+    pub(crate) fn with_lock_events(self) -> Self {
+        Self {
+            with_locks: true,
+            ..self
         }
     }
 
@@ -100,7 +112,11 @@ impl ConflictCursor {
                 let event: Value = serde_json::from_slice(&stored).map_err(|e| {
                     EngineError::Internal(format!("conflict event {position} unreadable: {e}"))
                 })?;
-                if event_matches(&event, self.collection.as_deref(), self.id.as_deref()) {
+                let wanted = self.with_locks
+                    || event["event"]
+                        .as_str()
+                        .is_some_and(|name| name.starts_with("conflict."));
+                if wanted && event_matches(&event, self.collection.as_deref(), self.id.as_deref()) {
                     found.push((position, event));
                 }
             }

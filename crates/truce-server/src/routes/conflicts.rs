@@ -13,8 +13,8 @@ use truce_engine::{
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
-use crate::extract::By;
 use crate::extract::{ApiQuery, Conditions, JsonBody};
+use crate::extract::{By, LockToken};
 use crate::idempotency::Keyed;
 use crate::openapi::{Conflict, Malformed, NotFound, PreconditionFailed, Unavailable};
 use crate::paging::{decode_cursor, page_by_id, page_limit};
@@ -197,7 +197,7 @@ async fn close(
     cid: String,
     action: ResolutionAction,
     preconditions: truce_engine::Preconditions,
-    (keyed, by): (Keyed, Principal),
+    (keyed, by, lock_token): (Keyed, Principal, Option<String>),
 ) -> Result<Response, ApiError> {
     let outcome = state
         .store
@@ -207,6 +207,7 @@ async fn close(
             preconditions,
             by,
             idempotency: keyed.attach(closed_response),
+            lock_token,
         })
         .await?;
     Ok(closed_response(&outcome))
@@ -241,8 +242,7 @@ pub async fn resolve(
     State(state): State<AppState>,
     Path(cid): Path<String>,
     Conditions(preconditions): Conditions,
-    keyed: Keyed,
-    By(by): By,
+    (keyed, By(by), LockToken(lock_token)): (Keyed, By, LockToken),
     JsonBody(request): JsonBody<ResolveRequest>,
 ) -> Result<Response, ApiError> {
     check_conflict_id(&cid)?;
@@ -269,7 +269,7 @@ pub async fn resolve(
         cid,
         ResolutionAction::Resolve(take),
         preconditions,
-        (keyed, by),
+        (keyed, by, lock_token),
     )
     .await
 }
@@ -297,7 +297,7 @@ pub async fn dismiss(
         cid,
         ResolutionAction::Dismiss,
         truce_engine::Preconditions::default(),
-        (keyed, by),
+        (keyed, by, None),
     )
     .await
 }

@@ -129,6 +129,7 @@ pub async fn create(
         request_id: crate::context::RequestContext::current().map(|c| c.id.to_string()),
         resolves: None,
         idempotency: None,
+        lock_token: None,
     };
     run_write(&state, command, prefer, keyed).await
 }
@@ -282,6 +283,7 @@ pub(crate) fn write_command(
         by: headers.by.clone(),
         request_id: crate::context::RequestContext::current().map(|c| c.id.to_string()),
         resolves: headers.resolves.clone(),
+        lock_token: headers.lock_token.clone(),
         idempotency: None,
     }
 }

@@ -24,6 +24,7 @@ pub mod conflicts;
 pub mod documents;
 pub mod history;
 pub mod keys;
+pub mod locks;
 pub mod subscriptions;
 pub mod system;
 
@@ -48,6 +49,12 @@ fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(history::version))
         .routes(routes!(history::diff))
         .routes(routes!(history::revert))
+        .routes(routes!(
+            locks::acquire,
+            locks::renew,
+            locks::release,
+            locks::show
+        ))
         .routes(routes!(changes::watch))
         .routes(routes!(conflicts::conflicts))
         .routes(routes!(conflict_stream::stream))

@@ -28,8 +28,13 @@ impl BatchTables for FramedTables<'_, '_> {
         self.tables.last_side_key(table.code())
     }
 
-    fn side_records(&self, table: SideTable) -> Result<Vec<(Vec<u8>, Bytes)>, StorageError> {
-        self.tables.side_records(table.code())
+    fn side_records(
+        &self,
+        table: SideTable,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>, StorageError> {
+        self.tables.side_records(table.code(), prefix, limit)
     }
 
     fn store(&mut self, effect: &Effect, revision: u64) -> Result<(), StorageError> {

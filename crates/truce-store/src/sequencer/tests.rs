@@ -34,6 +34,7 @@ async fn a_full_overlay_brings_a_checkpoint() {
                 request_id: None,
                 resolves: None,
                 idempotency: None,
+                lock_token: None,
             })
             .await
             .unwrap();
@@ -106,6 +107,7 @@ async fn a_panic_while_planning_fails_only_that_write() {
                     request_id: None,
                     resolves: None,
                     idempotency: None,
+                    lock_token: None,
                 })
                 .await
         })
@@ -217,6 +219,7 @@ async fn side_records_are_durable_and_move_no_revision() {
             request_id: None,
             resolves: None,
             idempotency: None,
+            lock_token: None,
         };
         let first = store
             .write(put(serde_json::json!({"side": "k1", "value": "v1"})))

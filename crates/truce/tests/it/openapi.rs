@@ -29,6 +29,10 @@ const EXPECTED: &[(&str, &str)] = &[
     ("get", "/v1/{collection}/{id}/versions/{n}"),
     ("get", "/v1/{collection}/{id}/diff"),
     ("post", "/v1/{collection}/{id}/revert"),
+    ("post", "/v1/{collection}/{id}/lock"),
+    ("put", "/v1/{collection}/{id}/lock"),
+    ("delete", "/v1/{collection}/{id}/lock"),
+    ("get", "/v1/{collection}/{id}/lock"),
     ("get", "/v1/{collection}/{id}/watch"),
     ("get", "/v1/_conflicts"),
     ("get", "/v1/_conflicts/stream"),
@@ -325,7 +329,8 @@ async fn the_document_passes_an_openapi_3_1_validator() {
                 .filter_map(|p| p["name"].as_str())
                 .collect();
             assert!(headers.contains("X-Request-Id"), "{method} {path}");
-            if path.starts_with("/v1/{collection}/{id}") && !path.ends_with("/watch") {
+            let lock = path.ends_with("/lock");
+            if path.starts_with("/v1/{collection}/{id}") && !path.ends_with("/watch") && !lock {
                 for conditional in ["If-Match", "If-None-Match", "If-Unmodified-Since"] {
                     assert!(
                         headers.contains(conditional),
@@ -333,11 +338,24 @@ async fn the_document_passes_an_openapi_3_1_validator() {
                     );
                 }
             }
+            // Every write a lock guards names Lock-Token and its 423.
+            let guarded = path.starts_with("/v1/{collection}/{id}")
+                && !lock
+                && matches!(*method, "put" | "patch" | "delete" | "post")
+                || path.ends_with("/resolve");
+            if guarded {
+                assert!(
+                    headers.contains("Lock-Token"),
+                    "{method} {path}: Lock-Token"
+                );
+                assert!(responses.contains_key("423"), "{method} {path}: 423");
+            }
             // Prefer: return=minimal is honoured by writes of documents and of
             // collection settings (docs/HTTP.md); subscriptions answer in full.
             let prefers =
                 path.starts_with("/v1/{collection}") || path.starts_with("/v1/_collections");
             if prefers
+                && !lock
                 && (matches!(*method, "put" | "patch" | "delete") || path.ends_with("/revert"))
             {
                 assert!(headers.contains("Prefer"), "{method} {path}: Prefer");

@@ -74,6 +74,7 @@ fn command(step: &Step) -> WriteCommand {
         request_id: None,
         resolves: None,
         idempotency: None,
+        lock_token: None,
     }
 }
 
