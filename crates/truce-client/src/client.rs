@@ -90,6 +90,10 @@ pub(crate) fn full_jitter(delay: Duration) -> Duration {
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
+    /// For requests the server may hold open silently (a lock's wait): no
+    /// read time-out, a whole-request one per request instead.
+    patient: reqwest::Client,
+    timeout: Duration,
     base: String,
     key: Option<String>,
     retry: RetryPolicy,
@@ -180,6 +184,10 @@ impl ClientBuilder {
             .read_timeout(self.timeout)
             .build()
             .map_err(Error::Transport)?;
+        let patient = reqwest::Client::builder()
+            .connect_timeout(self.timeout)
+            .build()
+            .map_err(Error::Transport)?;
         let base = self.base.trim_end_matches('/').to_owned();
         let parsed = reqwest::Url::parse(&base)
             .map_err(|e| Error::Invalid(format!("{base:?} is not a URL: {e}")))?;
@@ -190,6 +198,8 @@ impl ClientBuilder {
         }
         Ok(Client {
             http,
+            patient,
+            timeout: self.timeout,
             base,
             key: self.key,
             retry: self.retry,
@@ -214,6 +224,8 @@ pub(crate) struct Conditions {
     if_version: Option<u64>,
     /// `Truce-Resolves`: the conflict record this write retries.
     resolves: Option<String>,
+    /// `Lock-Token`: the lease this write is made under.
+    lock_token: Option<String>,
 }
 
 impl Client {
@@ -248,6 +260,24 @@ impl Client {
 
     pub(crate) fn request(&self, method: Method, path: &str) -> RequestBuilder {
         let builder = self.http.request(method, self.url(path));
+        match &self.key {
+            Some(key) => builder.header(AUTHORIZATION, format!("Bearer {key}")),
+            None => builder,
+        }
+    }
+
+    /// A request the server may hold open for up to `held` before it answers
+    /// (a lock's wait), allowed that long plus the client's time-out.
+    pub(crate) fn patient_request(
+        &self,
+        method: Method,
+        path: &str,
+        held: Duration,
+    ) -> RequestBuilder {
+        let builder = self
+            .patient
+            .request(method, self.url(path))
+            .timeout(held + self.timeout);
         match &self.key {
             Some(key) => builder.header(AUTHORIZATION, format!("Bearer {key}")),
             None => builder,
@@ -485,6 +515,8 @@ pub struct WriteRequest<'a> {
     path: String,
     body: Result<Option<(&'static str, Vec<u8>)>, String>,
     conditions: Conditions,
+    /// Why it must not be sent (a lock guard whose lease was lost).
+    refused: Option<String>,
 }
 
 impl<'a> WriteRequest<'a> {
@@ -495,6 +527,7 @@ impl<'a> WriteRequest<'a> {
             path,
             body: Ok(None),
             conditions: Conditions::default(),
+            refused: None,
         }
     }
 
@@ -531,8 +564,27 @@ impl<'a> WriteRequest<'a> {
         self
     }
 
+    /// Makes the write under a lock (`Lock-Token`); [`crate::LockGuard`]'s
+    /// writes carry it already.
+    pub fn lock_token(mut self, token: &str) -> Self {
+        self.conditions.lock_token = Some(token.to_owned());
+        self
+    }
+
+    /// Keeps the write from being sent: `send` fails with this reason.
+    pub(crate) fn refuse(mut self, reason: String) -> Self {
+        self.refused = Some(reason);
+        self
+    }
+
     /// Sends the write (retrying under one idempotency key) and reads its result.
     pub async fn send(self) -> Result<Written, Error> {
+        if let Some(reason) = self.refused {
+            return Err(Error::LockLost {
+                resource: self.path,
+                reason,
+            });
+        }
         let body = self.body.map_err(Error::Invalid)?;
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
@@ -549,6 +601,11 @@ impl<'a> WriteRequest<'a> {
             && let Ok(value) = HeaderValue::from_str(cid)
         {
             headers.insert("truce-resolves", value);
+        }
+        if let Some(token) = &self.conditions.lock_token {
+            let value = HeaderValue::from_str(token)
+                .map_err(|_| Error::Invalid(format!("{token:?} is not a lock token")))?;
+            headers.insert("lock-token", value);
         }
         if let Some((media, _)) = &body {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static(media));

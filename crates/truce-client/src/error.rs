@@ -151,6 +151,15 @@ pub enum Error {
     /// A value could not be sent (bad URL, unserialisable document).
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// A lock guard's lease was lost (a renewal failed or was refused): nothing
+    /// more may be done under it.
+    #[error("the lock on {resource} was lost: {reason}")]
+    LockLost {
+        /// The locked resource.
+        resource: String,
+        /// Why.
+        reason: String,
+    },
     /// A retrying operation stopped after `attempts`; `last` is the last failure.
     #[error("gave up after {attempts} attempts: {last}")]
     GaveUp {

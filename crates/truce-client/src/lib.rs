@@ -84,6 +84,7 @@ mod collections;
 mod conflicts;
 mod error;
 mod keys;
+mod locks;
 mod types;
 mod update;
 
@@ -92,6 +93,7 @@ pub use collections::CollectionSettings;
 pub use conflicts::{ConflictQuery, Resolution};
 pub use error::{Error, MergeConflict, MergeOverlap, Problem};
 pub use keys::{KeyInfo, NewKey};
+pub use locks::{LockGuard, LockInfo, LockRequest};
 pub use truce_engine::ProblemKind;
 pub use types::{
     Change, ChangesOptions, ChangesPage, ConflictEvent, Envelope, HistoryEntry, ListOptions,

@@ -115,6 +115,10 @@ pub fn plan_resolution(
                 Take::Ours => Some(ours_content(view, &key, &record, ctx)?),
             };
             if let Some(content) = content {
+                // Writing a version is a write like any other: a lock guards it.
+                if let Some(refusal) = ctx.locked {
+                    return Err(refusal.clone());
+                }
                 let live = head.as_ref().filter(|v| !v.is_tombstone());
                 let unchanged = match (&content, live) {
                     (Some(doc), Some(live)) => {

@@ -27,7 +27,7 @@ pub enum LogFormat {
 }
 
 /// A duration written like `30s`, `5m` or `7d`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("{e} (write durations like 30s, 5m, 7d)"))
 }
 

@@ -53,6 +53,10 @@ enum Command {
     Resolve(cli::ResolveArgs),
     /// Read or change a collection's settings (conflict policy, preconditions, history).
     Collection(cli::CollectionArgs),
+    /// Take a lock (print its token and fence), or `--show` who holds it.
+    Lock(cli::LockArgs),
+    /// Release a lock with its token, or `--force` to break it (admin).
+    Unlock(cli::UnlockArgs),
     /// Make, list or revoke API keys (`--data DIR` / `--database-url` with the server stopped).
     Keys(cli::KeysArgs),
     /// Load-test truce, etcd or the machine's HTTP ceiling; `bench load` fills a server.
@@ -118,6 +122,14 @@ fn main() -> ExitCode {
             Command::Resolve(args) => {
                 let settings = args.client.clone();
                 cli::finish(cli::conflicts::resolve(args).await, &settings)
+            }
+            Command::Lock(args) => {
+                let settings = args.client.clone();
+                cli::finish(cli::lock::lock(args).await, &settings)
+            }
+            Command::Unlock(args) => {
+                let settings = args.client.clone();
+                cli::finish(cli::lock::unlock(args).await, &settings)
             }
             Command::Keys(args) => {
                 let settings = args.target().client.clone();

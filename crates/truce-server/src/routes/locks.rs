@@ -140,6 +140,11 @@ pub async fn acquire(
         if let Some(view) = handed_to(&state, &key, &waiter).await? {
             metrics::histogram!("truce_lock_queue_seconds")
                 .record(queued_at.elapsed().as_secs_f64());
+            // From the commit that handed the lock over to its waiter hearing of it.
+            let handoff = Timestamp::now()
+                .millis()
+                .saturating_sub(view.acquired_at.millis());
+            metrics::histogram!("truce_lock_handoff_seconds").record(handoff as f64 / 1000.0);
             if keyed.0.is_none() {
                 place.waiter = None;
                 return Ok(lock_response(StatusCode::CREATED, &view));

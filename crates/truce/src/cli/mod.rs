@@ -1,5 +1,5 @@
 //! The client commands of the `truce` binary: `get`, `put`, `patch`, `delete`,
-//! `history`, `diff`, `revert`, `watch` and `edit`.
+//! `history`, `diff`, `revert`, `watch`, `edit`, `lock` and `unlock`.
 //!
 //! They speak the HTTP API through `truce-client`. Output is readable (tables,
 //! colours) on a terminal and plain when piped; `--json` prints machine-readable
@@ -10,6 +10,7 @@ pub mod collection;
 pub mod conflicts;
 pub mod edit;
 pub mod keys;
+pub mod lock;
 pub mod read;
 pub mod write;
 
@@ -24,6 +25,7 @@ pub use collection::CollectionArgs;
 pub use conflicts::{ConflictsArgs, ResolveArgs};
 pub use edit::EditArgs;
 pub use keys::KeysArgs;
+pub use lock::{LockArgs, UnlockArgs};
 pub use read::{DiffArgs, GetArgs, HistoryArgs, WatchArgs};
 pub use write::{DeleteArgs, PatchArgs, PutArgs, RevertArgs};
 
@@ -175,6 +177,20 @@ fn report(error: &CliError, url: &str) {
                             "  {note}next:{note:#} read it again (truce get {collection}/{id}), re-apply your change, and retry with --if-match '{etag}' (or use truce edit)"
                         );
                     }
+                }
+                if let Some(holder) = problem.body.get("holder").filter(|h| h.is_object()) {
+                    let owner = holder["owner"].as_str().unwrap_or_default();
+                    anstream::eprintln!(
+                        "  held by {}{} (fence {}) until {}",
+                        holder["by"].as_str().unwrap_or_default(),
+                        if owner.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", {owner:?}")
+                        },
+                        holder["fence"],
+                        holder["expires_at"].as_str().unwrap_or_default(),
+                    );
                 }
                 if !problem.slug.is_empty() {
                     let dim = Styles::DIM;

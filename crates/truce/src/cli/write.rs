@@ -15,6 +15,9 @@ pub struct WriteConditions {
     /// Apply only if the resource is at this version (0: must not exist).
     #[arg(long, value_name = "N")]
     pub if_version: Option<u64>,
+    /// Write under a lock: the token `truce lock` printed.
+    #[arg(long, value_name = "TOKEN")]
+    pub lock_token: Option<String>,
 }
 
 impl WriteConditions {
@@ -31,6 +34,9 @@ impl WriteConditions {
         }
         if let Some(version) = self.if_version {
             request = request.if_version(version);
+        }
+        if let Some(token) = &self.lock_token {
+            request = request.lock_token(token);
         }
         Ok(request)
     }

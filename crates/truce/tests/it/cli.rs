@@ -760,3 +760,65 @@ async fn conflicts_watch_prints_each_event() {
     );
     child.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn lock_shows_writes_under_and_unlocks() {
+    let server = TestServer::start().await;
+    let run = |args: &'static [&'static str]| truce(&server, args, "", &[]);
+    let put = truce(&server, &["put", "jobs/a", "-"], r#"{"n": 0}"#, &[]).await;
+    assert_eq!(code(&put), 0, "{}", stderr(&put));
+
+    let locked = run(&[
+        "lock", "jobs/a", "--ttl", "1m", "--owner", "deploy", "--json",
+    ])
+    .await;
+    assert_eq!(code(&locked), 0, "{}", stderr(&locked));
+    let grant = json_out(&locked);
+    let token = grant["token"].as_str().expect("token").to_owned();
+    assert_eq!(
+        (grant["fence"].as_u64(), &grant["owner"]),
+        (Some(1), &json!("deploy"))
+    );
+
+    // Held: a second lock and an unguarded write are conflicts (exit 3), with
+    // the holder named.
+    let again = run(&["lock", "jobs/a"]).await;
+    assert_eq!(code(&again), 3);
+    assert!(stderr(&again).contains("held by"), "{}", stderr(&again));
+    let unguarded = truce(&server, &["put", "jobs/a", "-"], r#"{"n": 1}"#, &[]).await;
+    assert_eq!(code(&unguarded), 3);
+    let args = ["put", "jobs/a", "-", "--lock-token", token.as_str()];
+    let guarded = truce(&server, &args, r#"{"n": 1}"#, &[]).await;
+    assert_eq!(code(&guarded), 0, "{}", stderr(&guarded));
+
+    let shown = run(&["lock", "jobs/a", "--show", "--json"]).await;
+    let shown = json_out(&shown);
+    assert_eq!(
+        (shown["fence"].as_u64(), shown.get("token")),
+        (Some(1), None)
+    );
+    let plain = stdout(&run(&["lock", "jobs/a", "--show"]).await);
+    assert!(
+        plain.contains("deploy") && !plain.contains(&token),
+        "{plain}"
+    );
+
+    let wrong = run(&[
+        "unlock",
+        "jobs/a",
+        "--token",
+        "0123456789abcdef0123456789abcdef",
+    ])
+    .await;
+    assert_eq!(code(&wrong), 3);
+    let args = ["unlock", "jobs/a", "--token", token.as_str()];
+    let released = truce(&server, &args, "", &[]).await;
+    assert_eq!(code(&released), 0, "{}", stderr(&released));
+    assert!(stdout(&run(&["lock", "jobs/a", "--show"]).await).contains("not locked"));
+
+    // Broken with --force; a usage error without a token or --force.
+    assert_eq!(code(&run(&["lock", "jobs/a"]).await), 0);
+    assert_eq!(code(&run(&["unlock", "jobs/a", "--force"]).await), 0);
+    assert_eq!(code(&run(&["unlock", "jobs/a"]).await), 2);
+    assert_eq!(code(&run(&["lock", "jobs/a", "--ttl", "2h"]).await), 1);
+}

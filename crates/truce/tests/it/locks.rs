@@ -484,3 +484,55 @@ async fn keyed_lock_requests_replay_their_answers() {
     assert_eq!(header(&replayed, "idempotent-replayed"), "true");
     assert_eq!(token_of(replayed).await, (handed, next_fence));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_kind_of_write_to_a_locked_resource_needs_the_token() {
+    let server = TestServer::start().await;
+    let client = &server.client;
+    let doc = server.url("/v1/jobs/g1");
+    put(client, &doc, json!({"n": 1}), &[]).await;
+    put(client, &doc, json!({"n": 2}), &[]).await;
+    // A conflict record to resolve later: a stale write before the lock.
+    let refused = put(client, &doc, json!({"n": 9}), &[("if-match", "\"1-x\"")]).await;
+    let cid = problem(refused, 412, "precondition-failed").await["conflict_id"]
+        .as_str()
+        .expect("conflict_id")
+        .to_owned();
+    let (token, _) = token_of(acquire(client, &doc, json!({})).await).await;
+
+    let attempts = |token: Option<&str>| {
+        let mut requests = vec![
+            client
+                .post(server.url(&format!("/v1/_conflicts/{cid}/resolve")))
+                .json(&json!({"take": "ours"})),
+            client
+                .patch(&doc)
+                .header("content-type", "application/merge-patch+json")
+                .body(r#"{"n": 3}"#),
+            client.post(format!("{doc}/revert")).json(&json!({"to": 1})),
+            client.delete(&doc),
+        ];
+        if let Some(token) = token {
+            requests = requests
+                .into_iter()
+                .map(|r| r.header("lock-token", token))
+                .collect();
+        }
+        requests
+    };
+    for (n, request) in attempts(None).into_iter().enumerate() {
+        let answer = request.send().await.expect("send");
+        assert_eq!(answer.status(), 423, "attempt {n}");
+        let body = problem(answer, 423, "locked").await;
+        assert!(body["holder"]["fence"].is_u64(), "{body}");
+    }
+    for (n, request) in attempts(Some(&token)).into_iter().enumerate() {
+        let answer = request.send().await.expect("send");
+        let status = answer.status();
+        let body = answer.text().await.unwrap_or_default();
+        assert!(
+            status.is_success(),
+            "attempt {n} with the token: {status} {body}"
+        );
+    }
+}

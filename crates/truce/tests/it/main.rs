@@ -7,6 +7,7 @@ mod bench;
 mod changes;
 mod cli;
 mod client;
+mod client_locks;
 mod collections;
 mod common;
 mod concurrency;
