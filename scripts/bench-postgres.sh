@@ -23,41 +23,13 @@ DURATION=${DURATION:-5s}
 CONNECTIONS=${CONNECTIONS:-1,16,64}
 WORKLOADS=${WORKLOADS:-create,update,read}
 
-for tool in initdb pg_ctl pgbench psql; do
-    command -v "$tool" >/dev/null || {
-        echo "$tool is not on the PATH: apt-get install -y postgresql-15, then put /usr/lib/postgresql/15/bin on the PATH" >&2
-        exit 1
-    }
-done
-
-source scripts/lib.sh
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+command -v pgbench >/dev/null || {
+    echo "pgbench is not on the PATH: apt-get install -y postgresql-15, then put /usr/lib/postgresql/15/bin on the PATH" >&2
+    exit 1
 }
 
-# The cluster runs as an unprivileged user when we are root (initdb refuses root).
-as_pg=()
-if [ "$(id -u)" = 0 ]; then
-    id truce-pg >/dev/null 2>&1 ||
-        useradd --system --no-create-home --shell /usr/sbin/nologin truce-pg
-    as_pg=(runuser -u truce-pg --)
-    chmod 755 "$work"
-    mkdir "$work/pg"
-    chown truce-pg: "$work/pg"
-else
-    mkdir "$work/pg"
-fi
-pg_port=$(free_port)
-"${as_pg[@]}" initdb -U postgres -A trust -D "$work/pg/data" >/dev/null
-"${as_pg[@]}" pg_ctl -D "$work/pg/data" -l "$work/pg/log" -w \
-    -o "-p $pg_port -k $work/pg -c listen_addresses=127.0.0.1 -c max_connections=300 -c shared_buffers=256MB" \
-    start >/dev/null
-stop_pg() { "${as_pg[@]}" pg_ctl -D "$work/pg/data" -m fast -w stop >/dev/null 2>&1 || true; }
-trap 'stop_pg; cleanup' EXIT
-psql_pg() { psql -h 127.0.0.1 -p "$pg_port" -U postgres -q -v ON_ERROR_STOP=1 "$@"; }
-for db in truce_one truce_two bench; do psql_pg -d postgres -c "CREATE DATABASE $db"; done
-pg_url() { echo "postgres://postgres@127.0.0.1:$pg_port/$1"; }
+source scripts/lib.sh
+start_pg truce_one truce_two bench
 
 # pgbench's tables at scale 10 (1M rows) and its one-row update transaction.
 pgbench -h 127.0.0.1 -p "$pg_port" -U postgres -i -q -s 10 bench >/dev/null 2>&1

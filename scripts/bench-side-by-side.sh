@@ -19,36 +19,19 @@ CONNECTIONS=${CONNECTIONS:-1,16,64}
 WORKLOADS=${WORKLOADS:-create,update,hot,read,read-304,mixed}
 OUT=${OUT:-}
 
-need() { command -v "$1" >/dev/null 2>&1; }
-if ! need etcd || ! need wrk; then
-    echo "installing etcd-server and wrk with apt" >&2
-    apt-get update -qq && apt-get install -y -qq etcd-server wrk >/dev/null
-fi
+command -v wrk >/dev/null 2>&1 || {
+    echo "installing wrk with apt" >&2
+    apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+}
 
 source scripts/lib.sh
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-# etcd: one member, loopback, fsync on (the default), its own temporary data dir.
-etcd_client=$(free_port)
-etcd_peer=$(free_port)
-etcd --name bench --data-dir "$work/etcd" \
-    --listen-client-urls "http://127.0.0.1:$etcd_client" \
-    --advertise-client-urls "http://127.0.0.1:$etcd_client" \
-    --listen-peer-urls "http://127.0.0.1:$etcd_peer" \
-    --initial-advertise-peer-urls "http://127.0.0.1:$etcd_peer" \
-    --initial-cluster "bench=http://127.0.0.1:$etcd_peer" \
-    --log-level error > "$work/etcd.log" 2>&1 &
-
+# etcd: one member, loopback, fsync on (the default), its own temporary data dir;
 # truce: embedded store in a temporary dir, default settings (logs included).
+start_etcd
+etcd_client=${ETCD_ADDR#*:}
 start_truce truce
 truce_addr=$TRUCE_ADDR
-for _ in $(seq 100); do
-    curl -sf -X POST "http://127.0.0.1:$etcd_client/v3/kv/range" -d '{"key":"AA=="}' >/dev/null && break
-    sleep 0.1
-done
 echo "truce $truce_addr, etcd 127.0.0.1:$etcd_client; $ROUNDS rounds x $DURATION; workloads $WORKLOADS at $CONNECTIONS" >&2
 
 for round in $(seq "$ROUNDS"); do

@@ -25,7 +25,8 @@ use crate::events::{event_position, record_written};
 use crate::idempotency::{Idempotent, keep_answer, refusal_for};
 use crate::ids::IdGenerator;
 use crate::locks::{
-    LockEvent, LockJob, LockOutcome, LockState, MAX_WAITERS, due_locks, lock_key, waiters_prefix,
+    LockEvent, LockJob, LockOutcome, LockState, MAX_WAITERS, due_locks, lock_key, stale_expiry,
+    waiters_prefix,
 };
 use crate::name::CollectionName;
 use crate::resolution::{ResolutionCommand, ResolutionOutcome, plan_resolution};
@@ -503,19 +504,34 @@ impl<'a> Batch<'a> {
                     .map(|(key, _)| key)
                     .collect();
                 let mut expired = 0;
-                for key in due_locks(&keys, self.now) {
-                    let mut state = match self.lock_state(tables, &key)? {
+                let mut stale = Vec::new();
+                for (index_key, resource) in due_locks(&keys, self.now) {
+                    let Some(resource) = resource else {
+                        stale.push(stale_expiry(index_key));
+                        continue;
+                    };
+                    let mut state = match self.lock_state(tables, &resource)? {
                         Ok(state) => state,
                         Err(error) => return Ok(Err(error)),
                     };
                     match state.settle() {
                         Ok(true) => expired += 1,
-                        Ok(false) => {}
+                        // No lease of this resource ran out at this entry's
+                        // time: the entry outlived its lease.
+                        Ok(false) => stale.push(stale_expiry(index_key)),
                         Err(error) => return Ok(Err(error)),
                     }
                     if let Err(error) = self.store_lock(tables, state)? {
                         return Ok(Err(error));
                     }
+                }
+                if !stale.is_empty() {
+                    let effect = Effect {
+                        writes: Vec::new(),
+                        side: stale,
+                    };
+                    self.apply(tables, &effect)?;
+                    self.notes.locks_changed = true;
                 }
                 Ok(Ok(LockOutcome::Expired(expired)))
             }

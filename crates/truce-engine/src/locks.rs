@@ -697,24 +697,31 @@ impl LockState {
     }
 }
 
-/// The resources whose leases are due by `now`, from the expiry index's keys
-/// (in time order).
-pub fn due_locks(expiry_keys: &[Vec<u8>], now: Timestamp) -> Vec<ResourceKey> {
+/// The entries of the expiry index due by `now` (in time order), each with the
+/// resource it names (`None`: an unreadable entry, to be removed).
+pub fn due_locks(expiry_keys: &[Vec<u8>], now: Timestamp) -> Vec<(Vec<u8>, Option<ResourceKey>)> {
     let mut due = Vec::new();
     for key in expiry_keys {
         let Some((at, lock_key)) = read_lock_expiry(key) else {
+            due.push((key.clone(), None));
             continue;
         };
         if at > now {
             break;
         }
-        if let Some(resource) = resource_of(&lock_key)
-            && !due.contains(&resource)
-        {
-            due.push(resource);
-        }
+        due.push((key.clone(), resource_of(&lock_key)));
     }
     due
+}
+
+/// The removal of an expiry index entry that no lease matches any more (so an
+/// expiry pass never finds it due again).
+pub fn stale_expiry(index_key: Vec<u8>) -> SideWrite {
+    SideWrite {
+        table: SideTable::LockExpiries,
+        key: index_key,
+        value: None,
+    }
 }
 
 /// When the next lease runs out, from the expiry index's first key.
@@ -989,7 +996,12 @@ mod tests {
         );
         assert_eq!(
             due_locks(&[a.clone(), b.clone()], Timestamp::from_millis(200)),
-            vec![key()]
+            vec![(a.clone(), Some(key()))]
+        );
+        // An entry that cannot be read is due at once, to be removed.
+        assert_eq!(
+            due_locks(&[vec![1, 2]], Timestamp::from_millis(0)),
+            vec![(vec![1, 2], None)]
         );
         assert_eq!(
             next_lock_expiry(Some(&a)),

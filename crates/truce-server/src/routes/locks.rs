@@ -204,12 +204,22 @@ impl Drop for Place {
     }
 }
 
-/// The lock, if it was handed to `waiter`.
+/// The lock, if it was handed to `waiter`. Every waiter looks each time any
+/// lock changes, so the look reads the lock record alone; the queue (for the
+/// answer's `waiting`) is read only once the lock is there.
 async fn handed_to(
     state: &AppState,
     key: &ResourceKey,
     waiter: &str,
 ) -> Result<Option<LockView>, ApiError> {
+    let stored = state
+        .store
+        .side_record(SideTable::Locks, &lock_key(key))
+        .await?;
+    let record = LockState::load(key, stored.as_deref(), &[], Timestamp::now())?;
+    if record.granted_to(waiter).is_none() {
+        return Ok(None);
+    }
     Ok(read_state(state, key).await?.granted_to(waiter))
 }
 

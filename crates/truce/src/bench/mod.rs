@@ -12,6 +12,7 @@
 mod ceiling;
 mod conn;
 mod load;
+mod lock_ops;
 mod protocol;
 mod workload;
 
@@ -221,7 +222,16 @@ async fn run_workloads(args: &RunArgs) -> Result<bool, BenchError> {
                 }),
                 verify: args.target != Target::Ceiling,
             };
-            let prepared = match workload::prepare(&addrs, &protocol, &plan).await {
+            let lockless = args.target == Target::Ceiling
+                && matches!(workload, Workload::Lock | Workload::LockHandoff);
+            let prepared = if lockless {
+                Err(BenchError::Unsupported(
+                    "the storage-free ceiling server has no locks".into(),
+                ))
+            } else {
+                workload::prepare(&addrs, &protocol, &plan).await
+            };
+            let prepared = match prepared {
                 Ok(prepared) => prepared,
                 Err(BenchError::Unsupported(why)) => {
                     if !args.json {
@@ -370,6 +380,8 @@ fn workload_name(workload: Workload) -> &'static str {
         Workload::Mixed => "mixed",
         Workload::Stale => "stale",
         Workload::Merge => "merge",
+        Workload::Lock => "lock",
+        Workload::LockHandoff => "lock-handoff",
     }
 }
 

@@ -51,6 +51,16 @@ pub enum Workload {
     /// in a collection with the merge policy (`{collection}-merge`): every one
     /// merged, once per document (give `--docs` enough for the run).
     Merge,
+    /// Uncontended locks: each client takes and releases a lock of its own; an
+    /// operation is the pair (truce: POST + DELETE `.../lock`; etcd: lock +
+    /// unlock under a lease granted once per client).
+    Lock,
+    /// Every client contends for one lock, waiting in its queue, and releases it
+    /// at once: an operation is a grant, and its latency the hand-off (from the
+    /// holder sending its release to the next waiter receiving the grant).
+    #[value(name = "lock-handoff")]
+    #[serde(rename = "lock-handoff")]
+    LockHandoff,
 }
 
 /// Documents written earlier by `truce bench load` (ids `doc-{first}` …
@@ -168,6 +178,10 @@ struct Client {
     conn: Connection,
     docs: Vec<(String, Option<Token>)>,
     rng: fastrand::Rng,
+    /// What locking needs (etcd: the client's lease).
+    session: Option<String>,
+    /// When a holder of the contended lock last sent its release.
+    released: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 /// A workload ready to run: connections open, documents created.
@@ -233,6 +247,7 @@ pub async fn prepare(
         _ => protocol,
     };
     let hot_id = format!("{}-hot", plan.run_id);
+    let released = Arc::default();
     let mut clients = Vec::with_capacity(plan.connections);
     for index in 0..plan.connections.max(1) {
         let addr = addrs[index % addrs.len()];
@@ -242,6 +257,8 @@ pub async fn prepare(
             conn: Connection::open(addr).await?,
             docs: Vec::new(),
             rng: fastrand::Rng::with_seed(index as u64),
+            session: None,
+            released: Arc::clone(&released),
         };
         set_up(&mut client, protocol, plan, &hot_id).await?;
         clients.push(client);
@@ -338,6 +355,10 @@ async fn set_up(
 ) -> Result<(), BenchError> {
     match plan.workload {
         Workload::Create => Ok(()),
+        Workload::Lock | Workload::LockHandoff => {
+            client.session = protocol.lock_session(&mut client.conn).await?;
+            Ok(())
+        }
         Workload::Hot => {
             if client.index == 0 {
                 let outcome = protocol
@@ -518,6 +539,17 @@ async fn step(
             let outcome = protocol.update(&mut client.conn, id, ours, &stale).await?;
             tally.record(started, &outcome);
         }
+        Workload::Lock => {
+            let id = format!("{}-lock-{}", plan.run_id, client.index);
+            let session = client.session.as_deref();
+            let outcome = match protocol.lock(&mut client.conn, &id, session, false).await? {
+                Outcome::Done(held) => protocol.unlock(&mut client.conn, &id, &held).await?,
+                Outcome::Refused => Outcome::Failed("an uncontended lock was held".into()),
+                Outcome::Failed(why) => Outcome::Failed(why),
+            };
+            tally.record(started, &outcome);
+        }
+        Workload::LockHandoff => handoff(client, protocol, plan, started, tally).await?,
         Workload::Hot => {
             let outcome = match protocol.read(&mut client.conn, hot_id).await? {
                 Outcome::Done((token, current)) => match counter_of(&current) {
@@ -534,6 +566,48 @@ async fn step(
             };
             tally.record(started, &outcome);
         }
+    }
+    Ok(())
+}
+
+/// One grant of the contended lock, and its release at once. A grant that
+/// followed a release made after it was asked for is a hand-off: its latency
+/// is from that release being sent to the grant arriving.
+async fn handoff(
+    client: &mut Client,
+    protocol: &Protocol,
+    plan: &Plan,
+    asked: Instant,
+    tally: &mut Tally,
+) -> Result<(), BenchError> {
+    let id = format!("{}-handoff", plan.run_id);
+    let session = client.session.as_deref();
+    let held = match protocol.lock(&mut client.conn, &id, session, true).await? {
+        Outcome::Done(held) => held,
+        Outcome::Refused => {
+            tally.fail("a waiting lock was refused".into());
+            return Ok(());
+        }
+        Outcome::Failed(why) => {
+            tally.fail(why);
+            return Ok(());
+        }
+    };
+    let granted = Instant::now();
+    let last = client
+        .released
+        .lock()
+        .map_err(|_| BenchError::Setup("a client panicked".into()))?
+        .replace(Instant::now());
+    if let Some(release) = last
+        && release > asked
+    {
+        let micros = u64::try_from(granted.duration_since(release).as_micros()).unwrap_or(u64::MAX);
+        let _ = tally.latency.record(micros.max(1));
+    }
+    tally.ok += 1;
+    if let Outcome::Failed(why) = protocol.unlock(&mut client.conn, &id, &held).await? {
+        tally.fail(why);
     }
     Ok(())
 }
