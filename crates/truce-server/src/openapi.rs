@@ -102,7 +102,7 @@ pub struct PreconditionRequired(ProblemBody);
 #[derive(IntoResponses)]
 #[response(
     status = 423,
-    description = "`locked`: the resource is locked by another holder (`holder` with its `fence`, `owner`, `by`, `expires_at`; `expires_at` and `Retry-After` say when its lease runs out), or the request's Lock-Token no longer holds the lock (its lease ran out, was broken or released); a refused write carries `conflict_id`",
+    description = "`locked`: the resource is locked by another holder (`holder` with its `fence`, `owner` and `by`; `expires_at` and `Retry-After` say when its lease runs out), or the request's Lock-Token no longer holds the lock (its lease ran out, was broken or released); a refused write carries `conflict_id`",
     content_type = "application/problem+json",
     headers(("Retry-After" = u64, description = "Seconds until the holder's lease runs out"))
 )]

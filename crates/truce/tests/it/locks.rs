@@ -536,3 +536,60 @@ async fn every_kind_of_write_to_a_locked_resource_needs_the_token() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_whose_client_goes_away_leaves_the_queue() {
+    let server = TestServer::start().await;
+    let client = &server.client;
+    let doc = server.url("/v1/jobs/gone");
+    let (token, _) = token_of(acquire(client, &doc, json!({})).await).await;
+    let waiter = {
+        let (client, doc) = (client.clone(), doc.clone());
+        tokio::spawn(async move { acquire(&client, &doc, json!({"wait_ms": 60000})).await })
+    };
+    let waiting = |n: u64| {
+        let server = &server;
+        async move {
+            for _ in 0..500 {
+                let shown: Value = server.get_json("/v1/jobs/gone/lock").await;
+                if shown["waiting"] == n {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            false
+        }
+    };
+    assert!(waiting(1).await, "the waiter never queued");
+    // The client gives up: its connection closes, and its place is given up.
+    waiter.abort();
+    assert!(
+        waiting(0).await,
+        "the place of a client that went away was kept"
+    );
+    assert_eq!(release(client, &doc, &token).await.status(), 204);
+    problem(
+        server.get("/v1/jobs/gone/lock", &[]).await,
+        404,
+        "not-found",
+    )
+    .await;
+    // Breaks and expiries are counted.
+    let (_, _) = token_of(acquire(client, &doc, json!({})).await).await;
+    let broken = client
+        .delete(format!("{doc}/lock?force=true"))
+        .send()
+        .await
+        .expect("break");
+    assert_eq!(broken.status(), 204);
+    let metrics = server
+        .get("/metrics", &[])
+        .await
+        .text()
+        .await
+        .expect("metrics");
+    assert!(
+        metrics.contains("truce_lock_events_total{event=\"lock.broken\"}"),
+        "{metrics}"
+    );
+}
