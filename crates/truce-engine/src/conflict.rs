@@ -72,6 +72,20 @@ pub struct ConflictRecord {
     /// For automatic outcomes: the version the write made.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolved_version: Option<u64>,
+    /// For a failed transaction op: which op of how many, and why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<TxnNote>,
+}
+
+/// The transaction a refused op was part of.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TxnNote {
+    /// The op's index.
+    pub failed_op: usize,
+    /// How many ops the transaction had.
+    pub ops: usize,
+    /// The problem slug the op alone would have got.
+    pub reason: &'static str,
 }
 
 /// A resource named in a record.
@@ -187,6 +201,7 @@ pub fn record_refusal(
         resolved_at: None,
         resolution: None,
         resolved_version: None,
+        transaction: None,
     };
     let value = serde_json::to_vec(&record)
         .map_err(|e| EngineError::Internal(format!("conflict record not encodable: {e}")))?;
@@ -239,6 +254,7 @@ pub fn record_policy(
         resolved_at: Some(now),
         resolution: Some(kind),
         resolved_version: Some(outcome.version.number),
+        transaction: None,
     };
     let value = serde_json::to_vec(&record)
         .map_err(|e| EngineError::Internal(format!("conflict record not encodable: {e}")))?;
@@ -513,4 +529,86 @@ mod tests {
             record_refusal(&command, missing, || "x".into(), Timestamp::from_millis(0)).is_err()
         );
     }
+}
+
+/// For a failed transaction op: the transaction's refusal (409
+/// `transaction-conflict` naming the op) and, when the op's own refusal is one
+/// SPEC §7 records, the record to commit with it (type `transaction-conflict`,
+/// the op's attempt, and which op of the transaction failed and why).
+pub fn record_txn_refusal(
+    op: &crate::txn::TxnOp,
+    failed_op: usize,
+    ops: usize,
+    command: &crate::txn::TxnCommand,
+    error: EngineError,
+    new_id: impl FnOnce() -> String,
+    now: Timestamp,
+) -> Result<(EngineError, Option<SideWrite>), EngineError> {
+    let key = op.key().clone();
+    let refusal = |error: EngineError, conflict_id| EngineError::TransactionConflict {
+        failed_op,
+        op: op.name(),
+        resource: key.clone(),
+        reason: Box::new(error),
+        conflict_id,
+    };
+    let Some(current) = recorded_state(&error) else {
+        return Ok((refusal(error, None), None));
+    };
+    let (attempted, base_version) = match op {
+        crate::txn::TxnOp::Write(command) => (
+            attempted(&command.action),
+            command.if_version.or_else(|| {
+                command
+                    .preconditions
+                    .if_match
+                    .as_ref()
+                    .and_then(crate::policy::tag_version)
+            }),
+        ),
+        crate::txn::TxnOp::Check(check) => (
+            Attempted {
+                method: "CHECK",
+                body: None,
+                patch: None,
+                patch_type: None,
+                revert_to: None,
+            },
+            check
+                .if_version
+                .or_else(|| check.if_match.as_ref().and_then(crate::policy::tag_version)),
+        ),
+    };
+    let id = new_id();
+    let record = ConflictRecord {
+        id: id.clone(),
+        kind: crate::problem::ProblemKind::TransactionConflict.slug(),
+        status: "open",
+        resource: ResourceRef {
+            collection: key.collection.as_str().to_owned(),
+            id: key.id.as_str().to_owned(),
+        },
+        base_version,
+        current_version: current.map(|c| c.version),
+        attempted,
+        by: command.by.as_str().to_owned(),
+        request_id: command.request_id.clone(),
+        detected_at: now,
+        resolved_at: None,
+        resolution: None,
+        resolved_version: None,
+        transaction: Some(TxnNote {
+            failed_op,
+            ops,
+            reason: error.kind().slug(),
+        }),
+    };
+    let value = serde_json::to_vec(&record)
+        .map_err(|e| EngineError::Internal(format!("conflict record not encodable: {e}")))?;
+    let side = SideWrite {
+        table: SideTable::Conflicts,
+        key: id.clone().into_bytes(),
+        value: Some(value.into()),
+    };
+    Ok((refusal(error, Some(id)), Some(side)))
 }

@@ -224,6 +224,21 @@ pub enum EngineError {
         /// Seconds until the holder's lease runs out.
         retry_after_secs: Option<u64>,
     },
+    /// An op of a transaction failed, so nothing of the transaction was applied.
+    #[error("op {failed_op} ({op} {resource}) failed, so nothing was applied: {reason}")]
+    TransactionConflict {
+        /// The op's index.
+        failed_op: usize,
+        /// Its name (`check`, `create`, `put`, `patch`, `delete`).
+        op: &'static str,
+        /// Its resource.
+        resource: crate::name::ResourceKey,
+        /// What the op alone would have been answered.
+        reason: Box<EngineError>,
+        /// The record that keeps the failed op, when its refusal is one SPEC §7
+        /// records.
+        conflict_id: Option<String>,
+    },
     /// A resource's lock queue is full.
     #[error("{limit} requests already wait for this lock; retry later")]
     LockQueueFull {
@@ -329,6 +344,7 @@ impl EngineError {
             Self::LockQueueFull { .. } => ProblemKind::Unavailable,
             Self::IdempotencyKeyReused => ProblemKind::IdempotencyKeyReused,
             Self::StateConflict { .. } => ProblemKind::StateConflict,
+            Self::TransactionConflict { .. } => ProblemKind::TransactionConflict,
             Self::Storage(StorageError::Corrupt(_)) | Self::Internal(_) => ProblemKind::Internal,
             Self::Storage(_) => ProblemKind::Unavailable,
         }
@@ -347,6 +363,32 @@ impl EngineError {
                 source,
                 conflict_id,
             } => source.problem().with("conflict_id", json!(conflict_id)),
+            Self::TransactionConflict {
+                failed_op,
+                op,
+                resource,
+                reason,
+                conflict_id,
+            } => {
+                // The op's own problem members (current version, holder, ...)
+                // under the transaction's.
+                let own = reason.problem();
+                let mut problem = Problem::new(kind, self.to_string());
+                problem.fields = own.fields;
+                problem.retry_after_secs = own.retry_after_secs;
+                let mut problem = problem
+                    .with("failed_op", json!(failed_op))
+                    .with("op", json!(op))
+                    .with("reason", json!(own.kind.slug()))
+                    .with(
+                        "resource",
+                        json!({"collection": resource.collection, "id": resource.id}),
+                    );
+                if let Some(id) = conflict_id {
+                    problem = problem.with("conflict_id", json!(id));
+                }
+                problem
+            }
             Self::NotFound { tombstone, .. } => {
                 let problem = Problem::new(kind, self.to_string());
                 match tombstone {

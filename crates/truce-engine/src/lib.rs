@@ -40,6 +40,7 @@ mod store;
 #[cfg(test)]
 mod test_view;
 mod time;
+mod txn;
 mod webhook;
 
 pub use batch::{Batch, BatchNotes, BatchRules, BatchTables, Planner};
@@ -103,6 +104,10 @@ pub use rules::{
 };
 pub use store::{StateView, Store};
 pub use time::Timestamp;
+pub use txn::{
+    MAX_TXN_BYTES, MAX_TXN_OPS, TxnCheck, TxnCommand, TxnOp, TxnOutcome, TxnResult, parse_txn,
+    sign_ops,
+};
 pub use webhook::{
     Attempt, Delivery, Lease, RetryRule, Subscription, after_attempt, claim as claim_delivery,
     log_key, log_key_at, next_look_ms, outbox_key, outbox_rows, read_delivery, sign,

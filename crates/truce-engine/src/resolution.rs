@@ -264,7 +264,7 @@ fn ours_content(
     let value = ours(record, base.as_ref()).ok_or_else(|| {
         EngineError::invalid(
             "",
-            "this record's change cannot be re-applied (its base version is gone, or it was a revert); take theirs or supply a doc",
+            "this record's change cannot be re-applied (its base version is gone, or it was a revert or a transaction's check); take theirs or supply a doc",
         )
     })?;
     Ok(Some(Document::from_result(value, ctx.limits)?))

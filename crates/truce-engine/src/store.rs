@@ -97,6 +97,14 @@ pub trait Store: Send + Sync + 'static {
         until: crate::time::Timestamp,
     ) -> Result<Vec<crate::webhook::Delivery>, EngineError>;
 
+    /// Runs a batch transaction through the sequencer: every op checked and
+    /// applied in one commit at one revision, or nothing applied; returns once
+    /// durable.
+    async fn transact(
+        &self,
+        command: crate::txn::TxnCommand,
+    ) -> Result<crate::txn::TxnOutcome, EngineError>;
+
     /// Runs a lock job through the sequencer (acquire, renew, release, break,
     /// leave the queue, or expire what ran out); returns once durable.
     async fn lock(

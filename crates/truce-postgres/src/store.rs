@@ -23,8 +23,8 @@ use truce_engine::{
     DocumentLimits, EngineError, HistoryPage, IdGenerator, ListPage, ListQuery, LockJob,
     LockOutcome, Planner, ReadContext, ResolutionCommand, ResolutionOutcome, ResourceKey,
     Retention, SettingsCommand, SettingsOutcome, SideCommit, SideTable, StorageError, Store,
-    StoredSettings, Timestamp, Version, VersionLookup, WriteCommand, WriteOutcome, history_page,
-    lookup_version, plan_write,
+    StoredSettings, Timestamp, TxnCommand, TxnOutcome, Version, VersionLookup, WriteCommand,
+    WriteOutcome, history_page, lookup_version, plan_write,
 };
 
 use crate::error::{PostgresError, storage};
@@ -536,6 +536,14 @@ impl Store for PostgresStore {
 
     fn lock_changes(&self) -> watch::Receiver<u64> {
         self.locks.clone()
+    }
+
+    async fn transact(&self, command: TxnCommand) -> Result<TxnOutcome, EngineError> {
+        self.ask(|reply| Job::Txn {
+            command: Box::new(command),
+            reply,
+        })
+        .await
     }
 
     async fn lock(&self, job: LockJob) -> Result<LockOutcome, EngineError> {

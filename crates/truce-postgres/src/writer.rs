@@ -34,8 +34,8 @@ use tokio::time::Instant;
 use truce_engine::{
     Batch, BatchNotes, BatchRules, CompactionPlan, CompactionReport, Delivery, DocumentLimits,
     EngineError, IdGenerator, LockJob, LockOutcome, Planner, ResolutionCommand, ResolutionOutcome,
-    Retention, SettingsCommand, SettingsOutcome, SideCommit, StorageError, Timestamp, WriteCommand,
-    WriteOutcome,
+    Retention, SettingsCommand, SettingsOutcome, SideCommit, StorageError, Timestamp, TxnCommand,
+    TxnOutcome, WriteCommand, WriteOutcome,
 };
 
 use crate::error::storage;
@@ -58,6 +58,11 @@ pub(crate) enum Job {
     Lock {
         job: Box<LockJob>,
         reply: oneshot::Sender<Result<LockOutcome, EngineError>>,
+    },
+    /// Check and apply a batch transaction.
+    Txn {
+        command: Box<TxnCommand>,
+        reply: oneshot::Sender<Result<TxnOutcome, EngineError>>,
     },
     Side {
         commit: SideCommit,
@@ -91,6 +96,7 @@ enum Answer {
     Resolve(Result<ResolutionOutcome, EngineError>),
     Configure(Result<SettingsOutcome, EngineError>),
     Lock(Result<LockOutcome, EngineError>),
+    Txn(Result<TxnOutcome, EngineError>),
     Side(Result<(), EngineError>),
     Claim(Result<Vec<Delivery>, EngineError>),
     Compact(Result<CompactionReport, EngineError>),
@@ -272,6 +278,7 @@ impl Writer {
                     Answer::Configure(batch.configure(view, command)?)
                 }
                 Job::Lock { job, .. } => Answer::Lock(batch.lock(view, job)?),
+                Job::Txn { command, .. } => Answer::Txn(batch.transaction(view, command)?),
                 Job::Side { commit, .. } => Answer::Side(batch.side(view, commit)?),
                 Job::Claim {
                     keys, node, until, ..
@@ -423,6 +430,9 @@ fn deliver(job: Job, answer: Answer) {
         (Job::Lock { reply, .. }, Answer::Lock(result)) => {
             let _ = reply.send(result);
         }
+        (Job::Txn { reply, .. }, Answer::Txn(result)) => {
+            let _ = reply.send(result);
+        }
         (Job::Side { reply, .. }, Answer::Side(result)) => {
             let _ = reply.send(result);
         }
@@ -452,6 +462,9 @@ fn fail(job: Job, error: &StorageError) {
             let _ = reply.send(Err(error()));
         }
         Job::Lock { reply, .. } => {
+            let _ = reply.send(Err(error()));
+        }
+        Job::Txn { reply, .. } => {
             let _ = reply.send(Err(error()));
         }
         Job::Side { reply, .. } => {

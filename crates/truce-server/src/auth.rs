@@ -69,6 +69,8 @@ pub const ACCESS: &[(&str, &str, Access)] = &[
     ("PUT", "/v1/{collection}/{id}/lock", Needs(Write)),
     ("DELETE", "/v1/{collection}/{id}/lock", Needs(Write)),
     ("GET", "/v1/{collection}/{id}/lock", Needs(Read)),
+    // A transaction writes (a batch of checks alone still asks for write).
+    ("POST", "/v1/_txn", Needs(Write)),
     ("GET", "/v1/_conflicts", Needs(Read)),
     ("GET", "/v1/_conflicts/stream", Needs(Read)),
     ("GET", "/v1/_conflicts/{cid}", Needs(Read)),

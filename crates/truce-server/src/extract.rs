@@ -258,18 +258,33 @@ impl<S: Send + Sync> FromRequestParts<S> for WriteHeaders {
 }
 
 /// Reads the body within the size limit and the body timeout.
-async fn read_request_body(request: Request, state: &AppState) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_request_body(
+    request: Request,
+    state: &AppState,
+) -> Result<Bytes, ApiError> {
+    let limit = body_limit(state, request.uri().path());
     let (parts, body) = request.into_parts();
-    read_body(&parts.headers, body, state).await
+    read_body(&parts.headers, body, state, limit).await
 }
 
-/// Reads a body within the size limit and the body timeout.
+/// The largest body a request to `path` may send: a transaction's
+/// ([`truce_engine::MAX_TXN_BYTES`]) for `/v1/_txn`, the server's
+/// `--max-body-bytes` for everything else.
+pub(crate) fn body_limit(state: &AppState, path: &str) -> usize {
+    if path == "/v1/_txn" {
+        truce_engine::MAX_TXN_BYTES
+    } else {
+        state.config.limits.max_body_bytes
+    }
+}
+
+/// Reads a body of at most `limit` bytes within the body timeout.
 pub(crate) async fn read_body(
     headers: &HeaderMap,
     body: Body,
     state: &AppState,
+    limit: usize,
 ) -> Result<Bytes, ApiError> {
-    let limit = state.config.limits.max_body_bytes;
     if let Some(coding) = headers.get(CONTENT_ENCODING)
         && !coding.as_bytes().eq_ignore_ascii_case(b"identity")
     {
@@ -305,7 +320,7 @@ pub(crate) async fn read_body(
 }
 
 /// Refuses a body whose media type is not `application/json`.
-fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), ApiError> {
     match media_type(headers).as_deref() {
         Some("application/json") => Ok(()),
         Some(other) => Err(ApiError::UnsupportedMediaType {

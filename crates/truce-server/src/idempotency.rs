@@ -150,8 +150,9 @@ pub async fn middleware(State(state): State<AppState>, request: Request, next: N
         .cloned()
         .unwrap_or_else(Principal::anonymous);
     let scope = idempotency_scope(&principal, &key);
+    let limit = crate::extract::body_limit(&state, request.uri().path());
     let (mut parts, body) = request.into_parts();
-    let body = match crate::extract::read_body(&parts.headers, body, &state).await {
+    let body = match crate::extract::read_body(&parts.headers, body, &state, limit).await {
         Ok(body) => body,
         Err(refusal) => return refusal.into_response(),
     };

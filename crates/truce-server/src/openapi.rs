@@ -28,6 +28,7 @@ use crate::wire::ProblemBody;
         (name = "subscriptions", description = "Webhook subscriptions to conflict events, and their delivery logs"),
         (name = "collections", description = "Collection settings: conflict policy, required preconditions, history"),
         (name = "locks", description = "Pessimistic locks: leases with FIFO waiting and fencing tokens"),
+        (name = "transactions", description = "Atomic batches of ops across collections"),
         (name = "keys", description = "API keys and their roles (admin)"),
         (name = "system", description = "Health, metrics, the OpenAPI document and problem pages"),
     ),

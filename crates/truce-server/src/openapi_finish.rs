@@ -179,7 +179,8 @@ fn finish_operation(path: &str, method: &str, operation: &mut Map<String, Value>
             || (lock && method != "get")
             || (path == "/v1/{collection}" && method == "post")
             || path.ends_with("/resolve")
-            || path.ends_with("/dismiss");
+            || path.ends_with("/dismiss")
+            || path == "/v1/_txn";
         if keyed {
             add(
                 "Idempotency-Key",

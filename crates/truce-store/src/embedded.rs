@@ -16,9 +16,9 @@ use truce_engine::{
     ChangePage, ChangeQuery, CollectionName, CompactionReport, ConflictRetention, DocumentLimits,
     EngineError, HistoryPage, ListPage, ListQuery, LockJob, LockOutcome, Planner, ReadContext,
     ResolutionCommand, ResolutionOutcome, ResourceKey, Retention, SettingsCommand, SettingsOutcome,
-    SideCommit, SideTable, StateView, StorageError, Store, StoredSettings, Timestamp, Version,
-    VersionLookup, WriteCommand, WriteOutcome, event_position, history_page, lookup_version,
-    plan_write,
+    SideCommit, SideTable, StateView, StorageError, Store, StoredSettings, Timestamp, TxnCommand,
+    TxnOutcome, Version, VersionLookup, WriteCommand, WriteOutcome, event_position, history_page,
+    lookup_version, plan_write,
 };
 
 use crate::error::OpenError;
@@ -336,6 +336,14 @@ impl Store for EmbeddedStore {
 
     async fn configure(&self, command: SettingsCommand) -> Result<SettingsOutcome, EngineError> {
         self.ask(|reply| Job::Configure {
+            command: Box::new(command),
+            reply,
+        })
+        .await
+    }
+
+    async fn transact(&self, command: TxnCommand) -> Result<TxnOutcome, EngineError> {
+        self.ask(|reply| Job::Txn {
             command: Box::new(command),
             reply,
         })

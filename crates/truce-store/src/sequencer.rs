@@ -42,7 +42,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
     Batch, BatchNotes, BatchRules, CompactionPlan, CompactionReport, Delivery, EngineError,
     IdGenerator, LockJob, LockOutcome, ResolutionCommand, ResolutionOutcome, SettingsCommand,
-    SettingsOutcome, SideCommit, StorageError, Timestamp, WriteCommand, WriteOutcome,
+    SettingsOutcome, SideCommit, StorageError, Timestamp, TxnCommand, TxnOutcome, WriteCommand,
+    WriteOutcome,
 };
 
 use crate::embedded::EmbeddedConfig;
@@ -78,6 +79,11 @@ pub(crate) enum Job {
         job: Box<LockJob>,
         reply: oneshot::Sender<Result<LockOutcome, EngineError>>,
     },
+    /// Check and apply a batch transaction.
+    Txn {
+        command: Box<TxnCommand>,
+        reply: oneshot::Sender<Result<TxnOutcome, EngineError>>,
+    },
     /// Write side records the rules decided outside a write (subscriptions,
     /// delivery attempts), atomically.
     Side {
@@ -106,6 +112,7 @@ enum Answer {
     Resolve(Result<ResolutionOutcome, EngineError>),
     Configure(Result<SettingsOutcome, EngineError>),
     Lock(Result<LockOutcome, EngineError>),
+    Txn(Result<TxnOutcome, EngineError>),
     Side(Result<(), EngineError>),
     Claim(Result<Vec<Delivery>, EngineError>),
     Compact(Result<CompactionReport, EngineError>),
@@ -525,6 +532,9 @@ impl Sequencer {
                             Answer::Configure(state.configure(&mut framed, command)?)
                         }
                         Job::Lock { job, .. } => Answer::Lock(state.lock(&mut framed, job)?),
+                        Job::Txn { command, .. } => {
+                            Answer::Txn(state.transaction(&mut framed, command)?)
+                        }
                         Job::Side { commit, .. } => Answer::Side(state.side(&mut framed, commit)?),
                         Job::Claim {
                             keys, node, until, ..
@@ -596,6 +606,9 @@ fn send(job: Job, answer: Answer) {
         (Job::Lock { reply, .. }, Answer::Lock(result)) => {
             let _ = reply.send(result);
         }
+        (Job::Txn { reply, .. }, Answer::Txn(result)) => {
+            let _ = reply.send(result);
+        }
         (Job::Side { reply, .. }, Answer::Side(result)) => {
             let _ = reply.send(result);
         }
@@ -629,6 +642,9 @@ fn fail(job: Job, error: StorageError) {
             let _ = reply.send(Err(error));
         }
         Job::Lock { reply, .. } => {
+            let _ = reply.send(Err(error));
+        }
+        Job::Txn { reply, .. } => {
             let _ = reply.send(Err(error));
         }
         Job::Side { reply, .. } => {

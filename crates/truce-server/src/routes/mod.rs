@@ -27,6 +27,7 @@ pub mod keys;
 pub mod locks;
 pub mod subscriptions;
 pub mod system;
+pub mod txn;
 
 /// Every route with its handlers, and the OpenAPI document describing them.
 fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
@@ -74,6 +75,7 @@ fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(subscriptions::deliveries))
         .routes(routes!(keys::create, keys::list))
         .routes(routes!(keys::revoke))
+        .routes(routes!(txn::transact))
         .with_state(state)
         .split_for_parts();
     (router, api)

@@ -32,4 +32,5 @@ mod resources;
 mod retention;
 mod rules;
 mod tcp_proxy;
+mod txn;
 mod webhooks;

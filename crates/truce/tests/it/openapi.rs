@@ -33,6 +33,7 @@ const EXPECTED: &[(&str, &str)] = &[
     ("put", "/v1/{collection}/{id}/lock"),
     ("delete", "/v1/{collection}/{id}/lock"),
     ("get", "/v1/{collection}/{id}/lock"),
+    ("post", "/v1/_txn"),
     ("get", "/v1/{collection}/{id}/watch"),
     ("get", "/v1/_conflicts"),
     ("get", "/v1/_conflicts/stream"),

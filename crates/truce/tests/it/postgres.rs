@@ -865,3 +865,10 @@ async fn the_first_key_is_made_on_the_database_with_no_node_running() {
     let listed: Value = listed.json().await.unwrap();
     assert_eq!(listed["items"][0]["name"], "ops");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfers_split_over_two_nodes_keep_the_bank_whole() {
+    let url = fresh_database();
+    let ((a, _a), (b, _b)) = (node(&url).await, node(&url).await);
+    crate::txn::bank(&client(), &[a, b], 16, 10).await;
+}

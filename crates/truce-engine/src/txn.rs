@@ -1,0 +1,410 @@
+//! Batch transactions (SPEC §5): several ops across collections, checked and
+//! applied in one step of the write path and one commit, or not at all.
+//!
+//! Each op is judged exactly as the same request alone would be (its
+//! preconditions, its lock, its collection's settings), with one exception: a
+//! collection's conflict policy does not apply inside a transaction. An op whose
+//! `if_match` or `if_version` is stale fails the transaction instead of being
+//! merged or overwritten, because a transaction's ops are meant to hold
+//! together, and a merged op would no longer be what the client checked. The
+//! first op that fails decides the answer: 409 `transaction-conflict` naming it
+//! (`failed_op`), the problem it got (`reason`) and the resource's current
+//! version; nothing of the transaction is applied, and one conflict record
+//! (type `transaction-conflict`) keeps the failed op and the transaction it was
+//! part of. Every write of a transaction that lands shares one revision.
+
+use serde_json::{Map, Value};
+
+use crate::command::{Principal, WriteAction, WriteCommand, WriteOutcome, WriteStatus};
+use crate::document::{Document, DocumentLimits};
+use crate::error::{CurrentState, EngineError};
+use crate::etag::TagCondition;
+use crate::idempotency::Idempotent;
+use crate::locks::check_lock_token;
+use crate::name::ResourceKey;
+use crate::patch::JsonPatch;
+use crate::precondition::{FailedCondition, Preconditions};
+use crate::store::StateView;
+
+/// Most ops one transaction may hold.
+pub const MAX_TXN_OPS: usize = 1_000;
+/// Largest transaction body, in bytes.
+pub const MAX_TXN_BYTES: usize = 8 * 1024 * 1024;
+
+/// One op of a transaction.
+#[derive(Debug, Clone)]
+pub enum TxnOp {
+    /// Checks preconditions only, writing nothing.
+    Check(TxnCheck),
+    /// A write, as the same request alone would make it.
+    Write(Box<WriteCommand>),
+}
+
+/// A `check` op: the resource's state must satisfy these.
+#[derive(Debug, Clone)]
+pub struct TxnCheck {
+    /// The resource.
+    pub key: ResourceKey,
+    /// Its current ETag must match (strong comparison).
+    pub if_match: Option<TagCondition>,
+    /// Its current version must be this (0: must not exist).
+    pub if_version: Option<u64>,
+    /// The lease the check is made under, if the resource is locked.
+    pub lock_token: Option<String>,
+}
+
+impl TxnOp {
+    /// The resource the op is about.
+    pub fn key(&self) -> &ResourceKey {
+        match self {
+            Self::Check(check) => &check.key,
+            Self::Write(command) => &command.key,
+        }
+    }
+
+    /// The op's `Lock-Token`.
+    pub fn lock_token(&self) -> Option<&str> {
+        match self {
+            Self::Check(check) => check.lock_token.as_deref(),
+            Self::Write(command) => command.lock_token.as_deref(),
+        }
+    }
+
+    /// The op's name, as the request gave it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Check(_) => "check",
+            Self::Write(command) => match command.action {
+                WriteAction::Put(_) if command.preconditions.if_none_match.is_some() => "create",
+                WriteAction::Put(_) | WriteAction::Create(_) => "put",
+                WriteAction::MergePatch(_) | WriteAction::JsonPatch(_) => "patch",
+                WriteAction::Delete => "delete",
+                WriteAction::Revert { .. } => "revert",
+            },
+        }
+    }
+}
+
+/// A transaction, parsed and validated for syntax.
+#[derive(Debug, Clone)]
+pub struct TxnCommand {
+    /// The ops, in order.
+    pub ops: Vec<TxnOp>,
+    /// Who asks.
+    pub by: Principal,
+    /// The request id, kept in the conflict record a refusal creates.
+    pub request_id: Option<String>,
+    /// `Idempotency-Key`: the answer is kept with the transaction (SPEC §9).
+    pub idempotency: Option<Idempotent<TxnOutcome>>,
+}
+
+/// What a transaction did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnOutcome {
+    /// The revision its writes share (the current one when it wrote nothing).
+    pub revision: u64,
+    /// One result per op, in order.
+    pub results: Vec<TxnResult>,
+}
+
+/// What one op did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnResult {
+    /// The resource.
+    pub key: ResourceKey,
+    /// `checked`, `created`, `updated`, `unchanged` or `deleted`.
+    pub outcome: &'static str,
+    /// The resource's version after the transaction (0: it never existed).
+    pub version: u64,
+    /// Its ETag then (none for a resource that never existed).
+    pub etag: Option<String>,
+}
+
+impl TxnResult {
+    /// The result of a write op.
+    pub fn written(outcome: &WriteOutcome) -> Self {
+        let status = match outcome.status {
+            WriteStatus::Created => "created",
+            WriteStatus::Updated => "updated",
+            WriteStatus::Unchanged => "unchanged",
+            WriteStatus::Deleted => "deleted",
+        };
+        Self {
+            key: outcome.key.clone(),
+            outcome: status,
+            version: outcome.version.number,
+            etag: Some(outcome.version.etag(&outcome.key).to_string()),
+        }
+    }
+}
+
+/// Judges a `check` op against the resource's current state: `Ok` with its
+/// result, or the refusal the same conditions on a write would get.
+pub fn check_op(
+    view: &dyn StateView,
+    check: &TxnCheck,
+    locked: Option<&EngineError>,
+) -> Result<TxnResult, EngineError> {
+    let head = view.head(&check.key)?;
+    let live = head.as_ref().filter(|v| !v.is_tombstone());
+    let current = live.map(|v| CurrentState {
+        resource: check.key.clone(),
+        version: v.number,
+        etag: v.etag(&check.key),
+    });
+    if let Some(condition) = &check.if_match
+        && !current
+            .as_ref()
+            .is_some_and(|c| condition.matches_strong(&c.etag))
+    {
+        return Err(EngineError::PreconditionFailed {
+            condition: FailedCondition::IfMatch,
+            current,
+            current_matches_request: false,
+        });
+    }
+    let version = live.map_or(0, |v| v.number);
+    if let Some(expected) = check.if_version
+        && expected != version
+    {
+        return Err(EngineError::VersionConflict { expected, current });
+    }
+    if let Some(refusal) = locked {
+        return Err(refusal.clone());
+    }
+    Ok(TxnResult {
+        key: check.key.clone(),
+        outcome: "checked",
+        version,
+        etag: current.map(|c| c.etag.to_string()),
+    })
+}
+
+/// Parses a transaction body: `{"ops": [...]}`. Structural mistakes (not JSON,
+/// unknown or ill-typed members, two ops on one resource) are 400; a
+/// transaction that is empty or has more than [`MAX_TXN_OPS`] ops, or a
+/// document that is not a valid one, is 422.
+pub fn parse_txn(body: &[u8], limits: DocumentLimits) -> Result<Vec<TxnOp>, EngineError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| EngineError::Malformed(crate::json_errors::describe("the body", &e, 64)))?;
+    let Value::Object(mut top) = value else {
+        return Err(EngineError::Malformed(
+            "a transaction is a JSON object {\"ops\": [...]}".into(),
+        ));
+    };
+    let ops = match top.remove("ops") {
+        Some(Value::Array(ops)) => ops,
+        Some(_) => {
+            return Err(EngineError::Malformed(
+                "/ops must be an array of ops".into(),
+            ));
+        }
+        None => return Err(EngineError::Malformed("the body has no /ops".into())),
+    };
+    if let Some(name) = top.keys().next() {
+        return Err(EngineError::Malformed(format!(
+            "/{name} is not a member of a transaction (only ops)"
+        )));
+    }
+    if ops.is_empty() {
+        return Err(EngineError::invalid(
+            "/ops",
+            "a transaction needs at least one op",
+        ));
+    }
+    if ops.len() > MAX_TXN_OPS {
+        return Err(EngineError::invalid(
+            "/ops",
+            format!(
+                "a transaction holds at most {MAX_TXN_OPS} ops, not {}",
+                ops.len()
+            ),
+        ));
+    }
+    let mut parsed: Vec<TxnOp> = Vec::with_capacity(ops.len());
+    let mut seen = std::collections::HashMap::with_capacity(ops.len());
+    for (index, op) in ops.into_iter().enumerate() {
+        let op = parse_op(index, op, limits)?;
+        if let Some(first) = seen.insert(op.key().clone(), index) {
+            return Err(EngineError::Malformed(format!(
+                "ops {first} and {index} are both about {}: a transaction may touch a resource once (the second would be judged against the state before the first, which is never what it meant)",
+                op.key()
+            )));
+        }
+        parsed.push(op);
+    }
+    Ok(parsed)
+}
+
+/// Parses op `index`.
+fn parse_op(index: usize, op: Value, limits: DocumentLimits) -> Result<TxnOp, EngineError> {
+    let at = |member: &str| format!("/ops/{index}/{member}");
+    let malformed =
+        |member: &str, what: &str| EngineError::Malformed(format!("{}: {what}", at(member)));
+    let Value::Object(mut fields) = op else {
+        return Err(EngineError::Malformed(format!(
+            "/ops/{index} must be an object"
+        )));
+    };
+    let take_str =
+        |fields: &mut Map<String, Value>, name: &str| -> Result<Option<String>, EngineError> {
+            match fields.remove(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(text)) => Ok(Some(text)),
+                Some(_) => Err(malformed(name, "must be a string")),
+            }
+        };
+    let kind = take_str(&mut fields, "op")?.ok_or_else(|| malformed("op", "missing"))?;
+    let collection =
+        take_str(&mut fields, "collection")?.ok_or_else(|| malformed("collection", "missing"))?;
+    let id = take_str(&mut fields, "id")?.ok_or_else(|| malformed("id", "missing"))?;
+    let key = ResourceKey::parse(&collection, &id)
+        .map_err(|e| EngineError::Malformed(format!("/ops/{index}: {e}")))?;
+    let if_match = match take_str(&mut fields, "if_match")? {
+        Some(text) => Some(TagCondition::parse([text.as_str()]).map_err(|e| {
+            malformed(
+                "if_match",
+                &format!("{e} (an ETag is quoted: \"3-1a2b3c4d\")"),
+            )
+        })?),
+        None => None,
+    };
+    let if_version = match fields.remove("if_version") {
+        None | Some(Value::Null) => None,
+        Some(value) => Some(
+            value
+                .as_u64()
+                .ok_or_else(|| malformed("if_version", "must be a whole number, 0 or more"))?,
+        ),
+    };
+    let lock_token = take_str(&mut fields, "lock_token")?;
+    if let Some(token) = &lock_token {
+        check_lock_token(token).map_err(|_| {
+            malformed(
+                "lock_token",
+                "must be the token a lock was granted with (32 hexadecimal digits)",
+            )
+        })?;
+    }
+    let doc = fields.remove("doc");
+    let merge_patch = fields.remove("merge_patch");
+    let json_patch = fields.remove("json_patch");
+    if let Some(name) = fields.keys().next() {
+        return Err(malformed(name, "is not a member of an op"));
+    }
+    let no = |present: bool, member: &str| -> Result<(), EngineError> {
+        if present {
+            Err(malformed(member, &format!("a {kind} op takes no {member}")))
+        } else {
+            Ok(())
+        }
+    };
+    let document = |doc: Option<Value>| -> Result<Document, EngineError> {
+        let doc =
+            doc.ok_or_else(|| malformed("doc", &format!("a {kind} op needs the document")))?;
+        let bytes = serde_json::to_vec(&doc)
+            .map_err(|e| EngineError::Internal(format!("a parsed document: {e}")))?;
+        Document::parse(&bytes, limits).map_err(|error| match error {
+            EngineError::Invalid { errors } => EngineError::Invalid {
+                errors: errors
+                    .into_iter()
+                    .map(|(pointer, message)| (format!("{}{pointer}", at("doc")), message))
+                    .collect(),
+            },
+            EngineError::Malformed(detail) => {
+                EngineError::Malformed(format!("{}: {detail}", at("doc")))
+            }
+            other => other,
+        })
+    };
+    let mut preconditions = Preconditions {
+        if_match,
+        ..Preconditions::default()
+    };
+    let action = match kind.as_str() {
+        "check" => {
+            no(doc.is_some(), "doc")?;
+            no(merge_patch.is_some(), "merge_patch")?;
+            no(json_patch.is_some(), "json_patch")?;
+            return Ok(TxnOp::Check(TxnCheck {
+                key,
+                if_match: preconditions.if_match,
+                if_version,
+                lock_token,
+            }));
+        }
+        "create" | "put" => {
+            no(merge_patch.is_some(), "merge_patch")?;
+            no(json_patch.is_some(), "json_patch")?;
+            if kind == "create" {
+                if preconditions.if_match.is_some() || if_version.is_some() {
+                    return Err(malformed(
+                        "if_match",
+                        "a create op needs the resource to be absent: it takes neither if_match nor if_version",
+                    ));
+                }
+                preconditions.if_none_match = Some(TagCondition::Any);
+            }
+            WriteAction::Put(document(doc)?)
+        }
+        "patch" => {
+            no(doc.is_some(), "doc")?;
+            match (merge_patch, json_patch) {
+                (Some(patch), None) => {
+                    if !patch.is_object() {
+                        return Err(malformed("merge_patch", "must be a JSON object (RFC 7396)"));
+                    }
+                    WriteAction::MergePatch(patch)
+                }
+                (None, Some(patch)) => {
+                    let bytes = serde_json::to_vec(&patch)
+                        .map_err(|e| EngineError::Internal(format!("a parsed patch: {e}")))?;
+                    let parsed = JsonPatch::parse(&bytes).map_err(|error| match error {
+                        EngineError::Malformed(detail) => malformed("json_patch", &detail),
+                        other => other,
+                    })?;
+                    WriteAction::JsonPatch(parsed)
+                }
+                _ => {
+                    return Err(malformed(
+                        "merge_patch",
+                        "a patch op needs exactly one of merge_patch and json_patch",
+                    ));
+                }
+            }
+        }
+        "delete" => {
+            no(doc.is_some(), "doc")?;
+            no(merge_patch.is_some(), "merge_patch")?;
+            no(json_patch.is_some(), "json_patch")?;
+            WriteAction::Delete
+        }
+        other => {
+            return Err(malformed(
+                "op",
+                &format!("{other:?} is not an op (check, create, put, patch, delete)"),
+            ));
+        }
+    };
+    Ok(TxnOp::Write(Box::new(WriteCommand {
+        key,
+        action,
+        preconditions,
+        if_version,
+        by: Principal::anonymous(),
+        request_id: None,
+        resolves: None,
+        idempotency: None,
+        lock_token,
+    })))
+}
+
+/// Gives every op the transaction's principal and request id.
+pub fn sign_ops(ops: &mut [TxnOp], by: &Principal, request_id: Option<&str>) {
+    for op in ops {
+        if let TxnOp::Write(command) = op {
+            command.by = by.clone();
+            command.request_id = request_id.map(str::to_owned);
+        }
+    }
+}
