@@ -85,6 +85,7 @@ mod conflicts;
 mod error;
 mod keys;
 mod locks;
+mod txn;
 mod types;
 mod update;
 
@@ -95,6 +96,7 @@ pub use error::{Error, MergeConflict, MergeOverlap, Problem};
 pub use keys::{KeyInfo, NewKey};
 pub use locks::{LockGuard, LockInfo, LockRequest};
 pub use truce_engine::ProblemKind;
+pub use txn::{FailedOp, OpResult, Txn, TxnApplied};
 pub use types::{
     Change, ChangesOptions, ChangesPage, ConflictEvent, Envelope, HistoryEntry, ListOptions,
     Outcome, Page, ResourceName, Versioned, Written,

@@ -248,13 +248,22 @@ impl Writer {
     /// Everything of one batch's transaction but its end: the answers, what is
     /// left to do once committed, and whether there is anything to commit.
     fn stage(&self, view: &mut SqlView<'_>, jobs: &[Job]) -> Result<Staged, StorageError> {
-        let keys: Vec<&truce_engine::ResourceKey> = jobs
-            .iter()
-            .filter_map(|job| match job {
-                Job::Write { command, .. } => Some(&command.key),
-                _ => None,
-            })
-            .collect();
+        // The resources the batch writes (a transaction's every op) or locks:
+        // their heads, settings and lock records are read with the commit row,
+        // in one round trip, rather than one statement each later.
+        let mut keys: Vec<&truce_engine::ResourceKey> = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match job {
+                Job::Write { command, .. } => keys.push(&command.key),
+                Job::Txn { command, .. } => keys.extend(command.ops.iter().map(|op| op.key())),
+                Job::Lock { job, .. } => {
+                    if let truce_engine::LockJob::On { key, .. } = job.as_ref() {
+                        keys.push(key);
+                    }
+                }
+                _ => {}
+            }
+        }
         let mut collections: Vec<&truce_engine::CollectionName> =
             keys.iter().map(|key| &key.collection).collect();
         collections.sort_unstable();

@@ -53,6 +53,8 @@ enum Command {
     Resolve(cli::ResolveArgs),
     /// Read or change a collection's settings (conflict policy, preconditions, history).
     Collection(cli::CollectionArgs),
+    /// Apply a batch transaction from a file of ops (all or nothing).
+    Txn(cli::TxnArgs),
     /// Take a lock (print its token and fence), or `--show` who holds it.
     Lock(cli::LockArgs),
     /// Release a lock with its token, or `--force` to break it (admin).
@@ -122,6 +124,10 @@ fn main() -> ExitCode {
             Command::Resolve(args) => {
                 let settings = args.client.clone();
                 cli::finish(cli::conflicts::resolve(args).await, &settings)
+            }
+            Command::Txn(args) => {
+                let settings = args.client.clone();
+                cli::finish(cli::txn::txn(args).await, &settings)
             }
             Command::Lock(args) => {
                 let settings = args.client.clone();

@@ -14,6 +14,7 @@ mod conn;
 mod load;
 mod lock_ops;
 mod protocol;
+mod txn_ops;
 mod workload;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -223,10 +224,13 @@ async fn run_workloads(args: &RunArgs) -> Result<bool, BenchError> {
                 verify: args.target != Target::Ceiling,
             };
             let lockless = args.target == Target::Ceiling
-                && matches!(workload, Workload::Lock | Workload::LockHandoff);
+                && matches!(
+                    workload,
+                    Workload::Lock | Workload::LockHandoff | Workload::Txn
+                );
             let prepared = if lockless {
                 Err(BenchError::Unsupported(
-                    "the storage-free ceiling server has no locks".into(),
+                    "the storage-free ceiling server has no locks nor transactions".into(),
                 ))
             } else {
                 workload::prepare(&addrs, &protocol, &plan).await
@@ -382,6 +386,7 @@ fn workload_name(workload: Workload) -> &'static str {
         Workload::Merge => "merge",
         Workload::Lock => "lock",
         Workload::LockHandoff => "lock-handoff",
+        Workload::Txn => "txn",
     }
 }
 

@@ -61,6 +61,10 @@ pub enum Workload {
     #[value(name = "lock-handoff")]
     #[serde(rename = "lock-handoff")]
     LockHandoff,
+    /// Transactions of 10 conditional replaces, each client on its own 10
+    /// documents (truce: `POST /v1/_txn`; etcd: a txn of 10 compares and 10
+    /// puts); an operation is a transaction.
+    Txn,
 }
 
 /// Documents written earlier by `truce bench load` (ids `doc-{first}` …
@@ -359,6 +363,17 @@ async fn set_up(
             client.session = protocol.lock_session(&mut client.conn).await?;
             Ok(())
         }
+        Workload::Txn => {
+            for d in 0..super::txn_ops::TXN_OPS {
+                let id = format!("{}-{}-t{d}", plan.run_id, client.index);
+                let outcome = protocol
+                    .create(&mut client.conn, &id, document(0, plan.body_size))
+                    .await?;
+                let token = require_done(outcome, &id)?;
+                client.docs.push((id, Some(token)));
+            }
+            Ok(())
+        }
         Workload::Hot => {
             if client.index == 0 {
                 let outcome = protocol
@@ -550,6 +565,29 @@ async fn step(
             tally.record(started, &outcome);
         }
         Workload::LockHandoff => handoff(client, protocol, plan, started, tally).await?,
+        Workload::Txn => {
+            let outcome = protocol
+                .txn_update(&mut client.conn, &client.docs, &body())
+                .await?;
+            tally.record(started, &outcome);
+            match outcome {
+                Outcome::Done(tokens) => {
+                    for ((_, token), next) in client.docs.iter_mut().zip(tokens) {
+                        *token = Some(next);
+                    }
+                }
+                Outcome::Refused | Outcome::Failed(_) => {
+                    // Learn the tokens again (someone else wrote, or a failure).
+                    for (id, token) in &mut client.docs {
+                        if let Outcome::Done((next, _)) =
+                            protocol.read(&mut client.conn, id).await?
+                        {
+                            *token = Some(next);
+                        }
+                    }
+                }
+            }
+        }
         Workload::Hot => {
             let outcome = match protocol.read(&mut client.conn, hot_id).await? {
                 Outcome::Done((token, current)) => match counter_of(&current) {

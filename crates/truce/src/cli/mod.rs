@@ -1,5 +1,5 @@
 //! The client commands of the `truce` binary: `get`, `put`, `patch`, `delete`,
-//! `history`, `diff`, `revert`, `watch`, `edit`, `lock` and `unlock`.
+//! `history`, `diff`, `revert`, `watch`, `edit`, `lock`, `unlock` and `txn`.
 //!
 //! They speak the HTTP API through `truce-client`. Output is readable (tables,
 //! colours) on a terminal and plain when piped; `--json` prints machine-readable
@@ -12,6 +12,7 @@ pub mod edit;
 pub mod keys;
 pub mod lock;
 pub mod read;
+pub mod txn;
 pub mod write;
 
 use std::process::ExitCode;
@@ -27,6 +28,7 @@ pub use edit::EditArgs;
 pub use keys::KeysArgs;
 pub use lock::{LockArgs, UnlockArgs};
 pub use read::{DiffArgs, GetArgs, HistoryArgs, WatchArgs};
+pub use txn::TxnArgs;
 pub use write::{DeleteArgs, PatchArgs, PutArgs, RevertArgs};
 
 /// How to reach the server, and how to print.
@@ -177,6 +179,14 @@ fn report(error: &CliError, url: &str) {
                             "  {note}next:{note:#} read it again (truce get {collection}/{id}), re-apply your change, and retry with --if-match '{etag}' (or use truce edit)"
                         );
                     }
+                }
+                if let Some(failed) = problem.failed_op() {
+                    anstream::eprintln!(
+                        "  failed op: {} ({}), {}; nothing of the transaction was applied",
+                        failed.index,
+                        failed.op,
+                        failed.reason
+                    );
                 }
                 if let Some(holder) = problem.body.get("holder").filter(|h| h.is_object()) {
                     let owner = holder["owner"].as_str().unwrap_or_default();

@@ -822,3 +822,38 @@ async fn lock_shows_writes_under_and_unlocks() {
     assert_eq!(code(&run(&["unlock", "jobs/a"]).await), 2);
     assert_eq!(code(&run(&["lock", "jobs/a", "--ttl", "2h"]).await), 1);
 }
+
+#[tokio::test]
+async fn txn_applies_a_file_of_ops_or_names_the_failed_op() {
+    let server = TestServer::start().await;
+    let ops = r#"{"ops": [
+        {"op": "create", "collection": "stock", "id": "s1", "doc": {"n": 1}},
+        {"op": "create", "collection": "stock", "id": "s2", "doc": {"n": 2}}
+    ]}"#;
+    let applied = truce(&server, &["txn", "-", "--json"], ops, &[]).await;
+    assert_eq!(code(&applied), 0, "{}", stderr(&applied));
+    let body = json_out(&applied);
+    assert_eq!(body["results"][1]["outcome"], "created");
+    let plain = truce(
+        &server,
+        &["txn", "-"],
+        r#"[{"op": "check", "collection": "stock", "id": "s1", "if_version": 1}]"#,
+        &[],
+    )
+    .await;
+    assert_eq!(code(&plain), 0, "{}", stderr(&plain));
+    assert!(stdout(&plain).contains("checked"), "{}", stdout(&plain));
+    // Creating s2 again fails op 1: exit 3, the op named, nothing applied.
+    let again = r#"[{"op": "put", "collection": "stock", "id": "s3", "doc": {}},
+                    {"op": "create", "collection": "stock", "id": "s2", "doc": {}}]"#;
+    let refused = truce(&server, &["txn", "-"], again, &[]).await;
+    assert_eq!(code(&refused), 3);
+    assert!(
+        stderr(&refused).contains("failed op: 1 (create)"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(server.get("/v1/stock/s3", &[]).await.status(), 404);
+    let usage = truce(&server, &["txn", "-"], r#""ops""#, &[]).await;
+    assert_eq!(code(&usage), 2);
+}

@@ -8,6 +8,7 @@ mod changes;
 mod cli;
 mod client;
 mod client_locks;
+mod client_txn;
 mod collections;
 mod common;
 mod concurrency;

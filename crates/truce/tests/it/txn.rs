@@ -370,3 +370,90 @@ async fn concurrent_transfers_keep_the_bank_whole() {
     let server = TestServer::start().await;
     bank(&server.client, std::slice::from_ref(&server.base), 16, 15).await;
 }
+
+/// The documents of transaction `tag` that exist (each creates `OPS` of them).
+async fn present(client: &Client, base: &str, tag: &str) -> usize {
+    let page: Value =
+        crate::common::fetch_json(client, format!("{base}/v1/atomic?prefix={tag}-&limit=1000"))
+            .await;
+    page["items"].as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transaction_cut_by_kill_9_is_all_there_or_not_at_all() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    const OPS: usize = 20;
+    const WRITERS: usize = 4;
+    let (_tmp, data) = crate::common::data_dir();
+    let client = crate::common::client();
+    // Every transaction ever sent, and whether it was acknowledged.
+    let sent = Arc::new(tokio::sync::Mutex::new(Vec::<(String, bool)>::new()));
+    // The first run never checkpoints: its transactions live only in the
+    // write-ahead log when the process dies.
+    for (cycle, args) in [["--checkpoint-interval", "1h"].as_slice(), &[]]
+        .iter()
+        .enumerate()
+    {
+        let server = crate::common::ServerProcess::start(&data, args).await;
+        server.ready(&client).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicUsize::new(0));
+        let mut writers = Vec::new();
+        for w in 0..WRITERS {
+            let (client, base) = (client.clone(), server.base.clone());
+            let (stop, acked, sent) = (Arc::clone(&stop), Arc::clone(&acked), Arc::clone(&sent));
+            writers.push(tokio::spawn(async move {
+                let mut seq = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    seq += 1;
+                    let tag = format!("c{cycle}w{w}s{seq}");
+                    let ops: Vec<Value> = (0..OPS)
+                        .map(|i| json!({"op": "create", "collection": "atomic", "id": format!("{tag}-{i}"), "doc": {"pad": "x".repeat(4_000)}}))
+                        .collect();
+                    let index = {
+                        let mut sent = sent.lock().await;
+                        sent.push((tag.clone(), false));
+                        sent.len() - 1
+                    };
+                    let Ok(answer) = client
+                        .post(format!("{base}/v1/_txn"))
+                        .json(&json!({ "ops": ops }))
+                        .send()
+                        .await
+                    else {
+                        return;
+                    };
+                    if answer.status() == 200 {
+                        sent.lock().await[index].1 = true;
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        for _ in 0..2000 {
+            if acked.load(Ordering::Relaxed) >= 40 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(acked.load(Ordering::Relaxed) >= 40, "load did not start");
+        server.kill().await;
+        stop.store(true, Ordering::Relaxed);
+        for writer in writers {
+            writer.await.expect("writer");
+        }
+    }
+    let server = crate::common::ServerProcess::start(&data, &[]).await;
+    server.ready(&client).await;
+    let (mut whole, mut absent) = (0, 0);
+    for (tag, acknowledged) in sent.lock().await.iter() {
+        match present(&client, &server.base, tag).await {
+            OPS => whole += 1,
+            0 if !acknowledged => absent += 1,
+            n => panic!("transaction {tag} (acknowledged: {acknowledged}) left {n} of {OPS}"),
+        }
+    }
+    assert!(whole >= 80, "{whole} whole, {absent} absent");
+    server.kill().await;
+}

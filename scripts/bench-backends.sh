@@ -1,26 +1,29 @@
 #!/usr/bin/env bash
-# Locks side by side: truce on the embedded store, truce on PostgreSQL (one node,
-# and two nodes with the clients alternating between them) and etcd's lock API
-# (v3 JSON gateway), in the same run.
+# truce on both backends next to etcd, in the same run: truce on the embedded
+# store, truce on PostgreSQL (one node, and two nodes with the clients
+# alternating between them) and etcd (v3 JSON gateway).
 #
-# Two workloads of `truce bench`, ROUNDS times, targets alternating:
+# Workloads of `truce bench` (WORKLOADS, default the three below), ROUNDS times,
+# targets alternating:
 #   lock          uncontended: each client takes and releases its own lock; an
 #                 operation is the pair (etcd: lock + unlock under a lease
 #                 granted once per client)
 #   lock-handoff  every client waits for one lock and releases it at once; an
 #                 operation is a grant, its latency the hand-off from the
 #                 holder sending its release to the next waiter's grant
+#   txn           transactions of 10 conditional replaces, each client on its
+#                 own 10 documents (etcd: a txn of 10 compares and 10 puts)
 # Prints the median of each case and the truce/etcd ratios.
 #
-#   ROUNDS=3 DURATION=5s scripts/bench-locks.sh
-#   CONNECTIONS=16 scripts/bench-locks.sh
+#   ROUNDS=3 DURATION=5s scripts/bench-backends.sh
+#   WORKLOADS=txn CONNECTIONS=16 scripts/bench-backends.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-5s}
 CONNECTIONS=${CONNECTIONS:-1,16,64}
-WORKLOADS=${WORKLOADS:-lock,lock-handoff}
+WORKLOADS=${WORKLOADS:-lock,lock-handoff,txn}
 
 source scripts/lib.sh
 start_pg truce_one truce_two
@@ -60,7 +63,7 @@ cases = {}
 for r in rows:
     cases.setdefault((r["setup"], r["run"]["workload"], r["run"]["connections"]), []).append(r["run"])
 med = lambda runs, field: statistics.median(x[field] for x in runs)
-names = {"etcd": "etcd (lock API)", "embedded": "truce, embedded",
+names = {"etcd": "etcd", "embedded": "truce, embedded",
          "one": "truce, PostgreSQL, 1 node", "two": "truce, PostgreSQL, 2 nodes"}
 order = list(names)
 rounds = max(len(v) for v in cases.values())
