@@ -441,6 +441,88 @@ pub fn differing_paths(ours: &Value, theirs: &Value) -> Vec<String> {
         .collect()
 }
 
+/// For a failed transaction op: the transaction's refusal (409
+/// `transaction-conflict` naming the op) and, when the op's own refusal is one
+/// SPEC §7 records, the record to commit with it (type `transaction-conflict`,
+/// the op's attempt, and which op of the transaction failed and why).
+pub fn record_txn_refusal(
+    op: &crate::txn::TxnOp,
+    failed_op: usize,
+    ops: usize,
+    command: &crate::txn::TxnCommand,
+    error: EngineError,
+    new_id: impl FnOnce() -> String,
+    now: Timestamp,
+) -> Result<(EngineError, Option<SideWrite>), EngineError> {
+    let key = op.key().clone();
+    let refusal = |error: EngineError, conflict_id| EngineError::TransactionConflict {
+        failed_op,
+        op: op.name(),
+        resource: key.clone(),
+        reason: Box::new(error),
+        conflict_id,
+    };
+    let Some(current) = recorded_state(&error) else {
+        return Ok((refusal(error, None), None));
+    };
+    let (attempted, base_version) = match op {
+        crate::txn::TxnOp::Write(command) => (
+            attempted(&command.action),
+            command.if_version.or_else(|| {
+                command
+                    .preconditions
+                    .if_match
+                    .as_ref()
+                    .and_then(crate::policy::tag_version)
+            }),
+        ),
+        crate::txn::TxnOp::Check(check) => (
+            Attempted {
+                method: "CHECK",
+                body: None,
+                patch: None,
+                patch_type: None,
+                revert_to: None,
+            },
+            check
+                .if_version
+                .or_else(|| check.if_match.as_ref().and_then(crate::policy::tag_version)),
+        ),
+    };
+    let id = new_id();
+    let record = ConflictRecord {
+        id: id.clone(),
+        kind: crate::problem::ProblemKind::TransactionConflict.slug(),
+        status: "open",
+        resource: ResourceRef {
+            collection: key.collection.as_str().to_owned(),
+            id: key.id.as_str().to_owned(),
+        },
+        base_version,
+        current_version: current.map(|c| c.version),
+        attempted,
+        by: command.by.as_str().to_owned(),
+        request_id: command.request_id.clone(),
+        detected_at: now,
+        resolved_at: None,
+        resolution: None,
+        resolved_version: None,
+        transaction: Some(TxnNote {
+            failed_op,
+            ops,
+            reason: error.kind().slug(),
+        }),
+    };
+    let value = serde_json::to_vec(&record)
+        .map_err(|e| EngineError::Internal(format!("conflict record not encodable: {e}")))?;
+    let side = SideWrite {
+        table: SideTable::Conflicts,
+        key: id.clone().into_bytes(),
+        value: Some(value.into()),
+    };
+    Ok((refusal(error, Some(id)), Some(side)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -529,86 +611,4 @@ mod tests {
             record_refusal(&command, missing, || "x".into(), Timestamp::from_millis(0)).is_err()
         );
     }
-}
-
-/// For a failed transaction op: the transaction's refusal (409
-/// `transaction-conflict` naming the op) and, when the op's own refusal is one
-/// SPEC §7 records, the record to commit with it (type `transaction-conflict`,
-/// the op's attempt, and which op of the transaction failed and why).
-pub fn record_txn_refusal(
-    op: &crate::txn::TxnOp,
-    failed_op: usize,
-    ops: usize,
-    command: &crate::txn::TxnCommand,
-    error: EngineError,
-    new_id: impl FnOnce() -> String,
-    now: Timestamp,
-) -> Result<(EngineError, Option<SideWrite>), EngineError> {
-    let key = op.key().clone();
-    let refusal = |error: EngineError, conflict_id| EngineError::TransactionConflict {
-        failed_op,
-        op: op.name(),
-        resource: key.clone(),
-        reason: Box::new(error),
-        conflict_id,
-    };
-    let Some(current) = recorded_state(&error) else {
-        return Ok((refusal(error, None), None));
-    };
-    let (attempted, base_version) = match op {
-        crate::txn::TxnOp::Write(command) => (
-            attempted(&command.action),
-            command.if_version.or_else(|| {
-                command
-                    .preconditions
-                    .if_match
-                    .as_ref()
-                    .and_then(crate::policy::tag_version)
-            }),
-        ),
-        crate::txn::TxnOp::Check(check) => (
-            Attempted {
-                method: "CHECK",
-                body: None,
-                patch: None,
-                patch_type: None,
-                revert_to: None,
-            },
-            check
-                .if_version
-                .or_else(|| check.if_match.as_ref().and_then(crate::policy::tag_version)),
-        ),
-    };
-    let id = new_id();
-    let record = ConflictRecord {
-        id: id.clone(),
-        kind: crate::problem::ProblemKind::TransactionConflict.slug(),
-        status: "open",
-        resource: ResourceRef {
-            collection: key.collection.as_str().to_owned(),
-            id: key.id.as_str().to_owned(),
-        },
-        base_version,
-        current_version: current.map(|c| c.version),
-        attempted,
-        by: command.by.as_str().to_owned(),
-        request_id: command.request_id.clone(),
-        detected_at: now,
-        resolved_at: None,
-        resolution: None,
-        resolved_version: None,
-        transaction: Some(TxnNote {
-            failed_op,
-            ops,
-            reason: error.kind().slug(),
-        }),
-    };
-    let value = serde_json::to_vec(&record)
-        .map_err(|e| EngineError::Internal(format!("conflict record not encodable: {e}")))?;
-    let side = SideWrite {
-        table: SideTable::Conflicts,
-        key: id.clone().into_bytes(),
-        value: Some(value.into()),
-    };
-    Ok((refusal(error, Some(id)), Some(side)))
 }

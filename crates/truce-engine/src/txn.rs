@@ -408,3 +408,119 @@ pub fn sign_ops(ops: &mut [TxnOp], by: &Principal, request_id: Option<&str>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: serde_json::Value) -> Result<Vec<TxnOp>, EngineError> {
+        parse_txn(body.to_string().as_bytes(), DocumentLimits::default())
+    }
+
+    fn malformed(body: serde_json::Value) -> String {
+        match parse(body) {
+            Err(EngineError::Malformed(detail)) => detail,
+            other => panic!("not malformed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_kind_of_op_is_read_with_its_conditions() {
+        let ops = parse(serde_json::json!({"ops": [
+            {"op": "check", "collection": "a", "id": "1", "if_version": 0},
+            {"op": "create", "collection": "a", "id": "2", "doc": {"x": 1}},
+            {"op": "put", "collection": "a", "id": "3", "doc": {}, "if_match": "\"2-ab\""},
+            {"op": "patch", "collection": "b", "id": "1", "merge_patch": {"x": null}},
+            {"op": "patch", "collection": "b", "id": "2", "json_patch": [{"op": "remove", "path": "/x"}]},
+            {"op": "delete", "collection": "b", "id": "3", "lock_token": "0123456789abcdef0123456789abcdef"},
+        ]}))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<&str> = ops.iter().map(TxnOp::name).collect();
+        assert_eq!(
+            names,
+            ["check", "create", "put", "patch", "patch", "delete"]
+        );
+        assert!(
+            matches!(&ops[1], TxnOp::Write(w) if w.preconditions.if_none_match == Some(TagCondition::Any))
+        );
+        assert_eq!(
+            ops[5].lock_token(),
+            Some("0123456789abcdef0123456789abcdef")
+        );
+    }
+
+    #[test]
+    fn a_resource_is_touched_once_and_ops_take_only_their_members() {
+        let twice = malformed(serde_json::json!({"ops": [
+            {"op": "put", "collection": "a", "id": "1", "doc": {}},
+            {"op": "check", "collection": "a", "id": "1"},
+        ]}));
+        assert!(twice.contains("ops 0 and 1"), "{twice}");
+        let both = malformed(serde_json::json!({"ops": [
+            {"op": "patch", "collection": "a", "id": "1", "merge_patch": {}, "json_patch": []},
+        ]}));
+        assert!(both.contains("exactly one"), "{both}");
+        let create = malformed(serde_json::json!({"ops": [
+            {"op": "create", "collection": "a", "id": "1", "doc": {}, "if_version": 3},
+        ]}));
+        assert!(create.contains("/ops/0/if_match"), "{create}");
+        let extra = malformed(serde_json::json!({"ops": [], "atomic": true}));
+        assert!(extra.contains("/atomic"), "{extra}");
+        assert!(malformed(serde_json::json!({"ops": [{"op": "delete", "collection": "a", "id": "1", "doc": {}}]})).contains("/ops/0/doc"));
+    }
+
+    #[test]
+    fn the_number_of_ops_is_bounded() {
+        assert!(matches!(
+            parse(serde_json::json!({"ops": []})),
+            Err(EngineError::Invalid { .. })
+        ));
+        let ops: Vec<serde_json::Value> = (0..=MAX_TXN_OPS)
+            .map(|i| serde_json::json!({"op": "check", "collection": "a", "id": format!("d{i}")}))
+            .collect();
+        match parse(serde_json::json!({ "ops": ops })) {
+            Err(EngineError::Invalid { errors }) => assert_eq!(errors[0].0, "/ops"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    proptest::proptest! {
+        /// A check holds exactly when each condition it names holds against the
+        /// current version: `if_version` equal to it (0: absent), `if_match`
+        /// the current ETag of a live document.
+        #[test]
+        fn a_check_holds_exactly_when_its_conditions_do(
+            versions in 0u64..4,
+            if_version in proptest::option::of(0u64..5),
+            tag_of in proptest::option::of(1u64..5),
+        ) {
+            let view = crate::test_view::MemoryView::default();
+            let mut etags = Vec::new();
+            for n in 0..versions {
+                let written = view
+                    .run(crate::test_view::put(serde_json::json!({"n": n})))
+                    .unwrap_or_else(|e| panic!("{e}"));
+                etags.push(written.version.etag(&written.key));
+            }
+            let if_match = tag_of.map(|n| {
+                let tag = etags
+                    .get(usize::try_from(n).unwrap_or(0) - 1)
+                    .map_or_else(|| format!("\"{n}-00000000\""), |e| e.to_header());
+                TagCondition::parse([tag.as_str()]).unwrap_or_else(|e| panic!("{e}"))
+            });
+            let check = TxnCheck {
+                key: crate::test_view::key(),
+                if_match,
+                if_version,
+                lock_token: None,
+            };
+            let holds = if_version.is_none_or(|v| v == versions)
+                && tag_of.is_none_or(|n| versions > 0 && n == versions);
+            let result = check_op(&view, &check, None);
+            proptest::prop_assert_eq!(result.is_ok(), holds, "{:?}", result);
+            if let Ok(result) = result {
+                proptest::prop_assert_eq!(result.version, versions);
+            }
+        }
+    }
+}
