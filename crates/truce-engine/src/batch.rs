@@ -15,34 +15,26 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use bytes::Bytes;
 
-use crate::collection::{
-    CollectionSettings, ConflictPolicy, SettingsCommand, SettingsOutcome, StoredSettings,
-};
+use crate::collection::{CollectionSettings, SettingsCommand, SettingsOutcome, StoredSettings};
 use crate::command::{WriteCommand, WriteOutcome};
-use crate::conflict::{
-    Retry, parse_record, record_policy, record_refusal, record_txn_refusal, resolve_by_retry,
-};
+use crate::conflict::{Retry, parse_record, record_policy, record_refusal, resolve_by_retry};
 use crate::document::DocumentLimits;
 use crate::error::{EngineError, StorageError};
 use crate::events::{EVENTS_WATERMARK_KEY, EventLine, RecordWritten, decode_watermark};
 use crate::events::{event_position, record_written};
 use crate::idempotency::{Idempotent, keep_answer, refusal_for};
 use crate::ids::IdGenerator;
-use crate::locks::{
-    LockEvent, LockJob, LockOutcome, LockState, MAX_WAITERS, due_locks, lock_key, stale_expiry,
-    waiters_prefix,
-};
+use crate::locks::LockEvent;
 use crate::name::CollectionName;
 use crate::resolution::{ResolutionCommand, ResolutionOutcome, plan_resolution};
 use crate::retention::Retention;
 use crate::rules::{Effect, Planned, SideCommit, SideTable, SideWrite, WriteContext};
 use crate::store::StateView;
 use crate::time::Timestamp;
-use crate::txn::{TxnCommand, TxnOp, TxnOutcome, TxnResult, check_op};
 use crate::webhook::{Delivery, Subscription, claim as claim_delivery, outbox_rows};
 
-/// Most leases one expiry pass reads; more due ones are left to the next pass.
-const EXPIRY_PASS: usize = 256;
+mod lock_jobs;
+mod txn_jobs;
 
 /// How a write is planned: always [`crate::plan_write`], except in backends' tests,
 /// which swap in one that panics or waits.
@@ -283,110 +275,6 @@ impl<'a> Batch<'a> {
         }
     }
 
-    /// Plans a transaction's ops and stores them as one effect at one revision,
-    /// or, when an op fails, stores only the record of its refusal.
-    pub fn transaction(
-        &mut self,
-        tables: &mut dyn BatchTables,
-        command: &TxnCommand,
-    ) -> Result<Result<TxnOutcome, EngineError>, StorageError> {
-        let request = command.idempotency.as_ref();
-        if let Some(refusal) = idempotency_refusal(tables, request)? {
-            return Ok(Err(refusal));
-        }
-        let result = self.plan_transaction(tables, command)?;
-        self.keep_answer(tables, request, &result)?;
-        Ok(result)
-    }
-
-    /// [`Batch::transaction`] without its idempotency record.
-    fn plan_transaction(
-        &mut self,
-        tables: &mut dyn BatchTables,
-        command: &TxnCommand,
-    ) -> Result<Result<TxnOutcome, EngineError>, StorageError> {
-        let mut effect = Effect::default();
-        let mut results = Vec::with_capacity(command.ops.len());
-        let planner = self.rules.planner;
-        for (index, op) in command.ops.iter().enumerate() {
-            let key = op.key();
-            // A collection's conflict policy does not apply inside a
-            // transaction: a stale op fails it (see `txn`).
-            let settings = CollectionSettings {
-                conflict_policy: ConflictPolicy::Reject,
-                ..self.collection_settings(tables, &key.collection)?
-            };
-            let retention = settings.retention(self.rules.retention);
-            let locked = self.lock_refusal(tables, key, op.lock_token())?;
-            let ctx = WriteContext {
-                locked: locked.as_ref(),
-                ..self.context(settings, &retention)
-            };
-            let view = tables.view();
-            let planned = catch_unwind(AssertUnwindSafe(|| match op {
-                TxnOp::Check(check) => {
-                    check_op(view, check, locked.as_ref()).map(|result| (result, None))
-                }
-                TxnOp::Write(write) => planner(view, write, &ctx)
-                    .map(|planned| (TxnResult::written(&planned.outcome), planned.effect)),
-            }));
-            match planned {
-                Ok(Ok((result, planned_effect))) => {
-                    if let Some(planned_effect) = planned_effect {
-                        effect.writes.extend(planned_effect.writes);
-                        effect.side.extend(planned_effect.side);
-                    }
-                    results.push(result);
-                }
-                Ok(Err(refusal)) => {
-                    return self.transaction_refused(tables, command, index, refusal);
-                }
-                Err(_) => {
-                    tracing::error!(op = index, "panic while planning a transaction");
-                    return Ok(Err(EngineError::Internal(
-                        "panic while planning a transaction".into(),
-                    )));
-                }
-            }
-        }
-        if !effect.writes.is_empty() || !effect.side.is_empty() {
-            self.apply(tables, &effect)?;
-        }
-        Ok(Ok(TxnOutcome {
-            revision: self.revision,
-            results,
-        }))
-    }
-
-    /// A failed op refuses its whole transaction; its refusal is kept as one
-    /// conflict record when SPEC §7 records it.
-    fn transaction_refused(
-        &mut self,
-        tables: &mut dyn BatchTables,
-        command: &TxnCommand,
-        index: usize,
-        refusal: EngineError,
-    ) -> Result<Result<TxnOutcome, EngineError>, StorageError> {
-        let Some(op) = command.ops.get(index) else {
-            return Ok(Err(refusal));
-        };
-        let ids = self.rules.conflict_ids;
-        let new_id = || ids.next_id().as_str().to_owned();
-        let ops = command.ops.len();
-        match record_txn_refusal(op, index, ops, command, refusal, new_id, self.now) {
-            Ok((answer, Some(record))) => {
-                let effect = Effect {
-                    writes: Vec::new(),
-                    side: vec![record],
-                };
-                self.apply(tables, &effect)?;
-                Ok(Err(answer))
-            }
-            Ok((answer, None)) => Ok(Err(answer)),
-            Err(error) => Ok(Err(error)),
-        }
-    }
-
     /// Plans one resolution (or dismissal) of a conflict record and stores it.
     pub fn resolve(
         &mut self,
@@ -544,159 +432,6 @@ impl<'a> Batch<'a> {
             side: keep_answer(request, answer, self.now),
         };
         self.apply(tables, &effect)
-    }
-
-    /// The refusal `key`'s lock gives a write carrying `token` (none when the
-    /// resource was never locked and the write carries no token).
-    fn lock_refusal(
-        &self,
-        tables: &dyn BatchTables,
-        key: &crate::name::ResourceKey,
-        token: Option<&str>,
-    ) -> Result<Option<EngineError>, StorageError> {
-        let stored = tables.side(SideTable::Locks, &lock_key(key))?;
-        if stored.is_none() && token.is_none() {
-            return Ok(None);
-        }
-        Ok(
-            match LockState::load(key, stored.as_deref(), &[], self.now) {
-                Ok(state) => state.admits(token).err(),
-                Err(error) => Some(error),
-            },
-        )
-    }
-
-    /// Runs one lock job: a resource's lock changed (and handed on), or every
-    /// lease that ran out expired.
-    pub fn lock(
-        &mut self,
-        tables: &mut dyn BatchTables,
-        job: &LockJob,
-    ) -> Result<Result<LockOutcome, EngineError>, StorageError> {
-        match job {
-            LockJob::On {
-                key,
-                action,
-                by,
-                idempotency,
-            } => {
-                let request = idempotency.as_deref();
-                if let Some(refusal) = idempotency_refusal(tables, request)? {
-                    return Ok(Err(refusal));
-                }
-                let mut state = match self.lock_state(tables, key)? {
-                    Ok(state) => state,
-                    Err(error) => return Ok(Err(error)),
-                };
-                let outcome = state.apply(action, by);
-                // What time decided (a lease ran out, the lock was handed on) is
-                // kept even when the action itself was refused.
-                if let Err(error) = self.store_lock(tables, state)? {
-                    return Ok(Err(error));
-                }
-                let answered = matches!(
-                    outcome,
-                    Ok(LockOutcome::Granted(_)
-                        | LockOutcome::Renewed(_)
-                        | LockOutcome::Released
-                        | LockOutcome::Broken(_))
-                );
-                if answered {
-                    self.keep_answer(tables, request, &outcome)?;
-                }
-                Ok(outcome)
-            }
-            LockJob::ExpireDue => {
-                let keys: Vec<Vec<u8>> = tables
-                    .side_records(SideTable::LockExpiries, &[], EXPIRY_PASS)?
-                    .into_iter()
-                    .map(|(key, _)| key)
-                    .collect();
-                let mut expired = 0;
-                let mut stale = Vec::new();
-                for (index_key, resource) in due_locks(&keys, self.now) {
-                    let Some(resource) = resource else {
-                        stale.push(stale_expiry(index_key));
-                        continue;
-                    };
-                    let mut state = match self.lock_state(tables, &resource)? {
-                        Ok(state) => state,
-                        Err(error) => return Ok(Err(error)),
-                    };
-                    match state.settle() {
-                        Ok(true) => expired += 1,
-                        // No lease of this resource ran out at this entry's
-                        // time: the entry outlived its lease.
-                        Ok(false) => stale.push(stale_expiry(index_key)),
-                        Err(error) => return Ok(Err(error)),
-                    }
-                    if let Err(error) = self.store_lock(tables, state)? {
-                        return Ok(Err(error));
-                    }
-                }
-                if !stale.is_empty() {
-                    let effect = Effect {
-                        writes: Vec::new(),
-                        side: stale,
-                    };
-                    self.apply(tables, &effect)?;
-                    self.notes.locks_changed = true;
-                }
-                Ok(Ok(LockOutcome::Expired(expired)))
-            }
-        }
-    }
-
-    /// `key`'s lock state as this transaction sees it.
-    fn lock_state(
-        &self,
-        tables: &dyn BatchTables,
-        key: &crate::name::ResourceKey,
-    ) -> Result<Result<LockState, EngineError>, StorageError> {
-        let stored = tables.side(SideTable::Locks, &lock_key(key))?;
-        let waiters = tables.side_records(
-            SideTable::LockWaiters,
-            &waiters_prefix(&lock_key(key)),
-            MAX_WAITERS + 1,
-        )?;
-        Ok(LockState::load(key, stored.as_deref(), &waiters, self.now))
-    }
-
-    /// Stores what a lock state's changes wrote, and notes its events.
-    fn store_lock(
-        &mut self,
-        tables: &mut dyn BatchTables,
-        state: LockState,
-    ) -> Result<Result<(), EngineError>, StorageError> {
-        let (writes, events) = match state.finish() {
-            Ok(finished) => finished,
-            Err(error) => return Ok(Err(error)),
-        };
-        if writes.is_empty() {
-            return Ok(Ok(()));
-        }
-        self.notes.locks_changed = true;
-        let mut side = writes;
-        // Lock events join the event log, so that the resource's watch stream
-        // carries them in commit order with its conflict events.
-        for event in &events {
-            let position = self.last_event_position(tables)? + 1;
-            let value = event.to_json(position).to_string();
-            side.push(SideWrite {
-                table: SideTable::ConflictEvents,
-                key: position.to_be_bytes().to_vec(),
-                value: Some(Bytes::from(value)),
-            });
-            self.last_event = Some(position);
-            self.notes.last_event = Some(position);
-        }
-        self.notes.lock_events.extend(events);
-        let effect = Effect {
-            writes: Vec::new(),
-            side,
-        };
-        self.apply(tables, &effect)?;
-        Ok(Ok(()))
     }
 
     /// What the rules know of the commit a job would join.
