@@ -90,7 +90,8 @@ pub use precondition::{Evaluation, FailedCondition, Preconditions, Safety, Valid
 pub use problem::{ProblemInfo, ProblemKind};
 pub use rate::Rate;
 pub use read::{
-    ReadContext, VersionLookup, history_page, lookup_version, require_live, require_live_version,
+    ReadContext, VersionLookup, history_page, lookup_at_revision, lookup_version, require_live,
+    require_live_version,
 };
 pub use record::{HistoryEntry, HistoryPage, ListPage, ListQuery, Op, Version};
 pub use resolution::{

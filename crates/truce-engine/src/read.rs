@@ -70,6 +70,50 @@ pub fn lookup_version(
     }
 }
 
+/// `key` as it was at `revision` (a transaction's snapshot, SPEC §5): its
+/// newest version committed at or below it. `Missing` when it did not exist
+/// then (not yet created); a tombstone when it was deleted then; `Compacted`
+/// when that version is older than what retention keeps, so the snapshot can
+/// no longer be read (410).
+pub fn lookup_at_revision(
+    view: &dyn StateView,
+    key: &ResourceKey,
+    revision: u64,
+    ctx: ReadContext<'_>,
+) -> Result<VersionLookup, StorageError> {
+    let Some(head) = view.head(key)? else {
+        return Ok(VersionLookup::Missing);
+    };
+    if head.revision <= revision {
+        return Ok(VersionLookup::Found(head));
+    }
+    let mut found = None;
+    let mut reached_first = false;
+    view.walk_back(key, head.number, &mut |version| {
+        reached_first = version.number == 1;
+        if version.revision <= revision {
+            found = Some(version);
+            false
+        } else {
+            true
+        }
+    })?;
+    match found {
+        Some(version)
+            if ctx
+                .retention
+                .retains(head.number, version.number, version.at, ctx.now) =>
+        {
+            Ok(VersionLookup::Found(version))
+        }
+        // Version 1 came after the snapshot: the resource did not exist yet.
+        None if reached_first || head.number == 1 => Ok(VersionLookup::Missing),
+        _ => Ok(VersionLookup::Compacted {
+            oldest: oldest_retained(view, key, &head, ctx)?,
+        }),
+    }
+}
+
 /// The oldest version of `key` that is both stored and kept by retention.
 fn oldest_retained(
     view: &dyn StateView,
@@ -176,5 +220,72 @@ pub fn require_live_version(
             detail: format!("{key} has no version {number}"),
             tombstone: None,
         }),
+    }
+}
+
+#[cfg(test)]
+mod snapshot_tests {
+    use super::*;
+    use crate::command::WriteAction;
+    use crate::retention::Retention;
+    use crate::test_view::{MemoryView, command, key, put};
+    use crate::time::Timestamp;
+
+    proptest::proptest! {
+        /// At every revision, the version read is the newest one committed at
+        /// or below it (`Missing` before the first), deletes included; and a
+        /// version retention no longer keeps is `Compacted`, never another one.
+        #[test]
+        fn a_snapshot_reads_the_newest_version_at_or_below_its_revision(
+            steps in proptest::collection::vec(proptest::bool::weighted(0.8), 1..12),
+            other_writes in proptest::collection::vec(0usize..3, 12),
+            keep in proptest::option::of(1u64..4),
+        ) {
+            let view = MemoryView::default();
+            let other = crate::name::ResourceKey::parse("things", "other")
+                .unwrap_or_else(|_| unreachable!());
+            // (version number, revision) of every version of `key`.
+            let mut written: Vec<(u64, u64)> = Vec::new();
+            let mut revision = 0;
+            for (i, live) in steps.iter().enumerate() {
+                // Writes of another resource move the revision between ours.
+                for _ in 0..other_writes[i] {
+                    let mut write = put(serde_json::json!({"i": i, "r": revision}));
+                    write.key = other.clone();
+                    view.run(write).unwrap_or_else(|e| panic!("{e}"));
+                    revision += 1;
+                }
+                let exists = written.last().is_some_and(|_| {
+                    matches!(view.head(&key()), Ok(Some(v)) if !v.is_tombstone())
+                });
+                let write = if *live || !exists {
+                    put(serde_json::json!({"i": i}))
+                } else {
+                    command(WriteAction::Delete)
+                };
+                let outcome = view.run(write).unwrap_or_else(|e| panic!("{e}"));
+                revision += 1;
+                written.push((outcome.version.number, revision));
+            }
+            let retention = Retention { max_versions: keep, ..Retention::default() };
+            let ctx = ReadContext { retention: &retention, now: Timestamp::from_millis(1_000_000) };
+            let head = written.last().map_or(0, |w| w.0);
+            for at in 0..=revision {
+                let expected = written.iter().rev().find(|(_, r)| *r <= at).map(|(n, _)| *n);
+                let got = lookup_at_revision(&view, &key(), at, ctx)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                match (expected, got) {
+                    (None, VersionLookup::Missing) => {}
+                    (Some(n), VersionLookup::Found(version)) => {
+                        proptest::prop_assert_eq!(version.number, n);
+                        proptest::prop_assert!(keep.is_none_or(|k| n + k > head));
+                    }
+                    (Some(n), VersionLookup::Compacted { .. }) => {
+                        proptest::prop_assert!(keep.is_some_and(|k| n + k <= head), "version {} compacted", n);
+                    }
+                    (expected, got) => proptest::prop_assert!(false, "at {}: {:?} vs {:?}", at, expected, got),
+                }
+            }
+        }
     }
 }

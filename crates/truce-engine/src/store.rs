@@ -57,6 +57,15 @@ pub trait Store: Send + Sync + 'static {
         query: &ListQuery,
     ) -> Result<ListPage, EngineError>;
 
+    /// `key` as it was at `revision`: its newest version committed at or below
+    /// it (see [`crate::lookup_at_revision`]), for reads in a transaction's
+    /// snapshot.
+    async fn version_at(
+        &self,
+        key: &ResourceKey,
+        revision: u64,
+    ) -> Result<VersionLookup, EngineError>;
+
     /// A page of a resource's history, newest first, starting below `before`; 404 if
     /// the resource never existed.
     async fn history(

@@ -24,7 +24,7 @@ use truce_engine::{
     LockOutcome, Planner, ReadContext, ResolutionCommand, ResolutionOutcome, ResourceKey,
     Retention, SettingsCommand, SettingsOutcome, SideCommit, SideTable, StorageError, Store,
     StoredSettings, Timestamp, TxnCommand, TxnOutcome, Version, VersionLookup, WriteCommand,
-    WriteOutcome, history_page, lookup_version, plan_write,
+    WriteOutcome, history_page, lookup_at_revision, lookup_version, plan_write,
 };
 
 use crate::error::{PostgresError, storage};
@@ -322,6 +322,23 @@ impl Store for PostgresStore {
                 now: Timestamp::now(),
             };
             Ok(lookup_version(view, &key, number, ctx)?)
+        })
+        .await
+    }
+
+    async fn version_at(
+        &self,
+        key: &ResourceKey,
+        revision: u64,
+    ) -> Result<VersionLookup, EngineError> {
+        let key = key.clone();
+        self.with_view(move |view, server| {
+            let retention = retention_of(view, &key.collection, server)?;
+            let ctx = ReadContext {
+                retention: &retention,
+                now: Timestamp::now(),
+            };
+            Ok(lookup_at_revision(view, &key, revision, ctx)?)
         })
         .await
     }

@@ -18,7 +18,7 @@ use truce_engine::{
     ResolutionCommand, ResolutionOutcome, ResourceKey, Retention, SettingsCommand, SettingsOutcome,
     SideCommit, SideTable, StateView, StorageError, Store, StoredSettings, Timestamp, TxnCommand,
     TxnOutcome, Version, VersionLookup, WriteCommand, WriteOutcome, event_position, history_page,
-    lookup_version, plan_write,
+    lookup_at_revision, lookup_version, plan_write,
 };
 
 use crate::error::OpenError;
@@ -273,6 +273,24 @@ impl Store for EmbeddedStore {
             &snapshot.tables,
             key,
             number,
+            ReadContext {
+                retention: &retention,
+                now: Timestamp::now(),
+            },
+        )?)
+    }
+
+    async fn version_at(
+        &self,
+        key: &ResourceKey,
+        revision: u64,
+    ) -> Result<VersionLookup, EngineError> {
+        let snapshot = self.snapshot()?;
+        let retention = self.retention_of(&snapshot, &key.collection)?;
+        Ok(lookup_at_revision(
+            &snapshot.tables,
+            key,
+            revision,
             ReadContext {
                 retention: &retention,
                 now: Timestamp::now(),

@@ -14,7 +14,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use truce_engine::{
     ChangeQuery, Document, DocumentLimits, EngineError, Preconditions, Principal, ResourceKey,
-    Store, WriteAction, WriteCommand, WriteOutcome,
+    Store, VersionLookup, WriteAction, WriteCommand, WriteOutcome,
 };
 use truce_postgres::{PostgresConfig, PostgresStore};
 use truce_store::{EmbeddedConfig, EmbeddedStore};
@@ -132,6 +132,18 @@ async fn contents(store: &dyn Store) -> Vec<String> {
         )
     }));
     seen.push(format!("feed through {}", feed.last_revision));
+    // Every document as a transaction's snapshot at every revision reads it.
+    for revision in 0..=feed.last_revision {
+        for doc in 0..3 {
+            let key = ResourceKey::parse("things", &format!("d{doc}")).expect("key");
+            let at = match store.version_at(&key, revision).await {
+                Ok(VersionLookup::Found(v)) => format!("v{} {:?}", v.number, v.body),
+                Ok(other) => format!("{other:?}"),
+                Err(error) => format!("{:?}", error.kind()),
+            };
+            seen.push(format!("{key} at r{revision}: {at}"));
+        }
+    }
     seen
 }
 
