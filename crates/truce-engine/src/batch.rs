@@ -62,6 +62,16 @@ pub trait BatchTables {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Bytes)>, StorageError>;
 
+    /// Whether any resource of `collection` whose id starts with `prefix` got a
+    /// version committed after revision `since` (true also when the change
+    /// feed no longer reaches back to `since`, as it then cannot tell).
+    fn changed_since(
+        &self,
+        collection: &crate::name::CollectionName,
+        prefix: &str,
+        since: u64,
+    ) -> Result<bool, StorageError>;
+
     /// Stores one job's effect: each version of `effect.writes` at `revision`
     /// (the index within it is its position in the revision) as its resource's
     /// new head, then each side write, in order.

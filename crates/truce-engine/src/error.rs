@@ -239,6 +239,26 @@ pub enum EngineError {
         /// records.
         conflict_id: Option<String>,
     },
+    /// An interactive transaction's commit found something it read or wrote
+    /// changed after its snapshot: nothing was applied.
+    #[error(
+        "{} changed after the transaction's snapshot (revision {snapshot}); nothing was applied: run the transaction again",
+        changed_list(resources, ranges)
+    )]
+    SnapshotStale {
+        /// The snapshot revision.
+        snapshot: u64,
+        /// The resources read or written that changed.
+        resources: Vec<crate::name::ResourceKey>,
+        /// The listed ranges `(collection, prefix)` in which something changed.
+        ranges: Vec<(String, String)>,
+    },
+    /// An interactive transaction that expired, ended, or never existed here.
+    #[error("{detail}")]
+    TransactionGone {
+        /// Why it cannot be used.
+        detail: String,
+    },
     /// A resource's lock queue is full.
     #[error("{limit} requests already wait for this lock; retry later")]
     LockQueueFull {
@@ -251,6 +271,17 @@ pub enum EngineError {
     /// A bug: an invariant did not hold. The message is for the logs only.
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// What changed under a transaction, for a message.
+fn changed_list(resources: &[crate::name::ResourceKey], ranges: &[(String, String)]) -> String {
+    let mut names: Vec<String> = resources.iter().map(ToString::to_string).collect();
+    names.extend(
+        ranges
+            .iter()
+            .map(|(c, p)| format!("the listed range {c}/{p}*")),
+    );
+    names.join(", ")
 }
 
 /// The colliding paths, for a message.
@@ -344,7 +375,9 @@ impl EngineError {
             Self::LockQueueFull { .. } => ProblemKind::Unavailable,
             Self::IdempotencyKeyReused => ProblemKind::IdempotencyKeyReused,
             Self::StateConflict { .. } => ProblemKind::StateConflict,
-            Self::TransactionConflict { .. } => ProblemKind::TransactionConflict,
+            Self::TransactionConflict { .. }
+            | Self::SnapshotStale { .. }
+            | Self::TransactionGone { .. } => ProblemKind::TransactionConflict,
             Self::Storage(StorageError::Corrupt(_)) | Self::Internal(_) => ProblemKind::Internal,
             Self::Storage(_) => ProblemKind::Unavailable,
         }
@@ -363,6 +396,34 @@ impl EngineError {
                 source,
                 conflict_id,
             } => source.problem().with("conflict_id", json!(conflict_id)),
+            Self::SnapshotStale {
+                snapshot,
+                resources,
+                ranges,
+            } => Problem::new(kind, self.to_string())
+                .with("reason", json!("changed-since-snapshot"))
+                .with("snapshot_revision", json!(snapshot))
+                .with(
+                    "resources",
+                    json!(
+                        resources
+                            .iter()
+                            .map(|r| json!({"collection": r.collection, "id": r.id}))
+                            .collect::<Vec<_>>()
+                    ),
+                )
+                .with(
+                    "ranges",
+                    json!(
+                        ranges
+                            .iter()
+                            .map(|(c, p)| json!({"collection": c, "prefix": p}))
+                            .collect::<Vec<_>>()
+                    ),
+                ),
+            Self::TransactionGone { .. } => {
+                Problem::new(kind, self.to_string()).with("reason", json!("expired"))
+            }
             Self::TransactionConflict {
                 failed_op,
                 op,

@@ -106,8 +106,8 @@ pub use rules::{
 pub use store::{StateView, Store};
 pub use time::Timestamp;
 pub use txn::{
-    MAX_TXN_BYTES, MAX_TXN_OPS, TxnCheck, TxnCommand, TxnOp, TxnOutcome, TxnResult, parse_txn,
-    sign_ops,
+    MAX_TXN_BYTES, MAX_TXN_OPS, SnapshotCommit, TxnCheck, TxnCommand, TxnOp, TxnOutcome, TxnResult,
+    parse_txn, plan_buffered, sign_ops,
 };
 pub use webhook::{
     Attempt, Delivery, Lease, RetryRule, Subscription, after_attempt, claim as claim_delivery,

@@ -114,6 +114,14 @@ pub trait Store: Send + Sync + 'static {
         command: crate::txn::TxnCommand,
     ) -> Result<crate::txn::TxnOutcome, EngineError>;
 
+    /// Commits an interactive transaction through the sequencer: its snapshot
+    /// checked and its writes applied in one commit, or nothing; returns once
+    /// durable.
+    async fn commit_snapshot(
+        &self,
+        commit: crate::txn::SnapshotCommit,
+    ) -> Result<crate::txn::TxnOutcome, EngineError>;
+
     /// Runs a lock job through the sequencer (acquire, renew, release, break,
     /// leave the queue, or expire what ran out); returns once durable.
     async fn lock(

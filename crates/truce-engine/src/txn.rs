@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 
 use crate::command::{Principal, WriteAction, WriteCommand, WriteOutcome, WriteStatus};
 use crate::document::{Document, DocumentLimits};
+use crate::error::StorageError;
 use crate::error::{CurrentState, EngineError};
 use crate::etag::TagCondition;
 use crate::idempotency::Idempotent;
@@ -24,6 +25,7 @@ use crate::locks::check_lock_token;
 use crate::name::ResourceKey;
 use crate::patch::JsonPatch;
 use crate::precondition::{FailedCondition, Preconditions};
+use crate::record::Version;
 use crate::store::StateView;
 
 /// Most ops one transaction may hold.
@@ -136,6 +138,84 @@ impl TxnResult {
             etag: Some(outcome.version.etag(&outcome.key).to_string()),
         }
     }
+}
+
+/// The commit of an interactive transaction (SPEC §5): what its snapshot read
+/// and the writes it buffered. It commits only if nothing it read or wrote,
+/// and nothing in the ranges it listed, changed after its snapshot: then the
+/// transaction is equivalent to running alone at the commit (serializable).
+#[derive(Debug, Clone)]
+pub struct SnapshotCommit {
+    /// The snapshot revision the transaction read.
+    pub snapshot: u64,
+    /// Every resource it read or wrote.
+    pub reads: Vec<ResourceKey>,
+    /// Every `(collection, id prefix)` range it listed.
+    pub ranges: Vec<(crate::name::CollectionName, String)>,
+    /// Its buffered writes, in the order made, as ops without preconditions
+    /// (the snapshot check stands for them).
+    pub writes: TxnCommand,
+}
+
+/// One resource as an interactive transaction sees it (its buffered write, or
+/// its version at the snapshot), so that a write inside the transaction is
+/// judged by the same rules as one outside it.
+struct SessionView<'a> {
+    key: &'a ResourceKey,
+    head: Option<&'a Version>,
+}
+
+impl StateView for SessionView<'_> {
+    fn head(&self, key: &ResourceKey) -> Result<Option<Version>, StorageError> {
+        Ok(self.head.filter(|_| key == self.key).cloned())
+    }
+
+    fn walk_back(
+        &self,
+        _key: &ResourceKey,
+        _below: u64,
+        _visit: &mut dyn FnMut(Version) -> bool,
+    ) -> Result<(), StorageError> {
+        Ok(())
+    }
+}
+
+/// Plans a write made inside an interactive transaction on top of `visible`
+/// (what the transaction sees of the resource): 404 for a patch of a missing
+/// document, its preconditions against `visible`, the patch applied, the
+/// document checked. The outcome's version is the transaction's own (its ETag
+/// is valid inside the transaction only); the write is applied at commit.
+/// Collection policies do not apply inside a transaction; `require_preconditions`
+/// is met at commit, where every buffered write names the version it was based on.
+pub fn plan_buffered(
+    visible: Option<&Version>,
+    command: &WriteCommand,
+    snapshot: u64,
+    now: crate::time::Timestamp,
+    limits: DocumentLimits,
+) -> Result<WriteOutcome, EngineError> {
+    if matches!(
+        command.action,
+        WriteAction::Revert { .. } | WriteAction::Create(_)
+    ) {
+        return Err(EngineError::Malformed(
+            "inside an interactive transaction, write documents with PUT, PATCH or DELETE".into(),
+        ));
+    }
+    let view = SessionView {
+        key: &command.key,
+        head: visible,
+    };
+    let retention = crate::retention::Retention::default();
+    let ctx = crate::rules::WriteContext {
+        revision: snapshot.saturating_add(1),
+        now,
+        limits,
+        retention: &retention,
+        settings: crate::collection::CollectionSettings::default(),
+        locked: None,
+    };
+    Ok(crate::rules::plan_write(&view, command, &ctx)?.outcome)
 }
 
 /// Judges a `check` op against the resource's current state: `Ok` with its

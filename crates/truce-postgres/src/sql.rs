@@ -410,6 +410,27 @@ impl BatchTables for SqlView<'_> {
         Ok(found.into_iter().take(limit).collect())
     }
 
+    fn changed_since(
+        &self,
+        collection: &truce_engine::CollectionName,
+        prefix: &str,
+        since: u64,
+    ) -> Result<bool, StorageError> {
+        let since = i64::try_from(since).unwrap_or(i64::MAX);
+        let rows = self.query(
+            "SELECT (SELECT coalesce(max(value), 0) FROM truce_meta \
+                     WHERE name = 'changes_compacted_through') > $1 \
+                 OR EXISTS (SELECT 1 FROM truce_versions WHERE revision > $1 \
+                     AND collection = $2 AND left(id, length($3)) = $3)",
+            &[&since, &collection.as_str(), &prefix],
+        )?;
+        rows.first()
+            .map(|row| row.try_get::<_, bool>(0))
+            .transpose()
+            .map_err(storage)
+            .map(|changed| changed.unwrap_or(true))
+    }
+
     fn store(&mut self, effect: &Effect, revision: u64) -> Result<(), StorageError> {
         let mut heads = self.heads.borrow_mut();
         self.pending

@@ -22,9 +22,9 @@ use truce_engine::{
     Change, ChangePage, ChangeQuery, CollectionName, CompactionReport, ConflictRetention, DocId,
     DocumentLimits, EngineError, HistoryPage, IdGenerator, ListPage, ListQuery, LockJob,
     LockOutcome, Planner, ReadContext, ResolutionCommand, ResolutionOutcome, ResourceKey,
-    Retention, SettingsCommand, SettingsOutcome, SideCommit, SideTable, StorageError, Store,
-    StoredSettings, Timestamp, TxnCommand, TxnOutcome, Version, VersionLookup, WriteCommand,
-    WriteOutcome, history_page, lookup_at_revision, lookup_version, plan_write,
+    Retention, SettingsCommand, SettingsOutcome, SideCommit, SideTable, SnapshotCommit,
+    StorageError, Store, StoredSettings, Timestamp, TxnCommand, TxnOutcome, Version, VersionLookup,
+    WriteCommand, WriteOutcome, history_page, lookup_at_revision, lookup_version, plan_write,
 };
 
 use crate::error::{PostgresError, storage};
@@ -558,6 +558,14 @@ impl Store for PostgresStore {
     async fn transact(&self, command: TxnCommand) -> Result<TxnOutcome, EngineError> {
         self.ask(|reply| Job::Txn {
             command: Box::new(command),
+            reply,
+        })
+        .await
+    }
+
+    async fn commit_snapshot(&self, commit: SnapshotCommit) -> Result<TxnOutcome, EngineError> {
+        self.ask(|reply| Job::Snapshot {
+            commit: Box::new(commit),
             reply,
         })
         .await

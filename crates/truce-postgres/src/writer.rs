@@ -34,8 +34,8 @@ use tokio::time::Instant;
 use truce_engine::{
     Batch, BatchNotes, BatchRules, CompactionPlan, CompactionReport, Delivery, DocumentLimits,
     EngineError, IdGenerator, LockJob, LockOutcome, Planner, ResolutionCommand, ResolutionOutcome,
-    Retention, SettingsCommand, SettingsOutcome, SideCommit, StorageError, Timestamp, TxnCommand,
-    TxnOutcome, WriteCommand, WriteOutcome,
+    Retention, SettingsCommand, SettingsOutcome, SideCommit, SnapshotCommit, StorageError,
+    Timestamp, TxnCommand, TxnOutcome, WriteCommand, WriteOutcome,
 };
 
 use crate::error::storage;
@@ -62,6 +62,11 @@ pub(crate) enum Job {
     /// Check and apply a batch transaction.
     Txn {
         command: Box<TxnCommand>,
+        reply: oneshot::Sender<Result<TxnOutcome, EngineError>>,
+    },
+    /// Validate and apply an interactive transaction's commit.
+    Snapshot {
+        commit: Box<SnapshotCommit>,
         reply: oneshot::Sender<Result<TxnOutcome, EngineError>>,
     },
     Side {
@@ -256,6 +261,7 @@ impl Writer {
             match job {
                 Job::Write { command, .. } => keys.push(&command.key),
                 Job::Txn { command, .. } => keys.extend(command.ops.iter().map(|op| op.key())),
+                Job::Snapshot { commit, .. } => keys.extend(commit.reads.iter()),
                 Job::Lock { job, .. } => {
                     if let truce_engine::LockJob::On { key, .. } = job.as_ref() {
                         keys.push(key);
@@ -288,6 +294,7 @@ impl Writer {
                 }
                 Job::Lock { job, .. } => Answer::Lock(batch.lock(view, job)?),
                 Job::Txn { command, .. } => Answer::Txn(batch.transaction(view, command)?),
+                Job::Snapshot { commit, .. } => Answer::Txn(batch.commit_snapshot(view, commit)?),
                 Job::Side { commit, .. } => Answer::Side(batch.side(view, commit)?),
                 Job::Claim {
                     keys, node, until, ..
@@ -439,7 +446,7 @@ fn deliver(job: Job, answer: Answer) {
         (Job::Lock { reply, .. }, Answer::Lock(result)) => {
             let _ = reply.send(result);
         }
-        (Job::Txn { reply, .. }, Answer::Txn(result)) => {
+        (Job::Txn { reply, .. } | Job::Snapshot { reply, .. }, Answer::Txn(result)) => {
             let _ = reply.send(result);
         }
         (Job::Side { reply, .. }, Answer::Side(result)) => {
@@ -473,7 +480,7 @@ fn fail(job: Job, error: &StorageError) {
         Job::Lock { reply, .. } => {
             let _ = reply.send(Err(error()));
         }
-        Job::Txn { reply, .. } => {
+        Job::Txn { reply, .. } | Job::Snapshot { reply, .. } => {
             let _ = reply.send(Err(error()));
         }
         Job::Side { reply, .. } => {

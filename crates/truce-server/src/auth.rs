@@ -71,6 +71,11 @@ pub const ACCESS: &[(&str, &str, Access)] = &[
     ("GET", "/v1/{collection}/{id}/lock", Needs(Read)),
     // A transaction writes (a batch of checks alone still asks for write).
     ("POST", "/v1/_txn", Needs(Write)),
+    // Interactive transactions: reads and writes inside one need what they
+    // need outside it; beginning, committing and rolling back need write.
+    ("POST", "/v1/_txn/begin", Needs(Write)),
+    ("POST", "/v1/_txn/{txn}/commit", Needs(Write)),
+    ("POST", "/v1/_txn/{txn}/rollback", Needs(Write)),
     ("GET", "/v1/_conflicts", Needs(Read)),
     ("GET", "/v1/_conflicts/stream", Needs(Read)),
     ("GET", "/v1/_conflicts/{cid}", Needs(Read)),

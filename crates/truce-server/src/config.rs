@@ -44,6 +44,8 @@ pub struct ServerConfig {
     pub webhook_timeout: Duration,
     /// How long an idempotency record is kept (then compaction removes it).
     pub idempotency_keep: Duration,
+    /// How long an interactive transaction may sit idle before it expires.
+    pub txn_idle: Duration,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +67,7 @@ impl Default for ServerConfig {
             webhook_retry: RetryRule::default(),
             webhook_timeout: Duration::from_secs(10),
             idempotency_keep: Duration::from_secs(24 * 3600),
+            txn_idle: Duration::from_secs(30),
         }
     }
 }

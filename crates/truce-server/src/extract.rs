@@ -128,6 +128,26 @@ impl<S: Send + Sync> FromRequestParts<S> for LockToken {
     }
 }
 
+/// `Truce-Txn` (SPEC §5): the interactive transaction a request belongs to.
+pub struct TxnId(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for TxnId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get(HeaderName::from_static("truce-txn")) else {
+            return Ok(Self(None));
+        };
+        let id = String::from_utf8_lossy(value.as_bytes()).trim().to_owned();
+        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(ApiError::Malformed(
+                "Truce-Txn must be the txn id POST /v1/_txn/begin answered".into(),
+            ));
+        }
+        Ok(Self(Some(id)))
+    }
+}
+
 /// The RFC 9110 conditional headers of the request.
 pub struct Conditions(pub Preconditions);
 
@@ -237,6 +257,8 @@ pub struct WriteHeaders {
     pub keyed: crate::idempotency::Keyed,
     /// `Lock-Token`.
     pub lock_token: Option<String>,
+    /// `Truce-Txn`: the write is buffered in this interactive transaction.
+    pub txn: Option<String>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for WriteHeaders {
@@ -253,6 +275,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WriteHeaders {
             prefer: Prefer::from_request_parts(parts, state).await?,
             keyed: crate::idempotency::Keyed::from_request_parts(parts, state).await?,
             lock_token: LockToken::from_request_parts(parts, state).await?.0,
+            txn: TxnId::from_request_parts(parts, state).await?.0,
         })
     }
 }

@@ -23,6 +23,7 @@ mod rate;
 mod render;
 mod routes;
 mod serve;
+mod sessions;
 mod state;
 mod streams;
 mod webhooks;

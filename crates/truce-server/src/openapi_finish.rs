@@ -168,6 +168,14 @@ fn finish_operation(path: &str, method: &str, operation: &mut Map<String, Value>
                 "The token the lock was granted with (`DELETE ...?force=true` breaks the lock without it: admin)",
             );
         }
+        let in_txn = (path == "/v1/{collection}/{id}" && method != "head")
+            || (path == "/v1/{collection}" && method == "get");
+        if in_txn {
+            add(
+                "Truce-Txn",
+                "SPEC §5: the interactive transaction this request belongs to (from POST /v1/_txn/begin, on the node that began it): reads see its snapshot and its own writes; writes are buffered (202) until it commits",
+            );
+        }
         if writes {
             add(
                 "Truce-Resolves",
@@ -180,7 +188,8 @@ fn finish_operation(path: &str, method: &str, operation: &mut Map<String, Value>
             || (path == "/v1/{collection}" && method == "post")
             || path.ends_with("/resolve")
             || path.ends_with("/dismiss")
-            || path == "/v1/_txn";
+            || path == "/v1/_txn"
+            || path.ends_with("/commit");
         if keyed {
             add(
                 "Idempotency-Key",
@@ -216,6 +225,14 @@ fn finish_operation(path: &str, method: &str, operation: &mut Map<String, Value>
             "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
         })
     });
+    if path == "/v1/{collection}/{id}" && matches!(method, "put" | "patch" | "delete") {
+        responses.entry("202").or_insert_with(|| {
+            json!({
+                "description": "With `Truce-Txn`: buffered in the transaction (`{txn, buffered: {collection, id, outcome, version}}`), applied when it commits; the `ETag` is the transaction's own",
+                "content": {"application/json": {"schema": {"type": "object"}}}
+            })
+        });
+    }
     let fenced = is_write && path.starts_with("/v1/{collection}/{id}") && !path.ends_with("/lock");
     if fenced || path.ends_with("/resolve") {
         responses.entry("423").or_insert_with(|| {
@@ -363,6 +380,7 @@ fn constrain_path_parameter(parameter: &mut Value) {
         Some("n") => json!({"type": "integer", "minimum": 1}),
         Some("slug") => json!({"type": "string", "pattern": "^[a-z][a-z-]*$"}),
         Some("cid" | "sid") => json!({"type": "string", "pattern": CONFLICT_ID_PATTERN}),
+        Some("txn") => json!({"type": "string", "pattern": "^[A-Za-z0-9]{1,64}$"}),
         Some("kid") => json!({"type": "string", "pattern": "^[0-9a-f]{16}$"}),
         _ => return,
     };

@@ -33,6 +33,8 @@ pub struct Shared {
     pub(crate) keys: crate::auth::KeyCache,
     /// Idempotency keys of requests being handled on this node.
     pub(crate) in_flight: crate::idempotency::InFlight,
+    /// The interactive transactions open on this node.
+    pub(crate) sessions: crate::sessions::Sessions,
 }
 
 impl AppState {
@@ -40,6 +42,7 @@ impl AppState {
     pub fn new(store: Arc<dyn Store>, config: ServerConfig) -> Self {
         let streams = Arc::new(tokio::sync::Semaphore::new(config.max_streams));
         let rates = crate::rate::RateLimits::new(config.rate_reads, config.rate_writes);
+        let sessions = crate::sessions::Sessions::new(config.txn_idle);
         Self(Arc::new(Shared {
             store,
             config,
@@ -48,6 +51,7 @@ impl AppState {
             streams,
             rates,
             in_flight: crate::idempotency::InFlight::default(),
+            sessions,
             keys: crate::auth::KeyCache::default(),
             stream_counts: Arc::default(),
         }))

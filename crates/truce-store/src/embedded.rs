@@ -16,9 +16,9 @@ use truce_engine::{
     ChangePage, ChangeQuery, CollectionName, CompactionReport, ConflictRetention, DocumentLimits,
     EngineError, HistoryPage, ListPage, ListQuery, LockJob, LockOutcome, Planner, ReadContext,
     ResolutionCommand, ResolutionOutcome, ResourceKey, Retention, SettingsCommand, SettingsOutcome,
-    SideCommit, SideTable, StateView, StorageError, Store, StoredSettings, Timestamp, TxnCommand,
-    TxnOutcome, Version, VersionLookup, WriteCommand, WriteOutcome, event_position, history_page,
-    lookup_at_revision, lookup_version, plan_write,
+    SideCommit, SideTable, SnapshotCommit, StateView, StorageError, Store, StoredSettings,
+    Timestamp, TxnCommand, TxnOutcome, Version, VersionLookup, WriteCommand, WriteOutcome,
+    event_position, history_page, lookup_at_revision, lookup_version, plan_write,
 };
 
 use crate::error::OpenError;
@@ -363,6 +363,14 @@ impl Store for EmbeddedStore {
     async fn transact(&self, command: TxnCommand) -> Result<TxnOutcome, EngineError> {
         self.ask(|reply| Job::Txn {
             command: Box::new(command),
+            reply,
+        })
+        .await
+    }
+
+    async fn commit_snapshot(&self, commit: SnapshotCommit) -> Result<TxnOutcome, EngineError> {
+        self.ask(|reply| Job::Snapshot {
+            commit: Box::new(commit),
             reply,
         })
         .await

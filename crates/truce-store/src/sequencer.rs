@@ -42,8 +42,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
     Batch, BatchNotes, BatchRules, CompactionPlan, CompactionReport, Delivery, EngineError,
     IdGenerator, LockJob, LockOutcome, ResolutionCommand, ResolutionOutcome, SettingsCommand,
-    SettingsOutcome, SideCommit, StorageError, Timestamp, TxnCommand, TxnOutcome, WriteCommand,
-    WriteOutcome,
+    SettingsOutcome, SideCommit, SnapshotCommit, StorageError, Timestamp, TxnCommand, TxnOutcome,
+    WriteCommand, WriteOutcome,
 };
 
 use crate::embedded::EmbeddedConfig;
@@ -82,6 +82,11 @@ pub(crate) enum Job {
     /// Check and apply a batch transaction.
     Txn {
         command: Box<TxnCommand>,
+        reply: oneshot::Sender<Result<TxnOutcome, EngineError>>,
+    },
+    /// Validate and apply an interactive transaction's commit.
+    Snapshot {
+        commit: Box<SnapshotCommit>,
         reply: oneshot::Sender<Result<TxnOutcome, EngineError>>,
     },
     /// Write side records the rules decided outside a write (subscriptions,
@@ -535,6 +540,9 @@ impl Sequencer {
                         Job::Txn { command, .. } => {
                             Answer::Txn(state.transaction(&mut framed, command)?)
                         }
+                        Job::Snapshot { commit, .. } => {
+                            Answer::Txn(state.commit_snapshot(&mut framed, commit)?)
+                        }
                         Job::Side { commit, .. } => Answer::Side(state.side(&mut framed, commit)?),
                         Job::Claim {
                             keys, node, until, ..
@@ -606,7 +614,7 @@ fn send(job: Job, answer: Answer) {
         (Job::Lock { reply, .. }, Answer::Lock(result)) => {
             let _ = reply.send(result);
         }
-        (Job::Txn { reply, .. }, Answer::Txn(result)) => {
+        (Job::Txn { reply, .. } | Job::Snapshot { reply, .. }, Answer::Txn(result)) => {
             let _ = reply.send(result);
         }
         (Job::Side { reply, .. }, Answer::Side(result)) => {
@@ -644,7 +652,7 @@ fn fail(job: Job, error: StorageError) {
         Job::Lock { reply, .. } => {
             let _ = reply.send(Err(error));
         }
-        Job::Txn { reply, .. } => {
+        Job::Txn { reply, .. } | Job::Snapshot { reply, .. } => {
             let _ = reply.send(Err(error));
         }
         Job::Side { reply, .. } => {

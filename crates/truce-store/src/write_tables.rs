@@ -224,6 +224,38 @@ impl<'t> WriteTables<'t> {
         Ok(found)
     }
 
+    /// Whether a version of a resource of `collection` whose id starts with
+    /// `prefix` was committed after `since` (true when compaction removed the
+    /// log past `since`: the answer is then unknown).
+    pub(crate) fn changed_since(
+        &self,
+        collection: &truce_engine::CollectionName,
+        prefix: &str,
+        since: u64,
+    ) -> Result<bool, StorageError> {
+        let compacted = self
+            .meta
+            .get(META_CHANGES_COMPACTED)
+            .map_err(storage)?
+            .map_or(0, |v| v.value());
+        if since < compacted {
+            return Ok(true);
+        }
+        for entry in self
+            .view
+            .log
+            .range((since.saturating_add(1), 0)..)
+            .map_err(storage)?
+        {
+            let (_, value) = entry.map_err(storage)?;
+            let record = codec::decode_log(value.value(), false)?;
+            if record.key.collection == *collection && record.key.id.as_str().starts_with(prefix) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// Applies what a compaction scan selected: strips the bodies of versions
     /// retention no longer keeps, deletes log records neither the feed nor history
     /// needs, and moves the change feed's watermark. A scan from an older snapshot is

@@ -152,6 +152,9 @@ pub struct ServeArgs {
     /// How long an `Idempotency-Key`'s answer is kept for replays (default 24h).
     #[arg(long, env = "TRUCE_IDEMPOTENCY_KEEP", value_parser = parse_duration)]
     pub idempotency_keep: Option<Duration>,
+    /// How long an interactive transaction may sit idle before it expires (default 30s).
+    #[arg(long, env = "TRUCE_TXN_IDLE", value_parser = parse_duration)]
+    pub txn_idle: Option<Duration>,
     /// Most SSE streams and long polls open at once; more get 503 (default 1024).
     #[arg(long, env = "TRUCE_MAX_STREAMS", value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams: Option<u32>,
@@ -193,6 +196,7 @@ struct FileConfig {
     rate_reads: Option<String>,
     rate_writes: Option<String>,
     idempotency_keep: Option<String>,
+    txn_idle: Option<String>,
 }
 
 /// A setting that cannot be used.
@@ -370,6 +374,13 @@ impl ServeArgs {
                 }
                 Some(keep) => keep,
                 None => defaults.idempotency_keep,
+            },
+            txn_idle: match duration(self.txn_idle, &file.txn_idle, "txn_idle")? {
+                Some(idle) if idle.is_zero() => {
+                    return Err(ConfigError::Invalid("txn_idle must be positive".into()));
+                }
+                Some(idle) => idle,
+                None => defaults.txn_idle,
             },
         };
         let data_given = self.data.is_some() || file.data.is_some();

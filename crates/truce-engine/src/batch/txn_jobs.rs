@@ -9,7 +9,7 @@ use crate::collection::{CollectionSettings, ConflictPolicy};
 use crate::conflict::record_txn_refusal;
 use crate::error::{EngineError, StorageError};
 use crate::rules::{Effect, WriteContext};
-use crate::txn::{TxnCommand, TxnOp, TxnOutcome, TxnResult, check_op};
+use crate::txn::{SnapshotCommit, TxnCommand, TxnOp, TxnOutcome, TxnResult, check_op};
 
 impl Batch<'_> {
     /// Plans a transaction's ops and stores them as one effect at one revision,
@@ -114,5 +114,46 @@ impl Batch<'_> {
             Ok((answer, None)) => Ok(Err(answer)),
             Err(error) => Ok(Err(error)),
         }
+    }
+
+    /// Commits an interactive transaction: refused (nothing applied) when
+    /// anything it read, wrote or listed changed after its snapshot, else its
+    /// writes applied like a batch transaction, at one revision.
+    pub fn commit_snapshot(
+        &mut self,
+        tables: &mut dyn BatchTables,
+        commit: &SnapshotCommit,
+    ) -> Result<Result<TxnOutcome, EngineError>, StorageError> {
+        let request = commit.writes.idempotency.as_ref();
+        if let Some(refusal) = idempotency_refusal(tables, request)? {
+            return Ok(Err(refusal));
+        }
+        let mut resources = Vec::new();
+        for key in &commit.reads {
+            if tables
+                .view()
+                .head(key)?
+                .is_some_and(|head| head.revision > commit.snapshot)
+            {
+                resources.push(key.clone());
+            }
+        }
+        let mut ranges = Vec::new();
+        for (collection, prefix) in &commit.ranges {
+            if tables.changed_since(collection, prefix, commit.snapshot)? {
+                ranges.push((collection.as_str().to_owned(), prefix.clone()));
+            }
+        }
+        let result = if resources.is_empty() && ranges.is_empty() {
+            self.plan_transaction(tables, &commit.writes)?
+        } else {
+            Err(EngineError::SnapshotStale {
+                snapshot: commit.snapshot,
+                resources,
+                ranges,
+            })
+        };
+        self.keep_answer(tables, request, &result)?;
+        Ok(result)
     }
 }

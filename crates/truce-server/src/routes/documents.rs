@@ -6,14 +6,14 @@ use axum::http::StatusCode;
 use axum::response::{Json, Response};
 use serde::Deserialize;
 use truce_engine::{
-    CurrentState, DocId, EngineError, Evaluation, ListQuery, ResourceKey, Safety, Validators,
-    Version, WriteAction, WriteCommand, require_live, require_live_version,
+    CurrentState, EngineError, Evaluation, ListQuery, ResourceKey, Safety, Validators, Version,
+    WriteAction, WriteCommand, require_live, require_live_version,
 };
 use utoipa::IntoParams;
 
 use crate::error::ApiError;
 use crate::extract::{
-    ApiQuery, By, CollectionPath, Conditions, DocumentBody, PatchBody, Prefer, ResourcePath,
+    ApiQuery, By, CollectionPath, Conditions, DocumentBody, PatchBody, Prefer, ResourcePath, TxnId,
     WriteHeaders,
 };
 use crate::idempotency::Keyed;
@@ -21,7 +21,7 @@ use crate::openapi::{
     BodyProblems, Compacted, Conflict, Invalid, Malformed, NotFound, PreconditionFailed,
     PreconditionRequired, Unavailable,
 };
-use crate::paging::{decode_cursor, encode_cursor, page_limit};
+use crate::paging::{encode_cursor, page_limit};
 use crate::render::{document_response, not_modified, write_response};
 use crate::state::AppState;
 use crate::wire::{Envelope, EnvelopePage, TombstoneBody};
@@ -72,17 +72,18 @@ pub async fn list(
     State(state): State<AppState>,
     CollectionPath(collection): CollectionPath,
     ApiQuery(params): ApiQuery<ListParams>,
+    TxnId(txn): TxnId,
+    By(by): By,
 ) -> Result<Json<EnvelopePage>, ApiError> {
-    let after = params
-        .cursor
-        .as_deref()
-        .map(|c| decode_cursor(c).and_then(|id| Ok(DocId::parse(&id)?)))
-        .transpose()?;
     let query = ListQuery {
         prefix: params.prefix,
-        after,
+        after: super::sessions::cursor_id(params.cursor.as_deref())?,
         limit: page_limit(params.limit)?,
     };
+    if let Some(txn) = txn {
+        let page = super::sessions::list_in(&state, &txn, &by, &collection, query).await?;
+        return Ok(Json(page));
+    }
     let page = state.store.list(&collection, &query).await?;
     Ok(Json(EnvelopePage {
         next: page.next.map(|id| encode_cursor(id.as_str())),
@@ -110,12 +111,14 @@ pub async fn list(
 pub async fn create(
     State(state): State<AppState>,
     CollectionPath(collection): CollectionPath,
-    Conditions(preconditions): Conditions,
-    prefer: Prefer,
-    keyed: Keyed,
-    By(by): By,
+    headers: WriteHeaders,
     DocumentBody(doc): DocumentBody,
 ) -> Result<Response, ApiError> {
+    if headers.txn.is_some() {
+        return Err(super::sessions::not_in_a_transaction(
+            "POST /v1/{collection} (a server-made id)",
+        ));
+    }
     let key = ResourceKey {
         collection,
         id: state.ids.next_id(),
@@ -123,15 +126,15 @@ pub async fn create(
     let command = WriteCommand {
         key,
         action: WriteAction::Create(doc),
-        preconditions,
+        preconditions: headers.preconditions,
         if_version: None,
-        by,
+        by: headers.by,
         request_id: crate::context::RequestContext::current().map(|c| c.id.to_string()),
         resolves: None,
         idempotency: None,
         lock_token: None,
     };
-    run_write(&state, command, prefer, keyed).await
+    run_write(&state, command, headers.prefer, headers.keyed).await
 }
 
 /// Reads the current document (or a past version with `?version=`).
@@ -153,7 +156,15 @@ pub async fn read(
     ResourcePath(key): ResourcePath,
     ApiQuery(params): ApiQuery<ReadParams>,
     Conditions(preconditions): Conditions,
+    TxnId(txn): TxnId,
+    By(by): By,
 ) -> Result<Response, ApiError> {
+    if let Some(txn) = txn {
+        if params.version.is_some() {
+            return Err(super::sessions::not_in_a_transaction("?version="));
+        }
+        return super::sessions::read_in(&state, &txn, &by, &key, &preconditions).await;
+    }
     let version = match params.version {
         Some(number) => {
             require_live_version(&key, number, state.store.version(&key, number).await?)?
@@ -213,6 +224,9 @@ pub async fn put(
     DocumentBody(doc): DocumentBody,
 ) -> Result<Response, ApiError> {
     let command = write_command(key, WriteAction::Put(doc), params, &headers);
+    if let Some(txn) = &headers.txn {
+        return super::sessions::write_in(&state, txn, command).await;
+    }
     run_write(&state, command, headers.prefer, headers.keyed).await
 }
 
@@ -242,6 +256,9 @@ pub async fn patch(
     PatchBody(action): PatchBody,
 ) -> Result<Response, ApiError> {
     let command = write_command(key, action, params, &headers);
+    if let Some(txn) = &headers.txn {
+        return super::sessions::write_in(&state, txn, command).await;
+    }
     run_write(&state, command, headers.prefer, headers.keyed).await
 }
 
@@ -265,6 +282,9 @@ pub async fn delete(
     headers: WriteHeaders,
 ) -> Result<Response, ApiError> {
     let command = write_command(key, WriteAction::Delete, params, &headers);
+    if let Some(txn) = &headers.txn {
+        return super::sessions::write_in(&state, txn, command).await;
+    }
     run_write(&state, command, headers.prefer, headers.keyed).await
 }
 

@@ -25,6 +25,7 @@ pub mod documents;
 pub mod history;
 pub mod keys;
 pub mod locks;
+pub mod sessions;
 pub mod subscriptions;
 pub mod system;
 pub mod txn;
@@ -76,6 +77,9 @@ fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .routes(routes!(keys::create, keys::list))
         .routes(routes!(keys::revoke))
         .routes(routes!(txn::transact))
+        .routes(routes!(sessions::begin))
+        .routes(routes!(sessions::commit))
+        .routes(routes!(sessions::rollback))
         .with_state(state)
         .split_for_parts();
     (router, api)

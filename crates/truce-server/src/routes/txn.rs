@@ -56,7 +56,8 @@ pub struct OpAnswer {
     etag: Option<String>,
 }
 
-fn answer(outcome: &TxnOutcome) -> Response {
+/// The answer to an applied transaction (batch or interactive).
+pub(crate) fn answer(outcome: &TxnOutcome) -> Response {
     let body = TxnAnswer {
         revision: outcome.revision,
         results: outcome

@@ -37,6 +37,15 @@ impl BatchTables for FramedTables<'_, '_> {
         self.tables.side_records(table.code(), prefix, limit)
     }
 
+    fn changed_since(
+        &self,
+        collection: &truce_engine::CollectionName,
+        prefix: &str,
+        since: u64,
+    ) -> Result<bool, StorageError> {
+        self.tables.changed_since(collection, prefix, since)
+    }
+
     fn store(&mut self, effect: &Effect, revision: u64) -> Result<(), StorageError> {
         self.tables.apply(effect, revision, self.frame)
     }

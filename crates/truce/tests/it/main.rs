@@ -34,4 +34,5 @@ mod retention;
 mod rules;
 mod tcp_proxy;
 mod txn;
+mod txn_interactive;
 mod webhooks;

@@ -872,3 +872,22 @@ async fn transfers_split_over_two_nodes_keep_the_bank_whole() {
     let ((a, _a), (b, _b)) = (node(&url).await, node(&url).await);
     crate::txn::bank(&client(), &[a, b], 16, 10).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interactive_transfers_split_over_two_nodes_keep_the_bank_whole() {
+    let url = fresh_database();
+    let ((a, _a), (b, _b)) = (node(&url).await, node(&url).await);
+    let client = client();
+    crate::txn_interactive::interactive_bank(&client, &[a.clone(), b.clone()], 16, 6).await;
+    // A transaction lives on the node that began it: the other node says so.
+    let (txn, _) = crate::txn_interactive::begin(&client, &a).await;
+    let elsewhere = crate::txn_interactive::get_in(&client, &b, &txn, "/v1/ibank/a0").await;
+    let body = problem(elsewhere, 409, "transaction-conflict").await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("node that began it"),
+        "{body}"
+    );
+}
