@@ -13,6 +13,9 @@
 #                 holder sending its release to the next waiter's grant
 #   txn           transactions of 10 conditional replaces, each client on its
 #                 own 10 documents (etcd: a txn of 10 compares and 10 puts)
+# and, with WORKLOADS=itxn,itxn-hot, interactive transactions (truce only; etcd
+# has none): begin, read, write, commit, on each client's own documents or on
+# one shared document.
 # Prints the median of each case and the truce/etcd ratios.
 #
 #   ROUNDS=3 DURATION=5s scripts/bench-backends.sh

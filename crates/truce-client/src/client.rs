@@ -652,7 +652,7 @@ pub(crate) fn changes_query(options: &ChangesOptions) -> Vec<(&'static str, Stri
 }
 
 /// The query parameters that have a value.
-fn query_of<const N: usize>(
+pub(crate) fn query_of<const N: usize>(
     pairs: [(&'static str, Option<String>); N],
 ) -> Vec<(&'static str, String)> {
     pairs
@@ -700,7 +700,9 @@ fn header_text(response: &Response, name: &str) -> Result<String, Error> {
         .ok_or_else(|| Error::Decode(format!("answer without a {name} header")))
 }
 
-async fn read_versioned<T: DeserializeOwned>(response: Response) -> Result<Versioned<T>, Error> {
+pub(crate) async fn read_versioned<T: DeserializeOwned>(
+    response: Response,
+) -> Result<Versioned<T>, Error> {
     if response.status() != StatusCode::OK {
         return Err(Error::Api(Box::new(problem_of(response).await)));
     }

@@ -85,6 +85,7 @@ mod conflicts;
 mod error;
 mod keys;
 mod locks;
+mod transaction;
 mod txn;
 mod types;
 mod update;
@@ -95,6 +96,7 @@ pub use conflicts::{ConflictQuery, Resolution};
 pub use error::{Error, MergeConflict, MergeOverlap, Problem};
 pub use keys::{KeyInfo, NewKey};
 pub use locks::{LockGuard, LockInfo, LockRequest};
+pub use transaction::{BufferedWrite, Transaction};
 pub use truce_engine::ProblemKind;
 pub use txn::{FailedOp, OpResult, Txn, TxnApplied};
 pub use types::{

@@ -387,6 +387,8 @@ fn workload_name(workload: Workload) -> &'static str {
         Workload::Lock => "lock",
         Workload::LockHandoff => "lock-handoff",
         Workload::Txn => "txn",
+        Workload::InteractiveOwn => "itxn",
+        Workload::InteractiveHot => "itxn-hot",
     }
 }
 

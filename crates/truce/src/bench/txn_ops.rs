@@ -104,3 +104,67 @@ impl Protocol {
         }
     }
 }
+
+impl Protocol {
+    /// One interactive transaction (truce only): begin, read `id`, write it
+    /// back changed, commit. Refused when the commit found `id` changed.
+    pub async fn interactive_update(
+        &self,
+        conn: &mut Connection,
+        id: &str,
+        body: &Bytes,
+    ) -> Result<Outcome<()>, BenchError> {
+        let Self::Truce { collection } = self else {
+            return Err(BenchError::Unsupported(
+                "interactive transactions are truce's; etcd has none".into(),
+            ));
+        };
+        let begun = conn
+            .send(Method::POST, "/v1/_txn/begin", &[], Bytes::new())
+            .await?;
+        if begun.status != StatusCode::CREATED {
+            return Ok(Outcome::Failed(format!("begin answered {}", begun.status)));
+        }
+        let answer: Value = serde_json::from_slice(&begun.body).unwrap_or_default();
+        let Some(txn) = answer["txn"]
+            .as_str()
+            .and_then(|t| HeaderValue::from_str(t).ok())
+        else {
+            return Ok(Outcome::Failed("begin without a txn".into()));
+        };
+        let in_txn = hyper::header::HeaderName::from_static("truce-txn");
+        let path = format!("/v1/{collection}/{id}");
+        let read = conn
+            .send(
+                Method::GET,
+                &path,
+                &[(in_txn.clone(), txn.clone())],
+                Bytes::new(),
+            )
+            .await?;
+        if read.status != StatusCode::OK {
+            return Ok(Outcome::Failed(format!("read answered {}", read.status)));
+        }
+        let written = conn
+            .send(
+                Method::PUT,
+                &path,
+                &[(in_txn, txn.clone()), (CONTENT_TYPE, JSON)],
+                body.clone(),
+            )
+            .await?;
+        if written.status != StatusCode::ACCEPTED {
+            return Ok(Outcome::Failed(format!(
+                "write answered {}",
+                written.status
+            )));
+        }
+        let commit = format!("/v1/_txn/{}/commit", txn.to_str().unwrap_or_default());
+        let committed = conn.send(Method::POST, &commit, &[], Bytes::new()).await?;
+        Ok(match committed.status {
+            StatusCode::OK => Outcome::Done(()),
+            StatusCode::CONFLICT => Outcome::Refused,
+            other => Outcome::Failed(format!("commit answered {other}")),
+        })
+    }
+}

@@ -65,6 +65,17 @@ pub enum Workload {
     /// documents (truce: `POST /v1/_txn`; etcd: a txn of 10 compares and 10
     /// puts); an operation is a transaction.
     Txn,
+    /// truce only: interactive transactions (begin, read, write, commit), each
+    /// client on its own documents (no contention); an operation is a commit.
+    #[value(name = "itxn")]
+    #[serde(rename = "itxn")]
+    InteractiveOwn,
+    /// truce only: interactive transactions on one shared document (high
+    /// contention); a commit that found the document changed is refused and
+    /// the client runs the next one.
+    #[value(name = "itxn-hot")]
+    #[serde(rename = "itxn-hot")]
+    InteractiveHot,
 }
 
 /// Documents written earlier by `truce bench load` (ids `doc-{first}` …
@@ -374,6 +385,20 @@ async fn set_up(
             }
             Ok(())
         }
+        Workload::InteractiveHot => {
+            if !protocol.has_unchanged_read() {
+                return Err(BenchError::Unsupported(
+                    "interactive transactions are truce's".into(),
+                ));
+            }
+            if client.index == 0 {
+                let outcome = protocol
+                    .create(&mut client.conn, hot_id, document(0, plan.body_size))
+                    .await?;
+                require_done(outcome, hot_id)?;
+            }
+            Ok(())
+        }
         Workload::Hot => {
             if client.index == 0 {
                 let outcome = protocol
@@ -399,7 +424,16 @@ async fn set_up(
             }
             Ok(())
         }
-        Workload::Update | Workload::Read | Workload::ReadUnchanged | Workload::Mixed => {
+        Workload::Update
+        | Workload::Read
+        | Workload::ReadUnchanged
+        | Workload::Mixed
+        | Workload::InteractiveOwn => {
+            if plan.workload == Workload::InteractiveOwn && !protocol.has_unchanged_read() {
+                return Err(BenchError::Unsupported(
+                    "interactive transactions are truce's".into(),
+                ));
+            }
             if let Some(preloaded) = plan.preloaded {
                 let mut i = preloaded.first + client.index;
                 while i < preloaded.first + preloaded.count {
@@ -565,6 +599,20 @@ async fn step(
             tally.record(started, &outcome);
         }
         Workload::LockHandoff => handoff(client, protocol, plan, started, tally).await?,
+        Workload::InteractiveOwn => {
+            let slot = (seq as usize) % client.docs.len();
+            let id = client.docs[slot].0.clone();
+            let outcome = protocol
+                .interactive_update(&mut client.conn, &id, &body())
+                .await?;
+            tally.record(started, &outcome);
+        }
+        Workload::InteractiveHot => {
+            let outcome = protocol
+                .interactive_update(&mut client.conn, hot_id, &body())
+                .await?;
+            tally.record(started, &outcome);
+        }
         Workload::Txn => {
             let outcome = protocol
                 .txn_update(&mut client.conn, &client.docs, &body())

@@ -54,3 +54,76 @@ async fn a_transaction_is_built_sent_and_its_failure_named() {
     let misuse = client.txn().if_match("\"1-x\"").send().await;
     assert!(matches!(misuse, Err(truce_client::Error::Invalid(_))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transact_reruns_on_conflict_so_no_increment_is_lost() {
+    let server = TestServer::start().await;
+    let client = Client::new(&server.base).expect("client");
+    client
+        .put("counters", "c", &json!({"n": 0}))
+        .send()
+        .await
+        .expect("counter");
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..3 {
+                client
+                    .transact(|tx| async move {
+                        let counter = tx.get::<Value>("counters", "c").await?;
+                        let n = counter.value["n"].as_u64().unwrap_or(0);
+                        tx.put("counters", "c", &json!({"n": n + 1})).await?;
+                        Ok(())
+                    })
+                    .await
+                    .expect("transact");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    let counter = client.get::<Value>("counters", "c").await.expect("read");
+    assert_eq!(counter.value["n"], 36);
+
+    // A failure that is not a conflict is returned at once (and rolled back).
+    let missing = client
+        .transact(|tx| async move {
+            tx.put("counters", "side", &json!({})).await?;
+            tx.get::<Value>("counters", "absent").await?;
+            Ok(())
+        })
+        .await
+        .expect_err("absent");
+    assert_eq!(missing.kind(), Some(ProblemKind::NotFound));
+    assert!(client.get::<Value>("counters", "side").await.is_err());
+
+    // With one attempt allowed, a conflict gives up with a typed error.
+    let strict = Client::builder(&server.base)
+        .retry(truce_client::RetryPolicy {
+            max_attempts: 1,
+            ..truce_client::RetryPolicy::default()
+        })
+        .build()
+        .expect("client");
+    let other = client.clone();
+    let gave_up = strict
+        .transact(|tx| {
+            let other = other.clone();
+            async move {
+                let counter = tx.get::<Value>("counters", "c").await?;
+                // Someone else writes what was read, before the commit.
+                other.put("counters", "c", &json!({"n": 0})).send().await?;
+                tx.put("counters", "c", &counter.value).await?;
+                Ok(())
+            }
+        })
+        .await
+        .expect_err("conflict");
+    assert!(
+        matches!(gave_up, truce_client::Error::GaveUp { attempts: 1, .. }),
+        "{gave_up}"
+    );
+    assert_eq!(gave_up.kind(), Some(ProblemKind::TransactionConflict));
+}

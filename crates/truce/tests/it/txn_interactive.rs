@@ -287,7 +287,7 @@ async fn idle_transactions_expire_and_rollback_ends_one() {
     .await;
 }
 
-/// Transfers between 20 accounts of 100 by `clients` tasks, each transfer an
+/// Transfers between 50 accounts of 100 by `clients` tasks, each transfer an
 /// interactive transaction (read both, write both, commit), retried when the
 /// commit finds a change; `bases` are nodes the clients take in turn.
 pub(crate) async fn interactive_bank(
@@ -296,7 +296,7 @@ pub(crate) async fn interactive_bank(
     clients: usize,
     each: usize,
 ) {
-    const ACCOUNTS: usize = 20;
+    const ACCOUNTS: usize = 50;
     for i in 0..ACCOUNTS {
         let created = client
             .put(format!("{}/v1/ibank/a{i}", bases[0]))
@@ -384,4 +384,23 @@ pub(crate) async fn interactive_bank(
 async fn concurrent_interactive_transfers_keep_the_bank_whole() {
     let server = TestServer::start().await;
     interactive_bank(&server.client, std::slice::from_ref(&server.base), 16, 8).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_older_than_retention_keeps_is_gone() {
+    let server = TestServer::start().await;
+    let (client, base) = (&server.client, server.base.as_str());
+    let settings = client
+        .put(format!("{base}/v1/_collections/short"))
+        .json(&json!({"history": {"max_versions": 1}}))
+        .send()
+        .await
+        .expect("settings");
+    assert_eq!(settings.status(), 200);
+    server.create("/v1/short/a", &json!({"v": 1})).await;
+    let (txn, _) = begin(client, base).await;
+    // Version 1, the snapshot's, is no longer kept once version 2 exists.
+    server.put("/v1/short/a", &json!({"v": 2}), &[]).await;
+    let gone = get_in(client, base, &txn, "/v1/short/a").await;
+    problem(gone, 410, "history-compacted").await;
 }
