@@ -290,21 +290,45 @@ async fn a_keyed_transaction_is_applied_once() {
     assert_eq!(again.json::<Value>().await.expect("body"), first);
 }
 
-/// 50 accounts of 100; `clients` tasks each make `each` transfers of a random
-/// amount between two random accounts, as one transaction with `if_match` on
-/// both, retried on a conflict and skipped when the payer cannot afford it.
-/// `bases` are the nodes the clients take in turn.
-pub(crate) async fn bank(client: &Client, bases: &[String], clients: usize, each: usize) {
-    const ACCOUNTS: usize = 50;
-    for i in 0..ACCOUNTS {
+/// Opens `n` accounts of 100 in `collection` (ids `a0`, `a1`, ...).
+pub(crate) async fn open_accounts(client: &Client, base: &str, collection: &str, n: usize) {
+    for i in 0..n {
         let created = client
-            .put(format!("{}/v1/bank/acct{i}", bases[0]))
+            .put(format!("{base}/v1/{collection}/a{i}"))
             .json(&json!({"balance": 100}))
             .send()
             .await
             .expect("open");
         assert_eq!(created.status(), 201);
     }
+}
+
+/// Checks that the `n` accounts of `collection` still hold 100 each on
+/// average and none is negative.
+pub(crate) async fn assert_whole(client: &Client, base: &str, collection: &str, n: usize) {
+    let mut total = 0;
+    for i in 0..n {
+        let account: Value = client
+            .get(format!("{base}/v1/{collection}/a{i}"))
+            .send()
+            .await
+            .expect("read")
+            .json()
+            .await
+            .expect("account");
+        // Balances are unsigned: a negative one would not even parse.
+        total += account["balance"].as_u64().expect("a balance of 0 or more");
+    }
+    assert_eq!(total, 100 * n as u64, "money was made or lost");
+}
+
+/// 50 accounts of 100; `clients` tasks each make `each` transfers of a random
+/// amount between two random accounts, as one transaction with `if_match` on
+/// both, retried on a conflict and skipped when the payer cannot afford it.
+/// `bases` are the nodes the clients take in turn.
+pub(crate) async fn bank(client: &Client, bases: &[String], clients: usize, each: usize) {
+    const ACCOUNTS: usize = 50;
+    open_accounts(client, &bases[0], "bank", ACCOUNTS).await;
     let mut tasks = Vec::new();
     for c in 0..clients {
         let (client, base) = (client.clone(), bases[c % bases.len()].clone());
@@ -319,7 +343,7 @@ pub(crate) async fn bank(client: &Client, bases: &[String], clients: usize, each
                         let (client, base) = (client.clone(), base.clone());
                         async move {
                             let response = client
-                                .get(format!("{base}/v1/bank/acct{id}"))
+                                .get(format!("{base}/v1/bank/a{id}"))
                                 .send()
                                 .await
                                 .expect("read");
@@ -334,8 +358,8 @@ pub(crate) async fn bank(client: &Client, bases: &[String], clients: usize, each
                         break;
                     }
                     let ops = json!([
-                        {"op": "put", "collection": "bank", "id": format!("acct{from}"), "if_match": from_tag, "doc": {"balance": from_balance - amount}},
-                        {"op": "put", "collection": "bank", "id": format!("acct{to}"), "if_match": to_tag, "doc": {"balance": to_balance + amount}},
+                        {"op": "put", "collection": "bank", "id": format!("a{from}"), "if_match": from_tag, "doc": {"balance": from_balance - amount}},
+                        {"op": "put", "collection": "bank", "id": format!("a{to}"), "if_match": to_tag, "doc": {"balance": to_balance + amount}},
                     ]);
                     match txn(&client, &base, ops).await.status().as_u16() {
                         200 => break,
@@ -349,20 +373,7 @@ pub(crate) async fn bank(client: &Client, bases: &[String], clients: usize, each
     for task in tasks {
         task.await.expect("client");
     }
-    let mut total = 0;
-    for i in 0..ACCOUNTS {
-        let account: Value = client
-            .get(format!("{}/v1/bank/acct{i}", bases[0]))
-            .send()
-            .await
-            .expect("read")
-            .json()
-            .await
-            .expect("account");
-        // Balances are unsigned: a negative one would not even parse.
-        total += account["balance"].as_u64().expect("a balance of 0 or more");
-    }
-    assert_eq!(total, 100 * ACCOUNTS as u64, "money was made or lost");
+    assert_whole(client, &bases[0], "bank", ACCOUNTS).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

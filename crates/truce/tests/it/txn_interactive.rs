@@ -297,15 +297,7 @@ pub(crate) async fn interactive_bank(
     each: usize,
 ) {
     const ACCOUNTS: usize = 50;
-    for i in 0..ACCOUNTS {
-        let created = client
-            .put(format!("{}/v1/ibank/a{i}", bases[0]))
-            .json(&json!({"balance": 100}))
-            .send()
-            .await
-            .expect("open");
-        assert_eq!(created.status(), 201);
-    }
+    crate::txn::open_accounts(client, &bases[0], "ibank", ACCOUNTS).await;
     let mut tasks = Vec::new();
     for c in 0..clients {
         let (client, base) = (client.clone(), bases[c % bases.len()].clone());
@@ -365,19 +357,7 @@ pub(crate) async fn interactive_bank(
     for task in tasks {
         task.await.expect("client");
     }
-    let mut total = 0;
-    for i in 0..ACCOUNTS {
-        let account: Value = client
-            .get(format!("{}/v1/ibank/a{i}", bases[0]))
-            .send()
-            .await
-            .expect("read")
-            .json()
-            .await
-            .expect("account");
-        total += account["balance"].as_u64().expect("a balance of 0 or more");
-    }
-    assert_eq!(total, 100 * ACCOUNTS as u64, "money was made or lost");
+    crate::txn::assert_whole(client, &bases[0], "ibank", ACCOUNTS).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
