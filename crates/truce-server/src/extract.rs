@@ -139,11 +139,7 @@ impl<S: Send + Sync> FromRequestParts<S> for TxnId {
             return Ok(Self(None));
         };
         let id = String::from_utf8_lossy(value.as_bytes()).trim().to_owned();
-        if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(ApiError::Malformed(
-                "Truce-Txn must be the txn id POST /v1/_txn/begin answered".into(),
-            ));
-        }
+        crate::routes::sessions::check_txn_id(&id)?;
         Ok(Self(Some(id)))
     }
 }

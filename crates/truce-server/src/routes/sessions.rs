@@ -394,8 +394,9 @@ pub(crate) fn cursor_id(cursor: Option<&str>) -> Result<Option<DocId>, ApiError>
         .transpose()
 }
 
-/// A transaction id's syntax (a typo is 400, not an unknown transaction).
-fn check_txn_id(txn: &str) -> Result<(), ApiError> {
+/// A transaction id's syntax, in `Truce-Txn` and in paths (a typo is 400, not
+/// an unknown transaction).
+pub(crate) fn check_txn_id(txn: &str) -> Result<(), ApiError> {
     if txn.is_empty() || txn.len() > 64 || !txn.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(ApiError::Malformed(format!(
             "{txn:?} is not a transaction id (letters and digits, as POST /v1/_txn/begin answered)"
