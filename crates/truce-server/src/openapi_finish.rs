@@ -168,8 +168,8 @@ fn finish_operation(path: &str, method: &str, operation: &mut Map<String, Value>
                 "The token the lock was granted with (`DELETE ...?force=true` breaks the lock without it: admin)",
             );
         }
-        let in_txn = (path == "/v1/{collection}/{id}" && method != "head")
-            || (path == "/v1/{collection}" && method == "get");
+        let in_txn =
+            path == "/v1/{collection}/{id}" || (path == "/v1/{collection}" && method == "get");
         if in_txn {
             add(
                 "Truce-Txn",

@@ -71,6 +71,17 @@ async fn reads_see_the_snapshot_and_the_transactions_own_writes() {
     assert_eq!(read.status(), 200);
     assert_eq!(header(&read, "truce-version"), "1");
     assert_eq!(read.json::<Value>().await.expect("doc"), json!({"v": 1}));
+    let head = client
+        .head(format!("{base}/v1/notes/a"))
+        .header("truce-txn", &txn)
+        .send()
+        .await
+        .expect("head");
+    assert_eq!(
+        header(&head, "truce-version"),
+        "1",
+        "HEAD reads the snapshot too"
+    );
     problem(
         get_in(client, base, &txn, "/v1/notes/b").await,
         404,
