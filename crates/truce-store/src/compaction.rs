@@ -9,9 +9,7 @@ use truce_engine::{
 };
 
 use crate::codec;
-use crate::error::storage;
 use crate::snapshot::Snapshot;
-use crate::tables::META_CHANGES_COMPACTED;
 
 impl CompactionSource for Snapshot {
     fn versions_after(
@@ -19,22 +17,16 @@ impl CompactionSource for Snapshot {
         after: Option<Position>,
         limit: usize,
     ) -> Result<Vec<StoredVersion>, StorageError> {
-        let log = &self.tables.log;
-        let entries = match after {
-            Some(after) => log.range(after..).map_err(storage)?,
-            None => log.range((0, 0)..).map_err(storage)?,
-        };
         let mut found = Vec::new();
-        for entry in entries {
+        for entry in self.log_from(after.unwrap_or((0, 0)))? {
             if found.len() == limit {
                 break;
             }
-            let (position, value) = entry.map_err(storage)?;
-            let position = position.value();
+            let (position, bytes) = entry?;
             if Some(position) == after {
                 continue;
             }
-            let record = codec::decode_log(value.value(), false)?;
+            let record = codec::decode_log(bytes.as_slice(), false)?;
             found.push(StoredVersion {
                 position,
                 key: record.key,
@@ -47,7 +39,7 @@ impl CompactionSource for Snapshot {
     }
 
     fn head_of(&self, key: &ResourceKey) -> Result<Option<StoredHead>, StorageError> {
-        Ok(self.tables.head_record(key)?.map(|head| StoredHead {
+        Ok(self.head_record(key)?.map(|head| StoredHead {
             position: head.position,
             number: head.number,
             tombstone: head.tombstone,
@@ -68,6 +60,6 @@ impl CompactionSource for Snapshot {
     }
 
     fn changes_compacted_through(&self) -> Result<u64, StorageError> {
-        self.meta(META_CHANGES_COMPACTED)
+        Ok(self.changes_compacted())
     }
 }

@@ -23,14 +23,12 @@ use truce_engine::{
 
 use crate::error::OpenError;
 use crate::faults::Faults;
-use crate::heads::Overlay;
 use crate::health::Health;
 use crate::recovery::{open_database, recover};
 use crate::reserve::{RESERVE_FILE, Reserve};
 use crate::sequencer::{Job, Sequencer, SequencerStart};
-use crate::snapshot::{Published, Snapshot};
-use crate::tables::{META_CHANGES_COMPACTED, last_revision, read_changes};
-use crate::wal::{WAL_FILE, Wal};
+use crate::snapshot::{Base, Published, Snapshot};
+use crate::wal::Wal;
 
 /// The database file inside the data directory.
 pub const DATABASE_FILE: &str = "truce.redb";
@@ -136,9 +134,8 @@ impl EmbeddedStore {
             path: path.clone(),
             message,
         };
-        let (mut wal, frames) =
-            Wal::open(&config.data_dir.join(WAL_FILE), config.faults.clone())
-                .map_err(|e| failed(format!("cannot read the write-ahead log {WAL_FILE}: {e}")))?;
+        let (mut wal, frames) = Wal::open(&config.data_dir, config.faults.clone())
+            .map_err(|e| failed(format!("cannot read the write-ahead log: {e}")))?;
         let recovered = recover(&db, &frames, None)
             .map_err(|e| failed(format!("cannot recover from the write-ahead log: {e}")))?;
         wal.restart(recovered.epoch);
@@ -149,7 +146,8 @@ impl EmbeddedStore {
             config.faults.clone(),
         );
         let reserve_problem = reserve.ensure().err().map(|e| e.to_string());
-        let first = Snapshot::open(&db, Overlay::new())
+        let first = Base::open(&db)
+            .map(Snapshot::of)
             .map_err(|e| failed(format!("cannot read the recovered store: {e}")))?;
         let last_event = first
             .last_side_key(SideTable::ConflictEvents.code())
@@ -172,6 +170,7 @@ impl EmbeddedStore {
             reserve,
             health: Arc::clone(&health),
             jobs: jobs_rx,
+            wake: jobs_tx.downgrade(),
             revisions: revisions_tx,
             events: events_tx,
             locks: locks_tx,
@@ -263,14 +262,14 @@ impl Store for EmbeddedStore {
     }
 
     async fn head(&self, key: &ResourceKey) -> Result<Option<Version>, EngineError> {
-        Ok(self.snapshot()?.tables.head(key)?)
+        Ok(self.snapshot()?.head(key)?)
     }
 
     async fn version(&self, key: &ResourceKey, number: u64) -> Result<VersionLookup, EngineError> {
         let snapshot = self.snapshot()?;
         let retention = self.retention_of(&snapshot, &key.collection)?;
         Ok(lookup_version(
-            &snapshot.tables,
+            &*snapshot,
             key,
             number,
             ReadContext {
@@ -288,7 +287,7 @@ impl Store for EmbeddedStore {
         let snapshot = self.snapshot()?;
         let retention = self.retention_of(&snapshot, &key.collection)?;
         Ok(lookup_at_revision(
-            &snapshot.tables,
+            &*snapshot,
             key,
             revision,
             ReadContext {
@@ -303,7 +302,7 @@ impl Store for EmbeddedStore {
         collection: &CollectionName,
         query: &ListQuery,
     ) -> Result<ListPage, EngineError> {
-        Ok(self.snapshot()?.tables.list(collection, query)?)
+        Ok(self.snapshot()?.list(collection, query)?)
     }
 
     async fn history(
@@ -315,7 +314,7 @@ impl Store for EmbeddedStore {
         let snapshot = self.snapshot()?;
         let retention = self.retention_of(&snapshot, &key.collection)?;
         Ok(history_page(
-            &snapshot.tables,
+            &*snapshot,
             key,
             before,
             limit,
@@ -328,9 +327,8 @@ impl Store for EmbeddedStore {
 
     async fn changes(&self, query: &ChangeQuery) -> Result<ChangePage, EngineError> {
         let snapshot = self.snapshot()?;
-        query.check_retained(snapshot.meta(META_CHANGES_COMPACTED)?)?;
-        let log = &snapshot.tables.log;
-        Ok(read_changes(log, query, last_revision(log)?)?)
+        query.check_retained(snapshot.changes_compacted())?;
+        Ok(snapshot.changes(query)?)
     }
 
     async fn commit_side(&self, commit: SideCommit) -> Result<(), EngineError> {
@@ -431,7 +429,7 @@ impl Store for EmbeddedStore {
                 &conflicts,
                 Timestamp::now(),
             )?;
-            Ok::<_, StorageError>((plan, snapshot.meta(META_CHANGES_COMPACTED)?))
+            Ok::<_, StorageError>((plan, snapshot.changes_compacted()))
         })
         .await
         .map_err(|e| EngineError::Internal(format!("compaction scan failed: {e}")))??;

@@ -94,7 +94,8 @@ struct Plan {
     /// After a power loss, every operation fails.
     dead: bool,
     /// What a power loss would undo, per file.
-    unsynced: HashMap<FileKind, Unsynced>,
+    /// (Files of one kind are told apart by their slot: the log has two.)
+    unsynced: HashMap<(FileKind, u8), Unsynced>,
 }
 
 /// The writes of one file since its last successful sync, and how to undo them.
@@ -243,7 +244,7 @@ impl Faults {
     /// Registers a freshly opened file (replacing an earlier handle of the same kind).
     /// A file opened again (redb reopened after a fault) keeps what was not synced
     /// through the earlier handle: a power loss undoes it all the same.
-    fn register(&self, kind: FileKind, file: &File) -> std::io::Result<()> {
+    fn register(&self, kind: (FileKind, u8), file: &File) -> std::io::Result<()> {
         let handle = Arc::new(file.try_clone()?);
         let mut plan = self.plan();
         match plan.unsynced.get_mut(&kind) {
@@ -263,10 +264,66 @@ impl Faults {
         Ok(())
     }
 
-    /// Keeps what `len` bytes at `offset` hold now, to undo a write there.
-    fn before_write(&self, kind: FileKind, offset: u64, len: usize) -> std::io::Result<()> {
+    /// Writes `data` at `offset` of `file`, keeping what was there to undo it.
+    /// Done under the plan's lock, so a power cut on another thread comes
+    /// wholly before or after it (after a cut, it fails).
+    fn write_through(
+        &self,
+        kind: (FileKind, u8),
+        file: &File,
+        offset: u64,
+        data: &[u8],
+    ) -> std::io::Result<()> {
         let mut plan = self.plan();
-        let Some(unsynced) = plan.unsynced.get_mut(&kind) else {
+        if plan.dead {
+            return Err(injected(Fault::Io));
+        }
+        plan.keep_before(kind, offset, data.len())?;
+        file.write_all_at(data, offset)
+    }
+
+    /// Syncs through `sync`, under the plan's lock (as [`Faults::write_through`]),
+    /// and forgets what a power loss would have undone.
+    fn sync_through(
+        &self,
+        kind: (FileKind, u8),
+        sync: impl FnOnce() -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let mut plan = self.plan();
+        if plan.dead {
+            return Err(injected(Fault::Io));
+        }
+        sync()?;
+        if let Some(unsynced) = plan.unsynced.get_mut(&kind) {
+            unsynced.undo.clear();
+            unsynced.synced_len = unsynced.file.metadata()?.len();
+        }
+        Ok(())
+    }
+
+    /// Keeps the bytes a shrink cuts off, to undo it.
+    fn before_set_len(&self, kind: (FileKind, u8), len: u64) -> std::io::Result<()> {
+        let mut plan = self.plan();
+        let current = match plan.unsynced.get(&kind) {
+            Some(unsynced) => unsynced.file.metadata()?.len(),
+            None => return Ok(()),
+        };
+        if len < current {
+            plan.keep_before(kind, len, (current - len) as usize)?;
+        }
+        Ok(())
+    }
+}
+
+impl Plan {
+    /// Keeps what `len` bytes at `offset` hold now, to undo a write there.
+    fn keep_before(
+        &mut self,
+        kind: (FileKind, u8),
+        offset: u64,
+        len: usize,
+    ) -> std::io::Result<()> {
+        let Some(unsynced) = self.unsynced.get_mut(&kind) else {
             return Ok(());
         };
         let current = unsynced.file.metadata()?.len();
@@ -276,28 +333,6 @@ impl Faults {
         unsynced.undo.push((offset, old, len));
         Ok(())
     }
-
-    /// Keeps the bytes a shrink cuts off, to undo it.
-    fn before_set_len(&self, kind: FileKind, len: u64) -> std::io::Result<()> {
-        let current = match self.plan().unsynced.get(&kind) {
-            Some(unsynced) => unsynced.file.metadata()?.len(),
-            None => return Ok(()),
-        };
-        if len < current {
-            self.before_write(kind, len, (current - len) as usize)?;
-        }
-        Ok(())
-    }
-
-    /// A sync succeeded: what was written is durable now.
-    fn synced(&self, kind: FileKind) -> std::io::Result<()> {
-        let mut plan = self.plan();
-        if let Some(unsynced) = plan.unsynced.get_mut(&kind) {
-            unsynced.undo.clear();
-            unsynced.synced_len = unsynced.file.metadata()?.len();
-        }
-        Ok(())
-    }
 }
 
 /// One of the store's files, with its I/O passing the fault seam.
@@ -305,16 +340,33 @@ impl Faults {
 pub(crate) struct StoreFile {
     file: File,
     kind: FileKind,
+    /// Which file of its kind it is (the log's two files are slots 0 and 1).
+    slot: u8,
     faults: Option<Faults>,
 }
 
 impl StoreFile {
     /// Wraps an open file.
     pub fn new(file: File, kind: FileKind, faults: Option<Faults>) -> std::io::Result<Self> {
+        Self::in_slot(file, kind, 0, faults)
+    }
+
+    /// Wraps an open file, one of several of its kind.
+    pub fn in_slot(
+        file: File,
+        kind: FileKind,
+        slot: u8,
+        faults: Option<Faults>,
+    ) -> std::io::Result<Self> {
         if let Some(faults) = &faults {
-            faults.register(kind, &file)?;
+            faults.register((kind, slot), &file)?;
         }
-        Ok(Self { file, kind, faults })
+        Ok(Self {
+            file,
+            kind,
+            slot,
+            faults,
+        })
     }
 
     /// The plain file, for reads (which the seam does not fail).
@@ -340,8 +392,7 @@ impl StoreFile {
             Err(Fault::ShortWrite) => data.len() / 2,
             Err(fault) => return Err(injected(fault)),
         };
-        faults.before_write(self.kind, offset, len)?;
-        self.file.write_all_at(&data[..len], offset)?;
+        faults.write_through((self.kind, self.slot), &self.file, offset, &data[..len])?;
         outcome.map_err(injected)
     }
 
@@ -349,31 +400,28 @@ impl StoreFile {
     /// undone by a later power loss.
     pub fn sync_data(&self) -> std::io::Result<()> {
         self.check(IoOp::Sync).map_err(injected)?;
-        self.file.sync_data()?;
-        self.after_sync()
+        match &self.faults {
+            Some(faults) => faults.sync_through((self.kind, self.slot), || self.file.sync_data()),
+            None => self.file.sync_data(),
+        }
     }
 
     /// `sync_all`, through the seam (counted as a sync).
     pub fn sync_all(&self) -> std::io::Result<()> {
         self.check(IoOp::Sync).map_err(injected)?;
-        self.file.sync_all()?;
-        self.after_sync()
+        match &self.faults {
+            Some(faults) => faults.sync_through((self.kind, self.slot), || self.file.sync_all()),
+            None => self.file.sync_all(),
+        }
     }
 
     /// `set_len`, through the seam.
     pub fn set_len(&self, len: u64) -> std::io::Result<()> {
         self.check(IoOp::SetLen).map_err(injected)?;
         if let Some(faults) = &self.faults {
-            faults.before_set_len(self.kind, len)?;
+            faults.before_set_len((self.kind, self.slot), len)?;
         }
         self.file.set_len(len)
-    }
-
-    fn after_sync(&self) -> std::io::Result<()> {
-        match &self.faults {
-            Some(faults) => faults.synced(self.kind),
-            None => Ok(()),
-        }
     }
 }
 

@@ -13,6 +13,7 @@ mod error;
 mod faults;
 mod heads;
 mod health;
+mod layer;
 mod recovery;
 mod reserve;
 mod sequencer;

@@ -24,7 +24,7 @@ use crate::codec::{self, HeadRecord, LogPosition};
 use crate::embedded::EmbeddedConfig;
 use crate::error::{OpenError, storage};
 use crate::faults::FaultyBackend;
-use crate::heads::{Heads, Overlay};
+use crate::heads::Heads;
 use crate::wal::Frame;
 use crate::write_tables::WriteTables;
 
@@ -74,8 +74,9 @@ pub(crate) struct Recovered {
 }
 
 /// Creates the tables of a new store, brings the heads table up to the log, applies
-/// the write-ahead log's frames of the current epoch (and, for frames of the first
-/// format, those that continue the database's revisions), removes every revision
+/// the write-ahead log's frames of the file's epoch and the next, in epoch order
+/// (and, for frames of the first format, those that continue the database's
+/// revisions), removes every revision
 /// above `keep_through` (when given: the newest revision that was ever
 /// acknowledged) and makes the result durable as a checkpoint of a new epoch.
 /// Afterwards every frame in the log is redundant and the heads table is complete.
@@ -86,17 +87,25 @@ pub(crate) fn recover(
 ) -> Result<Recovered, StorageError> {
     let txn = db.begin_write().map_err(storage)?;
     let (revision, replayed, epoch) = {
-        let mut tables = WriteTables::open(&txn, Overlay::new())?;
+        let mut tables = WriteTables::open(&txn)?;
         let mut revision = tables.revision()?;
         let epoch = tables.wal_epoch()?;
         // Log records committed after the last checkpoint may have reached the file
         // (a commit without fsync survives a process crash); their heads never did.
         let mut replayed = tables.restore_heads(revision)?;
+        // The log's two files hold the frames of the file's epoch (written before
+        // a checkpoint that did not finish) and of the next (written since it
+        // began); older ones are from before the last checkpoint, and stale.
+        let mut newest_epoch = epoch;
         for frame in frames {
-            // A frame of another epoch is from before the last checkpoint: it and
-            // everything after it are stale.
-            if frame.epoch.is_some_and(|e| e != epoch) {
-                break;
+            if let Some(frame_epoch) = frame.epoch {
+                newest_epoch = newest_epoch.max(frame_epoch);
+                if frame_epoch < epoch {
+                    continue;
+                }
+                if frame_epoch > epoch + 1 {
+                    break;
+                }
             }
             if let Some((first, last)) = frame.revisions() {
                 if last <= revision {
@@ -110,11 +119,10 @@ pub(crate) fn recover(
                 }
                 for entry in &frame.entries {
                     tables
-                        .view
                         .log
                         .insert(entry.position, entry.record.as_slice())
                         .map_err(storage)?;
-                    restore_head(&mut tables.view.heads, entry.position, &entry.record)?;
+                    restore_head(&mut tables.heads, entry.position, &entry.record)?;
                     replayed += 1;
                 }
                 revision = last;
@@ -137,8 +145,9 @@ pub(crate) fn recover(
             tables.flush_heads(keep)?;
             revision = keep;
         }
-        tables.set_wal_epoch(epoch + 1)?;
-        (revision, replayed, epoch + 1)
+        // Every frame read, of either file, is stale after this commit.
+        tables.set_wal_epoch(newest_epoch + 1)?;
+        (revision, replayed, newest_epoch + 1)
     };
     txn.commit().map_err(storage)?;
     Ok(Recovered {
@@ -169,22 +178,21 @@ pub(crate) fn restore_head(
 /// overlay flushed). Returns how many records were removed.
 fn trim_after(tables: &mut WriteTables<'_>, keep: u64) -> Result<usize, StorageError> {
     let mut doomed = Vec::new();
-    for entry in tables.view.log.range((keep + 1, 0)..).map_err(storage)? {
+    for entry in tables.log.range((keep + 1, 0)..).map_err(storage)? {
         let (position, record) = entry.map_err(storage)?;
         doomed.push((position.value(), record.value().to_vec()));
     }
     for (position, record) in doomed.iter().rev() {
         let decoded = codec::decode_log(record, false)?;
         let key = codec::head_key(&decoded.key);
-        tables.view.log.remove(*position).map_err(storage)?;
+        tables.log.remove(*position).map_err(storage)?;
         let previous = match decoded.prev {
             Some(prev) => tables
-                .view
                 .log_record(prev, true)?
                 .map(|record| HeadRecord::of(prev, &record)),
             None => None,
         };
-        let heads = &mut tables.view.heads.table;
+        let heads = &mut tables.heads.table;
         match previous {
             Some(head) => {
                 heads
@@ -321,8 +329,9 @@ mod tests {
         }
     }
 
-    /// Frames of the current epoch are applied in order; the first frame of another
-    /// epoch (from before the last checkpoint) ends them; frames of the first
+    /// Frames of the file's epoch and the next are applied in order (the log
+    /// hands them over in epoch order); older ones (from before the last
+    /// checkpoint) are skipped, and a newer one ends them; frames of the first
     /// format are recognised by their revisions.
     #[test]
     fn frames_are_applied_by_epoch() {
@@ -331,28 +340,26 @@ mod tests {
         let fresh = recover(&db, &[], None).unwrap();
         assert_eq!((fresh.revision, fresh.epoch), (0, 1));
         let frames = [
+            // Stale: written before the checkpoint that began epoch 1.
+            frame(Some(0), 1, "c", 1),
             frame(Some(1), 1, "a", 1),
             frame(Some(1), 2, "b", 1),
-            // Stale: written before the checkpoint that began epoch 1.
-            frame(Some(0), 3, "c", 1),
-            frame(Some(1), 3, "d", 1),
+            // Written while the checkpoint of epoch 1 ran (the log's other file).
+            frame(Some(2), 3, "d", 1),
+            // Cannot follow: ends the frames.
+            frame(Some(4), 4, "x", 1),
         ];
         let recovered = recover(&db, &frames, None).unwrap();
-        assert_eq!((recovered.revision, recovered.epoch), (2, 2));
-        assert!(head_of(&db, "b").is_some());
-        assert!(head_of(&db, "c").is_none() && head_of(&db, "d").is_none());
-        // Epoch 1's frames are stale now; a first-format frame continuing the
+        assert_eq!((recovered.revision, recovered.epoch), (3, 5));
+        assert!(head_of(&db, "b").is_some() && head_of(&db, "d").is_some());
+        assert!(head_of(&db, "c").is_none() && head_of(&db, "x").is_none());
+        // Every frame read is stale now; a first-format frame continuing the
         // revisions is applied, one that does not is not.
-        let legacy = [
-            frame(Some(1), 3, "e", 1),
-            frame(None, 3, "f", 1),
-            frame(None, 5, "g", 1),
-        ];
-        let recovered = recover(&db, &legacy, None).unwrap();
-        assert_eq!(recovered.revision, 2);
-        assert!(head_of(&db, "e").is_none() && head_of(&db, "f").is_none());
-        let legacy = [frame(None, 3, "f", 1), frame(None, 5, "g", 1)];
-        assert_eq!(recover(&db, &legacy, None).unwrap().revision, 3);
+        let stale = [frame(Some(4), 4, "e", 1)];
+        assert_eq!(recover(&db, &stale, None).unwrap().revision, 3);
+        assert!(head_of(&db, "e").is_none());
+        let legacy = [frame(None, 4, "f", 1), frame(None, 6, "g", 1)];
+        assert_eq!(recover(&db, &legacy, None).unwrap().revision, 4);
         assert!(head_of(&db, "f").is_some() && head_of(&db, "g").is_none());
     }
 }

@@ -8,14 +8,20 @@
 //! written before the next job is planned.
 //!
 //! The batch is then made durable with one fsync, and only after that does any job get
-//! its answer: a 2xx always means "on disk". Usually the fsync is of the batch's frame
-//! in the [write-ahead log](crate::wal), after which a redb commit without fsync
-//! appends the batch to the log table, and its new heads go to the in-memory
-//! [overlay](crate::heads). Every `checkpoint_interval` (or `checkpoint_bytes` of
-//! log, or `checkpoint_heads` in the overlay), and for compactions and shutdown, the
-//! overlay is written into the heads table and the redb commit itself is durable, and
-//! the log starts over. After each commit a [snapshot](crate::snapshot) is published,
-//! before any answer; readers never see a write before it is on disk.
+//! its answer: a 2xx always means "on disk". The fsync is of the batch's frame in the
+//! [write-ahead log](crate::wal); what the batch wrote sits in the active in-memory
+//! [layer](crate::layer), and a [snapshot](crate::snapshot) of the new state is
+//! published before any answer, so readers never see a write before it is on disk.
+//! The sequencer does not write redb on this path at all.
+//!
+//! Checkpoints run beside it: every `checkpoint_interval` (or `checkpoint_bytes` of
+//! log, or `checkpoint_heads` heads in the active layer) the active layer is frozen,
+//! the log goes on in its other file, and the [checkpointer](checkpointer) thread
+//! writes the frozen layer into redb in one durable commit while later batches go
+//! on. When it is done, the sequencer swaps in a snapshot of that commit and drops
+//! the frozen layer. Only compactions, shutdown and `--checkpoint-interval 0s` make
+//! a batch wait for a checkpoint (its own, made on this thread), and so does a batch
+//! that finds the active layer twice over its limits while one is still running.
 //!
 //! Concurrency: nothing else writes, so checks and writes are atomic without locks.
 //! Readers use published MVCC snapshots and never wait for this thread. A panic
@@ -23,10 +29,11 @@
 //! shutdown the sequencer commits what is queued, then stops; later writes are
 //! refused.
 //!
-//! Faults: if any durable step fails (appending or syncing the batch's frame,
-//! growing the log, redb's commit or checkpoint, publishing), no job of the batch
-//! took effect and every one is answered with the storage error (503, `disk-full`
-//! or `io-error`). The sequencer then refuses writes (an [`Outage`]) and probes
+//! Faults: if any durable step of a batch fails (appending or syncing its frame,
+//! growing the log, a checkpoint it waits for or makes), no job of the batch took
+//! effect and every one is answered with the storage error (503, `disk-full` or
+//! `io-error`). A background checkpoint that fails refuses the batches after it
+//! the same way, although nothing acknowledged depends on it (the log holds it). The sequencer then refuses writes (an [`Outage`]) and probes
 //! with back-off until the store is back in a known-good state
 //! ([`crate::recovery`]): the log's tail made unreadable, and redb reopened from
 //! its file and recovered when redb itself failed. Readers keep the last published
@@ -37,7 +44,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use redb::{Database, Durability};
+use redb::Database;
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
     Batch, BatchNotes, BatchRules, CompactionPlan, CompactionReport, Delivery, EngineError,
@@ -48,14 +55,14 @@ use truce_engine::{
 
 use crate::embedded::EmbeddedConfig;
 use crate::error::{io, storage};
-use crate::heads::Overlay;
 use crate::health::{Health, Outage};
 use crate::recovery::{open_database, recover};
 use crate::reserve::Reserve;
-use crate::snapshot::{Published, Snapshot};
+use crate::snapshot::{Base, Published, Snapshot};
 use crate::wal::{FrameBuilder, Wal};
 use crate::write_tables::WriteTables;
-use jobs::FramedTables;
+use checkpointer::{Checkpointer, Done, Work};
+use jobs::Planning;
 
 /// A unit of work for the sequencer, with the channel its answer goes to.
 pub(crate) enum Job {
@@ -109,6 +116,9 @@ pub(crate) enum Job {
     },
     /// Commit what came before, then stop.
     Shutdown { reply: oneshot::Sender<()> },
+    /// Nothing to do but look for a finished checkpoint (the checkpointer's
+    /// nudge).
+    Wake,
 }
 
 /// The answer a job will get once its batch is durable.
@@ -125,18 +135,18 @@ enum Answer {
 }
 
 /// Why a batch failed, and whether redb's own state is now unknown.
-struct Failed {
+pub(super) struct Failed {
     error: StorageError,
     database_suspect: bool,
 }
 
 impl Failed {
     /// A failure of redb (its state is unknown until it is opened again).
-    fn database(error: impl Into<redb::Error>) -> Self {
+    pub(super) fn database(error: impl Into<redb::Error>) -> Self {
         Self::database_error(storage(error))
     }
 
-    fn database_error(error: StorageError) -> Self {
+    pub(super) fn database_error(error: StorageError) -> Self {
         Self {
             error,
             database_suspect: true,
@@ -157,8 +167,12 @@ pub(crate) struct Sequencer {
     /// Declared before `db`, so the snapshot's read transaction ends before the
     /// database closes.
     published: Arc<Published>,
+    /// The state after the last committed batch (what the next batch plans
+    /// against); `None` once stopped.
+    current: Option<Snapshot>,
     /// The database; `None` only while it is being opened again after a fault.
-    db: Option<Database>,
+    /// Shared with the checkpointer while it writes.
+    db: Option<Arc<Database>>,
     wal: Wal,
     /// The frame of the batch being built, reused from batch to batch.
     frame: FrameBuilder,
@@ -172,9 +186,9 @@ pub(crate) struct Sequencer {
     /// Makes conflict records' ids (time-ordered).
     conflict_ids: IdGenerator,
     health: Arc<Health>,
+    /// When the last checkpoint began.
     last_checkpoint: Instant,
-    /// The heads committed since the last checkpoint.
-    overlay: Overlay,
+    checkpointer: Checkpointer,
     jobs: mpsc::Receiver<Job>,
     revisions: watch::Sender<u64>,
     /// The newest conflict event's position.
@@ -189,7 +203,7 @@ pub(crate) struct SequencerStart {
     pub db: Database,
     /// Must hold nothing the database lacks (see [`recover`]).
     pub wal: Wal,
-    /// Readers' snapshot of the recovered state (its overlay is empty).
+    /// Readers' snapshot of the recovered state (no layers).
     pub published: Arc<Published>,
     /// The revision of that snapshot.
     pub revision: u64,
@@ -197,17 +211,33 @@ pub(crate) struct SequencerStart {
     pub reserve: Reserve,
     pub health: Arc<Health>,
     pub jobs: mpsc::Receiver<Job>,
+    /// For the checkpointer's nudges; does not keep the queue open.
+    pub wake: mpsc::WeakSender<Job>,
     pub revisions: watch::Sender<u64>,
     pub events: watch::Sender<u64>,
     pub locks: watch::Sender<u64>,
     pub settings: EmbeddedConfig,
 }
 
+/// What one batch came to once durable.
+struct Committed {
+    answers: Vec<Answer>,
+    revision: u64,
+    /// Whether anything changed (and was published).
+    changed: bool,
+}
+
 impl Sequencer {
     /// Starts the writer thread on a freshly recovered store.
     pub fn spawn(start: SequencerStart) -> std::io::Result<JoinHandle<()>> {
+        let current = start
+            .published
+            .load()
+            .map(|snapshot| (*snapshot).clone())
+            .ok();
         let sequencer = Self {
-            db: Some(start.db),
+            current,
+            db: Some(Arc::new(start.db)),
             wal: start.wal,
             frame: FrameBuilder::default(),
             published_revision: start.revision,
@@ -216,7 +246,7 @@ impl Sequencer {
             conflict_ids: IdGenerator::new(),
             health: start.health,
             last_checkpoint: Instant::now(),
-            overlay: Overlay::new(),
+            checkpointer: Checkpointer::spawn(start.wake)?,
             published: start.published,
             jobs: start.jobs,
             revisions: start.revisions,
@@ -282,13 +312,23 @@ impl Sequencer {
         }
         // Readers must let go of the database's snapshot before it closes, so the
         // close finds no transaction open and leaves a clean file.
+        self.checkpointer.stop();
         self.published.clear();
+        self.current = None;
         drop(self.db.take());
         tracing::debug!("sequencer stopped");
     }
 
     /// Builds, commits and answers one batch (or refuses it during an outage).
     fn run_batch(&mut self, batch: Vec<Job>) {
+        self.collect_checkpoint();
+        let batch: Vec<Job> = batch
+            .into_iter()
+            .filter(|job| !matches!(job, Job::Wake))
+            .collect();
+        if batch.is_empty() {
+            return;
+        }
         if let Some(outage) = &self.outage {
             let error = outage.error.clone();
             for job in batch {
@@ -299,8 +339,12 @@ impl Sequencer {
         let size = batch.len();
         let started = Instant::now();
         match self.build_and_commit(&batch) {
-            Ok((answers, revision, committed)) => {
-                if committed {
+            Ok(Committed {
+                answers,
+                revision,
+                changed,
+            }) => {
+                if changed {
                     metrics::histogram!("truce_commit_batch_size").record(size as f64);
                     metrics::histogram!("truce_commit_seconds")
                         .record(started.elapsed().as_secs_f64());
@@ -314,22 +358,101 @@ impl Sequencer {
                 for (job, answer) in batch.into_iter().zip(answers) {
                     send(job, answer);
                 }
+                self.start_checkpoint_if_due(revision);
             }
             Err(failed) => {
                 tracing::error!(error = %failed.error, batch = size, "commit failed; the whole batch is refused");
                 metrics::counter!("truce_commit_failures_total").increment(1);
-                // The outage (and readiness) is in place before anyone hears of it.
                 let error = failed.error.clone();
-                self.outage = Some(Outage::begin(
-                    self.outage.take(),
-                    failed.error,
-                    failed.database_suspect,
-                    &self.health,
-                ));
+                self.begin_outage(failed);
                 for job in batch {
                     fail(job, error.clone());
                 }
             }
+        }
+    }
+
+    /// Refuses writes from now on, until a probe brings the store back. The
+    /// outage (and readiness) is in place before anyone hears of the failure.
+    fn begin_outage(&mut self, failed: Failed) {
+        self.outage = Some(Outage::begin(
+            self.outage.take(),
+            failed.error,
+            failed.database_suspect,
+            &self.health,
+        ));
+    }
+
+    /// Takes in a background checkpoint that finished, if one did.
+    fn collect_checkpoint(&mut self) {
+        if let Some(done) = self.checkpointer.collect()
+            && let Err(failed) = self.finish_checkpoint(done)
+        {
+            tracing::error!(error = %failed.error, "checkpoint failed; writes are refused until the store is recovered");
+            metrics::counter!("truce_commit_failures_total").increment(1);
+            self.begin_outage(failed);
+        }
+    }
+
+    /// Waits for the checkpoint in flight, if any, and takes it in.
+    fn await_checkpoint(&mut self) -> Result<(), Failed> {
+        let started = Instant::now();
+        match self.checkpointer.wait() {
+            Some(done) => {
+                metrics::histogram!("truce_checkpoint_wait_seconds")
+                    .record(started.elapsed().as_secs_f64());
+                self.finish_checkpoint(done)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// A checkpoint is durable: its snapshot replaces the base of the state, and
+    /// the frozen layer it wrote is dropped. Readers get the same state on the
+    /// new base.
+    fn finish_checkpoint(&mut self, done: Done) -> Result<(), Failed> {
+        let base = done?;
+        if let Some(current) = &mut self.current {
+            current.base = base;
+            current.layers.frozen = None;
+            self.published.store(current.clone());
+        }
+        Ok(())
+    }
+
+    /// Freezes the active layer and hands it to the checkpointer when a
+    /// checkpoint is due and none is running.
+    fn start_checkpoint_if_due(&mut self, revision: u64) {
+        if self.checkpointer.in_flight || self.outage.is_some() {
+            return;
+        }
+        let (Some(current), Some(db)) = (&mut self.current, &self.db) else {
+            return;
+        };
+        let active = &current.layers.active;
+        let settings = &self.settings;
+        let due = self.wal.len() >= settings.checkpoint_bytes
+            || active.heads.len() >= settings.checkpoint_heads
+            || self.last_checkpoint.elapsed() >= settings.checkpoint_interval;
+        if active.is_empty() || !due {
+            return;
+        }
+        let frozen = std::mem::take(&mut current.layers.active);
+        current.layers.frozen = Some(frozen.clone());
+        let epoch = self.wal.epoch() + 1;
+        self.wal.switch(epoch);
+        self.last_checkpoint = Instant::now();
+        let work = Work {
+            db: Arc::clone(db),
+            layer: frozen,
+            revision,
+            epoch,
+        };
+        if self.checkpointer.start(work).is_err() {
+            // Never expected: the log holds everything; recovery rebuilds from it.
+            self.begin_outage(Failed::database_error(StorageError::Io(
+                "the checkpointer is gone".into(),
+            )));
         }
     }
 
@@ -359,7 +482,8 @@ impl Sequencer {
     /// opened again from its file, recovered from the log as on open (without any
     /// revision above the last acknowledged one) and published afresh. On a full
     /// disk the reserve is given back first, so that recovery has room; writes
-    /// resume only once the reserve is whole again.
+    /// resume only once the log has room for more frames and the reserve is whole
+    /// again.
     fn restore(&mut self, database_suspect: bool, disk_full: bool) -> Result<(), Failed> {
         self.wal.invalidate_tail().map_err(Failed::log)?;
         if database_suspect {
@@ -374,12 +498,20 @@ impl Sequencer {
                 outage.database_suspect = false;
             }
         }
+        if disk_full {
+            // A refused frame may have been the log growing; room for the next
+            // ones first, or the next write fails the same way.
+            self.wal.ensure_room(1024 * 1024).map_err(Failed::log)?;
+        }
         self.reserve.ensure().map_err(Failed::log)
     }
 
     /// Closes redb, opens it again from its file, recovers as on open and publishes
     /// a fresh snapshot.
     fn reopen(&mut self) -> Result<(), Failed> {
+        // The checkpointer must let go of the database first; whatever it did,
+        // recovery starts from the file.
+        let _ = self.checkpointer.wait();
         // Closing releases the file; readers keep the snapshot they hold.
         drop(self.db.take());
         let db =
@@ -403,87 +535,79 @@ impl Sequencer {
         }
         self.wal.restart(recovered.epoch);
         self.last_checkpoint = Instant::now();
-        let snapshot = Snapshot::open(&db, Overlay::new()).map_err(Failed::database_error)?;
-        self.published.store(snapshot);
-        self.overlay = Overlay::new();
-        self.db = Some(db);
+        let snapshot = Snapshot::of(Base::open(&db).map_err(Failed::database_error)?);
+        self.published.store(snapshot.clone());
+        self.current = Some(snapshot);
+        self.db = Some(Arc::new(db));
         Ok(())
     }
 
-    /// Whether this batch's commit is a checkpoint: durable in redb itself.
-    fn checkpoint_due(&self, batch: &[Job]) -> bool {
-        let settings = &self.settings;
-        settings.checkpoint_interval.is_zero()
-            || self.wal.len() >= settings.checkpoint_bytes
-            || self.overlay.len() >= settings.checkpoint_heads
-            || self.last_checkpoint.elapsed() >= settings.checkpoint_interval
+    /// Whether this batch must be made durable by a checkpoint of its own, on this
+    /// thread: compactions and shutdown write redb directly, and a zero interval
+    /// makes every commit one.
+    fn checkpoints_itself(&self, batch: &[Job]) -> bool {
+        self.settings.checkpoint_interval.is_zero()
             || batch
                 .iter()
                 .any(|j| matches!(j, Job::Compact { .. } | Job::Shutdown { .. }))
     }
 
-    /// Plans and writes every job in one transaction, then makes it durable if
-    /// anything changed.
-    fn build_and_commit(&mut self, batch: &[Job]) -> Result<(Vec<Answer>, u64, bool), Failed> {
-        let checkpoint = self.checkpoint_due(batch);
-        // What earlier batches left for a checkpoint to make durable.
-        let unflushed = !self.overlay.is_empty() || self.wal.len() > 0;
-        let db = self
-            .db
-            .as_ref()
-            .ok_or_else(|| Failed::database_error(StorageError::Closed))?;
-        let mut txn = db.begin_write().map_err(Failed::database)?;
-        if !checkpoint {
-            txn.set_durability(Durability::None)
-                .map_err(Failed::database)?;
+    /// Whether the active layer is twice over a checkpoint's limits while the
+    /// last checkpoint still runs: the next batch waits for it rather than grow
+    /// memory without bound.
+    fn layer_overfull(&self) -> bool {
+        let Some(current) = &self.current else {
+            return false;
+        };
+        self.checkpointer.in_flight
+            && (self.wal.len() >= self.settings.checkpoint_bytes.saturating_mul(2)
+                || current.layers.active.heads.len()
+                    >= self.settings.checkpoint_heads.saturating_mul(2))
+    }
+
+    /// Plans every job against the current state, then makes the batch durable
+    /// (its frame, or a checkpoint of its own) and publishes it if anything
+    /// changed.
+    fn build_and_commit(&mut self, batch: &[Job]) -> Result<Committed, Failed> {
+        let checkpoint = self.checkpoints_itself(batch);
+        if checkpoint || self.layer_overfull() {
+            self.await_checkpoint()?;
         }
+        let mut state = self
+            .current
+            .clone()
+            .ok_or_else(|| Failed::database_error(StorageError::Closed))?;
         let mut frame = std::mem::take(&mut self.frame);
         frame.clear();
-        let mut tables =
-            WriteTables::open(&txn, self.overlay.clone()).map_err(Failed::database_error)?;
-        let (answers, revision, changed, notes) = self
-            .apply_jobs(&mut tables, batch, &mut frame)
+        let (mut answers, revision, mut changed, notes) = self
+            .apply_jobs(&mut state, batch, &mut frame)
             .map_err(Failed::database_error)?;
-        let checkpointing = checkpoint && (changed || unflushed);
-        let checkpoint_started = Instant::now();
-        let next_epoch = self.wal.epoch() + 1;
-        if checkpointing {
-            tables
-                .flush_heads(revision)
-                .map_err(Failed::database_error)?;
-            tables
-                .set_wal_epoch(next_epoch)
-                .map_err(Failed::database_error)?;
-        }
-        let overlay = tables.into_overlay();
-        let mut frame_start = None;
-        if checkpointing {
-            // Durable in redb: every frame so far is redundant.
-            txn.commit().map_err(Failed::database)?;
-            self.wal.restart(next_epoch);
-            self.last_checkpoint = Instant::now();
-            metrics::histogram!("truce_checkpoint_seconds")
-                .record(checkpoint_started.elapsed().as_secs_f64());
-        } else if changed {
-            let start = self.wal.len();
-            // On failure the transaction is dropped unapplied; redb is untouched.
-            self.wal.append(&mut frame).map_err(Failed::log)?;
-            frame_start = Some(start);
-            if let Err(error) = txn.commit() {
-                // The batch is refused, so its frame must never be replayed. If
-                // this fails too, the outage's probe tries again before any write.
-                if let Err(discard) = self.wal.discard(start) {
-                    tracing::error!(%discard, "cannot take back a refused batch's log frame yet");
-                }
-                return Err(Failed::database(error));
+        let result = if checkpoint {
+            let unflushed = !state.layers.active.is_empty();
+            if changed || unflushed {
+                self.checkpoint_now(&mut state, revision, batch, &mut answers)
+                    .map(|()| changed = true)
+            } else {
+                Ok(())
             }
+        } else if changed {
+            // On failure the state is dropped unapplied; the log's tail is
+            // invalidated by the outage's probe.
+            let appending = Instant::now();
+            let appended = self.wal.append(&mut frame).map_err(Failed::log);
+            metrics::histogram!("truce_log_append_seconds")
+                .record(appending.elapsed().as_secs_f64());
+            appended
         } else {
-            txn.abort().map_err(Failed::database)?;
-        }
+            Ok(())
+        };
         self.frame = frame;
-        if changed || checkpointing {
-            self.publish(overlay, revision, frame_start)?;
+        result?;
+        if changed {
+            self.published.store(state.clone());
+            self.published_revision = revision;
         }
+        self.current = Some(state);
         // Conflict streams wake once the batch's events are readable.
         if let Some(position) = notes.last_event {
             self.events.send_replace(position);
@@ -492,99 +616,109 @@ impl Sequencer {
             self.locks.send_modify(|n| *n += 1);
         }
         notes.report();
-        Ok((answers, revision, changed))
+        Ok(Committed {
+            answers,
+            revision,
+            changed,
+        })
     }
 
-    /// Plans each job against `tables` and writes its effect there (and into
-    /// `frame`), in order; returns the answers, the revision reached, whether
+    /// Makes `state` durable in redb on this thread, with the batch's
+    /// compactions, as one commit: afterwards every frame in the log is
+    /// redundant, and `state` is a snapshot of the commit with no layers. The
+    /// compactions' answers replace their placeholders in `answers`.
+    fn checkpoint_now(
+        &mut self,
+        state: &mut Snapshot,
+        revision: u64,
+        batch: &[Job],
+        answers: &mut [Answer],
+    ) -> Result<(), Failed> {
+        let started = Instant::now();
+        let db = self
+            .db
+            .as_ref()
+            .ok_or_else(|| Failed::database_error(StorageError::Closed))?;
+        let next_epoch = self.wal.epoch() + 1;
+        let txn = db.begin_write().map_err(Failed::database)?;
+        {
+            let mut tables = WriteTables::open(&txn).map_err(Failed::database_error)?;
+            tables
+                .write_layer(&state.layers.active, revision)
+                .map_err(Failed::database_error)?;
+            for (job, answer) in batch.iter().zip(answers.iter_mut()) {
+                if let Job::Compact { plan, .. } = job {
+                    *answer = Answer::Compact(Ok(tables
+                        .compact(plan)
+                        .map_err(Failed::database_error)?));
+                }
+            }
+            tables
+                .set_wal_epoch(next_epoch)
+                .map_err(Failed::database_error)?;
+        }
+        txn.commit().map_err(Failed::database)?;
+        self.wal.restart(next_epoch);
+        self.last_checkpoint = Instant::now();
+        *state = Snapshot::of(Base::open(db).map_err(Failed::database_error)?);
+        metrics::histogram!("truce_checkpoint_seconds").record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Plans each job against `state` and writes its effect into its active layer
+    /// (and into `frame`), in order; returns the answers (a compaction's is filled
+    /// in by the checkpoint that applies it), the revision reached, whether
     /// anything changed and what is left to do once the batch is durable.
     fn apply_jobs(
         &self,
-        tables: &mut WriteTables<'_>,
+        state: &mut Snapshot,
         batch: &[Job],
         frame: &mut FrameBuilder,
     ) -> Result<(Vec<Answer>, u64, bool, BatchNotes), StorageError> {
-        let start = tables.revision()?;
+        let start = state.revision()?;
         let rules = BatchRules {
             limits: self.settings.limits,
             retention: &self.settings.retention,
             planner: self.settings.planner,
             conflict_ids: &self.conflict_ids,
         };
-        let mut state = Batch::new(rules, start, Timestamp::now());
+        let mut batch_state = Batch::new(rules, start, Timestamp::now());
         let mut compacted = false;
         let mut answers = Vec::with_capacity(batch.len());
+        let mut tables = Planning { state, frame };
         for job in batch {
             let answer = match job {
-                Job::Compact { plan, .. } => {
+                Job::Compact { .. } => {
                     compacted = true;
-                    Answer::Compact(Ok(tables.compact(plan)?))
+                    Answer::Compact(Ok(CompactionReport::default()))
                 }
-                Job::Shutdown { .. } => Answer::Shutdown,
-                job => {
-                    let mut framed = FramedTables {
-                        tables: &mut *tables,
-                        frame: &mut *frame,
-                    };
-                    match job {
-                        Job::Write { command, .. } => {
-                            Answer::Write(state.write(&mut framed, command)?)
-                        }
-                        Job::Resolve { command, .. } => {
-                            Answer::Resolve(state.resolve(&mut framed, command)?)
-                        }
-                        Job::Configure { command, .. } => {
-                            Answer::Configure(state.configure(&mut framed, command)?)
-                        }
-                        Job::Lock { job, .. } => Answer::Lock(state.lock(&mut framed, job)?),
-                        Job::Txn { command, .. } => {
-                            Answer::Txn(state.transaction(&mut framed, command)?)
-                        }
-                        Job::Snapshot { commit, .. } => {
-                            Answer::Txn(state.commit_snapshot(&mut framed, commit)?)
-                        }
-                        Job::Side { commit, .. } => Answer::Side(state.side(&mut framed, commit)?),
-                        Job::Claim {
-                            keys, node, until, ..
-                        } => Answer::Claim(Ok(state.claim(&mut framed, keys, node, *until)?)),
-                        Job::Compact { .. } | Job::Shutdown { .. } => Answer::Shutdown,
-                    }
+                Job::Shutdown { .. } | Job::Wake => Answer::Shutdown,
+                Job::Write { command, .. } => {
+                    Answer::Write(batch_state.write(&mut tables, command)?)
                 }
+                Job::Resolve { command, .. } => {
+                    Answer::Resolve(batch_state.resolve(&mut tables, command)?)
+                }
+                Job::Configure { command, .. } => {
+                    Answer::Configure(batch_state.configure(&mut tables, command)?)
+                }
+                Job::Lock { job, .. } => Answer::Lock(batch_state.lock(&mut tables, job)?),
+                Job::Txn { command, .. } => {
+                    Answer::Txn(batch_state.transaction(&mut tables, command)?)
+                }
+                Job::Snapshot { commit, .. } => {
+                    Answer::Txn(batch_state.commit_snapshot(&mut tables, commit)?)
+                }
+                Job::Side { commit, .. } => Answer::Side(batch_state.side(&mut tables, commit)?),
+                Job::Claim {
+                    keys, node, until, ..
+                } => Answer::Claim(Ok(batch_state.claim(&mut tables, keys, node, *until)?)),
             };
             answers.push(answer);
         }
-        let revision = state.revision();
-        let changed = state.changed() || compacted;
-        Ok((answers, revision, changed, state.into_notes()))
-    }
-
-    /// Makes the state just committed (with `overlay`, its heads since the last
-    /// checkpoint) the one readers see.
-    fn publish(
-        &mut self,
-        overlay: Overlay,
-        revision: u64,
-        frame_start: Option<u64>,
-    ) -> Result<(), Failed> {
-        let db = self
-            .db
-            .as_ref()
-            .ok_or_else(|| Failed::database_error(StorageError::Closed))?;
-        // If this fails the batch is committed but invisible: answering success
-        // would break read-your-writes, so it is refused, and recovery takes it out
-        // again (its frame is discarded, redb reopened without it).
-        let snapshot = Snapshot::open(db, overlay.clone()).map_err(|error| {
-            if let Some(start) = frame_start
-                && let Err(discard) = self.wal.discard(start)
-            {
-                tracing::error!(%discard, "cannot take back an unpublished batch's log frame yet");
-            }
-            Failed::database_error(error)
-        })?;
-        self.published.store(snapshot);
-        self.published_revision = revision;
-        self.overlay = overlay;
-        Ok(())
+        let revision = batch_state.revision();
+        let changed = batch_state.changed() || compacted;
+        Ok((answers, revision, changed, batch_state.into_notes()))
     }
 }
 
@@ -626,6 +760,7 @@ fn send(job: Job, answer: Answer) {
         (Job::Shutdown { reply }, _) => {
             let _ = reply.send(());
         }
+        (Job::Wake, _) => {}
         (job, _) => fail(
             job,
             StorageError::Corrupt("answer does not match its job".into()),
@@ -664,9 +799,11 @@ fn fail(job: Job, error: StorageError) {
         Job::Shutdown { reply } => {
             let _ = reply.send(());
         }
+        Job::Wake => {}
     }
 }
 
+mod checkpointer;
 mod jobs;
 #[cfg(test)]
 mod tests;

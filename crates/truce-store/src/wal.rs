@@ -2,21 +2,24 @@
 //!
 //! A redb commit that fsyncs writes every page the batch dirtied: for a batch of
 //! inserts at scattered keys that is dozens of 4 KiB pages. Instead, the sequencer
-//! appends the batch's new log records to this file as one *frame*, fsyncs it (a few
-//! pages, written sequentially), and only then commits to redb without an fsync, which
-//! makes the batch visible to readers. Every so often a *checkpoint* commits to redb
-//! with an fsync, after which the frames before it are no longer needed and the file
-//! is rewritten from its start.
+//! appends what the batch wrote to the log as one *frame*, fsyncs it (a few pages,
+//! written sequentially), and keeps the batch in the in-memory
+//! [layers](crate::layer). Every so often a *checkpoint* writes the layers into
+//! redb with an fsync, after which the frames before it are no longer needed.
 //!
-//! Every frame carries the log's *epoch*: the number of checkpoints the redb file has
-//! had, which each checkpoint increments in the same durable commit (`meta.wal_epoch`)
-//! before the log starts over. On open, the frames of the file's current epoch are
-//! applied again, in order; the first frame of another epoch (stale: from before the
-//! last checkpoint) or a torn or corrupt one ends the scan. So a frame is recognised
-//! as current by its epoch, not by the revisions it holds, and a batch that moves no
-//! revision (side records only) is recovered like any other. A frame is written and
-//! synced before any of its writes is answered, so a torn frame belongs to a batch
-//! nobody was told succeeded.
+//! The log is two files, used in turn: a checkpoint runs in the background while
+//! batches go on, so the frames after its start must live beside the frames it is
+//! making redundant. When a checkpoint begins, the next frames go to the other
+//! file from its start, in the next *epoch*; the checkpoint's durable commit
+//! records that epoch in redb (`meta.wal_epoch`), which makes every frame of an
+//! older epoch stale. On open, each file's frames are read from its start while
+//! they share the first frame's epoch (a frame of another epoch, or a torn or
+//! corrupt one, ends the file's run), and the runs of the database's epoch and the
+//! next are applied again in epoch order. So a frame is recognised as current by
+//! its epoch, not by the revisions it holds, and a batch that moves no revision
+//! (side records only) is recovered like any other. A frame is written and synced
+//! before any of its writes is answered, so a torn frame belongs to a batch nobody
+//! was told succeeded.
 //!
 //! Frame layout (integers big-endian):
 //! `magic "TRW2"(4) epoch(8) payload_len(4) crc32(epoch ‖ payload)(4) payload`, where
@@ -35,8 +38,9 @@ use std::path::Path;
 use crate::codec::LogPosition;
 use crate::faults::{Faults, FileKind, StoreFile};
 
-/// The write-ahead log's file inside the data directory.
-pub(crate) const WAL_FILE: &str = "truce.wal";
+/// The write-ahead log's two files inside the data directory (stores from before
+/// background checkpoints have only the first).
+pub(crate) const WAL_FILES: [&str; 2] = ["truce.wal", "truce-2.wal"];
 
 /// First bytes of every frame.
 const MAGIC: [u8; 4] = *b"TRW2";
@@ -59,9 +63,16 @@ const GROWTH: u64 = 8 * 1024 * 1024;
 
 /// An open write-ahead log, positioned where the next frame goes.
 pub(crate) struct Wal {
-    file: StoreFile,
-    /// The epoch new frames carry: the checkpoints the database has had.
+    files: [LogFile; 2],
+    /// The file new frames go to.
+    current: usize,
+    /// The epoch new frames carry.
     epoch: u64,
+}
+
+/// One of the log's files.
+struct LogFile {
+    file: StoreFile,
     /// Where the next frame is written.
     offset: u64,
     /// Bytes of the file known to be allocated and synced.
@@ -180,42 +191,64 @@ impl FrameBuilder {
 }
 
 impl Wal {
-    /// Opens (or creates) the log and reads every intact frame from its start. Its
-    /// writes and syncs pass the fault seam when `faults` is set.
-    pub fn open(path: &Path, faults: Option<Faults>) -> std::io::Result<(Self, Vec<Frame>)> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
-        let file = StoreFile::new(file, FileKind::Log, faults)?;
+    /// Opens (or creates) the log's files in `dir` and reads every current frame
+    /// (see [`Wal::read_frames`]). Their writes and syncs pass the fault seam when
+    /// `faults` is set.
+    pub fn open(dir: &Path, faults: Option<Faults>) -> std::io::Result<(Self, Vec<Frame>)> {
+        let open = |slot: u8| -> std::io::Result<LogFile> {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(dir.join(WAL_FILES[usize::from(slot)]))?;
+            Ok(LogFile {
+                file: StoreFile::in_slot(file, FileKind::Log, slot, faults.clone())?,
+                offset: 0,
+                allocated: 0,
+            })
+        };
         let mut wal = Self {
-            file,
+            files: [open(0)?, open(1)?],
+            current: 0,
             epoch: 0,
-            offset: 0,
-            allocated: 0,
         };
         let frames = wal.read_frames()?;
         Ok((wal, frames))
     }
 
-    /// Reads every intact frame from the start of the file as it is now. After a
-    /// failed write or sync, this is what the log really holds (recovery trusts the
-    /// file, not what was meant to be written).
+    /// Reads each file from its start as it is now: the frames that share the
+    /// first frame's epoch, until a torn, corrupt or zero-filled one. Returns both
+    /// runs in epoch order. After a failed write or sync, this is what the log
+    /// really holds (recovery trusts the files, not what was meant to be written).
     pub fn read_frames(&mut self) -> std::io::Result<Vec<Frame>> {
-        let file = self.file.file();
-        let len = usize::try_from(file.metadata()?.len())
-            .map_err(|_| std::io::Error::new(ErrorKind::InvalidData, "log larger than memory"))?;
-        let mut bytes = vec![0; len];
-        file.read_exact_at(&mut bytes, 0)?;
-        self.allocated = bytes.len() as u64;
-        Ok(parse(&bytes))
+        let mut frames = Vec::new();
+        for log in &mut self.files {
+            let file = log.file.file();
+            let len = usize::try_from(file.metadata()?.len()).map_err(|_| {
+                std::io::Error::new(ErrorKind::InvalidData, "log larger than memory")
+            })?;
+            let mut bytes = vec![0; len];
+            file.read_exact_at(&mut bytes, 0)?;
+            log.allocated = bytes.len() as u64;
+            let mut run = parse(&bytes);
+            if let Some(first) = run.first().map(|f| f.epoch) {
+                let end = run
+                    .iter()
+                    .position(|f| f.epoch != first)
+                    .unwrap_or(run.len());
+                run.truncate(end);
+            }
+            frames.extend(run);
+        }
+        // Stable: each run keeps its order; first-format frames (no epoch) first.
+        frames.sort_by_key(|f| f.epoch);
+        Ok(frames)
     }
 
-    /// Bytes written since the last reset.
+    /// Bytes written to the current file since it was started.
     pub fn len(&self) -> u64 {
-        self.offset
+        self.files[self.current].offset
     }
 
     /// The epoch new frames carry.
@@ -223,11 +256,19 @@ impl Wal {
         self.epoch
     }
 
-    /// Starts the log over in `epoch` (the database's, after a checkpoint or a
-    /// recovery made every frame so far redundant).
+    /// Starts the current file over in `epoch`: after a checkpoint of
+    /// everything (or a recovery), every frame so far is redundant.
     pub fn restart(&mut self, epoch: u64) {
         self.epoch = epoch;
-        self.offset = 0;
+        self.files[self.current].offset = 0;
+    }
+
+    /// Starts the other file in `epoch`, when a checkpoint of everything so far
+    /// begins: the current file's frames stay until it is durable. The other
+    /// file's frames must be redundant already (the checkpoint before finished).
+    pub fn switch(&mut self, epoch: u64) {
+        self.current = 1 - self.current;
+        self.restart(epoch);
     }
 
     /// Appends a batch's frame and waits until it is on disk.
@@ -236,22 +277,27 @@ impl Wal {
             return Ok(());
         }
         let bytes = frame.seal(self.epoch)?;
-        let end = self.offset + bytes.len() as u64;
-        if end > self.allocated {
-            self.grow(end)?;
+        let log = &mut self.files[self.current];
+        let end = log.offset + bytes.len() as u64;
+        if end > log.allocated {
+            log.grow(end)?;
         }
-        self.file.write_all_at(bytes, self.offset)?;
-        self.file.sync_data()?;
-        self.offset = end;
+        log.file.write_all_at(bytes, log.offset)?;
+        log.file.sync_data()?;
+        log.offset = end;
         Ok(())
     }
 
-    /// Takes back the frame just appended, when the redb commit that should have
-    /// followed it failed: its writes were refused, so recovery must never apply them,
-    /// and the next batch reuses its revisions.
-    pub fn discard(&mut self, start: u64) -> std::io::Result<()> {
-        self.offset = start;
-        self.invalidate_tail()
+    /// Makes sure the current file has `bytes` allocated after its last frame,
+    /// growing it now if not: after a full disk, writes resume only once the log
+    /// has room to take them.
+    pub fn ensure_room(&mut self, bytes: u64) -> std::io::Result<()> {
+        let log = &mut self.files[self.current];
+        let end = log.offset + bytes;
+        if end > log.allocated {
+            log.grow(end)?;
+        }
+        Ok(())
     }
 
     /// Makes sure nothing after the last accepted frame can ever be read back: zeros
@@ -259,10 +305,13 @@ impl Wal {
     /// of one) the bytes there are unknown: the whole frame, part of it, or nothing
     /// may reach the disk later, so they are overwritten rather than trusted.
     pub fn invalidate_tail(&mut self) -> std::io::Result<()> {
-        self.file.write_all_at(&[0; FRAME_HEADER], self.offset)?;
-        self.file.sync_data()
+        let log = &mut self.files[self.current];
+        log.file.write_all_at(&[0; FRAME_HEADER], log.offset)?;
+        log.file.sync_data()
     }
+}
 
+impl LogFile {
     /// Extends the file with zeros to cover `end` (and a chunk more) and syncs its
     /// size, so later appends inside it only flush data pages.
     fn grow(&mut self, end: u64) -> std::io::Result<()> {
@@ -463,15 +512,17 @@ mod tests {
         builder
     }
 
+    /// The frames a reopened log in `path`'s directory finds.
     fn reopen(path: &Path) -> Vec<Frame> {
-        Wal::open(path, None).unwrap().1
+        Wal::open(path.parent().unwrap(), None).unwrap().1
     }
 
-    /// A new, empty log in a temporary directory (kept alive by the returned guard).
+    /// A new, empty log in a temporary directory (kept alive by the returned
+    /// guard), with the path of its first file.
     fn fresh() -> (tempfile::TempDir, std::path::PathBuf, Wal) {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(WAL_FILE);
-        let (wal, found) = Wal::open(&path, None).unwrap();
+        let path = dir.path().join(WAL_FILES[0]);
+        let (wal, found) = Wal::open(dir.path(), None).unwrap();
         assert!(found.is_empty());
         (dir, path, wal)
     }
@@ -518,7 +569,7 @@ mod tests {
     }
 
     #[test]
-    fn after_a_reset_old_frames_follow_the_new_ones() {
+    fn after_a_restart_old_frames_are_not_read() {
         let (_dir, path, mut wal) = fresh();
         for revision in 1..=3 {
             wal.append(&mut frame(revision, &[b"old record"])).unwrap();
@@ -526,30 +577,38 @@ mod tests {
         wal.restart(1);
         wal.append(&mut frame(4, &[b"new record"])).unwrap();
         let frames = reopen(&path);
+        // The new frame overwrote the first old one exactly; the rest, of the
+        // epoch before, end the file's run.
         let revisions: Vec<_> = frames.iter().filter_map(Frame::revisions).collect();
-        // The new frame overwrote the first old one exactly; the rest are stale, of
-        // the epoch before, where recovery stops.
-        assert_eq!(revisions, vec![(4, 4), (2, 2), (3, 3)]);
-        let epochs: Vec<_> = frames.iter().map(|f| f.epoch).collect();
-        assert_eq!(epochs, vec![Some(1), Some(0), Some(0)]);
+        assert_eq!(revisions, vec![(4, 4)]);
+        assert_eq!(frames[0].epoch, Some(1));
     }
 
     #[test]
-    fn a_discarded_frame_is_never_read_back() {
+    fn both_files_read_back_in_epoch_order() {
         let (_dir, path, mut wal) = fresh();
-        wal.append(&mut frame(1, &[b"kept"])).unwrap();
-        let start = wal.len();
-        wal.append(&mut frame(2, &[b"refused, and longer than what follows"]))
-            .unwrap();
-        wal.discard(start).unwrap();
-        assert_eq!(wal.len(), start);
-        let revisions: Vec<_> = reopen(&path).iter().filter_map(Frame::revisions).collect();
-        assert_eq!(revisions, vec![(1, 1)]);
-        // The next batch reuses the refused batch's revision, in its place.
-        wal.append(&mut frame(2, &[b"accepted"])).unwrap();
+        wal.restart(7);
+        wal.append(&mut frame(1, &[b"first file"])).unwrap();
+        wal.append(&mut frame(2, &[b"first file"])).unwrap();
+        // A checkpoint begins: the next frames go to the other file.
+        wal.switch(8);
+        assert_eq!(wal.len(), 0);
+        wal.append(&mut frame(3, &[b"second file"])).unwrap();
         let frames = reopen(&path);
-        assert_eq!(frames.len(), 2);
-        assert_eq!(frames[1].entries[0].record, b"accepted");
+        let seen: Vec<_> = frames
+            .iter()
+            .map(|f| (f.epoch, f.revisions().unwrap()))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![(Some(7), (1, 1)), (Some(7), (2, 2)), (Some(8), (3, 3))]
+        );
+        // The checkpoint done, the next one starts the first file over, after
+        // the second file's frames in epoch order.
+        wal.switch(9);
+        wal.append(&mut frame(4, &[b"first file again"])).unwrap();
+        let epochs: Vec<_> = reopen(&path).iter().map(|f| f.epoch).collect();
+        assert_eq!(epochs, vec![Some(8), Some(9)]);
     }
 
     #[test]

@@ -1,28 +1,27 @@
-//! The tables of the sequencer's write transaction, and what a batch does to them.
+//! The tables of a redb write transaction, and what a checkpoint, a compaction
+//! and recovery do to them.
 //!
-//! [`WriteTables`] opens `heads` (under the overlay of heads since the last
-//! checkpoint), `log` and `meta` in one redb write transaction. The sequencer applies
-//! each command's effect through it (a log record at the command's revision, the
-//! new head in the overlay, the record in the batch's log frame), runs compactions
-//! through it, and a checkpoint flushes the overlay into `heads` with it. Recovery
-//! uses the same type, so a version is written one way whoever writes it.
+//! [`WriteTables`] opens `heads` (under the heads gathered for it), `log`, `meta`
+//! and `side` in one redb write transaction. A checkpoint writes a frozen
+//! [layer](crate::layer) into them (`write_layer`), a compaction removes what its
+//! plan selected, and recovery replays the write-ahead log's frames through them.
+//! Batches never use it: they write into the active layer.
 
-use bytes::Bytes;
 use redb::{ReadableTable, Table, WriteTransaction};
 use truce_engine::{
-    CompactionPlan, CompactionReport, EVENTS_WATERMARK_KEY, Effect, SideTable, StorageError,
+    CompactionPlan, CompactionReport, EVENTS_WATERMARK_KEY, SideTable, StorageError,
     decode_watermark, encode_watermark,
 };
 
-use crate::codec::{self, HeadRecord};
+use crate::codec::{self, LogPosition, LogRecord};
 use crate::error::storage;
 use crate::heads::{Heads, Overlay};
+use crate::layer::Layer;
 use crate::recovery::restore_head;
 use crate::tables::{
-    HEADS, LOG, META, META_CHANGES_COMPACTED, META_HEADS_THROUGH, META_WAL_EPOCH, SIDE, Tables,
+    HEADS, LOG, META, META_CHANGES_COMPACTED, META_HEADS_THROUGH, META_WAL_EPOCH, SIDE,
     last_revision, side_key,
 };
-use crate::wal::FrameBuilder;
 
 /// The writable heads table.
 type HeadsTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
@@ -31,22 +30,21 @@ type LogTable<'t> = Table<'t, (u64, u32), &'static [u8]>;
 
 /// The opened tables of the batch's write transaction.
 pub(crate) struct WriteTables<'t> {
-    pub view: Tables<HeadsTable<'t>, LogTable<'t>>,
+    pub heads: Heads<HeadsTable<'t>>,
+    pub log: LogTable<'t>,
     meta: Table<'t, &'static str, u64>,
     side: Table<'t, &'static [u8], &'static [u8]>,
 }
 
 impl<'t> WriteTables<'t> {
-    /// Opens the tables of `txn` under `overlay`, the heads since the last checkpoint.
-    pub(crate) fn open(txn: &'t WriteTransaction, overlay: Overlay) -> Result<Self, StorageError> {
+    /// Opens the tables of `txn` (creating them in a new file).
+    pub(crate) fn open(txn: &'t WriteTransaction) -> Result<Self, StorageError> {
         Ok(Self {
-            view: Tables {
-                heads: Heads {
-                    overlay,
-                    table: txn.open_table(HEADS).map_err(storage)?,
-                },
-                log: txn.open_table(LOG).map_err(storage)?,
+            heads: Heads {
+                overlay: Overlay::new(),
+                table: txn.open_table(HEADS).map_err(storage)?,
             },
+            log: txn.open_table(LOG).map_err(storage)?,
             meta: txn.open_table(META).map_err(storage)?,
             side: txn.open_table(SIDE).map_err(storage)?,
         })
@@ -81,14 +79,9 @@ impl<'t> WriteTables<'t> {
         Ok(())
     }
 
-    /// The heads written since the last checkpoint, once the tables are done with.
-    pub(crate) fn into_overlay(self) -> Overlay {
-        self.view.heads.overlay
-    }
-
     /// Makes the heads table complete through `revision`: the overlay goes into it.
     pub(crate) fn flush_heads(&mut self, revision: u64) -> Result<(), StorageError> {
-        self.view.heads.flush()?;
+        self.heads.flush()?;
         self.meta
             .insert(META_HEADS_THROUGH, revision)
             .map_err(storage)?;
@@ -123,137 +116,53 @@ impl<'t> WriteTables<'t> {
             return Ok(0);
         }
         let mut restored = 0;
-        for entry in self.view.log.range((through + 1, 0)..).map_err(storage)? {
+        for entry in self.log.range((through + 1, 0)..).map_err(storage)? {
             let (position, record) = entry.map_err(storage)?;
-            restore_head(&mut self.view.heads, position.value(), record.value())?;
+            restore_head(&mut self.heads, position.value(), record.value())?;
             restored += 1;
         }
         Ok(restored)
     }
 
     pub(crate) fn revision(&self) -> Result<u64, StorageError> {
-        last_revision(&self.view.log)
+        last_revision(&self.log)
     }
 
-    /// Writes one command's effect at `revision`: each new version is appended to the
-    /// log (pointing back at the resource's previous version) and becomes its head.
-    /// The encoded versions are also added to the batch's log frame.
-    pub(crate) fn apply(
-        &mut self,
-        effect: &Effect,
-        revision: u64,
-        frame: &mut FrameBuilder,
-    ) -> Result<(), StorageError> {
-        for (index, write) in effect.writes.iter().enumerate() {
-            let position = (revision, u32::try_from(index).unwrap_or(u32::MAX));
-            // Numbers continue across deletes, so only a resource's very first version
-            // has no previous one; that saves creates a second index lookup.
-            let prev = if write.version.number <= 1 {
-                None
-            } else {
-                self.view.head_record(&write.key)?.map(|h| h.position)
-            };
-            let record = codec::LogRecord {
-                key: write.key.clone(),
-                number: write.version.number,
-                at: write.version.at,
-                op: write.version.op,
-                by: write.version.by.clone(),
-                prev,
-                body: write.version.body.clone(),
-                stripped: false,
-            };
-            let encoded = codec::encode_log(&record);
-            self.view
-                .log
-                .insert(position, encoded.as_slice())
-                .map_err(storage)?;
-            self.view.heads.insert(
-                codec::head_key(&write.key),
-                HeadRecord::of(position, &record),
-            );
-            frame.push(position, &encoded);
-        }
-        for side in &effect.side {
-            let code = side.table.code();
-            let value = side.value.as_deref();
-            self.put_side(code, &side.key, value)?;
-            frame.push_side(code, &side.key, value);
-        }
-        Ok(())
-    }
-
-    /// The last key (without its table code) of side table `table`.
-    pub(crate) fn last_side_key(&self, table: u8) -> Result<Option<Vec<u8>>, StorageError> {
-        let (start, end) = ([table], [table + 1]);
-        let last = self
-            .side
-            .range::<&[u8]>(&start[..]..&end[..])
-            .map_err(storage)?
-            .next_back()
+    /// The log record at `position`.
+    pub(crate) fn log_record(
+        &self,
+        position: LogPosition,
+        with_body: bool,
+    ) -> Result<Option<LogRecord>, StorageError> {
+        let found = self.log.get(position).map_err(storage)?;
+        found
+            .map(|v| codec::decode_log(v.value(), with_body))
             .transpose()
-            .map_err(storage)?;
-        Ok(last.map(|(key, _)| key.value()[1..].to_vec()))
     }
 
-    /// The first `limit` records of side table `table` whose keys start with
-    /// `prefix`, keys without the table code.
-    pub(crate) fn side_records(
-        &self,
-        table: u8,
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Bytes)>, StorageError> {
-        let mut start = vec![table];
-        start.extend_from_slice(prefix);
-        let end =
-            truce_engine::prefix_end(&start).unwrap_or_else(|| vec![u8::MAX; start.len() + 1]);
-        let mut found = Vec::new();
-        for entry in self
-            .side
-            .range::<&[u8]>(&start[..]..&end[..])
-            .map_err(storage)?
-            .take(limit)
-        {
-            let (key, value) = entry.map_err(storage)?;
-            found.push((
-                key.value()[1..].to_vec(),
-                Bytes::copy_from_slice(value.value()),
-            ));
+    /// Writes what batches wrote into `layer` (log records, side records and
+    /// their removals, heads) and makes the heads table complete through
+    /// `revision`, the layer's last. The checkpoint's work.
+    pub(crate) fn write_layer(&mut self, layer: &Layer, revision: u64) -> Result<(), StorageError> {
+        for (position, record) in layer.log.iter() {
+            self.log
+                .insert(*position, record.as_ref())
+                .map_err(storage)?;
         }
-        Ok(found)
-    }
-
-    /// Whether a version of a resource of `collection` whose id starts with
-    /// `prefix` was committed after `since` (true when compaction removed the
-    /// log past `since`: the answer is then unknown).
-    pub(crate) fn changed_since(
-        &self,
-        collection: &truce_engine::CollectionName,
-        prefix: &str,
-        since: u64,
-    ) -> Result<bool, StorageError> {
-        let compacted = self
-            .meta
-            .get(META_CHANGES_COMPACTED)
-            .map_err(storage)?
-            .map_or(0, |v| v.value());
-        if since < compacted {
-            return Ok(true);
-        }
-        for entry in self
-            .view
-            .log
-            .range((since.saturating_add(1), 0)..)
-            .map_err(storage)?
-        {
-            let (_, value) = entry.map_err(storage)?;
-            let record = codec::decode_log(value.value(), false)?;
-            if record.key.collection == *collection && record.key.id.as_str().starts_with(prefix) {
-                return Ok(true);
+        for (key, value) in layer.side.iter() {
+            match value {
+                Some(value) => {
+                    self.side
+                        .insert(key.as_ref(), value.as_ref())
+                        .map_err(storage)?;
+                }
+                None => {
+                    self.side.remove(key.as_ref()).map_err(storage)?;
+                }
             }
         }
-        Ok(false)
+        self.heads.overlay = layer.heads.clone();
+        self.flush_heads(revision)
     }
 
     /// Applies what a compaction scan selected: strips the bodies of versions
@@ -266,7 +175,7 @@ impl<'t> WriteTables<'t> {
     ) -> Result<CompactionReport, StorageError> {
         let mut report = CompactionReport::default();
         for &position in &plan.strip {
-            let Some(mut record) = self.view.log_record(position, false)? else {
+            let Some(mut record) = self.log_record(position, false)? else {
                 continue;
             };
             if record.stripped {
@@ -275,14 +184,13 @@ impl<'t> WriteTables<'t> {
             record.stripped = true;
             record.body = None;
             let bytes = codec::encode_log(&record);
-            self.view
-                .log
+            self.log
                 .insert(position, bytes.as_slice())
                 .map_err(storage)?;
             report.versions_removed += 1;
         }
         for &position in &plan.delete {
-            if let Some(old) = self.view.log.remove(position).map_err(storage)? {
+            if let Some(old) = self.log.remove(position).map_err(storage)? {
                 let record = codec::decode_log(old.value(), false)?;
                 if !record.stripped {
                     report.versions_removed += 1;

@@ -56,7 +56,9 @@ async fn a_closed_store_reopens_without_repair() {
 
     // The close checkpointed: the database file alone, without the write-ahead
     // log, holds all 50 writes.
-    std::fs::remove_file(dir.path().join("truce.wal")).unwrap();
+    for name in ["truce.wal", "truce-2.wal"] {
+        std::fs::remove_file(dir.path().join(name)).unwrap();
+    }
     let store = EmbeddedStore::open(EmbeddedConfig::new(dir.path())).unwrap();
     for n in 0..50 {
         let key = ResourceKey::parse("things", &format!("t{n}")).unwrap();

@@ -414,23 +414,36 @@ async fn a_full_disk_spends_the_reserve_on_recovery() {
 async fn a_store_missing_acknowledged_writes_stays_down() {
     let dir = tempfile::tempdir().unwrap();
     let faults = Faults::new();
-    // A checkpoint follows every batch that wrote a log frame.
-    let store = open(dir.path(), Some(&faults), frequent_checkpoints);
+    // No checkpoint until 4 heads wait: the first three writes are durable in
+    // the log only.
+    let store = open(dir.path(), Some(&faults), |config| {
+        log_only(config);
+        config.checkpoint_heads = 4;
+    });
     let mut ledger = Ledger::default();
-    // Frame, checkpoint, frame: the third write is durable in the log only.
     ledger.write(&store, 3).await;
     assert!(ledger.refused.is_empty());
-    let wal = std::fs::OpenOptions::new()
-        .write(true)
-        .open(dir.path().join("truce.wal"))
-        .unwrap();
-    std::os::unix::fs::FileExt::write_all_at(&wal, &[0u8; 4096], 0).unwrap();
-    wal.sync_all().unwrap();
-    // The next batch checkpoints, and its fsync fails: redb must be reopened, and
-    // reopened it lacks the third write.
-    faults.fail(FileKind::Database, IoOp::Sync, 1, Fault::Io);
-    ledger.write(&store, 1).await;
-    assert_eq!(ledger.reasons(), vec![Some("io-error")]);
+    for name in ["truce.wal", "truce-2.wal"] {
+        let wal = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join(name))
+            .unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&wal, &[0u8; 4096], 0).unwrap();
+        wal.sync_all().unwrap();
+    }
+    // The write of a fourth resource brings a checkpoint, whose first page
+    // write fails: redb must be reopened, and reopened it lacks every write.
+    faults.fail(FileKind::Database, IoOp::Write, 1, Fault::Io);
+    ledger.write(&store, 4).await;
+    for _ in 0..200 {
+        if !ledger.refused.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        ledger.write(&store, 1).await;
+    }
+    assert_eq!(ledger.reasons().first(), Some(&Some("io-error")));
+    let acknowledged = ledger.acknowledged.len();
     // Probes find the store behind the acknowledged revision and refuse to go on.
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -438,7 +451,7 @@ async fn a_store_missing_acknowledged_writes_stays_down() {
     }
     assert_eq!(
         ledger.acknowledged.len(),
-        3,
+        acknowledged,
         "a write was accepted on a store that lost data"
     );
     assert!(store.check_ready().await.is_err());

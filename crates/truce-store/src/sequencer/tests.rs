@@ -1,5 +1,5 @@
-//! Tests of the sequencer: checkpoints forced by the overlay's size, a panic while
-//! planning one write of a batch, and side records' durability.
+//! Tests of the sequencer: checkpoints forced by the active layer's size, a panic
+//! while planning one write of a batch, and side records' durability.
 
 use redb::{ReadableDatabase, ReadableTableMetadata};
 use truce_engine::ResourceKey;
@@ -8,10 +8,10 @@ use super::*;
 use crate::tables::HEADS;
 use truce_engine::WriteContext;
 
-/// With a long interval, the overlay's size alone brings a checkpoint: the
-/// durable file holds the heads once `checkpoint_heads` are waiting.
+/// With a long interval, the active layer's size alone brings a checkpoint: the
+/// durable file comes to hold the heads once `checkpoint_heads` are waiting.
 #[tokio::test]
-async fn a_full_overlay_brings_a_checkpoint() {
+async fn a_full_layer_brings_a_checkpoint() {
     use truce_engine::{Document, DocumentLimits, Preconditions, Principal, Store, WriteAction};
 
     use crate::embedded::{DATABASE_FILE, EmbeddedStore};
@@ -39,20 +39,33 @@ async fn a_full_overlay_brings_a_checkpoint() {
             .await
             .unwrap();
     }
-    // What a crash would leave of the file: its last durable commit.
-    let copy = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        dir.path().join(DATABASE_FILE),
-        copy.path().join(DATABASE_FILE),
-    )
-    .unwrap();
+    // What a crash would leave of the file: its last durable commit. The
+    // checkpoints run in the background, so look until they are done (a copy
+    // taken in the middle of one may not open, or show the one before).
+    let mut durable_heads = 0;
+    for _ in 0..500 {
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            dir.path().join(DATABASE_FILE),
+            copy.path().join(DATABASE_FILE),
+        )
+        .unwrap();
+        if let Ok(db) = Database::open(copy.path().join(DATABASE_FILE)) {
+            let txn = db.begin_read().unwrap();
+            durable_heads = txn.open_table(HEADS).map_or(0, |t| t.len().unwrap());
+        }
+        if durable_heads >= 8 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     store.close().await;
-    let db = Database::open(copy.path().join(DATABASE_FILE)).unwrap();
-    let txn = db.begin_read().unwrap();
-    let heads = txn.open_table(HEADS).unwrap().len().unwrap();
-    // Checkpoints came at the 5th and 10th writes (4 heads waiting each time);
-    // the last two wait in the overlay. (Every commit a checkpoint: 12; none: 0.)
-    assert_eq!(heads, 10);
+    // At least two layers of 4 heads were checkpointed without the interval
+    // (none at all without the limit; the last writes may still wait in a layer).
+    assert!(
+        (8..=12).contains(&durable_heads),
+        "{durable_heads} heads durable"
+    );
 }
 
 /// Holds the planning of the `gate` write until the test opens it.
