@@ -8,6 +8,9 @@
 # medians with the truce/etcd and truce/ceiling ratios, then cross-checks the read
 # workload with wrk.
 #
+# SERVER=path/to/truce serves another build of truce (the load generator stays
+# this tree's release build).
+#
 #   ROUNDS=3 DURATION=5s scripts/bench-side-by-side.sh
 #   WORKLOADS=update,read CONNECTIONS=64 scripts/bench-side-by-side.sh
 set -euo pipefail
@@ -25,12 +28,13 @@ command -v wrk >/dev/null 2>&1 || {
 }
 
 source scripts/lib.sh
+CLIENT=$BIN
 
 # etcd: one member, loopback, fsync on (the default), its own temporary data dir;
 # truce: embedded store in a temporary dir, default settings (logs included).
 start_etcd
 etcd_client=${ETCD_ADDR#*:}
-start_truce truce
+BIN=${SERVER:-$BIN} start_truce truce
 truce_addr=$TRUCE_ADDR
 echo "truce $truce_addr, etcd 127.0.0.1:$etcd_client; $ROUNDS rounds x $DURATION; workloads $WORKLOADS at $CONNECTIONS" >&2
 
@@ -41,7 +45,7 @@ for round in $(seq "$ROUNDS"); do
             etcd) url="http://127.0.0.1:$etcd_client" ;;
             ceiling) url="" ;;
         esac
-        "$BIN" bench --target "$target" ${url:+--url "$url"} --workload "$WORKLOADS" \
+        "$CLIENT" bench --target "$target" ${url:+--url "$url"} --workload "$WORKLOADS" \
             --connections "$CONNECTIONS" --duration "$DURATION" --json \
             | sed "s/^/{\"round\":$round,\"run\":/; s/\$/}/" >> "$work/results.jsonl"
         echo "round $round: $target done" >&2
@@ -52,7 +56,7 @@ done
 curl -sf -X PUT "http://$truce_addr/v1/wrk/doc" -H 'Content-Type: application/json' \
     -d "{\"pad\":\"$(printf 'x%.0s' $(seq 230))\"}" >/dev/null
 wrk_out=$(wrk -t2 -c64 -d"$DURATION" --latency "http://$truce_addr/v1/wrk/doc")
-bench_out=$("$BIN" bench --target truce --url "http://$truce_addr" --workload read \
+bench_out=$("$CLIENT" bench --target truce --url "http://$truce_addr" --workload read \
     --connections 64 --duration "$DURATION" --json)
 
 [ -n "$OUT" ] && cp "$work/results.jsonl" "$OUT"
