@@ -40,8 +40,6 @@ pub(crate) struct Layer {
     /// Side records written (`Some`) or removed (`None`), by `side` key (table
     /// code, then the record's key).
     pub side: imbl::OrdMap<Arc<[u8]>, Option<Bytes>>,
-    /// Bytes of log records and side records held, for the checkpoint's trigger.
-    pub bytes: u64,
 }
 
 impl Layer {

@@ -77,7 +77,6 @@ impl BatchTables for Planning<'_> {
             self.frame.push(position, &encoded);
             let head = HeadRecord::of(position, &record);
             let active = &mut self.state.layers.active;
-            active.bytes += encoded.len() as u64;
             active.log.insert(position, Bytes::from(encoded));
             active
                 .heads
@@ -87,9 +86,7 @@ impl BatchTables for Planning<'_> {
             let code = side.table.code();
             let value = side.value.as_deref();
             self.frame.push_side(code, &side.key, value);
-            let active = &mut self.state.layers.active;
-            active.bytes += (side.key.len() + value.map_or(0, <[u8]>::len)) as u64;
-            active.side.insert(
+            self.state.layers.active.side.insert(
                 Arc::from(side_key(code, &side.key)),
                 value.map(Bytes::copy_from_slice),
             );
