@@ -512,3 +512,126 @@ impl Published {
         drop(previous);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use redb::Database;
+
+    use super::*;
+    use crate::layer::Layer;
+    use crate::write_tables::WriteTables;
+
+    const TABLE: u8 = 7;
+
+    fn value(text: &'static str) -> Option<Bytes> {
+        Some(Bytes::from_static(text.as_bytes()))
+    }
+
+    fn put(layer: &mut Layer, key: &str, to: Option<Bytes>) {
+        layer
+            .side
+            .insert(Arc::from(side_key(TABLE, key.as_bytes())), to);
+    }
+
+    /// A checkpoint holding side records `a`, `b`, `c` and log records at
+    /// revisions 1 and 2, under a frozen layer (removes `b`, adds `d`, revision
+    /// 3) and an active one (replaces `a`, removes `d` and `c`, adds `e`,
+    /// revision 4). The database is returned too: reads end when it closes.
+    fn layered() -> (tempfile::TempDir, Database, Snapshot) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("t.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut tables = WriteTables::open(&txn).unwrap();
+            let mut stored = Layer::default();
+            for key in ["a", "b", "c"] {
+                put(&mut stored, key, value("stored"));
+            }
+            for revision in [1, 2] {
+                stored.log.insert((revision, 0), Bytes::from_static(b"x"));
+            }
+            tables.write_layer(&stored, 2).unwrap();
+        }
+        txn.commit().unwrap();
+        let mut frozen = Layer::default();
+        put(&mut frozen, "b", None);
+        put(&mut frozen, "d", value("frozen"));
+        frozen.log.insert((3, 0), Bytes::from_static(b"x"));
+        let mut active = Layer::default();
+        put(&mut active, "a", value("active"));
+        put(&mut active, "c", None);
+        put(&mut active, "d", None);
+        put(&mut active, "e", value("active"));
+        active.log.insert((4, 0), Bytes::from_static(b"x"));
+        active.log.insert((4, 1), Bytes::from_static(b"x"));
+        let snapshot = Snapshot {
+            base: Base::open(&db).unwrap(),
+            layers: Layers {
+                active,
+                frozen: Some(frozen),
+            },
+        };
+        (dir, db, snapshot)
+    }
+
+    fn keys(records: Vec<(Vec<u8>, Bytes)>) -> Vec<(String, Bytes)> {
+        records
+            .into_iter()
+            .map(|(k, v)| (String::from_utf8(k).unwrap(), v))
+            .collect()
+    }
+
+    #[test]
+    fn side_records_read_through_the_layers_newest_first() {
+        let (_dir, _db, snapshot) = layered();
+        let side = |key: &str| snapshot.side(TABLE, key.as_bytes()).unwrap();
+        assert_eq!(side("a"), value("active"));
+        // Removed in a layer: gone, although redb still holds it.
+        assert_eq!(side("b"), None);
+        assert_eq!(side("c"), None);
+        // Added by the frozen layer, removed by the active one.
+        assert_eq!(side("d"), None);
+        assert_eq!(side("e"), value("active"));
+        let all = keys(snapshot.side_range(TABLE, None, 10).unwrap());
+        assert_eq!(
+            all,
+            vec![
+                ("a".to_string(), value("active").unwrap()),
+                ("e".to_string(), value("active").unwrap()),
+            ]
+        );
+        let after_a = keys(snapshot.side_range(TABLE, Some(b"a"), 10).unwrap());
+        assert_eq!(after_a.len(), 1);
+        assert_eq!(after_a[0].0, "e");
+        assert_eq!(snapshot.side_prefix(TABLE, b"b", 10).unwrap(), vec![]);
+        assert_eq!(snapshot.last_side_key(TABLE).unwrap(), Some(b"e".to_vec()));
+        // Other tables see none of it.
+        assert_eq!(snapshot.last_side_key(TABLE + 1).unwrap(), None);
+    }
+
+    #[test]
+    fn the_last_key_skips_removals_in_newer_layers() {
+        let (_dir, _db, mut snapshot) = layered();
+        put(&mut snapshot.layers.active, "e", None);
+        // `e` removed, `d` removed, `c` removed: `a` is the last one standing.
+        assert_eq!(snapshot.last_side_key(TABLE).unwrap(), Some(b"a".to_vec()));
+    }
+
+    #[test]
+    fn the_log_runs_from_redb_through_the_frozen_to_the_active_layer() {
+        let (_dir, _db, snapshot) = layered();
+        let positions: Vec<LogPosition> = snapshot
+            .log_from((2, 0))
+            .unwrap()
+            .map(|entry| entry.unwrap().0)
+            .collect();
+        assert_eq!(positions, vec![(2, 0), (3, 0), (4, 0), (4, 1)]);
+        assert_eq!(snapshot.revision().unwrap(), 4);
+        assert!(snapshot.log_bytes((1, 0)).unwrap().is_some());
+        assert!(snapshot.log_bytes((3, 0)).unwrap().is_some());
+        assert!(snapshot.log_bytes((5, 0)).unwrap().is_none());
+    }
+}

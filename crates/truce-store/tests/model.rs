@@ -672,7 +672,14 @@ async fn check_store(store: &EmbeddedStore, model: &Model) {
     }
 }
 
-/// Copies the store's files as they are now, as a crash would leave them.
+/// Copies the store's files as they are now, as a crash would leave them. The
+/// store is idle (no write since the last answer), but a background checkpoint
+/// may still be committing: the copy may then take redb's header before the
+/// commit and its pages after. That is still a state a crash can leave: the
+/// header names the last durable commit, whose pages a commit in progress never
+/// overwrites (copy-on-write), and the log files are not started over until a
+/// later batch freezes the next layer, so they still hold the frames the
+/// header's epoch needs.
 fn crash_copy(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
