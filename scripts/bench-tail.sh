@@ -3,7 +3,8 @@
 #
 # For each round, each workload (create, update) and each client (`truce bench`,
 # wrk with scripts/wrk/*.lua), starts a fresh truce (embedded store, default
-# settings, logs on) on a temporary data dir and runs DURATION at CONNECTIONS.
+# settings, logs on) on a temporary data dir, warms it up with 1 s of creates,
+# and runs DURATION at CONNECTIONS.
 # Records throughput, p50/p99/p99.9, the errors, the server's mean checkpoint
 # time and how long writers waited for the writer thread behind a checkpoint
 # (from /metrics), and the bytes written to the disk per write (from
@@ -61,6 +62,10 @@ for round in $(seq "$ROUNDS"); do
                         -d '{"n":0}' >/dev/null
                 done
             fi
+            # Warm up (the log's files grow to their working size once per data
+            # directory), then measure.
+            "$CLIENT" bench --url "$url" --workload create --connections "$CONNECTIONS" \
+                --duration 1s --json > /dev/null
             before_writes=$(writes)
             before_bytes=$(disk_bytes)
             if [ "$client" = wrk ]; then
