@@ -21,7 +21,7 @@ use crate::conflict::{Retry, parse_record, record_policy, record_refusal, resolv
 use crate::document::DocumentLimits;
 use crate::error::{EngineError, StorageError};
 use crate::events::{EVENTS_WATERMARK_KEY, EventLine, RecordWritten, decode_watermark};
-use crate::events::{event_position, record_written};
+use crate::events::{RecordFacts, event_position};
 use crate::idempotency::{Idempotent, keep_answer, refusal_for};
 use crate::ids::IdGenerator;
 use crate::locks::LockEvent;
@@ -243,6 +243,7 @@ impl<'a> Batch<'a> {
         let planned = catch_unwind(AssertUnwindSafe(|| planner(tables.view(), command, &ctx)));
         match planned {
             Ok(Ok(mut planned)) => {
+                let mut facts = Vec::new();
                 // A stale write the collection's policy accepted is recorded too.
                 if let Some(applied) = planned.outcome.policy.clone() {
                     let ids = self.rules.conflict_ids;
@@ -253,7 +254,8 @@ impl<'a> Batch<'a> {
                                 .effect
                                 .get_or_insert_with(Effect::default)
                                 .side
-                                .push(record);
+                                .push(record.side);
+                            facts.push(record.facts);
                             planned.outcome.conflict_id = Some(id);
                         }
                         Err(error) => return Ok(Err(error)),
@@ -271,7 +273,7 @@ impl<'a> Batch<'a> {
                         .push(closed);
                 }
                 if let Some(effect) = &planned.effect {
-                    self.apply(tables, effect)?;
+                    self.apply_with(tables, effect, facts)?;
                 }
                 Ok(Ok(planned.outcome))
             }
@@ -482,12 +484,12 @@ impl<'a> Batch<'a> {
             };
             side.extend(self.close_retried(tables, command, retry)?);
         }
-        side.push(record);
+        side.push(record.side);
         let effect = Effect {
             writes: Vec::new(),
             side,
         };
-        self.apply(tables, &effect)?;
+        self.apply_with(tables, &effect, vec![record.facts])?;
         Ok(answer)
     }
 
@@ -528,6 +530,17 @@ impl<'a> Batch<'a> {
     /// deliveries wait in the outbox, durable with it. A version moves the
     /// revision; side records alone do not.
     fn apply(&mut self, tables: &mut dyn BatchTables, effect: &Effect) -> Result<(), StorageError> {
+        self.apply_with(tables, effect, Vec::new())
+    }
+
+    /// [`Batch::apply`], given the facts of the conflict records the rules have
+    /// just made (the others are read from the records written).
+    fn apply_with(
+        &mut self,
+        tables: &mut dyn BatchTables,
+        effect: &Effect,
+        mut facts: Vec<RecordFacts>,
+    ) -> Result<(), StorageError> {
         if !effect.writes.is_empty() {
             self.revision += 1;
         }
@@ -544,8 +557,15 @@ impl<'a> Batch<'a> {
             if write.table != SideTable::Conflicts {
                 continue;
             }
+            let known = facts.iter().position(|f| f.id.as_bytes() == write.key);
+            let Some(record) = known
+                .map(|at| facts.swap_remove(at))
+                .or_else(|| RecordFacts::read(value))
+            else {
+                continue;
+            };
             let position = self.last_event_position(tables)? + 1;
-            let Some(written) = record_written(value, position) else {
+            let Some(written) = record.written(position) else {
                 continue;
             };
             let now = self.now;

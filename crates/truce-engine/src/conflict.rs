@@ -9,11 +9,12 @@
 //! [`EngineError::Recorded`], which renders as the original problem plus
 //! `conflict_id`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::command::{PolicyApplied, WriteAction, WriteCommand, WriteOutcome};
 use crate::error::{CurrentState, EngineError};
+use crate::events::RecordFacts;
 use crate::name::ResourceKey;
 use crate::rules::{SideTable, SideWrite};
 use crate::time::Timestamp;
@@ -77,6 +78,48 @@ pub struct ConflictRecord {
     pub transaction: Option<TxnNote>,
 }
 
+impl ConflictRecord {
+    /// The record ready to commit, with the facts its event is made of.
+    fn into_new(self) -> Result<NewRecord, EngineError> {
+        let value = serde_json::to_vec(&self)
+            .map_err(|e| EngineError::Internal(format!("conflict record not encodable: {e}")))?;
+        let facts = RecordFacts {
+            kind: self.kind.to_owned(),
+            status: self.status.to_owned(),
+            resolution: self.resolution.map(str::to_owned),
+            base_version: self.base_version,
+            current_version: self.current_version,
+            closed_by: None,
+            request_id: self.request_id,
+            resolved_at: self.resolved_at.map(Timestamp::rfc3339),
+            dismissed_at: None,
+            detected_at: Some(self.detected_at.rfc3339()),
+            by: Some(self.by),
+            resource: self.resource,
+            id: self.id,
+        };
+        Ok(NewRecord {
+            side: SideWrite {
+                table: SideTable::Conflicts,
+                key: facts.id.clone().into_bytes(),
+                value: Some(value.into()),
+            },
+            facts,
+        })
+    }
+}
+
+/// A new conflict record: the side write that stores it, and the facts its
+/// event, log line and metric are made from (the same as reading them back from
+/// the stored record, without the parse on the writer thread).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRecord {
+    /// The record, to commit with the refusal or outcome.
+    pub side: SideWrite,
+    /// What its event says.
+    pub facts: RecordFacts,
+}
+
 /// The transaction a refused op was part of.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TxnNote {
@@ -89,7 +132,7 @@ pub struct TxnNote {
 }
 
 /// A resource named in a record.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResourceRef {
     /// The collection.
     pub collection: String,
@@ -172,7 +215,7 @@ pub fn record_refusal(
     error: EngineError,
     new_id: impl FnOnce() -> String,
     now: Timestamp,
-) -> Result<(EngineError, SideWrite), EngineError> {
+) -> Result<(EngineError, NewRecord), EngineError> {
     let Some(current) = recorded_state(&error) else {
         return Err(error);
     };
@@ -203,19 +246,12 @@ pub fn record_refusal(
         resolved_version: None,
         transaction: None,
     };
-    let value = serde_json::to_vec(&record)
-        .map_err(|e| EngineError::Internal(format!("conflict record not encodable: {e}")))?;
-    let side = SideWrite {
-        table: SideTable::Conflicts,
-        key: id.clone().into_bytes(),
-        value: Some(value.into()),
-    };
     Ok((
         EngineError::Recorded {
             source: Box::new(error),
             conflict_id: id,
         },
-        side,
+        record.into_new()?,
     ))
 }
 
@@ -230,7 +266,7 @@ pub fn record_policy(
     applied: &PolicyApplied,
     new_id: impl FnOnce() -> String,
     now: Timestamp,
-) -> Result<(String, SideWrite), EngineError> {
+) -> Result<(String, NewRecord), EngineError> {
     let (kind, status, base, over) = match *applied {
         PolicyApplied::Merged { base, over } => ("merged", "auto_merged", base, over),
         PolicyApplied::Overwritten { base, over } => ("overwritten", "overwritten", base, over),
@@ -256,16 +292,7 @@ pub fn record_policy(
         resolved_version: Some(outcome.version.number),
         transaction: None,
     };
-    let value = serde_json::to_vec(&record)
-        .map_err(|e| EngineError::Internal(format!("conflict record not encodable: {e}")))?;
-    Ok((
-        id.clone(),
-        SideWrite {
-            table: SideTable::Conflicts,
-            key: id.into_bytes(),
-            value: Some(value.into()),
-        },
-    ))
+    Ok((id, record.into_new()?))
 }
 
 /// How a retry that named a record with `Truce-Resolves` ended.
@@ -453,7 +480,7 @@ pub fn record_txn_refusal(
     error: EngineError,
     new_id: impl FnOnce() -> String,
     now: Timestamp,
-) -> Result<(EngineError, Option<SideWrite>), EngineError> {
+) -> Result<(EngineError, Option<NewRecord>), EngineError> {
     let key = op.key().clone();
     let refusal = |error: EngineError, conflict_id| EngineError::TransactionConflict {
         failed_op,
@@ -513,14 +540,8 @@ pub fn record_txn_refusal(
             reason: error.kind().slug(),
         }),
     };
-    let value = serde_json::to_vec(&record)
-        .map_err(|e| EngineError::Internal(format!("conflict record not encodable: {e}")))?;
-    let side = SideWrite {
-        table: SideTable::Conflicts,
-        key: id.clone().into_bytes(),
-        value: Some(value.into()),
-    };
-    Ok((refusal(error, Some(id)), Some(side)))
+    let record = record.into_new()?;
+    Ok((refusal(error, Some(id)), Some(record)))
 }
 
 #[cfg(test)]
@@ -562,13 +583,19 @@ mod tests {
             }),
             current_matches_request: false,
         };
-        let (answer, side) = record_refusal(
+        let (answer, record) = record_refusal(
             &command,
             refusal,
             || "01CONFLICT".into(),
             Timestamp::from_millis(3),
         )
         .unwrap();
+        let side = record.side;
+        // The facts handed to the writer are the ones the stored record holds.
+        assert_eq!(
+            Some(record.facts),
+            RecordFacts::read(side.value.as_ref().unwrap())
+        );
         let problem = answer.problem();
         assert_eq!(problem.kind.slug(), "precondition-failed");
         assert_eq!(problem.fields["conflict_id"], "01CONFLICT");
@@ -588,6 +615,41 @@ mod tests {
             stored["resource"],
             json!({"collection": "notes", "id": "a"})
         );
+    }
+
+    #[test]
+    fn the_facts_of_an_automatic_outcome_are_those_of_its_stored_record() {
+        let record = ConflictRecord {
+            id: "01MERGED".into(),
+            kind: "merged",
+            status: "auto_merged",
+            resource: ResourceRef {
+                collection: "notes".into(),
+                id: "a \"quoted\" id".into(),
+            },
+            base_version: Some(2),
+            current_version: Some(4),
+            attempted: attempted(&WriteAction::Delete),
+            by: "alice".into(),
+            request_id: None,
+            detected_at: Timestamp::from_millis(5),
+            resolved_at: Some(Timestamp::from_millis(6)),
+            resolution: Some("merged"),
+            resolved_version: Some(5),
+            transaction: Some(TxnNote {
+                failed_op: 1,
+                ops: 2,
+                reason: "precondition-failed",
+            }),
+        };
+        let new = record.into_new().unwrap();
+        let stored = new.side.value.as_ref().unwrap();
+        assert_eq!(Some(new.facts.clone()), RecordFacts::read(stored));
+        let written = new.facts.written(9).unwrap();
+        assert_eq!(written.labels.2, "auto_merged");
+        let event: Value = serde_json::from_slice(written.event.value.as_ref().unwrap()).unwrap();
+        assert_eq!(event["at"], json!(Timestamp::from_millis(6)));
+        assert_eq!(event["base_version"], 2);
     }
 
     #[test]

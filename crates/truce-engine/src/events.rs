@@ -14,11 +14,10 @@
 //! `locks`): the resource's watch stream carries both kinds in commit order, the
 //! conflict stream and webhooks only conflict events.
 
-use std::borrow::Cow;
-
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::conflict::ResourceRef;
 use crate::rules::{SideTable, SideWrite};
 
 /// The event names, as SSE `event:` fields and webhook `events` filters.
@@ -45,24 +44,23 @@ pub struct ConflictEvent {
     /// The record's status after the write.
     pub status: String,
     /// The resource.
-    pub resource: Value,
+    pub resource: ResourceRef,
     /// `resolution` for a resolved record.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resolution: Option<String>,
     /// The versions the record names.
-    pub base_version: Value,
+    pub base_version: Option<u64>,
     /// The resource's version when the record was made.
-    pub current_version: Value,
+    pub current_version: Option<u64>,
     /// Who made the write the event is about.
-    pub by: Value,
-    /// When the record entered this state.
-    pub at: Value,
+    pub by: Option<String>,
+    /// When the record entered this state (RFC 3339).
+    pub at: Option<String>,
 }
 
 /// Everything that follows from writing a conflict record: its event (to store
-/// at `position`), the log line and the metric labels. The record is read once
-/// for all of them, and only for the fields they need: this runs on the writer
-/// thread for every refusal.
+/// at `position`), the log line and the metric labels, all made from the
+/// record's [`RecordFacts`]. This runs on the writer thread for every refusal.
 #[derive(Debug, Clone)]
 pub struct RecordWritten {
     /// The event, as a side record.
@@ -85,98 +83,114 @@ impl RecordWritten {
     }
 }
 
-/// The fields of a stored record that its event, log line and labels use; the
-/// rest (the attempted body above all) is skipped unparsed.
-#[derive(Deserialize)]
-struct RecordFields<'a> {
-    #[serde(borrow)]
-    id: Cow<'a, str>,
-    #[serde(rename = "type", borrow, default)]
-    kind: Cow<'a, str>,
-    #[serde(borrow)]
-    status: Cow<'a, str>,
+/// The fields of a conflict record that its event, log line and metric labels
+/// use. The rules that make a record hand these over with it, so the writer
+/// does not read back what it has just serialised; a record changed as JSON (a
+/// resolution, a retry closing it) is read for them, the rest of it (the
+/// attempted body above all) skipped unparsed.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct RecordFacts {
+    /// The record's id.
+    pub id: String,
+    /// Its type.
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    /// Its status after this write.
+    pub status: String,
+    /// The resource it is about.
     #[serde(default)]
-    resource: Value,
-    #[serde(borrow, default)]
-    resolution: Option<Cow<'a, str>>,
+    pub resource: ResourceRef,
+    /// How it was resolved, once it is.
     #[serde(default)]
-    base_version: Value,
+    pub resolution: Option<String>,
+    /// The version the write was based on.
     #[serde(default)]
-    current_version: Value,
+    pub base_version: Option<u64>,
+    /// The resource's version when the record was made.
     #[serde(default)]
-    by: Value,
+    pub current_version: Option<u64>,
+    /// Who sent the write.
     #[serde(default)]
-    closed_by: Option<Value>,
-    #[serde(borrow, default)]
-    request_id: Option<Cow<'a, str>>,
+    pub by: Option<String>,
+    /// Who resolved or dismissed it.
     #[serde(default)]
-    resolved_at: Value,
+    pub closed_by: Option<String>,
+    /// The request that made the record.
     #[serde(default)]
-    dismissed_at: Value,
+    pub request_id: Option<String>,
+    /// When it was resolved (RFC 3339).
     #[serde(default)]
-    detected_at: Value,
+    pub resolved_at: Option<String>,
+    /// When it was dismissed (RFC 3339).
+    #[serde(default)]
+    pub dismissed_at: Option<String>,
+    /// When it was made (RFC 3339).
+    #[serde(default)]
+    pub detected_at: Option<String>,
+}
+
+impl RecordFacts {
+    /// The facts of the stored record `stored`; `None` for a value that is not a
+    /// readable record.
+    pub fn read(stored: &[u8]) -> Option<Self> {
+        serde_json::from_slice(stored).ok()
+    }
+
+    /// What writing the record makes, with its event at `position`.
+    pub fn written(self, position: u64) -> Option<RecordWritten> {
+        let outcome = match (self.status.as_str(), &self.resolution) {
+            ("resolved", resolution) => resolution.clone().unwrap_or_default(),
+            (status, _) => status.to_owned(),
+        };
+        let labels = (self.resource.collection.clone(), self.kind.clone(), outcome);
+        let request_id = self.request_id.clone().unwrap_or_default();
+        let event = self.event(position);
+        let mut line = line_of(&event);
+        line.request_id = request_id;
+        Some(RecordWritten {
+            event: SideWrite {
+                table: SideTable::ConflictEvents,
+                key: position.to_be_bytes().to_vec(),
+                value: Some(serde_json::to_vec(&event).ok()?.into()),
+            },
+            line,
+            labels,
+        })
+    }
+
+    /// The event of the record's state, at `position`.
+    fn event(self, position: u64) -> ConflictEvent {
+        let event = match self.status.as_str() {
+            "open" => "conflict.detected",
+            "dismissed" => "conflict.dismissed",
+            _ => "conflict.resolved",
+        };
+        let by = match self.closed_by {
+            Some(closer) if self.status != "open" => Some(closer),
+            _ => self.by,
+        };
+        let at = self.resolved_at.or(self.dismissed_at).or(self.detected_at);
+        ConflictEvent {
+            position,
+            event,
+            href: format!("/v1/_conflicts/{}", self.id),
+            conflict_id: self.id,
+            kind: self.kind,
+            status: self.status,
+            resource: self.resource,
+            resolution: self.resolution,
+            base_version: self.base_version,
+            current_version: self.current_version,
+            by,
+            at,
+        }
+    }
 }
 
 /// What writing the stored record `stored` makes, with its event at `position`;
 /// `None` for a value that is not a readable record.
 pub fn record_written(stored: &[u8], position: u64) -> Option<RecordWritten> {
-    let record: RecordFields = serde_json::from_slice(stored).ok()?;
-    let collection = record.resource["collection"].as_str().unwrap_or_default();
-    let outcome = match (&*record.status, &record.resolution) {
-        ("resolved", resolution) => resolution.as_deref().unwrap_or_default(),
-        (status, _) => status,
-    };
-    let labels = (
-        collection.to_owned(),
-        record.kind.clone().into_owned(),
-        outcome.to_owned(),
-    );
-    let request_id = record.request_id.clone().unwrap_or_default().into_owned();
-    let event = event_of(record, position);
-    let mut line = line_of(&event);
-    line.request_id = request_id;
-    Some(RecordWritten {
-        event: SideWrite {
-            table: SideTable::ConflictEvents,
-            key: position.to_be_bytes().to_vec(),
-            value: Some(serde_json::to_vec(&event).ok()?.into()),
-        },
-        line,
-        labels,
-    })
-}
-
-/// The event of `record`'s state, at `position`.
-fn event_of(record: RecordFields<'_>, position: u64) -> ConflictEvent {
-    let status = record.status.into_owned();
-    let event = match status.as_str() {
-        "open" => "conflict.detected",
-        "dismissed" => "conflict.dismissed",
-        _ => "conflict.resolved",
-    };
-    let cid = record.id.into_owned();
-    let by = match record.closed_by {
-        Some(closer) if status != "open" => closer,
-        _ => record.by,
-    };
-    let at = [record.resolved_at, record.dismissed_at, record.detected_at]
-        .into_iter()
-        .find(|v| !v.is_null())
-        .unwrap_or(Value::Null);
-    ConflictEvent {
-        position,
-        event,
-        href: format!("/v1/_conflicts/{cid}"),
-        conflict_id: cid,
-        kind: record.kind.into_owned(),
-        status,
-        resource: record.resource,
-        resolution: record.resolution.map(Cow::into_owned),
-        base_version: record.base_version,
-        current_version: record.current_version,
-        by,
-        at,
-    }
+    RecordFacts::read(stored)?.written(position)
 }
 
 /// The key under which the event log keeps its watermark: the highest position
@@ -209,16 +223,15 @@ pub struct EventLine {
 
 /// The log line of an event.
 fn line_of(event: &ConflictEvent) -> EventLine {
-    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     EventLine {
         event: event.event.to_owned(),
         conflict_id: event.conflict_id.clone(),
-        collection: text(&event.resource["collection"]),
-        id: text(&event.resource["id"]),
+        collection: event.resource.collection.clone(),
+        id: event.resource.id.clone(),
         kind: event.kind.clone(),
         status: event.status.clone(),
-        base_version: event.base_version.as_u64(),
-        current_version: event.current_version.as_u64(),
+        base_version: event.base_version,
+        current_version: event.current_version,
         request_id: String::new(),
     }
 }

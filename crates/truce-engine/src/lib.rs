@@ -55,15 +55,16 @@ pub use compaction::{
     plan_compaction,
 };
 pub use conflict::{
-    Attempted, CONFLICT_ID_PATTERN, ConflictFilter, ConflictRecord, Retry, check_conflict_id,
-    parse_record as parse_conflict_record, record_not_found as conflict_not_found, record_policy,
-    record_refusal, record_summary, resolve_by_retry, with_sides as conflict_with_sides,
+    Attempted, CONFLICT_ID_PATTERN, ConflictFilter, ConflictRecord, NewRecord, ResourceRef, Retry,
+    check_conflict_id, parse_record as parse_conflict_record,
+    record_not_found as conflict_not_found, record_policy, record_refusal, record_summary,
+    resolve_by_retry, with_sides as conflict_with_sides,
 };
 pub use document::{Document, DocumentLimits};
 pub use error::{CurrentState, EngineError, Problem, StorageError};
 pub use etag::{ETag, EntityTag, EtagSyntaxError, TagCondition};
 pub use events::{
-    CONFLICT_EVENTS, ConflictEvent, EVENTS_WATERMARK_KEY, EventLine, RecordWritten,
+    CONFLICT_EVENTS, ConflictEvent, EVENTS_WATERMARK_KEY, EventLine, RecordFacts, RecordWritten,
     decode_watermark, encode_watermark, event_at, event_matches, event_position, record_written,
 };
 pub use idempotency::{

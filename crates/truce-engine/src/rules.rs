@@ -233,9 +233,11 @@ pub fn plan_write(
         etag: v.etag(key),
     });
     let precondition_failed = |condition| -> Result<EngineError, EngineError> {
-        let current_matches_request = match live {
-            Some(current) => would_change_nothing(view, command, current, ctx)?,
-            None => false,
+        let current_matches_request = match (live, &current_state) {
+            (Some(current), Some(state)) => {
+                would_change_nothing(view, command, current, state, ctx)?
+            }
+            _ => false,
         };
         Ok(EngineError::PreconditionFailed {
             condition,
@@ -434,14 +436,10 @@ fn would_change_nothing(
     view: &dyn StateView,
     command: &WriteCommand,
     current: &Version,
+    state: &CurrentState,
     ctx: &WriteContext<'_>,
 ) -> Result<bool, EngineError> {
-    let state = CurrentState {
-        resource: command.key.clone(),
-        version: current.number,
-        etag: current.etag(&command.key),
-    };
-    match next_content(view, command, Some(current), Some(&state), ctx) {
+    match next_content(view, command, Some(current), Some(state), ctx) {
         Ok(next) => Ok(is_same_content(Some(current), Some(current), &next)),
         // A write that cannot apply to the current version was not applied.
         Err(EngineError::Storage(e)) => Err(EngineError::Storage(e)),

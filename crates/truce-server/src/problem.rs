@@ -5,7 +5,8 @@ use axum::extract::Path;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, RETRY_AFTER};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use serde_json::{Map, Value, json};
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::Value;
 use truce_engine::{Problem, ProblemKind};
 
 use crate::context::RequestContext;
@@ -18,27 +19,61 @@ pub const PROBLEM_JSON: &str = "application/problem+json";
 /// detail, the request's `instance` and `request_id` when there is a request, and
 /// the extension members. Responses and SSE `error` events both use it.
 pub fn problem_body(problem: &Problem, context: Option<&RequestContext>) -> Value {
-    let info = problem.kind.info();
-    let mut body = Map::new();
-    body.insert("type".into(), json!(format!("/problems/{}", info.slug)));
-    body.insert("title".into(), json!(info.title));
-    body.insert("status".into(), json!(info.status));
-    body.insert("detail".into(), json!(problem.detail));
-    if let Some(context) = context {
-        body.insert("instance".into(), json!(&*context.path));
-        body.insert("request_id".into(), json!(&*context.id));
+    serde_json::to_value(ProblemJson { problem, context }).unwrap_or(Value::Null)
+}
+
+/// A problem as its JSON body, serialised straight from the problem (every
+/// refusal is rendered, so no intermediate map is built). The standard members
+/// come first; an extension member never repeats one of them.
+struct ProblemJson<'a> {
+    problem: &'a Problem,
+    context: Option<&'a RequestContext>,
+}
+
+/// The members [`ProblemJson`] writes itself.
+const STANDARD_MEMBERS: [&str; 6] = [
+    "type",
+    "title",
+    "status",
+    "detail",
+    "instance",
+    "request_id",
+];
+
+impl Serialize for ProblemJson<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let info = self.problem.kind.info();
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("type", &ProblemType(info.slug))?;
+        map.serialize_entry("title", info.title)?;
+        map.serialize_entry("status", &info.status)?;
+        map.serialize_entry("detail", &self.problem.detail)?;
+        if let Some(context) = self.context {
+            map.serialize_entry("instance", &*context.path)?;
+            map.serialize_entry("request_id", &*context.id)?;
+        }
+        for (name, value) in &self.problem.fields {
+            if !STANDARD_MEMBERS.contains(&name.as_str()) {
+                map.serialize_entry(name, value)?;
+            }
+        }
+        map.end()
     }
-    for (name, value) in &problem.fields {
-        body.insert(name.clone(), value.clone());
+}
+
+/// A problem's `type`: the path of its page, `/problems/{slug}`.
+struct ProblemType(&'static str);
+
+impl Serialize for ProblemType {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&format_args!("/problems/{}", self.0))
     }
-    Value::Object(body)
 }
 
 /// Renders a problem for the current request.
 pub fn problem_response(problem: Problem) -> Response {
     let info = problem.kind.info();
     let context = RequestContext::current();
-    let body = problem_body(&problem, context.as_ref());
     // A refusal that left a conflict record was logged by the writer with the
     // record (rule, versions, request id); the others are logged here.
     if matches!(info.status, 409 | 412 | 423) && !problem.fields.contains_key("conflict_id") {
@@ -51,7 +86,11 @@ pub fn problem_response(problem: Problem) -> Response {
         );
     }
     let status = StatusCode::from_u16(info.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = serde_json::to_vec(&body).unwrap_or_default();
+    let body = serde_json::to_vec(&ProblemJson {
+        problem: &problem,
+        context: context.as_ref(),
+    })
+    .unwrap_or_default();
     let mut response = (status, body).into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));

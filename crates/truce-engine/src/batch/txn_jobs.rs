@@ -106,9 +106,9 @@ impl Batch<'_> {
             Ok((answer, Some(record))) => {
                 let effect = Effect {
                     writes: Vec::new(),
-                    side: vec![record],
+                    side: vec![record.side],
                 };
-                self.apply(tables, &effect)?;
+                self.apply_with(tables, &effect, vec![record.facts])?;
                 Ok(Err(answer))
             }
             Ok((answer, None)) => Ok(Err(answer)),
