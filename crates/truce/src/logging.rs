@@ -19,6 +19,8 @@ use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::LogFormat;
 
+mod text;
+
 /// Longest a line waits in the buffer.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 /// Buffered bytes that wake the writer thread early.
@@ -163,7 +165,10 @@ pub fn init(format: LogFormat) -> LogGuard {
         .with_target(false)
         .with_writer(writer);
     let _ = match format {
-        LogFormat::Text => builder.with_ansi(false).try_init(),
+        LogFormat::Text => builder
+            .with_ansi(false)
+            .event_format(text::TextLine)
+            .try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
