@@ -183,9 +183,10 @@ pub fn init(format: LogFormat) -> LogGuard {
 mod tests {
     use super::*;
 
-    /// A sink the test can read after the writer thread is gone.
+    /// A sink the test can read after the writer thread is gone (or the
+    /// subscriber that wrote into it).
     #[derive(Clone, Default)]
-    struct Collected(Arc<Mutex<Vec<u8>>>);
+    pub(super) struct Collected(pub(super) Arc<Mutex<Vec<u8>>>);
 
     impl Write for Collected {
         fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {

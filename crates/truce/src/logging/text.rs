@@ -118,28 +118,12 @@ impl Visit for Fields<'_, '_> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-    use std::sync::{Arc, Mutex};
-
+    use super::super::tests::Collected;
     use super::*;
-
-    /// A writer the test reads afterwards.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[test]
     fn a_line_has_the_time_the_level_the_message_and_every_field() {
-        let captured = Captured::default();
+        let captured = Collected::default();
         let sink = captured.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_ansi(false)
