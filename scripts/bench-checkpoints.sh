@@ -21,21 +21,6 @@ WORKLOADS=${WORKLOADS:-create,update}
 
 source scripts/lib.sh
 
-# The block device holding the data directory, as /proc/diskstats names it.
-device=$(basename "$(df --output=source "$work" | tail -n 1)")
-disk_bytes() {
-    local major minor name reads merged read_sectors read_ms writes wmerged sectors rest
-    while read -r major minor name reads merged read_sectors read_ms writes wmerged sectors rest; do
-        if [ "$name" = "$device" ]; then
-            echo $((sectors * 512))
-        fi
-    done < /proc/diskstats
-}
-
-metric() {
-    curl -s "http://$TRUCE_ADDR/metrics" | awk -v name="$1" '$1 == name { print $2 }'
-}
-
 for round in $(seq "$ROUNDS"); do
     for workload in ${WORKLOADS//,/ }; do
         for interval in ${INTERVALS//,/ }; do

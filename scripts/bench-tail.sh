@@ -36,18 +36,6 @@ source scripts/lib.sh
 CLIENT=$BIN
 BIN=${SERVER:-$BIN}
 
-device=$(basename "$(df --output=source "$work" | tail -n 1)")
-disk_bytes() {
-    local major minor name reads merged read_sectors read_ms writes wmerged sectors rest
-    while read -r major minor name reads merged read_sectors read_ms writes wmerged sectors rest; do
-        if [ "$name" = "$device" ]; then
-            echo $((sectors * 512))
-        fi
-    done < /proc/diskstats
-}
-metric() {
-    curl -s "http://$TRUCE_ADDR/metrics" | awk -v name="$1" '$1 == name { print $2 }'
-}
 writes() { local n; n=$(metric truce_commit_batch_size_sum); echo "${n:-0}"; }
 
 for round in $(seq "$ROUNDS"); do

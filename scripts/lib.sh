@@ -113,3 +113,20 @@ start_pg() {
 stop_pg() { "${as_pg[@]}" pg_ctl -D "$work/pg/data" -m fast -w stop >/dev/null 2>&1 || true; }
 psql_pg() { psql -h 127.0.0.1 -p "$pg_port" -U postgres -q -v ON_ERROR_STOP=1 "$@"; }
 pg_url() { echo "postgres://postgres@127.0.0.1:$pg_port/$1"; }
+
+# disk_bytes: bytes written so far to the block device holding $work (from
+# /proc/diskstats: the whole device's, so measure with nothing else writing).
+disk_bytes() {
+    local device major minor name reads merged read_sectors read_ms writes wmerged sectors rest
+    device=$(basename "$(df --output=source "$work" | tail -n 1)")
+    while read -r major minor name reads merged read_sectors read_ms writes wmerged sectors rest; do
+        if [ "$name" = "$device" ]; then
+            echo $((sectors * 512))
+        fi
+    done < /proc/diskstats
+}
+
+# metric NAME: the value of an unlabelled metric of the server started last.
+metric() {
+    curl -s "http://$TRUCE_ADDR/metrics" | awk -v name="$1" '$1 == name { print $2 }'
+}
