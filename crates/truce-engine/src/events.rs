@@ -187,12 +187,6 @@ impl RecordFacts {
     }
 }
 
-/// What writing the stored record `stored` makes, with its event at `position`;
-/// `None` for a value that is not a readable record.
-pub fn record_written(stored: &[u8], position: u64) -> Option<RecordWritten> {
-    RecordFacts::read(stored)?.written(position)
-}
-
 /// The key under which the event log keeps its watermark: the highest position
 /// compaction removed (position 0 is never an event).
 pub const EVENTS_WATERMARK_KEY: [u8; 8] = [0; 8];
@@ -274,7 +268,9 @@ mod tests {
     use serde_json::json;
 
     fn event_of(record: Value) -> Value {
-        let side = record_written(record.to_string().as_bytes(), 7)
+        let side = RecordFacts::read(record.to_string().as_bytes())
+            .unwrap()
+            .written(7)
             .unwrap()
             .event;
         assert_eq!(event_position(&side.key), Some(7));

@@ -65,7 +65,7 @@ pub use error::{CurrentState, EngineError, Problem, StorageError};
 pub use etag::{ETag, EntityTag, EtagSyntaxError, TagCondition};
 pub use events::{
     CONFLICT_EVENTS, ConflictEvent, EVENTS_WATERMARK_KEY, EventLine, RecordFacts, RecordWritten,
-    decode_watermark, encode_watermark, event_at, event_matches, event_position, record_written,
+    decode_watermark, encode_watermark, event_at, event_matches, event_position,
 };
 pub use idempotency::{
     AnswerFn, Fingerprint, Idempotent, Replay, StoredAnswer, idempotency_scope, read_expiry_key,

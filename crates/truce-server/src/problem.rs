@@ -150,3 +150,29 @@ fn escape_html(text: &str) -> String {
         .replace('<', "&lt;")
         .replace('>', "&gt;")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_body_has_the_standard_members_first_and_never_twice() {
+        let problem = Problem::new(ProblemKind::PreconditionFailed, "If-Match is false")
+            .with("current_version", json!(5))
+            .with("status", json!(200));
+        let body = serde_json::to_string(&ProblemJson {
+            problem: &problem,
+            context: None,
+        })
+        .unwrap();
+        assert_eq!(
+            body,
+            r#"{"type":"/problems/precondition-failed","title":"Precondition failed","status":412,"detail":"If-Match is false","current_version":5}"#
+        );
+        assert_eq!(
+            problem_body(&problem, None),
+            serde_json::from_str::<Value>(&body).unwrap()
+        );
+    }
+}
