@@ -22,12 +22,8 @@ CONNECTIONS=${CONNECTIONS:-1,16,64}
 WORKLOADS=${WORKLOADS:-create,update,hot,read,read-304,mixed}
 OUT=${OUT:-}
 
-command -v wrk >/dev/null 2>&1 || {
-    echo "installing wrk with apt" >&2
-    apt-get update -qq && apt-get install -y -qq wrk >/dev/null
-}
-
 source scripts/lib.sh
+need_wrk
 CLIENT=$BIN
 
 # etcd: one member, loopback, fsync on (the default), its own temporary data dir;

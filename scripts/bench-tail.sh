@@ -27,12 +27,8 @@ WORKLOADS=${WORKLOADS:-create,update}
 CLIENTS=${CLIENTS:-bench,wrk}
 SERVE_FLAGS=${SERVE_FLAGS:-}
 
-command -v wrk >/dev/null 2>&1 || {
-    echo "installing wrk with apt" >&2
-    apt-get update -qq && apt-get install -y -qq wrk >/dev/null
-}
-
 source scripts/lib.sh
+need_wrk
 CLIENT=$BIN
 BIN=${SERVER:-$BIN}
 

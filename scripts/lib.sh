@@ -130,3 +130,10 @@ disk_bytes() {
 metric() {
     curl -s "http://$TRUCE_ADDR/metrics" | awk -v name="$1" '$1 == name { print $2 }'
 }
+
+# need_wrk: installs the wrk load generator with apt when it is missing.
+need_wrk() {
+    command -v wrk >/dev/null 2>&1 && return
+    echo "installing wrk with apt" >&2
+    apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+}
