@@ -17,10 +17,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use axum::http::{HeaderValue, Method};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
@@ -153,11 +152,15 @@ impl Caller {
 }
 
 /// Middleware: finds the caller and refuses what its roles do not allow.
-pub async fn authenticate(
-    State(state): State<AppState>,
+pub(crate) async fn authenticate<Next, Rest>(
+    state: &AppState,
     mut request: Request,
     next: Next,
-) -> Response {
+) -> Response
+where
+    Next: FnOnce(Request) -> Rest,
+    Rest: Future<Output = Response>,
+{
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -169,7 +172,7 @@ pub async fn authenticate(
         .map(|value| bearer(value).map(str::to_owned));
     let caller = match (access, presented) {
         (Public, _) => Caller::anonymous(),
-        (Needs(_), None) => match open_to_anonymous(&state).await {
+        (Needs(_), None) => match open_to_anonymous(state).await {
             Ok(true) => Caller::anonymous(),
             Ok(false) => {
                 return unauthenticated(
@@ -182,7 +185,7 @@ pub async fn authenticate(
         (Needs(_), Some(None)) => {
             return unauthenticated("the Authorization header must be Bearer <key>", true);
         }
-        (Needs(_), Some(Some(token))) => match verified(&state, &token).await {
+        (Needs(_), Some(Some(token))) => match verified(state, &token).await {
             Ok(Some(key)) => Caller {
                 principal: Principal::named(key.name),
                 roles: Arc::from(key.roles.as_slice()),
@@ -207,7 +210,7 @@ pub async fn authenticate(
     }
     request.extensions_mut().insert(caller.principal.clone());
     request.extensions_mut().insert(caller);
-    next.run(request).await
+    next(request).await
 }
 
 /// The key of `Authorization: Bearer <key>` (`None` inside: another scheme or

@@ -22,11 +22,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::FutureExt;
@@ -133,12 +132,20 @@ impl Drop for InFlightGuard<'_> {
 }
 
 /// Middleware: replays, refusals and tickets for keyed unsafe requests.
-pub async fn middleware(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn middleware<Next, Rest>(
+    state: &AppState,
+    request: Request,
+    next: Next,
+) -> Response
+where
+    Next: FnOnce(Request) -> Rest,
+    Rest: Future<Output = Response>,
+{
     if request.method().is_safe() {
-        return next.run(request).await;
+        return next(request).await;
     }
     let Some(value) = request.headers().get(IDEMPOTENCY_KEY) else {
-        return next.run(request).await;
+        return next(request).await;
     };
     let key = match parse_key(value) {
         Ok(key) => key,
@@ -150,9 +157,9 @@ pub async fn middleware(State(state): State<AppState>, request: Request, next: N
         .cloned()
         .unwrap_or_else(Principal::anonymous);
     let scope = idempotency_scope(&principal, &key);
-    let limit = crate::extract::body_limit(&state, request.uri().path());
+    let limit = crate::extract::body_limit(state, request.uri().path());
     let (mut parts, body) = request.into_parts();
-    let body = match crate::extract::read_body(&parts.headers, body, &state, limit).await {
+    let body = match crate::extract::read_body(&parts.headers, body, state, limit).await {
         Ok(body) => body,
         Err(refusal) => return refusal.into_response(),
     };
@@ -193,7 +200,7 @@ pub async fn middleware(State(state): State<AppState>, request: Request, next: N
         fingerprint,
         keep: state.config.idempotency_keep,
     });
-    next.run(Request::from_parts(parts, Body::from(body))).await
+    next(Request::from_parts(parts, Body::from(body))).await
 }
 
 /// The key a client sent: a structured-field string (`"abc"`, the draft's form)

@@ -5,6 +5,7 @@
 //! errors. No rule lives here: status codes come from the engine's problem table and
 //! every decision about a resource is the engine's.
 
+mod admission;
 mod auth;
 mod bare_answers;
 mod config;

@@ -22,9 +22,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderValue, Method};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::Clock;
 use governor::middleware::StateInformationMiddleware;
@@ -208,11 +207,15 @@ fn configured_collection<'p>(method: &Method, path: &'p str) -> Option<&'p str> 
 /// The middleware: refuses a request over its class's quota, or a write over
 /// its resource's, with 429 before anything else is looked at, and adds the
 /// RateLimit header fields of every limit that applied to the answer.
-pub(crate) async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+pub(crate) async fn limit<Next, Rest>(state: &AppState, request: Request, next: Next) -> Response
+where
+    Next: FnOnce(Request) -> Rest,
+    Rest: Future<Output = Response>,
+{
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     if method == Method::OPTIONS || exempt(&path) {
-        return next.run(request).await;
+        return next(request).await;
     }
     let mut applied: Vec<(String, String)> = Vec::new();
     let principal = request
@@ -224,7 +227,7 @@ pub(crate) async fn limit(State(state): State<AppState>, request: Request, next:
     let resource = match written_resource(&path) {
         Some((collection, id)) if method != Method::GET && method != Method::HEAD => state
             .rates
-            .resource_limiter(&state, collection)
+            .resource_limiter(state, collection)
             .await
             .map(|limiter| (limiter, id.to_owned())),
         _ => None,
@@ -252,7 +255,7 @@ pub(crate) async fn limit(State(state): State<AppState>, request: Request, next:
         }
     }
     let changed = configured_collection(&method, &path).map(str::to_owned);
-    let response = next.run(request).await;
+    let response = next(request).await;
     if let Some(collection) = changed {
         state.rates.forget_quota(&collection);
     }

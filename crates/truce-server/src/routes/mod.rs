@@ -89,9 +89,7 @@ fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
 /// request envelope (request id, panic containment, access log, metrics).
 pub fn app(state: AppState) -> Router {
     let cors = crate::cors::layer(&state.config.cors_origins);
-    let limits = state.clone();
-    let keyed = state.clone();
-    let auth = state.clone();
+    let admission = state.clone();
     let (router, api) = api(state);
     let mut document = serde_json::to_value(&api).unwrap_or_default();
     crate::openapi_finish::finish(&mut document);
@@ -101,13 +99,8 @@ pub fn app(state: AppState) -> Router {
         .layer(Extension(system::OpenApiJson(Arc::new(json))))
         .fallback(no_route)
         .layer(middleware::from_fn_with_state(
-            keyed,
-            crate::idempotency::middleware,
-        ))
-        .layer(middleware::from_fn_with_state(limits, crate::rate::limit))
-        .layer(middleware::from_fn_with_state(
-            auth,
-            crate::auth::authenticate,
+            admission,
+            crate::admission::admit,
         ));
     // Inside the envelope, so preflights are logged and counted like any request.
     let router = match cors {
