@@ -53,6 +53,16 @@ impl RequestContext {
 
 /// Middleware: request id, panic containment, access log and metrics.
 pub async fn request_envelope(request: Request, next: Next) -> Response {
+    enveloped(request, move |request| next.run(request)).await
+}
+
+/// The envelope around `rest`, the remaining layers and the handler: the
+/// router's own layer above, or one that also runs the admission checks.
+pub(crate) async fn enveloped<Rest, Handled>(request: Request, rest: Rest) -> Response
+where
+    Rest: FnOnce(Request) -> Handled,
+    Handled: Future<Output = Response>,
+{
     let started = Instant::now();
     let id: Arc<str> = request
         .headers()
@@ -77,7 +87,7 @@ pub async fn request_envelope(request: Request, next: Next) -> Response {
                 // Query parameters the route does not declare never reach a handler.
                 match crate::query::refusal(&request) {
                     Some(refusal) => refusal.into_response(),
-                    None => next.run(request).await,
+                    None => rest(request).await,
                 }
             })
             .catch_unwind(),
@@ -109,16 +119,7 @@ pub async fn request_envelope(request: Request, next: Next) -> Response {
         latency_us = elapsed.as_micros() as u64,
         "request"
     );
-    let method = method_label(&method);
-    metrics::counter!(
-        "truce_http_requests_total",
-        "route" => route.clone(),
-        "method" => method,
-        "status" => status.to_string()
-    )
-    .increment(1);
-    metrics::histogram!("truce_http_request_seconds", "route" => route, "method" => method)
-        .record(elapsed.as_secs_f64());
+    crate::metrics::record_request(&route, method_label(&method), status, elapsed);
     response
 }
 

@@ -8,9 +8,12 @@
 //! every few seconds; without it the buffers grew by every request's sample for as
 //! long as the process ran.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -94,4 +97,64 @@ pub fn render() -> String {
         .and_then(Option::as_ref)
         .map(PrometheusHandle::render)
         .unwrap_or_default()
+}
+
+/// One route's request metrics on one thread: `(method, status, requests,
+/// seconds)`, a handful of entries scanned in order.
+type RouteHandles = Vec<(&'static str, u16, Counter, Histogram)>;
+
+thread_local! {
+    /// The request metrics' handles this thread has used, by route. Registering
+    /// a labelled metric builds its key (label strings, a hash, a registry
+    /// lookup) on every call; a handle is the metric itself. Routes, methods and
+    /// statuses are few, so this stays small.
+    static REQUEST_HANDLES: RefCell<HashMap<String, RouteHandles>> = RefCell::new(HashMap::new());
+}
+
+/// Counts one answered request and records its latency
+/// (`truce_http_requests_total` by route, method and status;
+/// `truce_http_request_seconds` by route and method).
+pub fn record_request(route: &str, method: &'static str, status: u16, elapsed: Duration) {
+    let installed = HANDLE.get().is_some_and(Option::is_some);
+    if !installed {
+        // Not cached: a handle taken before the recorder exists records nowhere.
+        let (requests, seconds) = request_handles(route, method, status);
+        requests.increment(1);
+        seconds.record(elapsed.as_secs_f64());
+        return;
+    }
+    REQUEST_HANDLES.with_borrow_mut(|by_route| {
+        let handles = match by_route.get_mut(route) {
+            Some(handles) => handles,
+            None => by_route.entry(route.to_owned()).or_default(),
+        };
+        let found = handles
+            .iter()
+            .position(|(m, s, _, _)| *m == method && *s == status);
+        let index = found.unwrap_or_else(|| {
+            let (requests, seconds) = request_handles(route, method, status);
+            handles.push((method, status, requests, seconds));
+            handles.len() - 1
+        });
+        if let Some((_, _, requests, seconds)) = handles.get(index) {
+            requests.increment(1);
+            seconds.record(elapsed.as_secs_f64());
+        }
+    });
+}
+
+/// The request metrics' handles for one route, method and status.
+fn request_handles(route: &str, method: &'static str, status: u16) -> (Counter, Histogram) {
+    let requests = metrics::counter!(
+        "truce_http_requests_total",
+        "route" => route.to_owned(),
+        "method" => method,
+        "status" => status.to_string()
+    );
+    let seconds = metrics::histogram!(
+        "truce_http_request_seconds",
+        "route" => route.to_owned(),
+        "method" => method
+    );
+    (requests, seconds)
 }

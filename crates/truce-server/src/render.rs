@@ -1,9 +1,11 @@
 //! Rendering versions and write outcomes: the body and the validator headers
 //! (`ETag`, `Last-Modified`, `Truce-Version`, `Truce-Revision`, `Cache-Control`).
 
+use axum::body::Body;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, LAST_MODIFIED, LOCATION};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Json, Response};
+use bytes::Bytes;
 use truce_engine::{PolicyApplied, ResourceKey, Version, WriteOutcome, WriteStatus};
 
 use crate::extract::Prefer;
@@ -27,37 +29,66 @@ pub const TRUCE_CONFLICT_ID: HeaderName = HeaderName::from_static("truce-conflic
 /// `Preference-Applied` (RFC 7240).
 pub const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
 
-/// The validator and version headers of one version.
-pub fn version_headers(key: &ResourceKey, version: &Version) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(6);
-    if let Ok(etag) = HeaderValue::from_str(&version.etag(key).to_header()) {
+/// Puts the validator and version headers of one version into an answer's
+/// headers, so an answer is built in one map rather than merged from two.
+pub fn put_version_headers(headers: &mut HeaderMap, key: &ResourceKey, version: &Version) {
+    if let Ok(etag) = owned_value(version.etag(key).to_header()) {
         headers.insert(ETAG, etag);
     }
-    if let Ok(date) = HeaderValue::from_str(&httpdate::fmt_http_date(version.at.to_system_time())) {
+    if let Ok(date) = owned_value(httpdate::fmt_http_date(version.at.to_system_time())) {
         headers.insert(LAST_MODIFIED, date);
     }
     headers.insert(TRUCE_VERSION, HeaderValue::from(version.number));
     headers.insert(TRUCE_REVISION, HeaderValue::from(version.revision));
     // Caches must revalidate with the ETag, so they never serve a stale state.
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers
 }
+
+/// A header value that takes a freshly made string as it is (no copy).
+fn owned_value(text: String) -> Result<HeaderValue, axum::http::header::InvalidHeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from(text))
+}
+
+/// An answer with room for the headers a version's answer carries (the
+/// version headers, the write's own, and those the envelope and hyper add),
+/// so the map is sized once.
+fn answer(status: StatusCode, body: Body) -> Response {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().reserve(ANSWER_HEADERS);
+    response
+}
+
+/// Headers of a write's answer: 5 version headers, `Content-Type`,
+/// `Truce-Outcome`, `Location` or `Truce-Merged-From`, `Truce-Conflict-Id`, and
+/// the envelope's `X-Request-Id`.
+const ANSWER_HEADERS: usize = 12;
 
 /// A live version's document with its headers.
 pub fn document_response(status: StatusCode, key: &ResourceKey, version: &Version) -> Response {
-    let mut headers = version_headers(key, version);
-    match &version.body {
+    let mut response = match &version.body {
         Some(body) => {
-            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            (status, headers, body.clone()).into_response()
+            let mut response = answer(status, Body::from(body.clone()));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
         }
-        None => (status, headers, Json(tombstone(key, version))).into_response(),
-    }
+        None => {
+            let mut response = Json(tombstone(key, version)).into_response();
+            *response.status_mut() = status;
+            response
+        }
+    };
+    put_version_headers(response.headers_mut(), key, version);
+    response
 }
 
 /// 304 Not Modified, with the headers a 200 would carry (RFC 9110 §15.4.5).
 pub fn not_modified(key: &ResourceKey, version: &Version) -> Response {
-    (StatusCode::NOT_MODIFIED, version_headers(key, version)).into_response()
+    let mut response = answer(StatusCode::NOT_MODIFIED, Body::empty());
+    put_version_headers(response.headers_mut(), key, version);
+    response
 }
 
 /// The answer to an accepted write (or a no-op).
@@ -76,7 +107,8 @@ pub fn write_response(outcome: &WriteOutcome, prefer: Prefer) -> Response {
         } else {
             StatusCode::NO_CONTENT
         };
-        let mut response = (minimal_status, version_headers(key, version)).into_response();
+        let mut response = answer(minimal_status, Body::empty());
+        put_version_headers(response.headers_mut(), key, version);
         response.headers_mut().insert(
             PREFERENCE_APPLIED,
             HeaderValue::from_static("return=minimal"),
@@ -100,7 +132,7 @@ pub fn write_response(outcome: &WriteOutcome, prefer: Prefer) -> Response {
         response.headers_mut().insert(TRUCE_CONFLICT_ID, value);
     }
     if status == StatusCode::CREATED
-        && let Ok(location) = HeaderValue::from_str(&format!("/v1/{}/{}", key.collection, key.id))
+        && let Ok(location) = owned_value(format!("/v1/{}/{}", key.collection, key.id))
     {
         response.headers_mut().insert(LOCATION, location);
     }

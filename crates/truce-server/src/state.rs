@@ -35,6 +35,10 @@ pub struct Shared {
     pub(crate) in_flight: crate::idempotency::InFlight,
     /// The interactive transactions open on this node.
     pub(crate) sessions: crate::sessions::Sessions,
+    /// The serialised OpenAPI document, made once with the router (state
+    /// rather than a request extension: an extension layer costs every
+    /// request a boxed future).
+    pub(crate) openapi_json: std::sync::OnceLock<bytes::Bytes>,
 }
 
 impl AppState {
@@ -54,6 +58,7 @@ impl AppState {
             sessions,
             keys: crate::auth::KeyCache::default(),
             stream_counts: Arc::default(),
+            openapi_json: std::sync::OnceLock::new(),
         }))
     }
 }

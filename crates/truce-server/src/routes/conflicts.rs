@@ -18,7 +18,7 @@ use crate::extract::{By, LockToken};
 use crate::idempotency::Keyed;
 use crate::openapi::{Conflict, Malformed, NotFound, PreconditionFailed, Unavailable};
 use crate::paging::{decode_cursor, page_by_id, page_limit};
-use crate::render::version_headers;
+use crate::render::put_version_headers;
 use crate::state::AppState;
 
 /// A record's `status`.
@@ -217,9 +217,7 @@ async fn close(
 fn closed_response(outcome: &truce_engine::ResolutionOutcome) -> Response {
     let mut response = Json(&outcome.record).into_response();
     if let Some(write) = &outcome.write {
-        response
-            .headers_mut()
-            .extend(version_headers(&write.key, &write.version));
+        put_version_headers(response.headers_mut(), &write.key, &write.version);
     }
     response
 }

@@ -1,10 +1,7 @@
 //! The route table: every endpoint, registered together with its OpenAPI
 //! description so the router and the published document cannot drift apart.
 
-use std::sync::Arc;
-
 use axum::Router;
-use axum::extract::Extension;
 use axum::http::Uri;
 use axum::middleware;
 use utoipa::OpenApi;
@@ -90,29 +87,29 @@ fn api(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
 pub fn app(state: AppState) -> Router {
     let cors = crate::cors::layer(&state.config.cors_origins);
     let admission = state.clone();
-    let (router, api) = api(state);
+    let (router, api) = api(state.clone());
     let mut document = serde_json::to_value(&api).unwrap_or_default();
     crate::openapi_finish::finish(&mut document);
-    let json = document.to_string();
+    // Set once per state; a second router over the same state serves the same API.
+    let _ = state.openapi_json.set(document.to_string().into());
     crate::query::install(&api);
-    let router = router
-        .layer(Extension(system::OpenApiJson(Arc::new(json))))
-        .fallback(no_route)
-        .layer(middleware::from_fn_with_state(
-            admission,
-            crate::admission::admit,
-        ));
-    // Inside the envelope, so preflights are logged and counted like any request.
-    let router = match cors {
-        Ok(Some(cors)) => router.layer(cors),
-        Ok(None) => router,
+    let router = router.fallback(no_route);
+    let admission = middleware::from_fn_with_state(admission, crate::admission::admit);
+    match cors {
+        // Inside the envelope, so preflights are logged and counted like any
+        // request; outside the admission checks, so their refusals carry CORS
+        // headers a browser needs to read them.
+        Ok(Some(cors)) => with_envelope(router.layer(admission).layer(cors)),
+        Ok(None) => router.layer(middleware::from_fn_with_state(
+            state,
+            crate::admission::envelope_and_admit,
+        )),
         Err(why) => {
             // `truce serve` checks the origins before it gets here.
             tracing::error!(%why, "CORS stays off");
-            router
+            with_envelope(router.layer(admission))
         }
-    };
-    with_envelope(router)
+    }
 }
 
 /// Wraps any router in the request envelope. Public so tests can serve extra routes

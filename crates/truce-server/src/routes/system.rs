@@ -1,9 +1,7 @@
 //! Operations endpoints: liveness, readiness, the OpenAPI document, Prometheus
 //! metrics and on-demand compaction (SPEC §10).
 
-use std::sync::Arc;
-
-use axum::extract::{Extension, State};
+use axum::extract::State;
 use axum::http::HeaderValue;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Json, Response};
@@ -13,10 +11,6 @@ use crate::error::ApiError;
 use crate::openapi::Unavailable;
 use crate::state::AppState;
 use crate::wire::{CompactionBody, HealthBody};
-
-/// The serialised OpenAPI document, built once with the router.
-#[derive(Clone)]
-pub struct OpenApiJson(pub Arc<String>);
 
 /// Liveness: the process answers.
 #[utoipa::path(
@@ -58,8 +52,9 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthBody>, A
     tag = "system",
     responses((status = 200, description = "The OpenAPI 3.1 document", body = Object))
 )]
-pub async fn openapi_document(Extension(doc): Extension<OpenApiJson>) -> Response {
-    let mut response = doc.0.as_str().to_owned().into_response();
+pub async fn openapi_document(State(state): State<AppState>) -> Response {
+    let document = state.openapi_json.get().cloned().unwrap_or_default();
+    let mut response = document.into_response();
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
