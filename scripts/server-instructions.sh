@@ -3,6 +3,8 @@
 # counted by valgrind's callgrind: repeatable where timings on this noisy machine are
 # not. The server runs about 50 times slower under callgrind, so compare builds
 # with each other, not with timed runs; the profile is kept for callgrind_annotate.
+# Counting starts once the server listens (start-up, about 54 million
+# instructions, is left out) and ends when it has shut down.
 #
 #   scripts/server-instructions.sh path/to/truce create [SECONDS]
 set -euo pipefail
@@ -14,7 +16,7 @@ command -v valgrind >/dev/null || { echo "needs valgrind: apt-get install -y val
 source scripts/lib.sh
 
 profile="$work/callgrind.out"
-valgrind --tool=callgrind --callgrind-out-file="$profile" \
+valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$profile" \
     "$SERVER" serve --listen 127.0.0.1:0 --data "$work/data" > "$work/server.log" 2>&1 &
 server=$!
 addr=
@@ -24,6 +26,7 @@ for _ in $(seq 600); do
     sleep 0.2
 done
 [ -n "$addr" ] || { echo "the server did not start under valgrind" >&2; cat "$work/server.log" >&2; exit 1; }
+callgrind_control --instr=on "$server" >/dev/null
 ops=$("$BIN" bench --url "http://$addr" --workload "$WORKLOAD" --connections 64 \
     --duration "${SECONDS_UNDER_LOAD}s" --json |
     python3 -c 'import json, sys; print(json.loads(sys.stdin.readline())["ops"])')

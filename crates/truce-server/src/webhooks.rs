@@ -51,14 +51,11 @@ pub fn node_name(listening: std::net::SocketAddr) -> String {
 
 /// Runs until the server shuts down; `node` names this node in its claims.
 pub async fn delivery_loop(state: AppState, node: String) {
-    let Some(http) = http_client(state.config.webhook_timeout) else {
-        tracing::error!("no HTTP client for webhook deliveries; none will be made");
-        return;
-    };
+    let mut http = DeliveryClient::new(state.config.webhook_timeout);
     let mut events = state.store.conflict_events();
     loop {
         events.mark_unchanged();
-        let wait = match deliver_due(&state, &http, &node).await {
+        let wait = match deliver_due(&state, &mut http, &node).await {
             Ok(next_due) => next_due.unwrap_or(IDLE).min(IDLE),
             Err(error) => {
                 tracing::warn!(%error, "webhook delivery pass failed; retrying");
@@ -76,6 +73,35 @@ pub async fn delivery_loop(state: AppState, node: String) {
         }
     }
 }
+
+/// The HTTP client for deliveries, made when the first delivery is due:
+/// making one loads the system's root certificates, which a node that never
+/// delivers need not pay for at start.
+struct DeliveryClient {
+    timeout: Duration,
+    client: Option<reqwest::Client>,
+}
+
+impl DeliveryClient {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            client: None,
+        }
+    }
+
+    /// The client, made now if it was not yet.
+    fn get(&mut self) -> Option<&reqwest::Client> {
+        if self.client.is_none() {
+            self.client = http_client(self.timeout);
+        }
+        self.client.as_ref()
+    }
+}
+
+/// How long to wait before trying again to make an HTTP client that could not
+/// be made.
+const NO_CLIENT_RETRY: Duration = Duration::from_secs(30);
 
 /// An HTTP client for deliveries: no redirects (a receiver answers for itself),
 /// a time limit per delivery.
@@ -95,7 +121,7 @@ fn http_client(timeout: Duration) -> Option<reqwest::Client> {
 /// Posts every due row; returns how long until the next one is due.
 async fn deliver_due(
     state: &AppState,
-    http: &reqwest::Client,
+    http: &mut DeliveryClient,
     node: &str,
 ) -> Result<Option<Duration>, truce_engine::EngineError> {
     let now = Timestamp::now();
@@ -132,6 +158,10 @@ async fn deliver_due(
             next_due.map(|at| Duration::from_millis(at.saturating_sub(Timestamp::now().millis())))
         );
     }
+    let Some(http) = http.get() else {
+        tracing::error!("no HTTP client for webhook deliveries; trying again later");
+        return Ok(Some(NO_CLIENT_RETRY));
+    };
     let lease = state.config.webhook_timeout.saturating_mul(2) + LEASE_MARGIN;
     let until =
         Timestamp::from_millis(now.millis() + u64::try_from(lease.as_millis()).unwrap_or(u64::MAX));
