@@ -17,6 +17,18 @@ use clap::{Parser, Subcommand};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Turns transparent huge pages off for this process, before any thread starts.
+/// mimalloc asks for huge pages on its arenas, and the first touch of each
+/// fresh 2 MiB page makes the kernel zero all of it on the touching thread: when
+/// that thread is the sequencer, every write waiting for the batch waits too
+/// (measured in `docs/PERFORMANCE.md`, "Tail latency"). A server that cannot
+/// turn them off runs as before.
+fn small_pages_only() {
+    if let Err(error) = rustix::thread::disable_transparent_huge_pages(true) {
+        eprintln!("truce: transparent huge pages stay on ({error})");
+    }
+}
+
 /// truce: a conflict-aware HTTP resource server.
 #[derive(Debug, Parser)]
 #[command(name = "truce", version, about)]
@@ -67,6 +79,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_)) {
+        small_pages_only();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
