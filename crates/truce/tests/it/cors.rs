@@ -79,3 +79,29 @@ async fn named_origins_may_call_the_api_from_a_browser() {
             .contains_key("access-control-allow-origin")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_before_the_handler_carry_cors_headers() {
+    // A browser can read a 429 (and its Retry-After) only with the CORS headers:
+    // the admission checks answer inside the CORS layer.
+    let server = TestServer::start_with(|config, _| {
+        config.cors_origins = vec![APP.to_owned()];
+        config.rate_writes = Some("1/h".parse().expect("rate"));
+    })
+    .await;
+    assert_eq!(create_from(&server, APP).await.status(), 201);
+    let limited = create_from(&server, APP).await;
+    assert_eq!(limited.status(), 429);
+    let allowed = limited
+        .headers()
+        .get("access-control-allow-origin")
+        .and_then(|v| v.to_str().ok());
+    assert_eq!(allowed, Some(APP));
+    let exposed = limited
+        .headers()
+        .get("access-control-expose-headers")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(exposed.contains("retry-after"), "{exposed}");
+}

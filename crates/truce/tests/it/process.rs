@@ -47,6 +47,22 @@ async fn the_first_log_line_names_the_address() {
 }
 
 #[tokio::test]
+async fn the_server_turns_transparent_huge_pages_off() {
+    // The allocator's fresh huge pages are zeroed by the kernel on the thread that
+    // first touches them, the sequencer's included: the write tail's main cause.
+    let (_tmp, data) = data_dir();
+    let server = ServerProcess::start(&data, &[]).await;
+    let pid = server.child.id().expect("running child");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let thp = status
+        .lines()
+        .find_map(|line| line.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    assert_eq!(thp, Some("0"), "{status}");
+    server.kill().await;
+}
+
+#[tokio::test]
 async fn json_logs_carry_the_request_id() {
     let (_tmp, data) = data_dir();
     let mut server = ServerProcess::start(&data, &["--log-format", "json"]).await;
