@@ -88,8 +88,8 @@ impl Document {
     }
 
     fn from_checked_value(value: Value) -> Self {
-        // Serialising a `Value` cannot fail: its keys are strings.
-        let bytes = serde_json::to_vec(&value).unwrap_or_default();
+        let mut bytes = Vec::with_capacity(256);
+        write_compact(&value, &mut bytes);
         Self {
             value,
             bytes: Bytes::from(bytes),
@@ -166,6 +166,65 @@ pub(crate) fn json_type(value: &Value) -> &'static str {
     }
 }
 
+/// Writes `value` as compact JSON, byte for byte what `serde_json::to_vec`
+/// writes (tested), but a string that needs no escape is copied whole:
+/// serde_json looks up every byte of every string in its escape table, which
+/// was the larger part of taking in a document. Recursion is bounded by the
+/// depth check every document passes first.
+fn write_compact(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Number(number) => write_with_serde(number, out),
+        Value::String(text) => write_string(text, out),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_compact(item, out);
+            }
+            out.push(b']');
+        }
+        Value::Object(members) => {
+            out.push(b'{');
+            for (i, (name, member)) in members.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_string(name, out);
+                out.push(b':');
+                write_compact(member, out);
+            }
+            out.push(b'}');
+        }
+    }
+}
+
+/// A JSON string: as it is when no byte needs an escape (JSON escapes only
+/// `"`, `\` and control characters), else as serde_json escapes it.
+fn write_string(text: &str, out: &mut Vec<u8>) {
+    // No early exit, so the compiler can compare many bytes at a time.
+    let needs_escape = text.bytes().fold(false, |found, b| {
+        found | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if needs_escape {
+        write_with_serde(text, out);
+    } else {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    }
+}
+
+/// Numbers and escaped strings, written by serde_json itself.
+fn write_with_serde<T: serde::Serialize + ?Sized>(value: &T, out: &mut Vec<u8>) {
+    // Writing a number or a string into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +287,49 @@ mod tests {
             Document::parse(br#"{"y":null,"x":{"q":[2,1],"p":1}}"#, limits).unwrap();
         assert!(nested.same_content_as(reordered.bytes()));
         assert!(!nested.same_content_as(arrays_differ.bytes()));
+    }
+
+    /// Any JSON: every kind of number, strings with escapes, control characters,
+    /// non-ASCII and `/`, nested arrays and objects (member order as generated).
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("JSON has no NaN or infinity", |f| f.is_finite())
+                .prop_map(Value::from),
+            any::<String>().prop_map(Value::from),
+            "[a-z\\\\\"/\\x00-\\x1f\\x7f é€😀]{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::vec((any::<String>(), inner), 0..6)
+                    .prop_map(|members| Value::Object(members.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn compact_json_is_byte_for_byte_serde_json(value in any_json()) {
+            let mut ours = Vec::new();
+            write_compact(&value, &mut ours);
+            proptest::prop_assert_eq!(ours, serde_json::to_vec(&value).unwrap());
+        }
+    }
+
+    #[test]
+    fn strings_that_need_escapes_are_escaped() {
+        let value = serde_json::json!({"a\"b": "line\nbreak \\ and \u{1} / é"});
+        let mut ours = Vec::new();
+        write_compact(&value, &mut ours);
+        assert_eq!(
+            String::from_utf8(ours).unwrap(),
+            r#"{"a\"b":"line\nbreak \\ and \u0001 / é"}"#
+        );
     }
 }
