@@ -34,6 +34,8 @@ pub(crate) async fn envelope_and_admit(
     crate::context::enveloped(request, move |request| admitted(state, request, next)).await
 }
 
+/// The three checks in order, each a closure around the next, the router's
+/// remaining layers last.
 async fn admitted(state: &AppState, request: Request, next: Next) -> Response {
     crate::auth::authenticate(state, request, move |request| {
         crate::rate::limit(state, request, move |request| {
