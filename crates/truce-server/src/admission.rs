@@ -39,7 +39,7 @@ pub(crate) async fn envelope_and_admit(
 async fn admitted(state: &AppState, request: Request, next: Next) -> Response {
     crate::auth::authenticate(state, request, move |request| {
         crate::rate::limit(state, request, move |request| {
-            crate::idempotency::middleware(state, request, move |request| next.run(request))
+            crate::idempotency::check_key(state, request, move |request| next.run(request))
         })
     })
     .await

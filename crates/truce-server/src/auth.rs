@@ -1,6 +1,6 @@
 //! Who is asking, and whether they may (SPEC §9).
 //!
-//! [`ACCESS`] is the one table of what every endpoint needs; the middleware
+//! [`ACCESS`] is the one table of what every endpoint needs; the admission checks
 //! enforces it and the OpenAPI document is generated from it, so no handler
 //! decides on its own. A request shows a key with `Authorization: Bearer
 //! truce_{id}_{secret}`. Every request reads the key's record from the store
@@ -151,7 +151,8 @@ impl Caller {
     }
 }
 
-/// Middleware: finds the caller and refuses what its roles do not allow.
+/// The first admission step: finds the caller and refuses what its roles do
+/// not allow, then hands the request, carrying its caller, to `next`.
 pub(crate) async fn authenticate<Next, Rest>(
     state: &AppState,
     mut request: Request,

@@ -1,6 +1,6 @@
 //! `Idempotency-Key` at the edge (SPEC §9, draft-ietf-httpapi-idempotency-key-header).
 //!
-//! For an unsafe request carrying the header, the middleware:
+//! For an unsafe request carrying the header, its admission step:
 //! 1. reads the key (a structured-field string, `"..."`, or the bare text; 1–255
 //!    visible ASCII characters) and scopes it to the principal;
 //! 2. fingerprints the request: method, target (path and query), `Content-Type`
@@ -131,8 +131,9 @@ impl Drop for InFlightGuard<'_> {
     }
 }
 
-/// Middleware: replays, refusals and tickets for keyed unsafe requests.
-pub(crate) async fn middleware<Next, Rest>(
+/// The admission step for keys: replays, refusals and tickets for keyed unsafe
+/// requests, then `next` for everything else.
+pub(crate) async fn check_key<Next, Rest>(
     state: &AppState,
     request: Request,
     next: Next,

@@ -204,7 +204,7 @@ fn configured_collection<'p>(method: &Method, path: &'p str) -> Option<&'p str> 
         .flatten()
 }
 
-/// The middleware: refuses a request over its class's quota, or a write over
+/// The admission step for rates: refuses a request over its class's quota, or a write over
 /// its resource's, with 429 before anything else is looked at, and adds the
 /// RateLimit header fields of every limit that applied to the answer.
 pub(crate) async fn limit<Next, Rest>(state: &AppState, request: Request, next: Next) -> Response

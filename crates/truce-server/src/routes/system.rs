@@ -53,6 +53,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<HealthBody>, A
     responses((status = 200, description = "The OpenAPI 3.1 document", body = Object))
 )]
 pub async fn openapi_document(State(state): State<AppState>) -> Response {
+    // `app` sets the document before the router serves anything.
     let document = state.openapi_json.get().cloned().unwrap_or_default();
     let mut response = document.into_response();
     response
