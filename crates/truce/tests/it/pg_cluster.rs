@@ -4,7 +4,7 @@
 //!
 //! `initdb` refuses to run as root, so as root the cluster runs as an
 //! unprivileged user (`truce-pg`), created if missing. A watchdog stops the
-//! cluster once the test binary is gone. A machine without PostgreSQL fails the
+//! cluster once the test binary is gone and removes its directory. A machine without PostgreSQL fails the
 //! test that needs it, saying how to get it.
 
 use std::path::{Path, PathBuf};
@@ -291,17 +291,19 @@ fn start() -> Cluster {
     let port = free_port();
     let log = dir.path().join("postgres.log");
     // The server runs under a watchdog shell that stops it (fast shutdown) once
-    // this test binary is gone.
+    // this test binary is gone, then removes its directory: the cluster lives in
+    // a static, whose temp dir is never dropped, and a run's WAL fills gigabytes.
     let script = format!(
         "{postgres} -D {data} -p {port} -k {sock} -c listen_addresses=127.0.0.1 \
          -c fsync=off -c max_connections=400 > {log} 2>&1 & pg=$!; \
          while [ -d /proc/{parent} ] && kill -0 $pg 2>/dev/null; do sleep 1; done; \
-         kill -INT $pg 2>/dev/null",
+         kill -INT $pg 2>/dev/null; wait $pg; rm -rf {dir}",
         postgres = postgres.display(),
         data = data.display(),
         sock = dir.path().display(),
         log = log.display(),
         parent = std::process::id(),
+        dir = dir.path().display(),
     );
     let mut shell = if is_root() {
         let mut c = Command::new("runuser");
