@@ -6,8 +6,8 @@
 # settings, logs on) on a temporary data dir, warms it up with 1 s of creates,
 # and runs DURATION at CONNECTIONS.
 # Records throughput, p50/p99/p99.9, the errors, the server's mean checkpoint
-# time and how long writers waited for the writer thread behind a checkpoint
-# (from /metrics), and the bytes written to the disk per write (from
+# time, how many of the log's appends (a frame written and flushed) took over
+# 2.5 ms (both from /metrics), and the bytes written to the disk per write (from
 # /proc/diskstats: the whole machine's, so run it with nothing else writing).
 # Prints medians of ROUNDS.
 #
@@ -33,6 +33,13 @@ CLIENT=$BIN
 BIN=${SERVER:-$BIN}
 
 writes() { local n; n=$(metric truce_commit_batch_size_sum); echo "${n:-0}"; }
+# Log appends (frame written and flushed) so far that took over 2.5 ms.
+slow_appends() {
+    local all quick
+    all=$(metric truce_log_append_seconds_count)
+    quick=$(metric 'truce_log_append_seconds_bucket{le="0.0025"}')
+    echo $(( ${all:-0} - ${quick:-0} ))
+}
 
 for round in $(seq "$ROUNDS"); do
     for workload in ${WORKLOADS//,/ }; do
@@ -51,6 +58,7 @@ for round in $(seq "$ROUNDS"); do
             "$CLIENT" bench --url "$url" --workload create --connections "$CONNECTIONS" \
                 --duration 1s --json > /dev/null
             before_writes=$(writes)
+            before_slow=$(slow_appends)
             before_bytes=$(disk_bytes)
             if [ "$client" = wrk ]; then
                 run=$(wrk -t2 -c"$CONNECTIONS" -d"$DURATION" -s "scripts/wrk/$workload.lua" "$url" | tail -n 1)
@@ -62,7 +70,7 @@ for round in $(seq "$ROUNDS"); do
             after_writes=$(writes)
             sum=$(metric truce_checkpoint_seconds_sum)
             count=$(metric truce_checkpoint_seconds_count)
-            echo "{\"workload\":\"$workload\",\"client\":\"$client\",\"written\":$((after_bytes - before_bytes)),\"writes\":$(( ${after_writes%.*} - ${before_writes%.*} )),\"checkpoint_sum\":${sum:-0},\"checkpoints\":${count:-0},\"run\":$run}" \
+            echo "{\"workload\":\"$workload\",\"client\":\"$client\",\"written\":$((after_bytes - before_bytes)),\"writes\":$(( ${after_writes%.*} - ${before_writes%.*} )),\"checkpoint_sum\":${sum:-0},\"checkpoints\":${count:-0},\"slow_appends\":$(( $(slow_appends) - before_slow )),\"run\":$run}" \
                 >> "$work/results.jsonl"
             stop_truce
             echo "round $round: $workload with $client done" >&2
@@ -78,7 +86,7 @@ for r in rows:
     groups.setdefault((r["workload"], r["client"]), []).append(r)
 med = statistics.median
 print(f"medians of {max(len(g) for g in groups.values())} runs; latency in ms")
-print(f"{'workload':<9}{'client':<7}{'ops/s':>9}{'p50':>7}{'p99':>7}{'p99.9':>8}{'errors':>7}{'ckpt ms':>9}{'KB/write':>9}")
+print(f"{'workload':<9}{'client':<7}{'ops/s':>9}{'p50':>7}{'p99':>7}{'p99.9':>8}{'errors':>7}{'ckpt ms':>9}{'KB/write':>9}{'slow flush':>11}")
 for (workload, client), g in groups.items():
     ops = med(r["run"]["ops_per_second"] for r in g)
     p50 = med(r["run"]["p50_ms"] for r in g)
@@ -87,5 +95,6 @@ for (workload, client), g in groups.items():
     errors = sum(r["run"].get("errors", 0) for r in g)
     ckpt = med(1000 * r["checkpoint_sum"] / r["checkpoints"] if r["checkpoints"] else 0 for r in g)
     kb = med(r["written"] / r["writes"] / 1024 if r["writes"] else 0 for r in g)
-    print(f"{workload:<9}{client:<7}{ops:>9.0f}{p50:>7.2f}{p99:>7.2f}{p999:>8.2f}{errors:>7}{ckpt:>9.2f}{kb:>9.2f}")
+    slow = med(r.get("slow_appends", 0) for r in g)
+    print(f"{workload:<9}{client:<7}{ops:>9.0f}{p50:>7.2f}{p99:>7.2f}{p999:>8.2f}{errors:>7}{ckpt:>9.2f}{kb:>9.2f}{slow:>11.0f}")
 PY

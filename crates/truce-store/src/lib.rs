@@ -14,6 +14,7 @@ mod faults;
 mod heads;
 mod health;
 mod layer;
+mod paced;
 mod recovery;
 mod reserve;
 mod sequencer;

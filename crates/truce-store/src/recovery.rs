@@ -17,6 +17,7 @@
 //! every later operation), it closes the database, opens it again from the file and
 //! recovers as on open.
 
+use redb::backends::FileBackend;
 use redb::{Database, ReadableTable, Table};
 use truce_engine::StorageError;
 
@@ -25,6 +26,7 @@ use crate::embedded::EmbeddedConfig;
 use crate::error::{OpenError, storage};
 use crate::faults::FaultyBackend;
 use crate::heads::Heads;
+use crate::paced::PacedBackend;
 use crate::wal::Frame;
 use crate::write_tables::WriteTables;
 
@@ -34,21 +36,32 @@ pub(crate) fn open_database(config: &EmbeddedConfig) -> Result<Database, OpenErr
     let path = config.data_dir.join(crate::embedded::DATABASE_FILE);
     let mut builder = Database::builder();
     builder.set_cache_size(config.cache_bytes);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .and_then(|file| Ok((file.try_clone()?, file)))
+        .map_err(|e| OpenError::Open {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+    let (handle, file) = file;
     let opened = match &config.faults {
-        None => builder.create(&path),
+        None => {
+            let inner = FileBackend::new(file).map_err(|e| OpenError::Open {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            builder.create_with_backend(PacedBackend::new(inner, handle))
+        }
         Some(faults) => {
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .and_then(|file| FaultyBackend::new(file, faults.clone()))
-                .map_err(|e| OpenError::Open {
-                    path: path.clone(),
-                    message: e.to_string(),
-                })?;
-            builder.create_with_backend(file)
+            let inner = FaultyBackend::new(file, faults.clone()).map_err(|e| OpenError::Open {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            builder.create_with_backend(PacedBackend::new(inner, handle))
         }
     };
     opened.map_err(|e| match e {
