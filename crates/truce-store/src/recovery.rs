@@ -31,45 +31,38 @@ use crate::wal::Frame;
 use crate::write_tables::WriteTables;
 
 /// Opens the database file of `config`, telling "in use" apart from other failures.
-/// With a fault plan installed, redb's I/O passes the fault seam.
+/// Its syncs are paced ([`PacedBackend`]); with a fault plan installed, redb's I/O
+/// also passes the fault seam.
 pub(crate) fn open_database(config: &EmbeddedConfig) -> Result<Database, OpenError> {
     let path = config.data_dir.join(crate::embedded::DATABASE_FILE);
     let mut builder = Database::builder();
     builder.set_cache_size(config.cache_bytes);
+    let failed = |message: String| OpenError::Open {
+        path: path.clone(),
+        message,
+    };
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(&path)
-        .and_then(|file| Ok((file.try_clone()?, file)))
-        .map_err(|e| OpenError::Open {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
-    let (handle, file) = file;
+        .map_err(|e| failed(e.to_string()))?;
+    let handle = file.try_clone().map_err(|e| failed(e.to_string()))?;
     let opened = match &config.faults {
         None => {
-            let inner = FileBackend::new(file).map_err(|e| OpenError::Open {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+            let inner = FileBackend::new(file).map_err(|e| failed(e.to_string()))?;
             builder.create_with_backend(PacedBackend::new(inner, handle))
         }
         Some(faults) => {
-            let inner = FaultyBackend::new(file, faults.clone()).map_err(|e| OpenError::Open {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
+            let inner =
+                FaultyBackend::new(file, faults.clone()).map_err(|e| failed(e.to_string()))?;
             builder.create_with_backend(PacedBackend::new(inner, handle))
         }
     };
     opened.map_err(|e| match e {
         redb::DatabaseError::DatabaseAlreadyOpen => OpenError::InUse(config.data_dir.clone()),
-        other => OpenError::Open {
-            path: path.clone(),
-            message: other.to_string(),
-        },
+        other => failed(other.to_string()),
     })
 }
 
