@@ -36,6 +36,7 @@ mod record;
 mod resolution;
 mod retention;
 mod rules;
+mod snapshot_reads;
 mod store;
 #[cfg(test)]
 mod test_view;
@@ -104,6 +105,7 @@ pub use rules::{
     Effect, Planned, SideCommit, SideTable, SideWrite, VersionWrite, WriteContext, plan_write,
     prefix_end,
 };
+pub use snapshot_reads::{list_at_snapshot, snapshot_version, version_at_snapshot};
 pub use store::{StateView, Store};
 pub use time::Timestamp;
 pub use txn::{

@@ -15,9 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use truce_engine::{
-    CollectionName, EngineError, Principal, ResourceKey, Timestamp, Version, VersionLookup,
-};
+use truce_engine::{CollectionName, EngineError, Principal, ResourceKey, Timestamp, Version};
 
 /// Most open transactions one node keeps; more are refused with 503.
 const MAX_SESSIONS: usize = 10_000;
@@ -159,21 +157,5 @@ impl Sessions {
             )
         };
         EngineError::TransactionGone { detail }
-    }
-}
-
-/// A snapshot read's answer as a live version, or the 404/410 it is.
-pub fn snapshot_version(
-    key: &ResourceKey,
-    lookup: VersionLookup,
-    snapshot: u64,
-) -> Result<Option<Version>, EngineError> {
-    match lookup {
-        VersionLookup::Found(version) => Ok((!version.is_tombstone()).then_some(version)),
-        VersionLookup::Missing => Ok(None),
-        VersionLookup::Compacted { oldest } => Err(EngineError::HistoryCompacted {
-            what: format!("{key} as of the transaction's snapshot (revision {snapshot})"),
-            oldest,
-        }),
     }
 }

@@ -22,7 +22,7 @@ use crate::extract::By;
 use crate::idempotency::Keyed;
 use crate::openapi::{Malformed, Unavailable};
 use crate::paging::{decode_cursor, encode_cursor};
-use crate::sessions::{Buffered, snapshot_version};
+use crate::sessions::Buffered;
 use crate::state::AppState;
 use crate::wire::{Envelope, EnvelopePage, ProblemBody};
 
@@ -200,8 +200,7 @@ async fn visible(
     if let Some((base, content)) = buffered {
         return Ok((snapshot, content, base));
     }
-    let at = state.store.version_at(key, snapshot).await?;
-    let version = snapshot_version(key, at, snapshot)?;
+    let version = truce_engine::version_at_snapshot(&*state.store, key, snapshot).await?;
     let base = version.as_ref().map_or(0, |v| v.number);
     Ok((snapshot, version, base))
 }
@@ -295,85 +294,17 @@ pub(crate) async fn list_in(
         let buffered: Vec<(ResourceKey, Option<truce_engine::Version>)> = session
             .writes
             .iter()
-            .filter(|(key, _)| {
-                key.collection == *collection && key.id.as_str().starts_with(&prefix)
-            })
             .map(|(key, b)| (key.clone(), b.content.clone()))
             .collect();
         (session.snapshot, buffered)
     })?;
-    let after = query.after.clone();
-    let limit = query.limit;
-    // Today's page bounds the ids this page may hold: every id live at the
-    // snapshot is either live now or changed since.
-    let current = state.store.list(collection, &query).await?;
-    let bound = current
-        .next
-        .as_ref()
-        .and(current.items.last().map(|(id, _)| id.clone()));
-    let in_page = |id: &DocId| {
-        id.as_str().starts_with(&prefix)
-            && after.as_ref().is_none_or(|a| id > a)
-            && bound.as_ref().is_none_or(|b| id <= b)
-    };
-    let mut ids: std::collections::BTreeSet<DocId> =
-        current.items.iter().map(|(id, _)| id.clone()).collect();
-    let mut since = snapshot;
-    loop {
-        let page = state
-            .store
-            .changes(&truce_engine::ChangeQuery {
-                since,
-                collection: Some(collection.clone()),
-                key: None,
-                limit: 1000,
-                include_docs: false,
-            })
+    let page =
+        truce_engine::list_at_snapshot(&*state.store, collection, &query, snapshot, &buffered)
             .await?;
-        ids.extend(
-            page.changes
-                .iter()
-                .map(|c| c.key.id.clone())
-                .filter(|id| in_page(id)),
-        );
-        if page.changes.is_empty() || page.last_revision <= since {
-            break;
-        }
-        since = page.last_revision;
-    }
-    ids.extend(
-        buffered
-            .iter()
-            .map(|(k, _)| k.id.clone())
-            .filter(|id| in_page(id)),
-    );
-    let mut items = Vec::new();
-    let mut next = bound;
-    for id in ids {
-        if items.len() >= limit {
-            // A full page: the next one starts after its last item.
-            next = items.last().map(|item: &(DocId, _)| item.0.clone());
-            break;
-        }
-        let key = ResourceKey {
-            collection: collection.clone(),
-            id: id.clone(),
-        };
-        let version = match buffered.iter().find(|(k, _)| *k == key) {
-            Some((_, content)) => content.clone(),
-            None => snapshot_version(
-                &key,
-                state.store.version_at(&key, snapshot).await?,
-                snapshot,
-            )?,
-        };
-        if let Some(version) = version {
-            items.push((id, version));
-        }
-    }
     Ok(EnvelopePage {
-        next: next.map(|id| encode_cursor(id.as_str())),
-        items: items
+        next: page.next.map(|id| encode_cursor(id.as_str())),
+        items: page
+            .items
             .into_iter()
             .map(|(id, version)| Envelope::new(collection, id, &version))
             .collect(),

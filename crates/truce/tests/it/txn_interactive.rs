@@ -128,6 +128,66 @@ async fn reads_see_the_snapshot_and_the_transactions_own_writes() {
     problem(server.get("/v1/notes/c", &[]).await, 404, "not-found").await;
 }
 
+/// One listing page in transaction `txn`: its ids and its `next` cursor.
+async fn list_in(
+    client: &Client,
+    base: &str,
+    txn: &str,
+    query: &str,
+) -> (Vec<String>, Option<String>) {
+    let response = get_in(client, base, txn, &format!("/v1/notes?{query}")).await;
+    assert_eq!(response.status(), 200);
+    let page: Value = response.json().await.expect("page");
+    let ids = page["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    (ids, page["next"].as_str().map(str::to_owned))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_in_a_transaction_pages_and_filters_what_it_sees() {
+    let server = TestServer::start().await;
+    let (client, base) = (&server.client, server.base.as_str());
+    server.create("/v1/notes/a", &json!({"v": 1})).await;
+    server.create("/v1/notes/b2", &json!({"v": 1})).await;
+    let (txn, _) = begin(client, base).await;
+    // After the snapshot: someone else deletes `a` and creates `b1`.
+    let deleted = client
+        .delete(format!("{base}/v1/notes/a"))
+        .send()
+        .await
+        .expect("delete");
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    server.create("/v1/notes/b1", &json!({"v": 1})).await;
+    // The transaction's own writes, in this collection and another.
+    for path in ["/v1/notes/b3", "/v1/other/b4"] {
+        let buffered = put_in(client, base, &txn, path, json!({"mine": true})).await;
+        assert_eq!(buffered.status(), 202);
+    }
+
+    // A prefix: the snapshot's `b2` and the buffered `b3`; not `b1` (after the
+    // snapshot), not `b4` (another collection), not `a` (another prefix).
+    let (ids, next) = list_in(client, base, &txn, "prefix=b").await;
+    assert_eq!(ids, ["b2", "b3"]);
+    assert_eq!(next, None);
+
+    // One item per page: `a` as of the snapshot, then `b2`, then `b3`.
+    let mut seen = Vec::new();
+    let mut query = "limit=1".to_owned();
+    loop {
+        let (ids, next) = list_in(client, base, &txn, &query).await;
+        assert!(ids.len() <= 1, "{ids:?}");
+        seen.extend(ids);
+        let Some(cursor) = next else { break };
+        assert!(seen.len() < 10, "paging does not end: {seen:?}");
+        query = format!("limit=1&cursor={cursor}");
+    }
+    assert_eq!(seen, ["a", "b2", "b3"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_applies_every_write_at_one_revision() {
     let server = TestServer::start().await;
