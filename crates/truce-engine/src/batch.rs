@@ -24,6 +24,7 @@ use crate::events::{EVENTS_WATERMARK_KEY, EventLine, RecordWritten, decode_water
 use crate::events::{RecordFacts, event_position};
 use crate::idempotency::{Idempotent, keep_answer, refusal_for};
 use crate::ids::IdGenerator;
+use crate::lock_signals::LockGroups;
 use crate::locks::LockEvent;
 use crate::name::CollectionName;
 use crate::resolution::{ResolutionCommand, ResolutionOutcome, plan_resolution};
@@ -101,8 +102,9 @@ pub struct BatchNotes {
     /// The newest conflict event's position, when the batch appended any (the
     /// conflict streams wake up).
     pub last_event: Option<u64>,
-    /// Whether any lock changed (waiters wake up, the expiry keeper looks again).
-    pub locks_changed: bool,
+    /// The groups of the locks that changed, empty when none did (their
+    /// waiters wake up; on any change the expiry keeper looks again).
+    pub lock_groups: LockGroups,
     /// The lock events of the batch, for the log and the metrics.
     pub lock_events: Vec<LockEvent>,
 }

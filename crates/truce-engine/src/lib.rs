@@ -23,6 +23,7 @@ mod idempotency;
 mod ids;
 mod json_errors;
 mod keys;
+mod lock_signals;
 mod locks;
 mod merge;
 mod name;
@@ -78,6 +79,7 @@ pub use keys::{
     ApiKey, KEY_HASH_ROUNDS, KEY_NAME_RULE, NewKey, Role, key_removal, new_key, read_key,
     roles_grant, split_token, verify_key,
 };
+pub use lock_signals::{LOCK_GROUPS, LockGroups, LockSignals};
 pub use locks::{
     LOCK_EVENTS, LockAction, LockEvent, LockJob, LockOutcome, LockState, LockView, MAX_TTL_MS,
     MAX_WAIT_MS, MAX_WAITERS, MIN_TTL_MS, check_lock_token, check_ttl, check_wait, lock_key,

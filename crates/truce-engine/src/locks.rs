@@ -420,6 +420,11 @@ impl LockState {
         Ok((self.writes, self.events))
     }
 
+    /// The resource whose lock this is.
+    pub fn resource(&self) -> &ResourceKey {
+        &self.key
+    }
+
     /// The live holder: a lease that has not run out.
     pub fn live_holder(&self) -> Option<&Holder> {
         self.record

@@ -130,8 +130,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<crate::locks::LockOutcome, EngineError>;
 
     /// A counter moved after every commit that changed a lock (on any node):
-    /// lock waiters and the expiry keeper wait on it instead of polling.
+    /// the expiry keeper waits on it instead of polling.
     fn lock_changes(&self) -> watch::Receiver<u64>;
+
+    /// A receiver that changes after every commit (on any node) that changed a
+    /// lock of `key`'s group ([`crate::LockGroups`]): what a waiter in `key`'s
+    /// queue waits on, so other locks' changes do not wake it.
+    fn lock_waits(&self, key: &ResourceKey) -> watch::Receiver<u64>;
 
     /// Replaces a collection's settings through the sequencer; returns once they
     /// are durable. Writes queued after it are planned under them.

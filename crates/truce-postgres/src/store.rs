@@ -9,7 +9,7 @@
 //! thread over the same views the writer uses, a statement per step; history only
 //! grows at its head, so a walk never sees a version twice or skips one.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -21,10 +21,11 @@ use tokio_postgres::NoTls;
 use truce_engine::{
     Change, ChangePage, ChangeQuery, CollectionName, CompactionReport, ConflictRetention, DocId,
     DocumentLimits, EngineError, HistoryPage, IdGenerator, ListPage, ListQuery, LockJob,
-    LockOutcome, Planner, ReadContext, ResolutionCommand, ResolutionOutcome, ResourceKey,
-    Retention, SettingsCommand, SettingsOutcome, SideCommit, SideTable, SnapshotCommit,
-    StorageError, Store, StoredSettings, Timestamp, TxnCommand, TxnOutcome, Version, VersionLookup,
-    WriteCommand, WriteOutcome, history_page, lookup_at_revision, lookup_version, plan_write,
+    LockOutcome, LockSignals, Planner, ReadContext, ResolutionCommand, ResolutionOutcome,
+    ResourceKey, Retention, SettingsCommand, SettingsOutcome, SideCommit, SideTable,
+    SnapshotCommit, StorageError, Store, StoredSettings, Timestamp, TxnCommand, TxnOutcome,
+    Version, VersionLookup, WriteCommand, WriteOutcome, history_page, lookup_at_revision,
+    lookup_version, plan_write,
 };
 
 use crate::error::{PostgresError, storage};
@@ -87,6 +88,9 @@ pub struct PostgresStore {
     events: watch::Receiver<u64>,
     /// The commit row's lock counter, moved by every commit that changed a lock.
     locks: watch::Receiver<u64>,
+    /// Lock waiters' wake-ups, by group (this node's commits and, through the
+    /// listener, every other node's).
+    lock_waits: Arc<LockSignals>,
     retention: Retention,
     conflict_retention: ConflictRetention,
     deadline: Duration,
@@ -150,11 +154,13 @@ impl PostgresStore {
         let (revisions_tx, revisions_rx) = watch::channel(unsigned(revision));
         let (events_tx, events_rx) = watch::channel(unsigned(events));
         let (locks_tx, locks_rx) = watch::channel(unsigned(locks));
+        let lock_waits = Arc::new(LockSignals::default());
         let listener = tokio::spawn(crate::listener::follow(
             pg,
             revisions_tx.clone(),
             events_tx.clone(),
             locks_tx.clone(),
+            Arc::clone(&lock_waits),
         ));
         let (jobs_tx, jobs_rx) = mpsc::channel(config.queue_capacity.max(1));
         let writer = Writer {
@@ -164,6 +170,7 @@ impl PostgresStore {
             revisions: revisions_tx,
             events: events_tx,
             locks: locks_tx,
+            lock_waits: Arc::clone(&lock_waits),
             limits: config.limits,
             retention: config.retention,
             planner,
@@ -181,6 +188,7 @@ impl PostgresStore {
             revisions: revisions_rx,
             events: events_rx,
             locks: locks_rx,
+            lock_waits,
             retention: config.retention,
             conflict_retention: config.conflict_retention,
             deadline: config.deadline,
@@ -553,6 +561,10 @@ impl Store for PostgresStore {
 
     fn lock_changes(&self) -> watch::Receiver<u64> {
         self.locks.clone()
+    }
+
+    fn lock_waits(&self, key: &ResourceKey) -> watch::Receiver<u64> {
+        self.lock_waits.subscribe(key)
     }
 
     async fn transact(&self, command: TxnCommand) -> Result<TxnOutcome, EngineError> {

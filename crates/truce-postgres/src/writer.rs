@@ -25,6 +25,7 @@
 //! every job is answered with a storage error (503), and the next batch starts
 //! on a fresh connection.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -33,9 +34,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use truce_engine::{
     Batch, BatchNotes, BatchRules, CompactionPlan, CompactionReport, Delivery, DocumentLimits,
-    EngineError, IdGenerator, LockJob, LockOutcome, Planner, ResolutionCommand, ResolutionOutcome,
-    Retention, SettingsCommand, SettingsOutcome, SideCommit, SnapshotCommit, StorageError,
-    Timestamp, TxnCommand, TxnOutcome, WriteCommand, WriteOutcome,
+    EngineError, IdGenerator, LockJob, LockOutcome, LockSignals, Planner, ResolutionCommand,
+    ResolutionOutcome, Retention, SettingsCommand, SettingsOutcome, SideCommit, SnapshotCommit,
+    StorageError, Timestamp, TxnCommand, TxnOutcome, WriteCommand, WriteOutcome,
 };
 
 use crate::error::storage;
@@ -117,6 +118,8 @@ pub(crate) struct Writer {
     pub events: watch::Sender<u64>,
     /// Moved after each commit that changed a lock.
     pub locks: watch::Sender<u64>,
+    /// Lock waiters on this node, woken by group after such a commit.
+    pub lock_waits: Arc<LockSignals>,
     pub limits: DocumentLimits,
     pub retention: Retention,
     pub planner: Planner,
@@ -236,8 +239,9 @@ impl Writer {
             lock_count,
             ..
         } = staged;
-        if let Some(count) = lock_count.filter(|_| notes.locks_changed) {
+        if let Some(count) = lock_count.filter(|_| !notes.lock_groups.is_empty()) {
             self.locks.send_if_modified(|seen| raise(seen, count));
+            self.lock_waits.signal(notes.lock_groups);
         }
         if changed {
             self.revisions
@@ -315,15 +319,19 @@ impl Writer {
             let events = big(notes.last_event.unwrap_or(0));
             // One statement: the commit row moves and the other nodes are
             // woken. Awaited, so a write of the batch that failed (and aborted
-            // the transaction) fails it here, before any COMMIT.
-            let locks = i64::from(notes.locks_changed);
+            // the transaction) fails it here, before any COMMIT. The
+            // notification says `revision events lock-groups lock-counter`
+            // (`crate::listener`).
+            let groups = notes.lock_groups;
+            let locks = i64::from(!groups.is_empty());
             let rows = view.query(
                 "UPDATE truce_commit SET revision = $1, events = greatest(events, $2), \
-                 locks = locks + $4 RETURNING pg_notify('truce', $3), locks",
+                 locks = locks + $4 \
+                 RETURNING pg_notify('truce', $3::text || ' ' || locks::text), locks",
                 &[
                     &big(revision),
                     &events,
-                    &format!("{revision} {events}"),
+                    &format!("{revision} {events} {}", groups.bits()),
                     &locks,
                 ],
             )?;

@@ -14,11 +14,11 @@ use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
     ChangePage, ChangeQuery, CollectionName, CompactionReport, ConflictRetention, DocumentLimits,
-    EngineError, HistoryPage, ListPage, ListQuery, LockJob, LockOutcome, Planner, ReadContext,
-    ResolutionCommand, ResolutionOutcome, ResourceKey, Retention, SettingsCommand, SettingsOutcome,
-    SideCommit, SideTable, SnapshotCommit, StateView, StorageError, Store, StoredSettings,
-    Timestamp, TxnCommand, TxnOutcome, Version, VersionLookup, WriteCommand, WriteOutcome,
-    event_position, history_page, lookup_at_revision, lookup_version, plan_write,
+    EngineError, HistoryPage, ListPage, ListQuery, LockJob, LockOutcome, LockSignals, Planner,
+    ReadContext, ResolutionCommand, ResolutionOutcome, ResourceKey, Retention, SettingsCommand,
+    SettingsOutcome, SideCommit, SideTable, SnapshotCommit, StateView, StorageError, Store,
+    StoredSettings, Timestamp, TxnCommand, TxnOutcome, Version, VersionLookup, WriteCommand,
+    WriteOutcome, event_position, history_page, lookup_at_revision, lookup_version, plan_write,
 };
 
 use crate::error::OpenError;
@@ -116,6 +116,8 @@ pub struct EmbeddedStore {
     events: watch::Receiver<u64>,
     /// Moved after each commit that changed a lock.
     locks: watch::Receiver<u64>,
+    /// Lock waiters' wake-ups, by group.
+    lock_waits: Arc<LockSignals>,
     retention: Retention,
     conflict_retention: ConflictRetention,
     sequencer: Mutex<Option<JoinHandle<()>>>,
@@ -160,6 +162,7 @@ impl EmbeddedStore {
         let (revisions_tx, revisions_rx) = watch::channel(revision);
         let (events_tx, events_rx) = watch::channel(last_event);
         let (locks_tx, locks_rx) = watch::channel(0);
+        let lock_waits = Arc::new(LockSignals::default());
         let retention = config.retention;
         let conflict_retention = config.conflict_retention;
         let handle = Sequencer::spawn(SequencerStart {
@@ -174,6 +177,7 @@ impl EmbeddedStore {
             revisions: revisions_tx,
             events: events_tx,
             locks: locks_tx,
+            lock_waits: Arc::clone(&lock_waits),
             settings: config,
         })
         .map_err(OpenError::Thread)?;
@@ -189,6 +193,7 @@ impl EmbeddedStore {
             revisions: revisions_rx,
             events: events_rx,
             locks: locks_rx,
+            lock_waits,
             retention,
             conflict_retention,
             sequencer: Mutex::new(Some(handle)),
@@ -384,6 +389,10 @@ impl Store for EmbeddedStore {
 
     fn lock_changes(&self) -> watch::Receiver<u64> {
         self.locks.clone()
+    }
+
+    fn lock_waits(&self, key: &ResourceKey) -> watch::Receiver<u64> {
+        self.lock_waits.subscribe(key)
     }
 
     async fn resolve(&self, command: ResolutionCommand) -> Result<ResolutionOutcome, EngineError> {

@@ -48,9 +48,9 @@ use redb::Database;
 use tokio::sync::{mpsc, oneshot, watch};
 use truce_engine::{
     Batch, BatchNotes, BatchRules, CompactionPlan, CompactionReport, Delivery, EngineError,
-    IdGenerator, LockJob, LockOutcome, ResolutionCommand, ResolutionOutcome, SettingsCommand,
-    SettingsOutcome, SideCommit, SnapshotCommit, StorageError, Timestamp, TxnCommand, TxnOutcome,
-    WriteCommand, WriteOutcome,
+    IdGenerator, LockJob, LockOutcome, LockSignals, ResolutionCommand, ResolutionOutcome,
+    SettingsCommand, SettingsOutcome, SideCommit, SnapshotCommit, StorageError, Timestamp,
+    TxnCommand, TxnOutcome, WriteCommand, WriteOutcome,
 };
 
 use crate::embedded::EmbeddedConfig;
@@ -195,6 +195,8 @@ pub(crate) struct Sequencer {
     events: watch::Sender<u64>,
     /// Moved after each commit that changed a lock.
     locks: watch::Sender<u64>,
+    /// Woken by group after each commit that changed a lock.
+    lock_waits: Arc<LockSignals>,
     settings: EmbeddedConfig,
 }
 
@@ -216,6 +218,7 @@ pub(crate) struct SequencerStart {
     pub revisions: watch::Sender<u64>,
     pub events: watch::Sender<u64>,
     pub locks: watch::Sender<u64>,
+    pub lock_waits: Arc<LockSignals>,
     pub settings: EmbeddedConfig,
 }
 
@@ -252,6 +255,7 @@ impl Sequencer {
             revisions: start.revisions,
             events: start.events,
             locks: start.locks,
+            lock_waits: start.lock_waits,
             settings: start.settings,
         };
         std::thread::Builder::new()
@@ -612,8 +616,9 @@ impl Sequencer {
         if let Some(position) = notes.last_event {
             self.events.send_replace(position);
         }
-        if notes.locks_changed {
+        if !notes.lock_groups.is_empty() {
             self.locks.send_modify(|n| *n += 1);
+            self.lock_waits.signal(notes.lock_groups);
         }
         notes.report();
         Ok(Committed {

@@ -5,6 +5,7 @@ use bytes::Bytes;
 
 use super::{Batch, BatchTables, idempotency_refusal};
 use crate::error::{EngineError, StorageError};
+use crate::lock_signals::LockGroups;
 use crate::locks::{
     LockJob, LockOutcome, LockState, MAX_WAITERS, due_locks, lock_key, stale_expiry, waiters_prefix,
 };
@@ -108,7 +109,9 @@ impl Batch<'_> {
                         side: stale,
                     };
                     self.apply(tables, &effect)?;
-                    self.notes.locks_changed = true;
+                    // Only the expiry index changed: no lock's group is
+                    // known, so every waiter (and the keeper) looks again.
+                    self.notes.lock_groups.add(LockGroups::ALL);
                 }
                 Ok(Ok(LockOutcome::Expired(expired)))
             }
@@ -136,6 +139,7 @@ impl Batch<'_> {
         tables: &mut dyn BatchTables,
         state: LockState,
     ) -> Result<Result<(), EngineError>, StorageError> {
+        let groups = LockGroups::of(state.resource());
         let (writes, events) = match state.finish() {
             Ok(finished) => finished,
             Err(error) => return Ok(Err(error)),
@@ -143,7 +147,7 @@ impl Batch<'_> {
         if writes.is_empty() {
             return Ok(Ok(()));
         }
-        self.notes.locks_changed = true;
+        self.notes.lock_groups.add(groups);
         let mut side = writes;
         // Lock events join the event log, so that the resource's watch stream
         // carries them in commit order with its conflict events.

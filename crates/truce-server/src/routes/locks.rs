@@ -2,8 +2,8 @@
 //! asked), renew, release, break and show a resource's lock.
 //!
 //! A request that waits holds a place in the store's queue; it wakes on every
-//! lock change the store reports (any node's) and reads whether the lock was
-//! handed to it, until its wait runs out; then it leaves the queue through the
+//! change the store reports (any node's) to a lock of its lock's group
+//! (`truce_engine::LockGroups`) and reads whether the lock was handed to it, until its wait runs out; then it leaves the queue through the
 //! write path (which answers with the lock if it was handed over meanwhile). A
 //! client that goes away leaves the queue the same way.
 
@@ -122,7 +122,7 @@ pub async fn acquire(
         owner,
         waiting: waiter.clone().map(|id| (id, deadline)),
     };
-    let mut changes = state.store.lock_changes();
+    let mut changes = state.store.lock_waits(&key);
     changes.borrow_and_update();
     let outcome = run(&state, &key, &by, action, &keyed).await?;
     let (LockOutcome::Queued(_), Some(waiter)) = (&outcome, waiter) else {
@@ -154,7 +154,12 @@ pub async fn acquire(
             break;
         }
         tokio::select! {
-            changed = changes.changed() => if changed.is_err() { break },
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                metrics::counter!("truce_lock_waiter_wakeups_total").increment(1);
+            }
             () = tokio::time::sleep_until(until) => break,
             () = state.shutdown.cancelled() => break,
         }
@@ -204,8 +209,9 @@ impl Drop for Place {
     }
 }
 
-/// The lock, if it was handed to `waiter`. Every waiter looks each time any
-/// lock changes, so the look reads the lock record alone; the queue (for the
+/// The lock, if it was handed to `waiter`. Every waiter looks each time a lock
+/// of its group changes (its own, or one that shares its wake-up), so the look
+/// reads the lock record alone; the queue (for the
 /// answer's `waiting`) is read only once the lock is there.
 async fn handed_to(
     state: &AppState,

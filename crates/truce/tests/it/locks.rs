@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use reqwest::{Client, Response};
 use serde_json::{Value, json};
+use truce_engine::{LockGroups, ResourceKey};
 
 use crate::common::{TestServer, header, next_event, problem, sse_events};
 
@@ -205,6 +206,72 @@ async fn waiters_are_served_in_order_and_expiry_hands_the_lock_on() {
     let (token2, fence2, _) = waiting.next().expect("w2").await.expect("w2");
     assert_eq!(fence2, first + 3);
     assert_eq!(release(client, &doc, &token2).await.status(), 204);
+}
+
+/// `truce_lock_waiter_wakeups_total` from `/metrics` (0 before the first).
+async fn waiter_wakeups(server: &TestServer) -> u64 {
+    let text = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find_map(|line| line.strip_prefix("truce_lock_waiter_wakeups_total "))
+        .map_or(0, |n| n.trim().parse::<f64>().expect("a count") as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_sleeps_through_other_locks_changing() {
+    let server = TestServer::start().await;
+    let client = &server.client;
+    let mine = ResourceKey::parse("jobs", "mine").expect("key");
+    // A resource whose lock falls into another wake-up group than `mine`'s.
+    let other = (0..200)
+        .map(|n| format!("other{n}"))
+        .find(|id| {
+            LockGroups::of(&ResourceKey::parse("jobs", id).expect("key")) != LockGroups::of(&mine)
+        })
+        .expect("ids spread over the groups");
+    let (doc, other_doc) = (
+        server.url("/v1/jobs/mine"),
+        server.url(&format!("/v1/jobs/{other}")),
+    );
+    let (holder, _) = token_of(acquire(client, &doc, json!({"ttl_ms": 60000})).await).await;
+    let waiter = {
+        let (client, doc) = (client.clone(), doc.clone());
+        tokio::spawn(async move { acquire(&client, &doc, json!({"wait_ms": 30000})).await })
+    };
+    let mut queued = false;
+    for _ in 0..500 {
+        if server.get_json("/v1/jobs/mine/lock").await["waiting"] == 1 {
+            queued = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(queued, "the waiter never showed in the queue");
+
+    // 60 changes of the other lock.
+    let before = waiter_wakeups(&server).await;
+    for _ in 0..30 {
+        let (token, _) = token_of(acquire(client, &other_doc, json!({})).await).await;
+        assert_eq!(release(client, &other_doc, &token).await.status(), 204);
+    }
+    let woken = waiter_wakeups(&server).await - before;
+    // Woken on every lock change, it would have looked 60 times. (Across
+    // PostgreSQL nodes a catch-up that outruns a notification wakes every
+    // group once, hence not exactly zero there.)
+    assert!(woken < 20, "the waiter woke {woken} times for another lock");
+
+    // Its own lock's change wakes it, and it gets the lock.
+    assert_eq!(release(client, &doc, &holder).await.status(), 204);
+    let granted = waiter.await.expect("waiter");
+    token_of(granted).await;
+    assert!(waiter_wakeups(&server).await > before + woken);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
