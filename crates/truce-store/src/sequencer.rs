@@ -331,6 +331,9 @@ impl Sequencer {
             .filter(|job| !matches!(job, Job::Wake))
             .collect();
         if batch.is_empty() {
+            // Woken by the checkpointer: a layer that came due while it ran
+            // goes next, rather than waiting for the next write to notice.
+            self.start_checkpoint_if_due(self.published_revision);
             return;
         }
         if let Some(outage) = &self.outage {
