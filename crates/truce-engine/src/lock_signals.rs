@@ -29,12 +29,7 @@ impl LockGroups {
     /// The group of `key`'s lock alone. The hash (FNV-1a over the lock's key) is
     /// fixed, so every node of a store puts a lock in the same group.
     pub fn of(key: &ResourceKey) -> Self {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in lock_key(key) {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        Self(1 << (hash % LOCK_GROUPS as u64))
+        Self(1 << group_of(key))
     }
 
     /// Adds the groups of `other`.
@@ -62,17 +57,30 @@ impl LockGroups {
     }
 }
 
-/// One wake-up channel per lock group, shared by a backend (which signals
-/// after each commit that changed locks) and the waiters (which subscribe to
-/// their lock's group).
+/// `key`'s lock group: FNV-1a over the lock's key, modulo [`LOCK_GROUPS`].
+fn group_of(key: &ResourceKey) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in lock_key(key) {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % LOCK_GROUPS as u64) as usize
+}
+
+/// How a backend tells of lock changes (after each commit that made some, on
+/// any node): one wake-up channel per lock group for the waiters, and one for
+/// any change at all, for the expiry keeper. Each channel holds a count that
+/// moves; only its moving means anything.
 #[derive(Debug)]
 pub struct LockSignals {
+    any: watch::Sender<u64>,
     groups: Vec<watch::Sender<u64>>,
 }
 
 impl Default for LockSignals {
     fn default() -> Self {
         Self {
+            any: watch::channel(0).0,
             groups: (0..LOCK_GROUPS).map(|_| watch::channel(0).0).collect(),
         }
     }
@@ -81,15 +89,24 @@ impl Default for LockSignals {
 impl LockSignals {
     /// A receiver that changes whenever a lock of `key`'s group changes.
     pub fn subscribe(&self, key: &ResourceKey) -> watch::Receiver<u64> {
-        let group = LockGroups::of(key).0.trailing_zeros() as usize;
-        self.groups[group % LOCK_GROUPS].subscribe()
+        self.groups[group_of(key)].subscribe()
     }
 
-    /// Wakes the waiters of `groups`.
+    /// A receiver that changes whenever any lock changes.
+    pub fn subscribe_any(&self) -> watch::Receiver<u64> {
+        self.any.subscribe()
+    }
+
+    /// Tells of a commit that changed the locks of `groups` (nothing when empty).
     pub fn signal(&self, groups: LockGroups) {
+        if groups.is_empty() {
+            return;
+        }
+        let bump = |n: &mut u64| *n = n.wrapping_add(1);
+        self.any.send_modify(bump);
         for (group, sender) in self.groups.iter().enumerate() {
             if groups.contains(group) {
-                sender.send_modify(|n| *n = n.wrapping_add(1));
+                sender.send_modify(bump);
             }
         }
     }
@@ -118,8 +135,16 @@ mod tests {
         let signals = LockSignals::default();
         let (mine, other) = apart();
         let mut waiting = signals.subscribe(&mine);
+        let mut keeper = signals.subscribe_any();
+        signals.signal(LockGroups::default());
+        assert!(!keeper.has_changed().expect("open"));
         signals.signal(LockGroups::of(&other));
         assert!(!waiting.has_changed().expect("open"));
+        assert!(
+            keeper.has_changed().expect("open"),
+            "any change wakes the keeper"
+        );
+        keeper.borrow_and_update();
         signals.signal(LockGroups::of(&mine));
         assert!(waiting.has_changed().expect("open"));
         waiting.borrow_and_update();

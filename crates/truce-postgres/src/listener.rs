@@ -28,16 +28,17 @@ use crate::sql::unsigned;
 const CATCH_UP_EVERY: Duration = Duration::from_secs(1);
 
 /// Follows the commit row for as long as the task lives (it is aborted when the
-/// store closes).
+/// store closes). `lock_counter` is the row's lock counter when the node opened
+/// the store: lock changes after it are told through `lock_waits`.
 pub(crate) async fn follow(
     config: tokio_postgres::Config,
     revisions: watch::Sender<u64>,
     events: watch::Sender<u64>,
-    locks: watch::Sender<u64>,
+    lock_counter: u64,
     lock_waits: Arc<LockSignals>,
 ) {
     let mut backoff = Duration::from_millis(100);
-    let mut seen = LockCounters::new(*locks.borrow());
+    let mut seen = LockCounters::new(lock_counter);
     loop {
         // Bounded: a database cut off by a partition never answers the handshake.
         let connected = tokio::time::timeout(CATCH_UP_EVERY * 5, config.connect(NoTls)).await;
@@ -59,7 +60,7 @@ pub(crate) async fn follow(
                     }
                 });
                 if client.batch_execute("LISTEN truce").await.is_ok() {
-                    while let Some(counter) = catch_up(&client, &revisions, &events, &locks).await {
+                    while let Some(counter) = catch_up(&client, &revisions, &events).await {
                         if seen.missed_any(counter) {
                             lock_waits.signal(LockGroups::ALL);
                         }
@@ -92,7 +93,6 @@ async fn catch_up(
     client: &Client,
     revisions: &watch::Sender<u64>,
     events: &watch::Sender<u64>,
-    locks: &watch::Sender<u64>,
 ) -> Option<u64> {
     let read = client.query_one("SELECT revision, events, locks FROM truce_commit", &[]);
     match tokio::time::timeout(CATCH_UP_EVERY * 5, read).await {
@@ -101,7 +101,6 @@ async fn catch_up(
             let counter = unsigned(row.get::<_, i64>(2));
             raise(revisions, unsigned(revision));
             raise(events, unsigned(event));
-            raise(locks, counter);
             Some(counter)
         }
         _ => None,

@@ -86,10 +86,8 @@ pub struct PostgresStore {
     jobs: mpsc::Sender<Queued>,
     revisions: watch::Receiver<u64>,
     events: watch::Receiver<u64>,
-    /// The commit row's lock counter, moved by every commit that changed a lock.
-    locks: watch::Receiver<u64>,
-    /// Lock waiters' wake-ups, by group (this node's commits and, through the
-    /// listener, every other node's).
+    /// Lock changes: this node's commits (told by the writer) and every other
+    /// node's (told by the listener).
     lock_waits: Arc<LockSignals>,
     retention: Retention,
     conflict_retention: ConflictRetention,
@@ -153,13 +151,12 @@ impl PostgresStore {
         drop(client);
         let (revisions_tx, revisions_rx) = watch::channel(unsigned(revision));
         let (events_tx, events_rx) = watch::channel(unsigned(events));
-        let (locks_tx, locks_rx) = watch::channel(unsigned(locks));
         let lock_waits = Arc::new(LockSignals::default());
         let listener = tokio::spawn(crate::listener::follow(
             pg,
             revisions_tx.clone(),
             events_tx.clone(),
-            locks_tx.clone(),
+            unsigned(locks),
             Arc::clone(&lock_waits),
         ));
         let (jobs_tx, jobs_rx) = mpsc::channel(config.queue_capacity.max(1));
@@ -169,7 +166,6 @@ impl PostgresStore {
             jobs: jobs_rx,
             revisions: revisions_tx,
             events: events_tx,
-            locks: locks_tx,
             lock_waits: Arc::clone(&lock_waits),
             limits: config.limits,
             retention: config.retention,
@@ -187,7 +183,6 @@ impl PostgresStore {
             jobs: jobs_tx,
             revisions: revisions_rx,
             events: events_rx,
-            locks: locks_rx,
             lock_waits,
             retention: config.retention,
             conflict_retention: config.conflict_retention,
@@ -560,7 +555,7 @@ impl Store for PostgresStore {
     }
 
     fn lock_changes(&self) -> watch::Receiver<u64> {
-        self.locks.clone()
+        self.lock_waits.subscribe_any()
     }
 
     fn lock_waits(&self, key: &ResourceKey) -> watch::Receiver<u64> {

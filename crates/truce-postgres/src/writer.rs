@@ -116,9 +116,8 @@ pub(crate) struct Writer {
     pub jobs: mpsc::Receiver<Queued>,
     pub revisions: watch::Sender<u64>,
     pub events: watch::Sender<u64>,
-    /// Moved after each commit that changed a lock.
-    pub locks: watch::Sender<u64>,
-    /// Lock waiters on this node, woken by group after such a commit.
+    /// Told after each commit that changed a lock (this node's lock waiters
+    /// and expiry keeper; other nodes hear through the listener).
     pub lock_waits: Arc<LockSignals>,
     pub limits: DocumentLimits,
     pub retention: Retention,
@@ -236,13 +235,9 @@ impl Writer {
             notes,
             revision,
             changed,
-            lock_count,
             ..
         } = staged;
-        if let Some(count) = lock_count.filter(|_| !notes.lock_groups.is_empty()) {
-            self.locks.send_if_modified(|seen| raise(seen, count));
-            self.lock_waits.signal(notes.lock_groups);
-        }
+        self.lock_waits.signal(notes.lock_groups);
         if changed {
             self.revisions
                 .send_if_modified(|seen| raise(seen, revision));
@@ -314,7 +309,6 @@ impl Writer {
         let changed = batch.changed() || compacted;
         let revision = batch.revision();
         let notes = batch.into_notes();
-        let mut lock_count = None;
         if changed {
             let events = big(notes.last_event.unwrap_or(0));
             // One statement: the commit row moves and the other nodes are
@@ -324,10 +318,10 @@ impl Writer {
             // (`crate::listener`).
             let groups = notes.lock_groups;
             let locks = i64::from(!groups.is_empty());
-            let rows = view.query(
+            view.query(
                 "UPDATE truce_commit SET revision = $1, events = greatest(events, $2), \
                  locks = locks + $4 \
-                 RETURNING pg_notify('truce', $3::text || ' ' || locks::text), locks",
+                 RETURNING pg_notify('truce', $3::text || ' ' || locks::text)",
                 &[
                     &big(revision),
                     &events,
@@ -335,10 +329,6 @@ impl Writer {
                     &locks,
                 ],
             )?;
-            if let Some(row) = rows.first() {
-                let count: i64 = row.try_get(1).map_err(storage)?;
-                lock_count = Some(u64::try_from(count).unwrap_or(0));
-            }
         }
         Ok(Staged {
             answers,
@@ -346,7 +336,6 @@ impl Writer {
             revision,
             changed,
             xid,
-            lock_count,
         })
     }
 
@@ -391,8 +380,6 @@ struct Staged {
     changed: bool,
     /// The transaction's id, to ask after a lost COMMIT answer.
     xid: i64,
-    /// The commit row's lock counter after the batch, when it changed a lock.
-    lock_count: Option<u64>,
 }
 
 /// Whether transaction `xid` committed (`Some(true)`), was rolled back

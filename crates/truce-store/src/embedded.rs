@@ -114,9 +114,7 @@ pub struct EmbeddedStore {
     revisions: watch::Receiver<u64>,
     /// The newest conflict event's position, moved after each commit that made one.
     events: watch::Receiver<u64>,
-    /// Moved after each commit that changed a lock.
-    locks: watch::Receiver<u64>,
-    /// Lock waiters' wake-ups, by group.
+    /// Lock changes, told by the sequencer after each commit that made some.
     lock_waits: Arc<LockSignals>,
     retention: Retention,
     conflict_retention: ConflictRetention,
@@ -161,7 +159,6 @@ impl EmbeddedStore {
         let (jobs_tx, jobs_rx) = mpsc::channel(config.queue_capacity.max(1));
         let (revisions_tx, revisions_rx) = watch::channel(revision);
         let (events_tx, events_rx) = watch::channel(last_event);
-        let (locks_tx, locks_rx) = watch::channel(0);
         let lock_waits = Arc::new(LockSignals::default());
         let retention = config.retention;
         let conflict_retention = config.conflict_retention;
@@ -176,7 +173,6 @@ impl EmbeddedStore {
             wake: jobs_tx.downgrade(),
             revisions: revisions_tx,
             events: events_tx,
-            locks: locks_tx,
             lock_waits: Arc::clone(&lock_waits),
             settings: config,
         })
@@ -192,7 +188,6 @@ impl EmbeddedStore {
             jobs: jobs_tx,
             revisions: revisions_rx,
             events: events_rx,
-            locks: locks_rx,
             lock_waits,
             retention,
             conflict_retention,
@@ -388,7 +383,7 @@ impl Store for EmbeddedStore {
     }
 
     fn lock_changes(&self) -> watch::Receiver<u64> {
-        self.locks.clone()
+        self.lock_waits.subscribe_any()
     }
 
     fn lock_waits(&self, key: &ResourceKey) -> watch::Receiver<u64> {

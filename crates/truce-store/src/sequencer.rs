@@ -193,9 +193,7 @@ pub(crate) struct Sequencer {
     revisions: watch::Sender<u64>,
     /// The newest conflict event's position.
     events: watch::Sender<u64>,
-    /// Moved after each commit that changed a lock.
-    locks: watch::Sender<u64>,
-    /// Woken by group after each commit that changed a lock.
+    /// Told after each commit that changed a lock.
     lock_waits: Arc<LockSignals>,
     settings: EmbeddedConfig,
 }
@@ -217,7 +215,6 @@ pub(crate) struct SequencerStart {
     pub wake: mpsc::WeakSender<Job>,
     pub revisions: watch::Sender<u64>,
     pub events: watch::Sender<u64>,
-    pub locks: watch::Sender<u64>,
     pub lock_waits: Arc<LockSignals>,
     pub settings: EmbeddedConfig,
 }
@@ -254,7 +251,6 @@ impl Sequencer {
             jobs: start.jobs,
             revisions: start.revisions,
             events: start.events,
-            locks: start.locks,
             lock_waits: start.lock_waits,
             settings: start.settings,
         };
@@ -619,10 +615,7 @@ impl Sequencer {
         if let Some(position) = notes.last_event {
             self.events.send_replace(position);
         }
-        if !notes.lock_groups.is_empty() {
-            self.locks.send_modify(|n| *n += 1);
-            self.lock_waits.signal(notes.lock_groups);
-        }
+        self.lock_waits.signal(notes.lock_groups);
         notes.report();
         Ok(Committed {
             answers,
