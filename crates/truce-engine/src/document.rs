@@ -6,6 +6,8 @@
 //! what the no-op rule ("a write whose result equals the current content creates no new
 //! version") compares.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -35,9 +37,12 @@ impl Default for DocumentLimits {
 }
 
 /// A valid document: its parsed value and its compact serialisation.
+///
+/// Both parts are shared, so a clone (the sequencer takes one for every put of a
+/// request's document) copies two pointers, not the parsed tree.
 #[derive(Debug, Clone)]
 pub struct Document {
-    value: Value,
+    value: Arc<Value>,
     bytes: Bytes,
 }
 
@@ -84,14 +89,17 @@ impl Document {
                 "stored document is not JSON: {e}"
             )))
         })?;
-        Ok(Self { value, bytes })
+        Ok(Self {
+            value: Arc::new(value),
+            bytes,
+        })
     }
 
     fn from_checked_value(value: Value) -> Self {
         let mut bytes = Vec::with_capacity(256);
         write_compact(&value, &mut bytes);
         Self {
-            value,
+            value: Arc::new(value),
             bytes: Bytes::from(bytes),
         }
     }
@@ -101,9 +109,9 @@ impl Document {
         &self.value
     }
 
-    /// The parsed value, taken.
+    /// The parsed value, taken (copied only if another clone still holds it).
     pub fn into_value(self) -> Value {
-        self.value
+        Arc::unwrap_or_clone(self.value)
     }
 
     /// The compact JSON bytes.
@@ -122,7 +130,7 @@ impl Document {
         if self.bytes.len() != stored.len() || byte_counts(&self.bytes) != byte_counts(stored) {
             return false;
         }
-        serde_json::from_slice::<Value>(stored).is_ok_and(|v| v == self.value)
+        serde_json::from_slice::<Value>(stored).is_ok_and(|v| v == *self.value)
     }
 }
 

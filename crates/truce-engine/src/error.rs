@@ -79,6 +79,18 @@ pub struct CurrentState {
     pub etag: ETag,
 }
 
+impl CurrentState {
+    /// The state `version` of `key` reports. Made only when a refusal needs it:
+    /// its ETag is a hash.
+    pub fn of(key: &ResourceKey, version: &crate::record::Version) -> Self {
+        Self {
+            resource: key.clone(),
+            version: version.number,
+            etag: version.etag(key),
+        }
+    }
+}
+
 /// Everything a command can fail with.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EngineError {

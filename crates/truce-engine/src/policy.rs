@@ -130,12 +130,7 @@ pub(crate) fn merged_content(
         .clone()
         .ok_or_else(|| EngineError::Internal("merge planned over a tombstone".into()))?;
     let theirs = crate::document::Document::from_stored(current_body)?.into_value();
-    let base_state = CurrentState {
-        resource: key.clone(),
-        version: base.number,
-        etag: base.etag(key),
-    };
-    let ours = match next_content(view, command, Some(&base), Some(&base_state), ctx) {
+    let ours = match next_content(view, command, Some(&base), ctx) {
         Ok(NextContent::Document(doc)) => Some(doc.into_value()),
         Ok(NextContent::Tombstone) => None,
         Err(EngineError::PatchTestFailed { .. } | EngineError::PatchConflict { .. }) => {
@@ -165,11 +160,7 @@ pub(crate) fn merged_content(
         MergeOutcome::Conflict { overlaps } => Err(EngineError::MergeConflict {
             base_version: stale.base,
             overlaps,
-            current: Box::new(CurrentState {
-                resource: key.clone(),
-                version: current.number,
-                etag: current.etag(key),
-            }),
+            current: Box::new(CurrentState::of(key, current)),
         }),
     }
 }

@@ -198,11 +198,7 @@ fn check_not_moved(
     preconditions: &Preconditions,
 ) -> Result<(), EngineError> {
     let live = head.filter(|v| !v.is_tombstone());
-    let current = live.map(|v| CurrentState {
-        resource: key.clone(),
-        version: v.number,
-        etag: v.etag(key),
-    });
+    let current = live.map(|v| CurrentState::of(key, v));
     if preconditions.if_match.is_some() {
         let validators = live.zip(current.as_ref()).map(|(v, state)| Validators {
             etag: &state.etag,

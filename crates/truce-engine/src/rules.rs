@@ -227,27 +227,22 @@ pub fn plan_write(
         return Err(not_found(key, head.as_ref()));
     }
 
-    let current_state = live.map(|v| CurrentState {
-        resource: key.clone(),
-        version: v.number,
-        etag: v.etag(key),
-    });
+    // Only a refusal reports the current state (and hashes its ETag).
+    let current_state = || live.map(|v| CurrentState::of(key, v));
     let precondition_failed = |condition| -> Result<EngineError, EngineError> {
-        let current_matches_request = match (live, &current_state) {
-            (Some(current), Some(state)) => {
-                would_change_nothing(view, command, current, state, ctx)?
-            }
-            _ => false,
+        let current_matches_request = match live {
+            Some(current) => would_change_nothing(view, command, current, ctx)?,
+            None => false,
         };
         Ok(EngineError::PreconditionFailed {
             condition,
-            current: current_state.clone(),
+            current: current_state(),
             current_matches_request,
         })
     };
     let version_conflict = |expected| EngineError::VersionConflict {
         expected,
-        current: current_state.clone(),
+        current: current_state(),
     };
 
     // A stale If-Match or ?if_version is refused, unless the collection's conflict
@@ -322,7 +317,7 @@ pub fn plan_write(
                     (next, applied)
                 }
                 _ => (
-                    next_content(view, command, live, current_state.as_ref(), ctx)?,
+                    next_content(view, command, live, ctx)?,
                     PolicyApplied::Overwritten {
                         base: stale.base,
                         over: current.number,
@@ -331,10 +326,7 @@ pub fn plan_write(
             };
             (applied.0, Some(applied.1))
         }
-        _ => (
-            next_content(view, command, live, current_state.as_ref(), ctx)?,
-            None,
-        ),
+        _ => (next_content(view, command, live, ctx)?, None),
     };
     if let Some(head) = head.as_ref()
         && is_same_content(live, Some(head), &next)
@@ -436,10 +428,9 @@ fn would_change_nothing(
     view: &dyn StateView,
     command: &WriteCommand,
     current: &Version,
-    state: &CurrentState,
     ctx: &WriteContext<'_>,
 ) -> Result<bool, EngineError> {
-    match next_content(view, command, Some(current), Some(state), ctx) {
+    match next_content(view, command, Some(current), ctx) {
         Ok(next) => Ok(is_same_content(Some(current), Some(current), &next)),
         // A write that cannot apply to the current version was not applied.
         Err(EngineError::Storage(e)) => Err(EngineError::Storage(e)),
@@ -462,7 +453,6 @@ pub(crate) fn next_content(
     view: &dyn StateView,
     command: &WriteCommand,
     live: Option<&Version>,
-    current: Option<&CurrentState>,
     ctx: &WriteContext<'_>,
 ) -> Result<NextContent, EngineError> {
     let key = &command.key;
@@ -473,8 +463,7 @@ pub(crate) fn next_content(
         Ok(Document::from_stored(body)?.into_value())
     };
     let current_state = || {
-        current
-            .cloned()
+        live.map(|v| CurrentState::of(key, v))
             .ok_or_else(|| EngineError::Internal("patch planned without a current state".into()))
     };
     match &command.action {
