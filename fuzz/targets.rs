@@ -137,6 +137,7 @@ pub fn patch(data: &[u8]) {
             resolves: None,
             idempotency: None,
             lock_token: None,
+            key_check: None,
         };
         if let Ok(planned) = plan_write(&view, &command, &ctx) {
             let body = planned.outcome.version.body.unwrap_or_else(Bytes::new);

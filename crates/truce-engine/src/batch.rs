@@ -24,6 +24,7 @@ use crate::events::{EVENTS_WATERMARK_KEY, EventLine, RecordWritten, decode_water
 use crate::events::{RecordFacts, event_position};
 use crate::idempotency::{Idempotent, keep_answer, refusal_for};
 use crate::ids::IdGenerator;
+use crate::keys::KeyCheck;
 use crate::lock_signals::LockGroups;
 use crate::locks::LockEvent;
 use crate::name::CollectionName;
@@ -172,6 +173,9 @@ pub struct Batch<'a> {
     /// The webhook subscriptions, read when the batch first appends an event (and
     /// again after a subscription changes in it).
     subscriptions: Option<Vec<Subscription>>,
+    /// The key checks made in the batch and whether each held, read once per
+    /// batch (and again after a job of it changes a key).
+    key_checks: HashMap<KeyCheck, bool>,
     notes: BatchNotes,
 }
 
@@ -187,6 +191,7 @@ impl<'a> Batch<'a> {
             settings: HashMap::new(),
             last_event: None,
             subscriptions: None,
+            key_checks: HashMap::new(),
             notes: BatchNotes::default(),
         }
     }
@@ -219,6 +224,13 @@ impl<'a> Batch<'a> {
         tables: &mut dyn BatchTables,
         command: &WriteCommand,
     ) -> Result<Result<WriteOutcome, EngineError>, StorageError> {
+        // The caller's key first (SPEC §8: authentication before anything else);
+        // a refusal here leaves nothing, not even a conflict record.
+        if let Some(check) = &command.key_check
+            && !self.key_check_holds(tables, check)?
+        {
+            return Ok(Err(EngineError::KeyRefused(check.refusal())));
+        }
         let request = command.idempotency.as_ref();
         if let Some(refusal) = idempotency_refusal(tables, request)? {
             return Ok(Err(refusal));
@@ -226,6 +238,21 @@ impl<'a> Batch<'a> {
         let result = self.plan_and_store(tables, command)?;
         self.keep_answer(tables, request, &result)?;
         Ok(result)
+    }
+
+    /// Whether `check` holds in this batch (read once per batch for all the
+    /// writes that share it: on PostgreSQL one statement, not one per write).
+    fn key_check_holds(
+        &mut self,
+        tables: &dyn BatchTables,
+        check: &KeyCheck,
+    ) -> Result<bool, StorageError> {
+        if let Some(holds) = self.key_checks.get(check) {
+            return Ok(*holds);
+        }
+        let holds = check.holds(tables)?;
+        self.key_checks.insert(check.clone(), holds);
+        Ok(holds)
     }
 
     /// [`Batch::write`] without its idempotency record.
@@ -552,6 +579,9 @@ impl<'a> Batch<'a> {
             side.push(write.clone());
             if write.table == SideTable::Subscriptions {
                 self.subscriptions = None;
+            }
+            if write.table == SideTable::Keys {
+                self.key_checks.clear();
             }
             let Some(value) = write.value.as_deref() else {
                 continue;

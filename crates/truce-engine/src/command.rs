@@ -83,6 +83,9 @@ pub struct WriteCommand {
     pub idempotency: Option<Idempotent<WriteOutcome>>,
     /// `Lock-Token`: the lease this write is made under (SPEC §4).
     pub lock_token: Option<String>,
+    /// What the request's API key must still be when the write commits (`None`:
+    /// checked when the request arrived, or a write of the server's own).
+    pub key_check: Option<crate::keys::KeyCheck>,
 }
 
 /// How a write ended.

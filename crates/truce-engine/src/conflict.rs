@@ -573,6 +573,7 @@ mod tests {
             resolves: None,
             idempotency: None,
             lock_token: None,
+            key_check: None,
         };
         let refusal = EngineError::PreconditionFailed {
             condition: FailedCondition::IfMatch,
@@ -664,6 +665,7 @@ mod tests {
             resolves: None,
             idempotency: None,
             lock_token: None,
+            key_check: None,
         };
         let missing = EngineError::NotFound {
             detail: "gone".into(),

@@ -9,6 +9,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::etag::ETag;
+use crate::keys::KeyRefusal;
 use crate::name::ResourceKey;
 use crate::precondition::FailedCondition;
 use crate::problem::ProblemKind;
@@ -271,6 +272,11 @@ pub enum EngineError {
         /// Why it cannot be used.
         detail: String,
     },
+    /// The API key a write was admitted with was revoked before it committed, or
+    /// the first key was made while a write admitted without one was queued
+    /// (checked in the batch: [`crate::KeyCheck`]).
+    #[error("{0}")]
+    KeyRefused(KeyRefusal),
     /// A resource's lock queue is full.
     #[error("{limit} requests already wait for this lock; retry later")]
     LockQueueFull {
@@ -385,6 +391,7 @@ impl EngineError {
             Self::IdempotencyInFlight => ProblemKind::IdempotencyInFlight,
             Self::Locked { .. } => ProblemKind::Locked,
             Self::LockQueueFull { .. } => ProblemKind::Unavailable,
+            Self::KeyRefused(_) => ProblemKind::Unauthenticated,
             Self::IdempotencyKeyReused => ProblemKind::IdempotencyKeyReused,
             Self::StateConflict { .. } => ProblemKind::StateConflict,
             Self::TransactionConflict { .. }
@@ -650,7 +657,9 @@ impl EngineError {
                 problem.retry_after_secs = Some(1);
                 problem
             }
-            Self::Malformed(_) | Self::PreconditionRequired => Problem::new(kind, self.to_string()),
+            Self::Malformed(_) | Self::PreconditionRequired | Self::KeyRefused(_) => {
+                Problem::new(kind, self.to_string())
+            }
         }
     }
 }

@@ -176,6 +176,59 @@ pub fn new_key(name: &str, roles: &[Role], now: Timestamp) -> Result<NewKey, Eng
     })
 }
 
+/// What a write's API key must still be when the write commits: checked by the
+/// batch, in the write's transaction, so a key revoked (or a first key made)
+/// before the commit is honoured by it on every node, while the request itself
+/// needs no read of the key's record (on PostgreSQL, a statement per request).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeyCheck {
+    /// Admitted without a key: no key may exist.
+    NoKeys,
+    /// Admitted with key `id`, verified against the record whose SHA-256 is
+    /// `record`: that record must still be stored, unchanged.
+    Key {
+        /// The key's id.
+        id: String,
+        /// SHA-256 of the record it was verified against.
+        record: [u8; 32],
+    },
+}
+
+/// Why a [`KeyCheck`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyRefusal {
+    /// A key exists now; the request had none.
+    #[error("this request needs an API key: send Authorization: Bearer <key>")]
+    KeyNeeded,
+    /// The request's key is gone (revoked) or its record changed.
+    #[error("the API key is not valid (unknown, revoked or mistyped)")]
+    KeyInvalid,
+}
+
+impl KeyCheck {
+    /// Whether the check holds against the key records `tables` sees.
+    pub fn holds(
+        &self,
+        tables: &dyn crate::batch::BatchTables,
+    ) -> Result<bool, crate::StorageError> {
+        use sha2::Digest;
+        match self {
+            Self::NoKeys => Ok(tables.side_records(SideTable::Keys, b"", 1)?.is_empty()),
+            Self::Key { id, record } => Ok(tables
+                .side(SideTable::Keys, id.as_bytes())?
+                .is_some_and(|stored| <[u8; 32]>::from(sha2::Sha256::digest(&stored)) == *record)),
+        }
+    }
+
+    /// The refusal when the check fails.
+    pub fn refusal(&self) -> KeyRefusal {
+        match self {
+            Self::NoKeys => KeyRefusal::KeyNeeded,
+            Self::Key { .. } => KeyRefusal::KeyInvalid,
+        }
+    }
+}
+
 /// PBKDF2-HMAC-SHA256.
 fn slow_hash(secret: &[u8], salt: &[u8], rounds: u32) -> [u8; 32] {
     pbkdf2::pbkdf2_hmac_array::<sha2::Sha256, 32>(secret, salt, rounds)

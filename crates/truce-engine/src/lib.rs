@@ -76,8 +76,8 @@ pub use idempotency::{
 pub use ids::IdGenerator;
 pub use json_errors::describe as describe_json_error;
 pub use keys::{
-    ApiKey, KEY_HASH_ROUNDS, KEY_NAME_RULE, NewKey, Role, key_removal, new_key, read_key,
-    roles_grant, split_token, verify_key,
+    ApiKey, KEY_HASH_ROUNDS, KEY_NAME_RULE, KeyCheck, KeyRefusal, NewKey, Role, key_removal,
+    new_key, read_key, roles_grant, split_token, verify_key,
 };
 pub use lock_signals::{LOCK_GROUPS, LockGroups, LockSignals};
 pub use locks::{

@@ -97,6 +97,7 @@ pub(crate) fn command(action: WriteAction) -> WriteCommand {
         resolves: None,
         idempotency: None,
         lock_token: None,
+        key_check: None,
     }
 }
 

@@ -476,6 +476,7 @@ fn parse_op(index: usize, op: Value, limits: DocumentLimits) -> Result<TxnOp, En
         resolves: None,
         idempotency: None,
         lock_token,
+        key_check: None,
     })))
 }
 

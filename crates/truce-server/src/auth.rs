@@ -3,15 +3,20 @@
 //! [`ACCESS`] is the one table of what every endpoint needs; the admission checks
 //! enforces it and the OpenAPI document is generated from it, so no handler
 //! decides on its own. A request shows a key with `Authorization: Bearer
-//! truce_{id}_{secret}`. Every request reads the key's record from the store
-//! (a snapshot read on the embedded store, one statement on PostgreSQL), so a
-//! revoked key is refused at once on every node; the slow hash is checked once
-//! per key and node, after which the node remembers the key it verified
-//! (in memory only) for as long as its record is unchanged.
+//! truce_{id}_{secret}`. A revoked key is refused at once on every node: every
+//! request reads the key's record from the store (a snapshot read on the
+//! embedded store, one statement on PostgreSQL), except a document write, which
+//! is admitted with the key as this node verified it before and has the record
+//! read again by its commit, in the write's transaction ([`KeyCheck`]; one read
+//! per batch for all its writes with that key, where a statement per request
+//! was the largest cost of a write on PostgreSQL). The slow hash is checked once
+//! per key and node, after which the node remembers the key it verified (in
+//! memory only) for as long as its record is unchanged.
 //!
 //! Without any key, a server bound to loopback serves everyone as `anonymous`
-//! with every role; a server bound elsewhere does not start without keys, and if
-//! its keys are all revoked later it refuses every request until one is made.
+//! with every role (a document write's commit checks that still no key
+//! exists); a server bound elsewhere does not start without keys, and if its
+//! keys are all revoked later it refuses every request until one is made.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +28,9 @@ use axum::http::{HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
-use truce_engine::{ApiKey, Principal, Role, SideTable, roles_grant, split_token, verify_key};
+use truce_engine::{
+    ApiKey, KeyCheck, KeyRefusal, Principal, Role, SideTable, roles_grant, split_token, verify_key,
+};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -171,34 +178,44 @@ where
         .headers()
         .get(AUTHORIZATION)
         .map(|value| bearer(value).map(str::to_owned));
-    let caller = match (access, presented) {
-        (Public, _) => Caller::anonymous(),
+    // A document write outside an interactive transaction has its key checked
+    // again when it commits (`KeyCheck`), so it needs no read of the key here.
+    let at_commit = checked_at_commit(request.method(), route.as_deref())
+        && !request.headers().contains_key(TRUCE_TXN);
+    let (caller, check) = match (access, presented) {
+        (Public, _) => (Caller::anonymous(), None),
+        (Needs(_), None) if at_commit && may_be_open(state) => {
+            (Caller::anonymous(), Some(KeyCheck::NoKeys))
+        }
         (Needs(_), None) => match open_to_anonymous(state).await {
-            Ok(true) => Caller::anonymous(),
-            Ok(false) => {
-                return unauthenticated(
-                    "this request needs an API key: send Authorization: Bearer <key>",
-                    false,
-                );
-            }
+            Ok(true) => (Caller::anonymous(), None),
+            Ok(false) => return refused(state, KeyRefusal::KeyNeeded),
             Err(error) => return error.into_response(),
         },
         (Needs(_), Some(None)) => {
             return unauthenticated("the Authorization header must be Bearer <key>", true);
         }
-        (Needs(_), Some(Some(token))) => match verified(state, &token).await {
-            Ok(Some(key)) => Caller {
-                principal: Principal::named(key.name),
-                roles: Arc::from(key.roles.as_slice()),
-            },
-            Ok(None) => {
-                return unauthenticated(
-                    "the API key is not valid (unknown, revoked or mistyped)",
-                    true,
-                );
+        (Needs(_), Some(Some(token))) => {
+            let found = match remembered(state, &token) {
+                Some(found) if at_commit => Ok(Some(found)),
+                _ => verified(state, &token).await,
+            };
+            match found {
+                Ok(Some((key, record))) => {
+                    let check = at_commit.then(|| KeyCheck::Key {
+                        id: key.id.clone(),
+                        record,
+                    });
+                    let caller = Caller {
+                        principal: Principal::named(key.name),
+                        roles: Arc::from(key.roles.as_slice()),
+                    };
+                    (caller, check)
+                }
+                Ok(None) => return refused(state, KeyRefusal::KeyInvalid),
+                Err(error) => return error.into_response(),
             }
-            Err(error) => return error.into_response(),
-        },
+        }
     };
     if let Needs(role) = access
         && !roles_grant(&caller.roles, role)
@@ -211,7 +228,72 @@ where
     }
     request.extensions_mut().insert(caller.principal.clone());
     request.extensions_mut().insert(caller);
+    if let Some(check) = check {
+        request.extensions_mut().insert(check);
+    }
     next(request).await
+}
+
+/// The document writes whose key is checked in their commit (each is one job
+/// of the store's batch, which runs the check in the write's transaction).
+const CHECKED_AT_COMMIT: &[(&str, &str)] = &[
+    ("POST", "/v1/{collection}"),
+    ("PUT", "/v1/{collection}/{id}"),
+    ("PATCH", "/v1/{collection}/{id}"),
+    ("DELETE", "/v1/{collection}/{id}"),
+    ("POST", "/v1/{collection}/{id}/revert"),
+];
+
+/// `Truce-Txn`: a write buffered in an interactive transaction is judged (and
+/// answered) before any commit, so its key is read when it arrives.
+const TRUCE_TXN: &str = "truce-txn";
+
+/// Whether `method` on `route` has its key checked in the commit.
+fn checked_at_commit(method: &Method, route: Option<&str>) -> bool {
+    route.is_some_and(|route| {
+        CHECKED_AT_COMMIT
+            .iter()
+            .any(|(m, r)| *m == method.as_str() && *r == route)
+    })
+}
+
+/// Whether this node may still serve requests without a key (bound to
+/// loopback, and no key seen yet); the store decides, at the request or at
+/// its commit.
+fn may_be_open(state: &AppState) -> bool {
+    state.config.listen.ip().is_loopback() && !state.keys.keys_seen.load(Ordering::Relaxed)
+}
+
+/// Makes sure `check` still holds before an idempotent replay answers a write
+/// whose key was to be checked at its commit (a replay commits nothing).
+pub(crate) async fn confirm(state: &AppState, check: &KeyCheck) -> Result<(), Response> {
+    let holds = match check {
+        KeyCheck::NoKeys => open_to_anonymous(state).await,
+        KeyCheck::Key { id, record } => state
+            .store
+            .side_record(SideTable::Keys, id.as_bytes())
+            .await
+            .map(|stored| stored.is_some_and(|s| Digest32::from(Sha256::digest(&s)) == *record))
+            .map_err(ApiError::Engine),
+    };
+    match holds {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(refused(state, check.refusal())),
+        Err(error) => Err(error.into_response()),
+    }
+}
+
+/// The 401 of a key that does not hold (a key needed, or not valid); once a
+/// key was needed, this node serves no request without one again.
+pub(crate) fn refused(state: &AppState, refusal: KeyRefusal) -> Response {
+    let presented = match refusal {
+        KeyRefusal::KeyNeeded => {
+            state.keys.keys_seen.store(true, Ordering::Relaxed);
+            false
+        }
+        KeyRefusal::KeyInvalid => true,
+    };
+    unauthenticated(&refusal.to_string(), presented)
 }
 
 /// The key of `Authorization: Bearer <key>` (`None` inside: another scheme or
@@ -237,8 +319,22 @@ async fn open_to_anonymous(state: &AppState) -> Result<bool, ApiError> {
     Ok(false)
 }
 
-/// The key `token` names, if it is valid now.
-async fn verified(state: &AppState, token: &str) -> Result<Option<ApiKey>, ApiError> {
+/// The key `token` names as this node verified it before, with the digest of
+/// the record it was verified against, without reading the store.
+fn remembered(state: &AppState, token: &str) -> Option<(ApiKey, Digest32)> {
+    let presented: Digest32 = Sha256::digest(token.as_bytes()).into();
+    let cache = state
+        .keys
+        .verified
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    cache
+        .get(&presented)
+        .map(|(record, key)| (key.clone(), *record))
+}
+
+/// The key `token` names, if it is valid now, with the digest of its record.
+async fn verified(state: &AppState, token: &str) -> Result<Option<(ApiKey, Digest32)>, ApiError> {
     let Some((id, secret)) = split_token(token) else {
         return Ok(None);
     };
@@ -261,7 +357,7 @@ async fn verified(state: &AppState, token: &str) -> Result<Option<ApiKey>, ApiEr
         if let Some((checked, key)) = cache.get(&presented)
             && *checked == record
         {
-            return Ok(Some(key.clone()));
+            return Ok(Some((key.clone(), record)));
         }
     }
     let permit = SLOW_CHECKS.acquire().await.map_err(|_| {
@@ -286,7 +382,7 @@ async fn verified(state: &AppState, token: &str) -> Result<Option<ApiKey>, ApiEr
         cache.clear();
     }
     cache.insert(presented, (record, key.clone()));
-    Ok(Some(key))
+    Ok(Some((key, record)))
 }
 
 /// 401 with `WWW-Authenticate: Bearer` (RFC 6750 §3; `invalid_token` when a

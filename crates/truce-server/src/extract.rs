@@ -14,8 +14,8 @@ use axum::http::{HeaderMap, HeaderName};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use truce_engine::{
-    CollectionName, Document, JsonPatch, Preconditions, Principal, ResourceKey, TagCondition,
-    Timestamp, WriteAction, describe_json_error,
+    CollectionName, Document, JsonPatch, KeyCheck, Preconditions, Principal, ResourceKey,
+    TagCondition, Timestamp, WriteAction, describe_json_error,
 };
 
 use crate::error::ApiError;
@@ -255,6 +255,9 @@ pub struct WriteHeaders {
     pub lock_token: Option<String>,
     /// `Truce-Txn`: the write is buffered in this interactive transaction.
     pub txn: Option<String>,
+    /// What the caller's key must still be when the write commits, when the
+    /// admission checks left that to the commit.
+    pub key_check: Option<KeyCheck>,
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for WriteHeaders {
@@ -272,6 +275,7 @@ impl<S: Send + Sync> FromRequestParts<S> for WriteHeaders {
             keyed: crate::idempotency::Keyed::from_request_parts(parts, state).await?,
             lock_token: LockToken::from_request_parts(parts, state).await?.0,
             txn: TxnId::from_request_parts(parts, state).await?.0,
+            key_check: parts.extensions.get::<KeyCheck>().cloned(),
         })
     }
 }

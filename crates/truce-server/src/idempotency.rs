@@ -30,8 +30,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::FutureExt;
 use truce_engine::{
-    EngineError, Fingerprint, Idempotent, Principal, Replay, SideTable, idempotency_scope,
-    replay_of,
+    EngineError, Fingerprint, Idempotent, KeyCheck, Principal, Replay, SideTable,
+    idempotency_scope, replay_of,
 };
 
 use crate::context::RequestContext;
@@ -188,7 +188,14 @@ where
     {
         Err(error) => return ApiError::Engine(error).into_response(),
         Ok(Some(stored)) => match replay_of(&stored, &fingerprint) {
-            Some(Replay::Same(answer)) => return replay(&answer),
+            Some(Replay::Same(answer)) => {
+                if let Some(check) = parts.extensions.get::<KeyCheck>()
+                    && let Err(refusal) = crate::auth::confirm(state, check).await
+                {
+                    return refusal;
+                }
+                return replay(&answer);
+            }
             Some(Replay::Reused) => {
                 return ApiError::Engine(EngineError::IdempotencyKeyReused).into_response();
             }

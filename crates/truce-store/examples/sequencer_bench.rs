@@ -70,6 +70,7 @@ fn main() {
                         resolves: None,
                         idempotency: None,
                         lock_token: None,
+                        key_check: None,
                     };
                     let outcome = store.write(command).await.expect("write");
                     etag = Some(outcome.version.etag(&key).to_header());

@@ -36,6 +36,7 @@ async fn a_closed_store_reopens_without_repair() {
                 resolves: None,
                 idempotency: None,
                 lock_token: None,
+                key_check: None,
             })
             .await
             .unwrap();

@@ -50,6 +50,7 @@ fn put(id: &str, value: u64) -> WriteCommand {
         resolves: None,
         idempotency: None,
         lock_token: None,
+        key_check: None,
     }
 }
 

@@ -381,6 +381,7 @@ fn command(
         resolves: None,
         idempotency: None,
         lock_token: None,
+        key_check: None,
     }
 }
 
@@ -470,6 +471,7 @@ async fn run_group(
                     resolves: None,
                     idempotency: None,
                     lock_token: None,
+                    key_check: None,
                 };
                 (id, expected, command)
             }

@@ -133,6 +133,7 @@ pub async fn create(
         resolves: None,
         idempotency: None,
         lock_token: None,
+        key_check: headers.key_check.clone(),
     };
     run_write(&state, command, headers.prefer, headers.keyed).await
 }
@@ -305,6 +306,7 @@ pub(crate) fn write_command(
         resolves: headers.resolves.clone(),
         lock_token: headers.lock_token.clone(),
         idempotency: None,
+        key_check: headers.key_check.clone(),
     }
 }
 
@@ -317,6 +319,9 @@ pub(crate) async fn run_write(
     keyed: Keyed,
 ) -> Result<Response, ApiError> {
     command.idempotency = keyed.attach(move |outcome| write_response(outcome, prefer));
-    let outcome = state.store.write(command).await?;
+    let outcome = match state.store.write(command).await {
+        Err(EngineError::KeyRefused(refusal)) => return Ok(crate::auth::refused(state, refusal)),
+        other => other?,
+    };
     Ok(write_response(&outcome, prefer))
 }

@@ -139,6 +139,7 @@ pub async fn commit(
             resolves: None,
             idempotency: None,
             lock_token: buffered.lock_token,
+            key_check: None,
         })));
     }
     reads.sort();

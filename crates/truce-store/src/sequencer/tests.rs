@@ -1,5 +1,6 @@
 //! Tests of the sequencer: checkpoints forced by the active layer's size, a panic
-//! while planning one write of a batch, and side records' durability.
+//! while planning one write of a batch, side records' durability, and a key
+//! made by one job of a batch checked by its later writes.
 
 use redb::{ReadableDatabase, ReadableTableMetadata};
 use truce_engine::ResourceKey;
@@ -35,6 +36,7 @@ async fn a_full_layer_brings_a_checkpoint() {
                 resolves: None,
                 idempotency: None,
                 lock_token: None,
+                key_check: None,
             })
             .await
             .unwrap();
@@ -121,6 +123,7 @@ async fn a_panic_while_planning_fails_only_that_write() {
                     resolves: None,
                     idempotency: None,
                     lock_token: None,
+                    key_check: None,
                 })
                 .await
         })
@@ -233,6 +236,7 @@ async fn side_records_are_durable_and_move_no_revision() {
             resolves: None,
             idempotency: None,
             lock_token: None,
+            key_check: None,
         };
         let first = store
             .write(put(serde_json::json!({"side": "k1", "value": "v1"})))
@@ -282,4 +286,118 @@ async fn side_records_are_durable_and_move_no_revision() {
         );
         reopened.close().await;
     }
+}
+
+/// Holds the planning of the `hold` write until the test opens it.
+static KEY_GATE: std::sync::Mutex<(bool, bool)> = std::sync::Mutex::new((false, false));
+static KEY_GATE_MOVED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// The engine's rules, except that `hold` waits for the test.
+fn key_gate_planner(
+    view: &dyn truce_engine::StateView,
+    command: &WriteCommand,
+    ctx: &WriteContext<'_>,
+) -> Result<truce_engine::Planned, EngineError> {
+    if command.key.id.as_str() == "hold" {
+        let mut gate = KEY_GATE.lock().unwrap();
+        gate.0 = true;
+        KEY_GATE_MOVED.notify_all();
+        while !gate.1 {
+            gate = KEY_GATE_MOVED.wait(gate).unwrap();
+        }
+    }
+    truce_engine::plan_write(view, command, ctx)
+}
+
+/// A key made by one job of a batch counts for the batch's later jobs: a write
+/// admitted without a key (`KeyCheck::NoKeys`) before it commits, the same
+/// check after it is refused, although the batch had found the check true.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_made_in_a_batch_counts_for_its_later_writes() {
+    use std::sync::Arc;
+    use truce_engine::{
+        Document, DocumentLimits, KeyCheck, KeyRefusal, Preconditions, Principal, SideCommit,
+        SideTable, SideWrite, Store, WriteAction,
+    };
+
+    use crate::embedded::EmbeddedStore;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = EmbeddedConfig::new(dir.path());
+    config.planner = key_gate_planner;
+    let store = Arc::new(EmbeddedStore::open(config).unwrap());
+    let write = |id: &'static str, key_check: Option<KeyCheck>| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let doc = Document::parse(br#"{"n":1}"#, DocumentLimits::default()).unwrap();
+            store
+                .write(WriteCommand {
+                    key: ResourceKey::parse("things", id).unwrap(),
+                    action: WriteAction::Put(doc),
+                    preconditions: Preconditions::default(),
+                    if_version: None,
+                    by: Principal::anonymous(),
+                    request_id: None,
+                    resolves: None,
+                    idempotency: None,
+                    lock_token: None,
+                    key_check,
+                })
+                .await
+        })
+    };
+    let queued = |n: usize| {
+        let store = Arc::clone(&store);
+        async move {
+            for spins in 0.. {
+                if store.queued() >= n {
+                    return;
+                }
+                assert!(spins < 10_000_000, "{n} jobs never queued");
+                tokio::task::yield_now().await;
+            }
+        }
+    };
+    let hold = write("hold", None);
+    tokio::task::spawn_blocking(|| {
+        let mut state = KEY_GATE.lock().unwrap();
+        while !state.0 {
+            state = KEY_GATE_MOVED.wait(state).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    // Queued in this order behind the held batch, so they make the next one.
+    let before = write("before", Some(KeyCheck::NoKeys));
+    queued(1).await;
+    let made = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            store
+                .commit_side(SideCommit::new(vec![SideWrite {
+                    table: SideTable::Keys,
+                    key: b"0123456789abcdef".to_vec(),
+                    value: Some(bytes::Bytes::from_static(b"{}")),
+                }]))
+                .await
+        })
+    };
+    queued(2).await;
+    let after = write("after", Some(KeyCheck::NoKeys));
+    queued(3).await;
+    {
+        let mut state = KEY_GATE.lock().unwrap();
+        state.1 = true;
+        KEY_GATE_MOVED.notify_all();
+    }
+    assert!(hold.await.unwrap().is_ok());
+    assert_eq!(before.await.unwrap().unwrap().version.number, 1);
+    made.await.unwrap().unwrap();
+    assert!(matches!(
+        after.await.unwrap(),
+        Err(EngineError::KeyRefused(KeyRefusal::KeyNeeded))
+    ));
+    let after = ResourceKey::parse("things", "after").unwrap();
+    assert!(store.head(&after).await.unwrap().is_none());
+    store.close().await;
 }

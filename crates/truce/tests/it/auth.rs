@@ -468,3 +468,182 @@ async fn idempotency_keys_are_scoped_per_principal() {
     assert_eq!(header(&again, "idempotent-replayed"), "true");
     assert_eq!(header(&again, "location"), header(&first, "location"));
 }
+
+/// The id of the key named `name`, as an admin lists it.
+async fn key_id(client: &Client, base: &str, admin: &str, name: &str) -> String {
+    let listed: Value = client
+        .get(format!("{base}/v1/_keys"))
+        .bearer_auth(admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["name"] == name)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// A document write is admitted with the key the node verified before, and
+/// its commit reads the key again: revoked in between, every kind of document
+/// write is refused (401, `invalid_token`), leaves nothing behind (no version,
+/// no conflict record, no change), and an idempotent replay of an answer the
+/// key got before is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_with_a_key_revoked_since_it_was_verified_are_refused_and_leave_nothing() {
+    let server = TestServer::start().await;
+    let client = &server.client;
+    let admin = make_key(client, &server.base, None, "root", &["admin"]).await;
+    let writer = make_key(client, &server.base, Some(&admin), "carol", &["write"]).await;
+    let url = server.url("/v1/notes/kept");
+    let first_write = || {
+        client
+            .put(&url)
+            .bearer_auth(&writer)
+            .header("idempotency-key", "\"once\"")
+            .json(&json!({"v": 1}))
+            .send()
+    };
+    let first = first_write().await.unwrap();
+    assert_eq!(first.status(), 201);
+    let etag = header(&first, "etag");
+    let feed_before: Value = client
+        .get(server.url("/v1/_changes"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+
+    let id = key_id(client, &server.base, &admin, "carol").await;
+    let revoked = client
+        .delete(server.url(&format!("/v1/_keys/{id}")))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 204);
+
+    let attempts = [
+        (
+            Method::PUT,
+            url.clone(),
+            "application/json",
+            json!({"v": 2}),
+        ),
+        (
+            Method::PATCH,
+            url.clone(),
+            "application/merge-patch+json",
+            json!({"v": 3}),
+        ),
+        (Method::DELETE, url.clone(), "", Value::Null),
+        (
+            Method::POST,
+            server.url("/v1/notes"),
+            "application/json",
+            json!({"v": 4}),
+        ),
+        (
+            Method::POST,
+            format!("{url}/revert"),
+            "application/json",
+            json!({"to": 1}),
+        ),
+    ];
+    for (method, target, content_type, body) in attempts {
+        let mut request = client
+            .request(method.clone(), &target)
+            .bearer_auth(&writer)
+            .header("if-match", &etag);
+        if !body.is_null() {
+            request = request
+                .header("content-type", content_type)
+                .body(body.to_string());
+        }
+        let refused = request.send().await.unwrap();
+        assert_eq!(refused.status(), 401, "{method} {target}");
+        let challenge = header(&refused, "www-authenticate");
+        assert!(challenge.contains("invalid_token"), "{challenge}");
+        problem(refused, 401, "unauthenticated").await;
+    }
+    let replayed = first_write().await.unwrap();
+    assert_eq!(replayed.status(), 401);
+    assert!(!replayed.headers().contains_key("idempotent-replayed"));
+
+    let current = client.get(&url).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(header(&current, "etag"), etag);
+    assert_eq!(current.json::<Value>().await.unwrap(), json!({"v": 1}));
+    let listed: Value = client
+        .get(server.url("/v1/notes"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1, "{listed}");
+    let conflicts: Value = client
+        .get(server.url("/v1/_conflicts"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(conflicts["items"], json!([]), "{conflicts}");
+    let feed_after: Value = client
+        .get(server.url("/v1/_changes"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(feed_after, feed_before);
+}
+
+/// On loopback without keys, writes are admitted without a key and their
+/// commit checks that still no key exists: once the first key is made, a
+/// write without one is refused (401, a plain `Bearer` challenge) and leaves
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_without_a_key_is_refused_once_the_first_key_exists() {
+    let server = TestServer::start().await;
+    let client = &server.client;
+    let url = server.url("/v1/notes/open");
+    let written = client
+        .put(&url)
+        .json(&json!({"v": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(written.status(), 201);
+    let admin = make_key(client, &server.base, None, "root", &["admin"]).await;
+    let refused = client
+        .put(&url)
+        .json(&json!({"v": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert_eq!(
+        header(&refused, "www-authenticate"),
+        "Bearer realm=\"truce\""
+    );
+    problem(refused, 401, "unauthenticated").await;
+    let current = client.get(&url).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(current.json::<Value>().await.unwrap(), json!({"v": 1}));
+}

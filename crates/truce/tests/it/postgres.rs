@@ -788,6 +788,23 @@ async fn api_keys_are_shared_and_revoked_at_once_on_every_node() {
         .await
         .unwrap();
     assert_eq!(refused.status(), 401);
+    // A write too, although B admits writes with the key it remembers: the
+    // commit reads the key again, in the write's transaction.
+    let refused = client
+        .put(format!("{b}/v1/notes/n1"))
+        .bearer_auth(&writer)
+        .json(&json!({"v": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let kept = client
+        .get(format!("{a}/v1/notes/n1"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.json::<Value>().await.unwrap(), json!({"v": 1}));
 
     // No key's secret is anywhere in the database.
     let dumped = crate::pg_cluster::dump(database_of(&url));

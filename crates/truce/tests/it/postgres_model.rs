@@ -75,6 +75,7 @@ fn command(step: &Step) -> WriteCommand {
         resolves: None,
         idempotency: None,
         lock_token: None,
+        key_check: None,
     }
 }
 
