@@ -64,6 +64,11 @@ pub trait BatchTables {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Bytes)>, StorageError>;
 
+    /// Whether side table `table` holds any record, as the transaction sees it.
+    fn has_side_records(&self, table: SideTable) -> Result<bool, StorageError> {
+        Ok(!self.side_records(table, b"", 1)?.is_empty())
+    }
+
     /// Whether any resource of `collection` whose id starts with `prefix` got a
     /// version committed after revision `since` (true also when the change
     /// feed no longer reaches back to `since`, as it then cannot tell).

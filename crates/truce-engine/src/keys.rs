@@ -213,7 +213,7 @@ impl KeyCheck {
     ) -> Result<bool, crate::StorageError> {
         use sha2::Digest;
         match self {
-            Self::NoKeys => Ok(tables.side_records(SideTable::Keys, b"", 1)?.is_empty()),
+            Self::NoKeys => Ok(!tables.has_side_records(SideTable::Keys)?),
             Self::Key { id, record } => Ok(tables
                 .side(SideTable::Keys, id.as_bytes())?
                 .is_some_and(|stored| <[u8; 32]>::from(sha2::Sha256::digest(&stored)) == *record)),

@@ -16,8 +16,8 @@ use tokio::runtime::Handle;
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 use truce_engine::{
-    BatchTables, CollectionName, Effect, Op, ResourceKey, SideTable, StateView, StorageError,
-    Timestamp, Version,
+    BatchTables, CollectionName, Effect, KeyCheck, Op, ResourceKey, SideTable, StateView,
+    StorageError, Timestamp, Version,
 };
 
 use crate::error::storage;
@@ -68,6 +68,9 @@ const PREFETCH_QUERY: &str = "SELECT k.collection, k.id, v.revision, v.number, v
        FROM truce_heads h JOIN truce_versions w ON w.revision = h.revision AND w.idx = h.idx \
        WHERE h.collection = k.collection COLLATE \"C\" AND h.id = k.id COLLATE \"C\" LIMIT 1) v";
 
+/// Whether a side table holds any record.
+const ANY_SIDE_QUERY: &str = "SELECT 1 FROM truce_side WHERE tbl = $1 LIMIT 1";
+
 /// Side records of one table by their keys.
 const SIDES_QUERY: &str =
     "SELECT key, value FROM truce_side WHERE tbl = $1 AND key = ANY($2::bytea[])";
@@ -102,6 +105,10 @@ pub(crate) struct SqlView<'c> {
     /// key: written through by [`BatchTables::store`], so they stay true after
     /// the pending writes are sent.
     sides: RefCell<HashMap<SideKey, Option<Bytes>>>,
+    /// Side tables known to hold a record (`true`) or none (`false`), by table
+    /// code: read with the commit row when the batch's key checks need it, and
+    /// kept true by the batch's own writes.
+    filled: RefCell<HashMap<i16, bool>>,
     /// When the work on this view must be done: a statement still waiting then
     /// counts as the database being unreachable (a partition must not hang a
     /// request).
@@ -122,18 +129,21 @@ impl<'c> SqlView<'c> {
             heads: RefCell::default(),
             pending: RefCell::default(),
             sides: RefCell::default(),
+            filled: RefCell::default(),
         }
     }
 
     /// Begins a batch's transaction and takes the commit row's lock, reading
-    /// the heads of `keys` and the settings of `collections` for the planning
-    /// to come, all in one round trip (the statements are pipelined, so the
-    /// reads run after the lock is taken). Returns the revision and the
-    /// transaction's id (what a lost COMMIT answer is settled by).
+    /// the heads of `keys`, the settings of `collections`, the lock records of
+    /// `keys` and what the batch's `key_checks` read, for the planning to come,
+    /// all in one round trip (the statements are pipelined, so the reads run
+    /// after the lock is taken). Returns the revision and the transaction's id
+    /// (what a lost COMMIT answer is settled by).
     pub(crate) fn begin(
         &self,
         keys: &[&ResourceKey],
         collections: &[&CollectionName],
+        key_checks: &[&KeyCheck],
     ) -> Result<(u64, i64, Timestamp), StorageError> {
         let names: Vec<&str> = keys.iter().map(|k| k.collection.as_str()).collect();
         let ids: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
@@ -141,7 +151,16 @@ impl<'c> SqlView<'c> {
         let settings_keys: Vec<&[u8]> = collections.iter().map(|c| c.as_str().as_bytes()).collect();
         let locks = i16::from(SideTable::Locks.code());
         let lock_keys: Vec<Vec<u8>> = keys.iter().map(|k| truce_engine::lock_key(k)).collect();
-        let (lock, heads, sides, lock_rows) = self.within(async {
+        let api_keys = i16::from(SideTable::Keys.code());
+        let key_ids: Vec<&[u8]> = key_checks
+            .iter()
+            .filter_map(|check| match check {
+                KeyCheck::Key { id, .. } => Some(id.as_bytes()),
+                KeyCheck::NoKeys => None,
+            })
+            .collect();
+        let any_key_wanted = key_checks.iter().any(|c| matches!(c, KeyCheck::NoKeys));
+        let (lock, heads, sides, lock_rows, key_rows, any_key) = self.within(async {
             let heads = self
                 .client
                 .prepare_cached(PREFETCH_QUERY)
@@ -152,23 +171,52 @@ impl<'c> SqlView<'c> {
                 .prepare_cached(SIDES_QUERY)
                 .await
                 .map_err(storage)?;
-            // Each request is sent when first polled, and `join4` polls in order.
-            let (lock, heads, sides, lock_rows) = futures_util::future::join4(
-                self.client.simple_query(
-                    "BEGIN; SELECT revision, txid_current(), \
-                     (extract(epoch from clock_timestamp()) * 1000)::bigint \
-                     FROM truce_commit FOR UPDATE",
-                ),
-                self.client.query(&heads, &[&names, &ids]),
-                self.client.query(&sides, &[&settings, &settings_keys]),
-                self.client.query(&sides, &[&locks, &lock_keys]),
-            )
-            .await;
+            let any_side = self
+                .client
+                .prepare_cached(ANY_SIDE_QUERY)
+                .await
+                .map_err(storage)?;
+            // What the batch's key checks read, when it has any.
+            let key_rows = async {
+                if key_ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                self.client.query(&sides, &[&api_keys, &key_ids]).await
+            };
+            let any_key = async {
+                if !any_key_wanted {
+                    return Ok::<_, tokio_postgres::Error>(None);
+                }
+                let found = self.client.query(&any_side, &[&api_keys]).await?;
+                Ok(Some(!found.is_empty()))
+            };
+            // Each request is sent when first polled, and `join3` polls in
+            // order (the second triple after the first).
+            let ((lock, heads, sides), (lock_rows, key_rows, any_key)) =
+                futures_util::future::join(
+                    futures_util::future::join3(
+                        self.client.simple_query(
+                            "BEGIN; SELECT revision, txid_current(), \
+                         (extract(epoch from clock_timestamp()) * 1000)::bigint \
+                         FROM truce_commit FOR UPDATE",
+                        ),
+                        self.client.query(&heads, &[&names, &ids]),
+                        self.client.query(&sides, &[&settings, &settings_keys]),
+                    ),
+                    futures_util::future::join3(
+                        self.client.query(&sides, &[&locks, &lock_keys]),
+                        key_rows,
+                        any_key,
+                    ),
+                )
+                .await;
             Ok((
                 lock.map_err(storage)?,
                 heads.map_err(storage)?,
                 sides.map_err(storage)?,
                 lock_rows.map_err(storage)?,
+                key_rows.map_err(storage)?,
+                any_key.map_err(storage)?,
             ))
         })?;
         let (revision, xid, now) = lock
@@ -213,6 +261,17 @@ impl<'c> SqlView<'c> {
             let value: Vec<u8> = row.try_get(1).map_err(storage)?;
             read.insert((locks, key), Some(Bytes::from(value)));
         }
+        for id in &key_ids {
+            read.insert((api_keys, id.to_vec()), None);
+        }
+        for row in &key_rows {
+            let key: Vec<u8> = row.try_get(0).map_err(storage)?;
+            let value: Vec<u8> = row.try_get(1).map_err(storage)?;
+            read.insert((api_keys, key), Some(Bytes::from(value)));
+        }
+        if let Some(any_key) = any_key {
+            self.filled.borrow_mut().insert(api_keys, any_key);
+        }
         Ok((revision, xid, now))
     }
 
@@ -221,6 +280,7 @@ impl<'c> SqlView<'c> {
     pub(crate) fn forget_reads(&self) {
         self.heads.borrow_mut().clear();
         self.sides.borrow_mut().clear();
+        self.filled.borrow_mut().clear();
     }
 
     /// Sends the pending writes, without waiting for their answers (see the
@@ -360,6 +420,16 @@ impl BatchTables for SqlView<'_> {
         Ok(value)
     }
 
+    fn has_side_records(&self, table: SideTable) -> Result<bool, StorageError> {
+        let code = i16::from(table.code());
+        if let Some(filled) = self.filled.borrow().get(&code) {
+            return Ok(*filled);
+        }
+        let filled = !self.side_records(table, b"", 1)?.is_empty();
+        self.filled.borrow_mut().insert(code, filled);
+        Ok(filled)
+    }
+
     fn last_side_key(&self, table: SideTable) -> Result<Option<Vec<u8>>, StorageError> {
         let rows = self.query(
             "SELECT key FROM truce_side WHERE tbl = $1 ORDER BY key DESC LIMIT 1",
@@ -444,11 +514,16 @@ impl BatchTables for SqlView<'_> {
             heads.insert(write.key.clone(), Some(head));
         }
         let mut sides = self.sides.borrow_mut();
+        let mut filled = self.filled.borrow_mut();
         for side in &effect.side {
-            sides.insert(
-                (i16::from(side.table.code()), side.key.clone()),
-                side.value.clone(),
-            );
+            let code = i16::from(side.table.code());
+            // A record written fills its table; one removed may empty it.
+            if side.value.is_some() {
+                filled.insert(code, true);
+            } else {
+                filled.remove(&code);
+            }
+            sides.insert((code, side.key.clone()), side.value.clone());
         }
         Ok(())
     }

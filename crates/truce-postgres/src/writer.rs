@@ -273,7 +273,16 @@ impl Writer {
             keys.iter().map(|key| &key.collection).collect();
         collections.sort_unstable();
         collections.dedup();
-        let (revision, xid, now) = view.begin(&keys, &collections)?;
+        // The API keys the batch's writes must still find (or that none exists).
+        let mut key_checks: Vec<&truce_engine::KeyCheck> = jobs
+            .iter()
+            .filter_map(|job| match job {
+                Job::Write { command, .. } => command.key_check.as_ref(),
+                _ => None,
+            })
+            .collect();
+        key_checks.dedup();
+        let (revision, xid, now) = view.begin(&keys, &collections, &key_checks)?;
         let rules = BatchRules {
             limits: self.limits,
             retention: &self.retention,
