@@ -201,6 +201,22 @@ impl PostgresStore {
         self.opened
     }
 
+    /// [`PostgresStore::open`] with another planner than the engine's: for
+    /// tests that hold a batch in planning so that the next one forms.
+    #[doc(hidden)]
+    pub async fn open_with_planner(
+        config: PostgresConfig,
+        planner: Planner,
+    ) -> Result<Self, PostgresError> {
+        Self::open_with(config, planner).await
+    }
+
+    /// How many jobs wait for the writer (for tests that need a batch to form).
+    #[doc(hidden)]
+    pub fn queued(&self) -> usize {
+        self.jobs.max_capacity() - self.jobs.capacity()
+    }
+
     /// Queues the job `make` builds around a reply channel and waits for its answer.
     async fn ask<T>(
         &self,

@@ -66,7 +66,7 @@ pub struct EmbeddedConfig {
     /// (0: none). The library's default is none; `truce serve` keeps 64 MiB.
     pub reserve_bytes: u64,
     /// The rules a write is planned with: always the engine's `plan_write`, except
-    /// in this crate's tests, which swap in one that panics or waits.
+    /// in tests, which swap in one that panics or waits ([`Self::with_planner`]).
     pub(crate) planner: Planner,
 }
 
@@ -88,6 +88,14 @@ impl EmbeddedConfig {
             reserve_bytes: 0,
             planner: plan_write,
         }
+    }
+
+    /// These settings with another planner than the engine's: for tests that
+    /// hold a batch in planning so that the next one forms.
+    #[doc(hidden)]
+    pub fn with_planner(mut self, planner: Planner) -> Self {
+        self.planner = planner;
+        self
     }
 }
 
@@ -201,8 +209,8 @@ impl EmbeddedStore {
     }
 
     /// How many jobs wait for the sequencer (for tests that need a batch to form).
-    #[cfg(test)]
-    pub(crate) fn queued(&self) -> usize {
+    #[doc(hidden)]
+    pub fn queued(&self) -> usize {
         self.jobs.max_capacity() - self.jobs.capacity()
     }
 

@@ -5,7 +5,8 @@
 //! (`truce-store/tests/model.rs`) checks it against a model of the contract.
 //! What this covers on PostgreSQL: the batch's read-your-writes through what it
 //! has not sent yet, version numbering, no-op writes, `?if_version`, 404 before
-//! preconditions, tombstones and re-creation.
+//! preconditions, tombstones and re-creation. Besides, one scenario run on both
+//! stores: a key made by a job of a batch counts for the batch's later writes.
 
 use std::sync::Arc;
 
@@ -189,4 +190,127 @@ proptest! {
         });
         prop_assert_eq!(expected, got);
     }
+}
+
+/// Holds the planning of the `hold` write until the test opens it: `(planning
+/// started, open)`.
+static KEY_GATE: std::sync::Mutex<(bool, bool)> = std::sync::Mutex::new((false, false));
+static KEY_GATE_MOVED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// The engine's rules, except that `hold` waits for the test.
+fn key_gate_planner(
+    view: &dyn truce_engine::StateView,
+    command: &WriteCommand,
+    ctx: &truce_engine::WriteContext<'_>,
+) -> Result<truce_engine::Planned, EngineError> {
+    if command.key.id.as_str() == "hold" {
+        let mut gate = KEY_GATE.lock().unwrap();
+        gate.0 = true;
+        KEY_GATE_MOVED.notify_all();
+        while !gate.1 {
+            gate = KEY_GATE_MOVED.wait(gate).unwrap();
+        }
+    }
+    truce_engine::plan_write(view, command, ctx)
+}
+
+/// A key made by one job of a batch counts for the batch's later writes, on
+/// both backends: a write admitted without a key (`KeyCheck::NoKeys`) before
+/// it commits, the same check after it is refused, although the batch had
+/// found (on PostgreSQL: read with the commit row) that no key existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_made_in_a_batch_counts_for_its_later_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let embedded = Arc::new(
+        EmbeddedStore::open(EmbeddedConfig::new(dir.path()).with_planner(key_gate_planner))
+            .unwrap(),
+    );
+    let queued = Arc::clone(&embedded);
+    key_made_in_a_batch(embedded, move || queued.queued()).await;
+    let postgres = Arc::new(
+        PostgresStore::open_with_planner(PostgresConfig::new(fresh_database()), key_gate_planner)
+            .await
+            .expect("open the PostgreSQL store"),
+    );
+    let queued = Arc::clone(&postgres);
+    key_made_in_a_batch(postgres, move || queued.queued()).await;
+}
+
+/// The scenario of [`a_key_made_in_a_batch_counts_for_its_later_writes`] on
+/// one store, opened with [`key_gate_planner`]; `queued` says how many jobs
+/// wait for its writer.
+async fn key_made_in_a_batch<S: Store>(store: Arc<S>, queued: impl Fn() -> usize) {
+    use truce_engine::{KeyCheck, KeyRefusal, SideCommit, SideTable, SideWrite};
+    *KEY_GATE.lock().unwrap() = (false, false);
+    let write = |id: &'static str, key_check: Option<KeyCheck>| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let doc = Document::parse(br#"{"n":1}"#, DocumentLimits::default()).unwrap();
+            store
+                .write(WriteCommand {
+                    key: ResourceKey::parse("things", id).unwrap(),
+                    action: WriteAction::Put(doc),
+                    preconditions: Preconditions::default(),
+                    if_version: None,
+                    by: Principal::anonymous(),
+                    request_id: None,
+                    resolves: None,
+                    idempotency: None,
+                    lock_token: None,
+                    key_check,
+                })
+                .await
+        })
+    };
+    let wait_queued = async |n: usize| {
+        for spins in 0.. {
+            if queued() >= n {
+                return;
+            }
+            assert!(spins < 10_000_000, "{n} jobs never queued");
+            tokio::task::yield_now().await;
+        }
+    };
+    let hold = write("hold", None);
+    tokio::task::spawn_blocking(|| {
+        let mut state = KEY_GATE.lock().unwrap();
+        while !state.0 {
+            state = KEY_GATE_MOVED.wait(state).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    // Queued in this order behind the held batch, so they make the next one.
+    let before = write("before", Some(KeyCheck::NoKeys));
+    wait_queued(1).await;
+    let made = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            store
+                .commit_side(SideCommit::new(vec![SideWrite {
+                    table: SideTable::Keys,
+                    key: b"0123456789abcdef".to_vec(),
+                    value: Some(bytes::Bytes::from_static(b"{}")),
+                }]))
+                .await
+        })
+    };
+    wait_queued(2).await;
+    let after = write("after", Some(KeyCheck::NoKeys));
+    wait_queued(3).await;
+    {
+        let mut state = KEY_GATE.lock().unwrap();
+        state.1 = true;
+        KEY_GATE_MOVED.notify_all();
+    }
+    assert!(hold.await.unwrap().is_ok());
+    assert_eq!(before.await.unwrap().unwrap().version.number, 1);
+    made.await.unwrap().unwrap();
+    assert!(matches!(
+        after.await.unwrap(),
+        Err(EngineError::KeyRefused(KeyRefusal::KeyNeeded))
+    ));
+    let after = ResourceKey::parse("things", "after").unwrap();
+    assert!(store.head(&after).await.unwrap().is_none());
+    store.close().await;
 }
