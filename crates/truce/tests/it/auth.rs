@@ -469,17 +469,15 @@ async fn idempotency_keys_are_scoped_per_principal() {
     assert_eq!(header(&again, "location"), header(&first, "location"));
 }
 
+/// The JSON body of a GET made with `key`.
+async fn get_json_with(client: &Client, url: String, key: &str) -> Value {
+    let answer = client.get(url).bearer_auth(key).send().await.unwrap();
+    answer.json().await.unwrap()
+}
+
 /// The id of the key named `name`, as an admin lists it.
-async fn key_id(client: &Client, base: &str, admin: &str, name: &str) -> String {
-    let listed: Value = client
-        .get(format!("{base}/v1/_keys"))
-        .bearer_auth(admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+pub(crate) async fn key_id(client: &Client, base: &str, admin: &str, name: &str) -> String {
+    let listed = get_json_with(client, format!("{base}/v1/_keys"), admin).await;
     listed["items"]
         .as_array()
         .unwrap()
@@ -514,15 +512,7 @@ async fn writes_with_a_key_revoked_since_it_was_verified_are_refused_and_leave_n
     let first = first_write().await.unwrap();
     assert_eq!(first.status(), 201);
     let etag = header(&first, "etag");
-    let feed_before: Value = client
-        .get(server.url("/v1/_changes"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let feed_before = get_json_with(client, server.url("/v1/_changes"), &admin).await;
 
     let id = key_id(client, &server.base, &admin, "carol").await;
     let revoked = client
@@ -583,35 +573,11 @@ async fn writes_with_a_key_revoked_since_it_was_verified_are_refused_and_leave_n
     let current = client.get(&url).bearer_auth(&admin).send().await.unwrap();
     assert_eq!(header(&current, "etag"), etag);
     assert_eq!(current.json::<Value>().await.unwrap(), json!({"v": 1}));
-    let listed: Value = client
-        .get(server.url("/v1/notes"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = get_json_with(client, server.url("/v1/notes"), &admin).await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 1, "{listed}");
-    let conflicts: Value = client
-        .get(server.url("/v1/_conflicts"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let conflicts = get_json_with(client, server.url("/v1/_conflicts"), &admin).await;
     assert_eq!(conflicts["items"], json!([]), "{conflicts}");
-    let feed_after: Value = client
-        .get(server.url("/v1/_changes"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let feed_after = get_json_with(client, server.url("/v1/_changes"), &admin).await;
     assert_eq!(feed_after, feed_before);
 }
 

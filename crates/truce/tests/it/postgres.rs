@@ -756,24 +756,7 @@ async fn api_keys_are_shared_and_revoked_at_once_on_every_node() {
     assert_eq!(anonymous.status(), 401);
 
     // Revoked on A: B refuses it on the very next request.
-    let listed: Value = client
-        .get(format!("{b}/v1/_keys"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = listed["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["name"] == "carol")
-        .unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = crate::auth::key_id(&client, &b, &admin, "carol").await;
     let revoked = client
         .delete(format!("{a}/v1/_keys/{id}"))
         .bearer_auth(&admin)
