@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
-use axum::http::{HeaderValue, Method};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
@@ -196,9 +196,9 @@ where
             return unauthenticated("the Authorization header must be Bearer <key>", true);
         }
         (Needs(_), Some(Some(token))) => {
-            let found = match remembered(state, &token) {
-                Some(found) if at_commit => Ok(Some(found)),
-                _ => verified(state, &token).await,
+            let found = match at_commit.then(|| remembered(state, &token)).flatten() {
+                Some(found) => Ok(Some(found)),
+                None => verified(state, &token).await,
             };
             match found {
                 Ok(Some((key, record))) => {
@@ -220,6 +220,12 @@ where
     if let Needs(role) = access
         && !roles_grant(&caller.roles, role)
     {
+        // The roles are the remembered record's: a revoked key is 401, not 403.
+        if let Some(check) = &check
+            && let Err(refused) = confirm(state, check).await
+        {
+            return refused;
+        }
         return ApiError::Forbidden {
             needed: role,
             held: caller.roles.to_vec(),
@@ -228,11 +234,28 @@ where
     }
     request.extensions_mut().insert(caller.principal.clone());
     request.extensions_mut().insert(caller);
-    if let Some(check) = check {
-        request.extensions_mut().insert(check);
+    let Some(check) = check else {
+        return next(request).await;
+    };
+    request.extensions_mut().insert(check.clone());
+    let response = next(request).await;
+    // A refusal that never reached the commit (429, 400, an idempotency
+    // conflict) was answered before the key was checked: auth comes first
+    // (SPEC §8), so the key is read before such an answer goes out.
+    if response.status().is_client_error()
+        && response.status() != StatusCode::UNAUTHORIZED
+        && response.extensions().get::<KeyChecked>().is_none()
+        && let Err(refused) = confirm(state, &check).await
+    {
+        return refused;
     }
-    next(request).await
+    response
 }
+
+/// Marks an answer whose request's [`KeyCheck`] has been made (by its commit,
+/// or before an idempotent replay).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeyChecked;
 
 /// The document writes whose key is checked in their commit (each is one job
 /// of the store's batch, which runs the check in the write's transaction).
@@ -264,8 +287,9 @@ fn may_be_open(state: &AppState) -> bool {
     state.config.listen.ip().is_loopback() && !state.keys.keys_seen.load(Ordering::Relaxed)
 }
 
-/// Makes sure `check` still holds before an idempotent replay answers a write
-/// whose key was to be checked at its commit (a replay commits nothing).
+/// Reads now whether `check` holds, for an answer to a document write that
+/// its commit did not make (an idempotent replay, a refusal before the commit,
+/// a 403 from the remembered roles): 401 if it does not.
 pub(crate) async fn confirm(state: &AppState, check: &KeyCheck) -> Result<(), Response> {
     let holds = match check {
         KeyCheck::NoKeys => open_to_anonymous(state).await,

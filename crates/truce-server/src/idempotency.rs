@@ -189,10 +189,13 @@ where
         Err(error) => return ApiError::Engine(error).into_response(),
         Ok(Some(stored)) => match replay_of(&stored, &fingerprint) {
             Some(Replay::Same(answer)) => {
-                if let Some(check) = parts.extensions.get::<KeyCheck>()
-                    && let Err(refusal) = crate::auth::confirm(state, check).await
-                {
-                    return refusal;
+                if let Some(check) = parts.extensions.get::<KeyCheck>() {
+                    if let Err(refusal) = crate::auth::confirm(state, check).await {
+                        return refusal;
+                    }
+                    let mut replayed = replay(&answer);
+                    replayed.extensions_mut().insert(crate::auth::KeyChecked);
+                    return replayed;
                 }
                 return replay(&answer);
             }

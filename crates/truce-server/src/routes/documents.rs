@@ -3,7 +3,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::{Json, Response};
+use axum::response::{IntoResponse, Json, Response};
 use serde::Deserialize;
 use truce_engine::{
     CurrentState, EngineError, Evaluation, ListQuery, ResourceKey, Safety, Validators, Version,
@@ -319,9 +319,12 @@ pub(crate) async fn run_write(
     keyed: Keyed,
 ) -> Result<Response, ApiError> {
     command.idempotency = keyed.attach(move |outcome| write_response(outcome, prefer));
-    let outcome = match state.store.write(command).await {
-        Err(EngineError::KeyRefused(refusal)) => return Ok(crate::auth::refused(state, refusal)),
-        other => other?,
+    let mut response = match state.store.write(command).await {
+        Ok(outcome) => write_response(&outcome, prefer),
+        Err(EngineError::KeyRefused(refusal)) => crate::auth::refused(state, refusal),
+        Err(error) => ApiError::from(error).into_response(),
     };
-    Ok(write_response(&outcome, prefer))
+    // The batch checked the caller's key before anything else.
+    response.extensions_mut().insert(crate::auth::KeyChecked);
+    Ok(response)
 }

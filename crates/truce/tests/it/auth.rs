@@ -493,7 +493,8 @@ pub(crate) async fn key_id(client: &Client, base: &str, admin: &str, name: &str)
 /// its commit reads the key again: revoked in between, every kind of document
 /// write is refused (401, `invalid_token`), leaves nothing behind (no version,
 /// no conflict record, no change), and an idempotent replay of an answer the
-/// key got before is refused too.
+/// key got before is refused too, as is every refusal that would come before
+/// the commit (auth is the first check).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_with_a_key_revoked_since_it_was_verified_are_refused_and_leave_nothing() {
     let server = TestServer::start().await;
@@ -512,16 +513,21 @@ async fn writes_with_a_key_revoked_since_it_was_verified_are_refused_and_leave_n
     let first = first_write().await.unwrap();
     assert_eq!(first.status(), 201);
     let etag = header(&first, "etag");
+    let reader = make_key(client, &server.base, Some(&admin), "dave", &["read"]).await;
+    let read = client.get(&url).bearer_auth(&reader).send().await.unwrap();
+    assert_eq!(read.status(), 200);
     let feed_before = get_json_with(client, server.url("/v1/_changes"), &admin).await;
 
-    let id = key_id(client, &server.base, &admin, "carol").await;
-    let revoked = client
-        .delete(server.url(&format!("/v1/_keys/{id}")))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(revoked.status(), 204);
+    for name in ["carol", "dave"] {
+        let id = key_id(client, &server.base, &admin, name).await;
+        let revoked = client
+            .delete(server.url(&format!("/v1/_keys/{id}")))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(revoked.status(), 204);
+    }
 
     let attempts = [
         (
@@ -569,6 +575,35 @@ async fn writes_with_a_key_revoked_since_it_was_verified_are_refused_and_leave_n
     let replayed = first_write().await.unwrap();
     assert_eq!(replayed.status(), 401);
     assert!(!replayed.headers().contains_key("idempotent-replayed"));
+    // Refusals that come before the commit still come after auth (SPEC §8):
+    // a malformed body, an idempotency key reused for another request, and a
+    // role the key lacks are all 401 for a revoked key.
+    let malformed = client
+        .put(&url)
+        .bearer_auth(&writer)
+        .header("content-type", "application/json")
+        .body("{")
+        .send()
+        .await
+        .unwrap();
+    problem(malformed, 401, "unauthenticated").await;
+    let reused = client
+        .put(&url)
+        .bearer_auth(&writer)
+        .header("idempotency-key", "\"once\"")
+        .json(&json!({"v": "other"}))
+        .send()
+        .await
+        .unwrap();
+    problem(reused, 401, "unauthenticated").await;
+    let beyond_its_role = client
+        .put(&url)
+        .bearer_auth(&reader)
+        .json(&json!({"v": 5}))
+        .send()
+        .await
+        .unwrap();
+    problem(beyond_its_role, 401, "unauthenticated").await;
 
     let current = client.get(&url).bearer_auth(&admin).send().await.unwrap();
     assert_eq!(header(&current, "etag"), etag);
