@@ -4,6 +4,9 @@
 # for two builds in alternating runs at 64 connections, each node on a fresh
 # database of one throw-away cluster; with the writes per second and p99.
 #
+# PG_SETTINGS="name=value ..." sets PostgreSQL settings first (ALTER SYSTEM and
+# a reload), e.g. PG_SETTINGS="autovacuum=off" to see the background's share.
+#
 #   scripts/pg-cpu-per-write.sh path/to/truce-before path/to/truce-after [ROUNDS] [WORKLOADS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +18,10 @@ DURATION=${DURATION:-5s}
 source scripts/lib.sh
 CLIENT=$BIN
 start_pg
+for setting in ${PG_SETTINGS:-}; do
+    psql_pg -d postgres -c "ALTER SYSTEM SET ${setting%%=*} = '${setting#*=}'"
+done
+[ -n "${PG_SETTINGS:-}" ] && psql_pg -d postgres -c "SELECT pg_reload_conf()" >/dev/null
 
 # user + system ticks of every postgres process, with their reaped children's
 database_ticks() {
