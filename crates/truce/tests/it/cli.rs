@@ -544,8 +544,18 @@ fi"#,
     )
     .await;
     assert_eq!(code(&out), 1, "{}", stderr(&out));
-    assert!(stderr(&out).contains("edit abandoned"), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("edit abandoned"), "{err}");
     assert_eq!(server.get_json("/v1/notes/j").await, json!({"n": 2}));
+    // The text is kept in the file the message names.
+    let kept = err
+        .trim()
+        .rsplit_once("your text is in ")
+        .map(|(_, path)| path.to_owned())
+        .unwrap_or_else(|| panic!("the file is not named: {err}"));
+    let text = std::fs::read_to_string(&kept).unwrap();
+    let _ = std::fs::remove_file(&kept);
+    assert!(text.contains(r#"{"n": "#), "{text}");
 }
 
 #[tokio::test]
