@@ -206,17 +206,36 @@ pub enum KeyRefusal {
 }
 
 impl KeyCheck {
-    /// Whether the check holds against the key records `tables` sees.
+    /// Whether the check holds in a batch, against the key records `tables`
+    /// sees (the batch's own earlier writes included).
     pub fn holds(
         &self,
         tables: &dyn crate::batch::BatchTables,
     ) -> Result<bool, crate::StorageError> {
-        use sha2::Digest;
         match self {
             Self::NoKeys => Ok(!tables.has_side_records(SideTable::Keys)?),
-            Self::Key { id, record } => Ok(tables
-                .side(SideTable::Keys, id.as_bytes())?
-                .is_some_and(|stored| <[u8; 32]>::from(sha2::Sha256::digest(&stored)) == *record)),
+            Self::Key { id, record } => Ok(is_record(
+                tables.side(SideTable::Keys, id.as_bytes())?.as_deref(),
+                record,
+            )),
+        }
+    }
+
+    /// Whether the check holds now, against the store's newest state: for an
+    /// answer given without a commit (a replay, a refusal before it).
+    pub async fn holds_now(&self, store: &dyn crate::Store) -> Result<bool, EngineError> {
+        match self {
+            Self::NoKeys => Ok(store
+                .side_records(SideTable::Keys, None, 1)
+                .await?
+                .is_empty()),
+            Self::Key { id, record } => Ok(is_record(
+                store
+                    .side_record(SideTable::Keys, id.as_bytes())
+                    .await?
+                    .as_deref(),
+                record,
+            )),
         }
     }
 
@@ -227,6 +246,18 @@ impl KeyCheck {
             Self::Key { .. } => KeyRefusal::KeyInvalid,
         }
     }
+}
+
+/// SHA-256 of a stored key record: what a node remembers a verified key by,
+/// and what [`KeyCheck::Key`] finds again.
+pub fn record_digest(stored: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(stored).into()
+}
+
+/// Whether `stored` (a key's record, if any) is the one whose digest is `record`.
+fn is_record(stored: Option<&[u8]>, record: &[u8; 32]) -> bool {
+    stored.is_some_and(|stored| record_digest(stored) == *record)
 }
 
 /// PBKDF2-HMAC-SHA256.

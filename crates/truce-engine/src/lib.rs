@@ -77,7 +77,7 @@ pub use ids::IdGenerator;
 pub use json_errors::describe as describe_json_error;
 pub use keys::{
     ApiKey, KEY_HASH_ROUNDS, KEY_NAME_RULE, KeyCheck, KeyRefusal, NewKey, Role, key_removal,
-    new_key, read_key, roles_grant, split_token, verify_key,
+    new_key, read_key, record_digest, roles_grant, split_token, verify_key,
 };
 pub use lock_signals::{LOCK_GROUPS, LockGroups, LockSignals};
 pub use locks::{

@@ -244,35 +244,33 @@ impl<'c> SqlView<'c> {
                 .map_err(|e| StorageError::Corrupt(format!("stored key {collection}/{id}: {e}")))?;
             known.insert(key, Some(version_of(row, 2)?));
         }
-        let mut read = self.sides.borrow_mut();
-        for key in &settings_keys {
-            read.insert((settings, key.to_vec()), None);
-        }
-        for row in &sides {
-            let key: Vec<u8> = row.try_get(0).map_err(storage)?;
-            let value: Vec<u8> = row.try_get(1).map_err(storage)?;
-            read.insert((settings, key), Some(Bytes::from(value)));
-        }
-        for key in &lock_keys {
-            read.insert((locks, key.clone()), None);
-        }
-        for row in &lock_rows {
-            let key: Vec<u8> = row.try_get(0).map_err(storage)?;
-            let value: Vec<u8> = row.try_get(1).map_err(storage)?;
-            read.insert((locks, key), Some(Bytes::from(value)));
-        }
-        for id in &key_ids {
-            read.insert((api_keys, id.to_vec()), None);
-        }
-        for row in &key_rows {
-            let key: Vec<u8> = row.try_get(0).map_err(storage)?;
-            let value: Vec<u8> = row.try_get(1).map_err(storage)?;
-            read.insert((api_keys, key), Some(Bytes::from(value)));
-        }
+        self.remember_sides(settings, &settings_keys, &sides)?;
+        self.remember_sides(locks, &lock_keys, &lock_rows)?;
+        self.remember_sides(api_keys, &key_ids, &key_rows)?;
         if let Some(any_key) = any_key {
             self.filled.borrow_mut().insert(api_keys, any_key);
         }
         Ok((revision, xid, now))
+    }
+
+    /// Remembers the side records of `table` asked for by `keys` as `rows`
+    /// (`key, value`) answered: each key found, or absent.
+    fn remember_sides(
+        &self,
+        table: i16,
+        keys: &[impl AsRef<[u8]>],
+        rows: &[tokio_postgres::Row],
+    ) -> Result<(), StorageError> {
+        let mut read = self.sides.borrow_mut();
+        for key in keys {
+            read.insert((table, key.as_ref().to_vec()), None);
+        }
+        for row in rows {
+            let key: Vec<u8> = row.try_get(0).map_err(storage)?;
+            let value: Vec<u8> = row.try_get(1).map_err(storage)?;
+            read.insert((table, key), Some(Bytes::from(value)));
+        }
+        Ok(())
     }
 
     /// Forgets what was read, for statements that change rows behind the

@@ -29,7 +29,8 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use truce_engine::{
-    ApiKey, KeyCheck, KeyRefusal, Principal, Role, SideTable, roles_grant, split_token, verify_key,
+    ApiKey, KeyCheck, KeyRefusal, Principal, Role, SideTable, record_digest, roles_grant,
+    split_token, verify_key,
 };
 
 use crate::error::ApiError;
@@ -291,19 +292,10 @@ fn may_be_open(state: &AppState) -> bool {
 /// its commit did not make (an idempotent replay, a refusal before the commit,
 /// a 403 from the remembered roles): 401 if it does not.
 pub(crate) async fn confirm(state: &AppState, check: &KeyCheck) -> Result<(), Response> {
-    let holds = match check {
-        KeyCheck::NoKeys => open_to_anonymous(state).await,
-        KeyCheck::Key { id, record } => state
-            .store
-            .side_record(SideTable::Keys, id.as_bytes())
-            .await
-            .map(|stored| stored.is_some_and(|s| Digest32::from(Sha256::digest(&s)) == *record))
-            .map_err(ApiError::Engine),
-    };
-    match holds {
+    match check.holds_now(state.store.as_ref()).await {
         Ok(true) => Ok(()),
         Ok(false) => Err(refused(state, check.refusal())),
-        Err(error) => Err(error.into_response()),
+        Err(error) => Err(ApiError::Engine(error).into_response()),
     }
 }
 
@@ -335,8 +327,7 @@ async fn open_to_anonymous(state: &AppState) -> Result<bool, ApiError> {
     if !state.config.listen.ip().is_loopback() || state.keys.keys_seen.load(Ordering::Relaxed) {
         return Ok(false);
     }
-    let any = state.store.side_records(SideTable::Keys, None, 1).await?;
-    if any.is_empty() {
+    if KeyCheck::NoKeys.holds_now(state.store.as_ref()).await? {
         return Ok(true);
     }
     state.keys.keys_seen.store(true, Ordering::Relaxed);
@@ -371,7 +362,7 @@ async fn verified(state: &AppState, token: &str) -> Result<Option<(ApiKey, Diges
     };
     state.keys.keys_seen.store(true, Ordering::Relaxed);
     let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    let record: [u8; 32] = Sha256::digest(&stored).into();
+    let record = record_digest(&stored);
     {
         let cache = state
             .keys
